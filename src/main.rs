@@ -1,1 +1,136 @@
-fn main() {}
+//! `fedsyn`: differentially private synthetic text and federated learning.
+//!
+//! This executable does not link libtorch. Commands that need a model (see
+//! `src/torch_commands.rs`) are implemented in `src/bin/fedsyn-ml.rs` and forwarded there,
+//! arguments untouched; everything else (privacy budgets, …) runs here.
+
+mod budget;
+mod torch_commands;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use torch_commands::{TORCH_BINARY, TORCH_COMMANDS};
+
+/// Differentially private synthetic text and federated learning.
+#[derive(Debug, Parser)]
+#[command(name = "fedsyn", version, about, long_about = None)]
+struct Cli {
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Privacy-budget calculators: ε of a schedule, σ for a target ε, rounds a budget allows,
+    /// and reports of a run's ledger.
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, unreachable targets).
+const EXIT_BAD_INPUT: u8 = 2;
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let matches = command_line().get_matches();
+    if let Some((name, _)) = matches.subcommand() {
+        if TORCH_COMMANDS
+            .iter()
+            .any(|(torch_name, _)| *torch_name == name)
+        {
+            return forward_to_torch_binary();
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let result = match cli.command {
+        Command::Budget(command) => budget::run(command, cli.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if is_bad_input(&error) {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+/// The full command line: our own subcommands plus, for `--help` and routing, one entry per
+/// libtorch command that takes its arguments verbatim (the other binary parses them).
+fn command_line() -> clap::Command {
+    TORCH_COMMANDS
+        .iter()
+        .fold(Cli::command(), |cmd, (name, about)| {
+            cmd.subcommand(
+                clap::Command::new(*name)
+                    .about(*about)
+                    .disable_help_flag(true)
+                    .arg(
+                        Arg::new("args")
+                            .num_args(0..)
+                            .trailing_var_arg(true)
+                            .allow_hyphen_values(true),
+                    ),
+            )
+        })
+}
+
+/// Replaces this process with `fedsyn-ml`, same arguments; returns only on failure.
+fn forward_to_torch_binary() -> ExitCode {
+    let binary = torch_binary_path();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let error = exec(&binary, &args);
+    eprintln!(
+        "error: cannot run {}: {error}\n  the model commands live in `{TORCH_BINARY}`, built \
+         next to `fedsyn` by `cargo build --release`; run scripts/setup.sh first if libtorch is \
+         missing",
+        binary.display()
+    );
+    ExitCode::from(EXIT_FAILURE)
+}
+
+fn torch_binary_path() -> PathBuf {
+    let name = format!("{TORCH_BINARY}{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+#[cfg(unix)]
+fn exec(binary: &std::path::Path, args: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(binary).args(args).exec()
+}
+
+#[cfg(not(unix))]
+fn exec(binary: &std::path::Path, args: &[OsString]) -> std::io::Error {
+    match std::process::Command::new(binary).args(args).status() {
+        Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+        Err(error) => error,
+    }
+}
+
+/// Bad input is anything the user can fix by changing what they typed or gave us.
+fn is_bad_input(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<privacy_accounting::AccountingError>()
+            .is_some()
+            || cause.downcast_ref::<budget::UsageError>().is_some()
+    })
+}

@@ -103,6 +103,9 @@ impl LedgerEvent {
 /// An ordered list of releases: the complete privacy history of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
+    /// The δ the run is accounted at, when the run fixed one (reports use it by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
     /// The releases, oldest first.
     pub events: Vec<LedgerEvent>,
 }
@@ -130,10 +133,16 @@ impl Ledger {
         let ledger: Ledger = match serde_json::from_str::<Ledger>(text) {
             Ok(ledger) => ledger,
             Err(object_err) => match serde_json::from_str::<Vec<LedgerEvent>>(text) {
-                Ok(events) => Ledger { events },
+                Ok(events) => Ledger {
+                    delta: None,
+                    events,
+                },
                 Err(_) => return Err(AccountingError::Ledger(object_err.to_string())),
             },
         };
+        if let Some(delta) = ledger.delta {
+            check_delta(delta).map_err(|e| AccountingError::Ledger(e.to_string()))?;
+        }
         for (i, event) in ledger.events.iter().enumerate() {
             event
                 .validate()

@@ -117,7 +117,13 @@ mod tests {
     #[test]
     fn fixed_cohort_is_bounded_conservatively() {
         let b = Sampling::FixedCohort { m: 10, n: 1000 }.bound(2.0).unwrap();
-        assert_eq!(b, PoissonGaussian { q: 0.01, sigma: 1.0 });
+        assert_eq!(
+            b,
+            PoissonGaussian {
+                q: 0.01,
+                sigma: 1.0
+            }
+        );
         let full = Sampling::FixedCohort { m: 5, n: 5 }.bound(2.0).unwrap();
         assert_eq!(full, PoissonGaussian { q: 1.0, sigma: 2.0 });
     }

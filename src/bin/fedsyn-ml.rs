@@ -1,0 +1,71 @@
+//! `fedsyn-ml`: the fedsyn commands that need libtorch (models). Users call them through
+//! `fedsyn <command>`, which forwards here with the arguments untouched; this binary parses them
+//! as `fedsyn` would.
+//!
+//! To add a command: a variant in `Command` (with its implementation in a module here) and an
+//! entry in `src/torch_commands.rs`, so that `fedsyn` lists and forwards it.
+
+#[path = "../torch_commands.rs"]
+mod torch_commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Differentially private synthetic text and federated learning (model commands).
+#[derive(Debug, Parser)]
+#[command(name = "fedsyn", version, about, long_about = None)]
+struct Cli {
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+/// Exit codes, as for `fedsyn`: 0 success, 1 runtime failure, 2 bad input.
+const EXIT_BAD_INPUT: u8 = 2;
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {};
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if is_bad_input(&error) {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+/// Bad input: a problem the user can fix in what they typed or gave us.
+fn is_bad_input(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<models::ModelError>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::torch_commands::TORCH_COMMANDS;
+
+    #[test]
+    fn fedsyn_forwards_exactly_the_commands_defined_here() {
+        let here: Vec<String> = super::Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        let forwarded: Vec<String> = TORCH_COMMANDS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(here, forwarded);
+    }
+}

@@ -1,0 +1,11 @@
+//! The subcommands that need libtorch. They live in the `fedsyn-ml` executable, installed next
+//! to `fedsyn`; `fedsyn` forwards them there, so that `fedsyn budget …` never loads libtorch
+//! (loading it takes about half a second and 500 MB) and still answers in milliseconds.
+//! Shared by both binaries (`#[path]`-included), and checked against `fedsyn-ml`'s own command
+//! list by its tests.
+
+/// The name of the executable holding the libtorch commands.
+pub const TORCH_BINARY: &str = "fedsyn-ml";
+
+/// (name, one-line description) of every subcommand `fedsyn` forwards to `fedsyn-ml`.
+pub const TORCH_COMMANDS: &[(&str, &str)] = &[];
