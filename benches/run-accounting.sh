@@ -14,8 +14,8 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 python="$(scripts/bench-venv.sh)"
 
-echo "building and running the Rust benchmark (cargo bench --bench accounting) ..." >&2
-cargo bench --quiet --bench accounting >"${out_dir}/rust.json"
+echo "building and running the Rust benchmark (cargo bench -p privacy-accounting --bench accounting) ..." >&2
+cargo bench --quiet -p privacy-accounting --bench accounting >"${out_dir}/rust.json"
 
 rust_pld_epsilon="$("${python}" -c 'import json,sys; print(json.load(open(sys.argv[1]))["pld_epsilon"]["epsilon"])' "${out_dir}/rust.json")"
 

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use privacy_accounting::calibration::{
-    calibrate_sigma, epsilon_for, max_rounds, DEFAULT_SIGMA_TOLERANCE,
-};
+use privacy_accounting::calibration::{calibrate_sigma, max_rounds, DEFAULT_SIGMA_TOLERANCE};
+use privacy_accounting::pld::{PldAccountant, PldConfig};
+use privacy_accounting::rdp::RdpAccountant;
 use privacy_accounting::statement::{estimate_detail, format_epsilon, PrivacyStatement};
-use privacy_accounting::{AccountantKind, EpsilonEstimate, Ledger, Sampling};
+use privacy_accounting::{Accountant, AccountantKind, EpsilonEstimate, Ledger, Sampling};
 use serde_json::{json, Value};
 
 /// A mistake in the command line that clap cannot see (missing combination of flags, …).
@@ -105,6 +105,12 @@ pub struct EpsilonArgs {
     /// Accountant(s) to run.
     #[arg(long, value_enum, default_value_t = AccountantChoice::All)]
     accountant: AccountantChoice,
+    /// RDP: comma-separated Rényi orders (> 1) instead of Opacus's default grid.
+    #[arg(long, value_delimiter = ',')]
+    orders: Option<Vec<f64>>,
+    /// PLD: grid spacing of privacy-loss values instead of the automatic choice.
+    #[arg(long)]
+    pld_grid: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -183,12 +189,12 @@ pub fn run(command: BudgetCommand, json: bool) -> Result<()> {
 fn epsilon(args: EpsilonArgs, json: bool) -> Result<()> {
     let sampling = args.sampling.sampling()?;
     let mechanism = sampling.bound(args.sigma)?;
-    let estimates = args
-        .accountant
-        .kinds()
-        .into_iter()
-        .map(|kind| epsilon_for(kind, mechanism, args.steps, args.delta))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut estimates = Vec::new();
+    for kind in args.accountant.kinds() {
+        let mut accountant = configured_accountant(kind, &args)?;
+        accountant.compose(mechanism, args.steps)?;
+        estimates.push(accountant.epsilon(args.delta)?);
+    }
     let inputs = json!({
         "sigma": args.sigma,
         "steps": args.steps,
@@ -218,6 +224,24 @@ fn epsilon(args: EpsilonArgs, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An accountant of `kind` with the orders or grid the user asked for, else the defaults.
+fn configured_accountant(kind: AccountantKind, args: &EpsilonArgs) -> Result<Box<dyn Accountant>> {
+    Ok(match kind {
+        AccountantKind::Rdp => match &args.orders {
+            Some(orders) => Box::new(RdpAccountant::new(orders.clone())?),
+            None => kind.accountant(),
+        },
+        AccountantKind::Pld => {
+            let config = PldConfig {
+                value_discretization_interval: args.pld_grid,
+                ..PldConfig::default()
+            };
+            config.validate()?;
+            Box::new(PldAccountant::new(config))
+        }
+    })
 }
 
 fn sigma(args: SigmaArgs, json: bool) -> Result<()> {

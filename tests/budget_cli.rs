@@ -88,6 +88,26 @@ fn epsilon_with_all_accountants_reports_the_tightest_at_top_level() {
 }
 
 #[test]
+fn custom_orders_and_pld_grid_are_used() {
+    let base = [
+        "budget", "epsilon", "--q", "0.01", "--sigma", "1", "--steps", "1000", "--delta", "1e-5",
+        "--json",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().chain(extra.iter()).copied().collect()
+    };
+    let default = json_of(&with(&["--accountant", "rdp"]));
+    let custom = json_of(&with(&["--accountant", "rdp", "--orders", "2,3.5,300"]));
+    assert!([2.0, 3.5, 300.0].contains(&custom["order"].as_f64().unwrap()));
+    assert!(custom["epsilon"].as_f64() >= default["epsilon"].as_f64());
+    let fine = json_of(&with(&["--accountant", "pld", "--pld-grid", "1e-3"]));
+    let coarse = json_of(&with(&["--accountant", "pld", "--pld-grid", "0.05"]));
+    assert!(coarse["epsilon"].as_f64() > fine["epsilon"].as_f64());
+    assert!(refused(&with(&["--accountant", "rdp", "--orders", "0.5"])).contains("orders"));
+    assert!(refused(&with(&["--accountant", "pld", "--pld-grid=-1"])).contains("grid"));
+}
+
+#[test]
 fn human_table_names_both_accountants() {
     let out = fedsyn(&[
         "budget", "epsilon", "--q", "0.01", "--sigma", "1", "--steps", "1000", "--delta", "1e-5",

@@ -194,8 +194,20 @@ impl Ledger {
     }
 
     /// ε at `delta` under the accountant `kind` with its default settings.
+    /// An empty ledger released nothing, so its ε is exactly 0 (the RDP conversion alone would
+    /// report its small floor instead).
     pub fn epsilon(&self, kind: AccountantKind, delta: f64) -> Result<EpsilonEstimate> {
         check_delta(delta)?;
+        if self.events.is_empty() {
+            return Ok(EpsilonEstimate {
+                epsilon: 0.0,
+                delta,
+                accountant: kind,
+                order: None,
+                order_at_grid_edge: false,
+                discretisation_error: None,
+            });
+        }
         let mut accountant = kind.accountant();
         self.compose_into(accountant.as_mut())?;
         accountant.epsilon(delta)

@@ -259,3 +259,61 @@ fn join_numbers(values: &[f64]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerEvent;
+
+    fn ledger_with(sampling: Sampling, rounds: u64) -> Ledger {
+        let mut ledger = Ledger::new();
+        for round in 0..rounds {
+            ledger
+                .push(
+                    LedgerEvent::gaussian(2.0, sampling, 1)
+                        .with_round(round)
+                        .with_clip_bound(1.0),
+                )
+                .unwrap();
+        }
+        ledger
+    }
+
+    #[test]
+    fn fixed_cohorts_state_the_conservative_bound_and_the_poisson_figure() {
+        let ledger = ledger_with(Sampling::FixedCohort { m: 10, n: 100 }, 50);
+        let statement =
+            PrivacyStatement::from_ledger(&ledger, 1e-5, &[AccountantKind::Rdp]).unwrap();
+        let poisson = statement.epsilon_if_poisson.unwrap();
+        assert!(poisson < statement.epsilon, "{statement:?}");
+        assert!(statement.caveats.iter().any(|c| c.contains("conservative")));
+        assert_eq!(statement.rounds, 50);
+        assert_eq!(statement.clip_bounds, vec![1.0]);
+        let md = statement.to_markdown();
+        assert!(md.contains("fixed cohorts of 10 of 100") && md.contains("not a guarantee"));
+    }
+
+    #[test]
+    fn poisson_runs_have_no_poisson_comparison_and_take_the_tightest_epsilon() {
+        let ledger = ledger_with(Sampling::Poisson { q: 0.1 }, 20);
+        let statement = PrivacyStatement::from_ledger(&ledger, 1e-5, &AccountantKind::ALL).unwrap();
+        assert!(statement.epsilon_if_poisson.is_none());
+        let smallest = statement
+            .epsilons
+            .iter()
+            .map(|e| e.epsilon)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(statement.epsilon, smallest);
+        let back: PrivacyStatement = serde_json::from_str(&statement.to_json()).unwrap();
+        assert_eq!(back, statement);
+    }
+
+    #[test]
+    fn an_empty_ledger_costs_nothing_and_says_so() {
+        let statement =
+            PrivacyStatement::from_ledger(&Ledger::new(), 1e-5, &[AccountantKind::Rdp]).unwrap();
+        assert_eq!(statement.epsilon, 0.0);
+        assert_eq!(statement.releases, 0);
+        assert!(statement.caveats.iter().any(|c| c.contains("empty")));
+    }
+}

@@ -5,9 +5,10 @@
 //! Setting: q = 0.01, σ = 1, T = 10⁴, δ = 1e-5, σ calibrated to ε = 2. Each operation is run
 //! once to warm up, then repeated until at least `MIN_TOTAL` has passed (at least
 //! `MIN_REPEATS`, at most `MAX_REPEATS` times); the median is reported. Peak memory is the
-//! process's VmHWM at the end (Linux).
+//! process's VmHWM at the end (Linux), next to its resident size before the first operation
+//! (the shared libraries the binary loads); the difference is what the accountants used.
 //!
-//! Run: `cargo bench --bench accounting` (or `benches/run-accounting.sh` for the comparison).
+//! Run: `cargo bench -p privacy-accounting --bench accounting` (or `benches/run-accounting.sh` for the comparison).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -98,15 +99,21 @@ fn sigma_calibration(kind: AccountantKind) -> Value {
     })
 }
 
-/// Peak resident set size of this process in MiB, from /proc/self/status (Linux only).
-fn peak_rss_mib() -> Option<f64> {
+/// A memory figure of this process in MiB from /proc/self/status (Linux only): `VmHWM` is the
+/// peak resident set size, `VmRSS` the current one.
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
 
 fn main() {
+    // The benchmark binary belongs to the root package and so loads its shared libraries
+    // (libtorch among them: hundreds of MiB resident before any accounting runs). The resident
+    // size before the first operation is recorded so the accountants' own peak can be told
+    // apart from that.
+    let baseline_rss_mib = status_mib("VmRSS:");
     let report = json!({
         "tool": "fedsyn privacy-accounting",
         "setting": {"q": Q, "sigma": SIGMA, "steps": STEPS, "delta": DELTA,
@@ -116,7 +123,8 @@ fn main() {
         "pld_epsilon": pld_epsilon(),
         "rdp_sigma_calibration": sigma_calibration(AccountantKind::Rdp),
         "pld_sigma_calibration": sigma_calibration(AccountantKind::Pld),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": status_mib("VmHWM:"),
+        "baseline_rss_mib": baseline_rss_mib,
     });
     println!("{report}");
 }
