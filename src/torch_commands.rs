@@ -8,4 +8,17 @@
 pub const TORCH_BINARY: &str = "fedsyn-ml";
 
 /// (name, one-line description) of every subcommand `fedsyn` forwards to `fedsyn-ml`.
-pub const TORCH_COMMANDS: &[(&str, &str)] = &[];
+pub const TORCH_COMMANDS: &[(&str, &str)] = &[
+    (
+        "generate",
+        "Sample text from the generator (SmolLM2 GGUF or any Llama-family model)",
+    ),
+    (
+        "embed",
+        "Embed the texts of a JSONL file with the sentence embedder (all-MiniLM-L6-v2)",
+    ),
+    (
+        "doctor",
+        "Show the libtorch in use, threads, CUDA devices and where the default models were found",
+    ),
+];

@@ -5,6 +5,13 @@
 //! To add a command: a variant in `Command` (with its implementation in a module here) and an
 //! entry in `src/torch_commands.rs`, so that `fedsyn` lists and forwards it.
 
+#[path = "../doctor.rs"]
+mod doctor;
+#[path = "../models_cli.rs"]
+mod models_cli;
+// Only the tests read these (to check that `fedsyn` forwards exactly our commands).
+#[cfg(test)]
+#[allow(dead_code)] // TORCH_BINARY is for `fedsyn`
 #[path = "../torch_commands.rs"]
 mod torch_commands;
 
@@ -14,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 /// Differentially private synthetic text and federated learning (model commands).
 #[derive(Debug, Parser)]
-#[command(name = "fedsyn", version, about, long_about = None)]
+#[command(name = "fedsyn", bin_name = "fedsyn", version, about, long_about = None)]
 struct Cli {
     /// Print machine-readable JSON instead of a table.
     #[arg(long, global = true)]
@@ -24,7 +31,14 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Sample text from the generator (SmolLM2 GGUF or any Llama-family model).
+    Generate(models_cli::GenerateArgs),
+    /// Embed the texts of a JSONL file with the sentence embedder (all-MiniLM-L6-v2).
+    Embed(models_cli::EmbedArgs),
+    /// Show the libtorch in use, threads, CUDA devices and where the default models were found.
+    Doctor,
+}
 
 /// Exit codes, as for `fedsyn`: 0 success, 1 runtime failure, 2 bad input.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -32,7 +46,11 @@ const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Generate(args) => models_cli::generate(args, cli.json),
+        Command::Embed(args) => models_cli::embed(args),
+        Command::Doctor => doctor::run(cli.json),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -48,9 +66,10 @@ fn main() -> ExitCode {
 
 /// Bad input: a problem the user can fix in what they typed or gave us.
 fn is_bad_input(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.downcast_ref::<models::ModelError>().is_some())
+    error.chain().any(|cause| {
+        cause.downcast_ref::<models::ModelError>().is_some()
+            || cause.downcast_ref::<models_cli::InputError>().is_some()
+    })
 }
 
 #[cfg(test)]

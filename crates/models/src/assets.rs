@@ -30,12 +30,17 @@ pub struct Assets {
 
 impl Assets {
     /// Reads `.cache/models.env` from the nearest enclosing folder of the current directory
-    /// that has one (cargo runs tests in the crate's folder, two levels below the root). When
-    /// none exists, only environment variables can supply locations.
+    /// that has one (cargo runs tests in the crate's folder, two levels below the root), else
+    /// from the nearest enclosing folder of the running executable (`target/release/fedsyn`
+    /// run from anywhere). When none exists, only environment variables can supply locations.
     pub fn discover() -> Assets {
-        let start = std::env::current_dir().unwrap_or_default();
-        start
-            .ancestors()
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        cwd.ancestors()
+            .chain(exe_dir.ancestors())
             .map(|dir| dir.join(MODELS_ENV))
             .find(|candidate| candidate.is_file())
             .and_then(|path| Assets::from_env_file(&path).ok())

@@ -1,17 +1,25 @@
 //! Model files for fedsyn: reading GGUF files and dequantising their tensors
 //! ([`gguf`]), building tokenizers from GGUF metadata or `tokenizer.json` ([`tokenizer`]),
 //! and finding the model files and data that `scripts/setup.sh` installs
-//! ([`assets`]). Pure Rust: no torch, no Python.
+//! ([`assets`]); these are pure Rust. No Python anywhere.
+//!
+//! On libtorch (tch): the sentence embedder ([`bert`], all-MiniLM-L6-v2 as sentence-transformers
+//! runs it), whose weights [`safetensors_io`] reads.
 
 pub mod assets;
+pub mod bert;
 pub mod device;
 pub mod error;
 pub mod gguf;
+pub mod llama;
+pub mod safetensors_io;
 pub mod tokenizer;
 
 pub use assets::Assets;
+pub use bert::SentenceEmbedder;
 pub use device::{compute_kind, DeviceChoice};
 pub use error::{ModelError, Result};
 pub use gguf::{GgmlType, GgufFile, GgufValue, TensorInfo};
+pub use llama::{CausalLm, Generator, SamplingParams};
 /// The Hugging Face tokenizers crate, whose `Tokenizer` [`tokenizer`] returns.
 pub use tokenizers;

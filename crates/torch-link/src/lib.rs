@@ -30,7 +30,11 @@ pub fn link_binary(bin: &str) {
     // Cargo refuses per-kind arguments for target kinds the package does not have; the
     // conventional folders tell which it has.
     let package_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    for (folder, kind) in [("tests", "tests"), ("benches", "benches"), ("examples", "examples")] {
+    for (folder, kind) in [
+        ("tests", "tests"),
+        ("benches", "benches"),
+        ("examples", "examples"),
+    ] {
         if package_dir.join(folder).is_dir() {
             prefixes.push(format!("rustc-link-arg-{kind}="));
         }

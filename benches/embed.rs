@@ -1,0 +1,154 @@
+//! Embedding benchmark: documents per second of fedsyn's MiniLM sentence embedder, printed as
+//! one JSON object for `benches/run-models.sh embed` to set beside sentence-transformers
+//! (`benches/python/embed_anchor.py`, same documents, batch size and thread count).
+//!
+//! Setting: the first 2,000 speeches (field `text`) of
+//! `../shared/data/shakespeare_roles/train.jsonl`, all-MiniLM-L6-v2 as installed by
+//! scripts/setup.sh, batch 64, CPU fp32 (or `--device cuda`: bf16), 2 torch threads. The model
+//! is loaded (timed separately) and warmed up on the first batch (untimed); then one timed
+//! `embed` of all documents, which tokenises, sorts by length, batches, and pools. Peak memory
+//! is the process's VmHWM at the end (Linux).
+//!
+//! Run: `cargo bench --bench embed [-- --docs N --batch-size B --threads T --device D
+//! --kind f32|bf16 --save FILE.f32]`. `--save` writes the embeddings as raw little-endian f32
+//! (docs × 384, input order) for the agreement check of `run-models.sh`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use models::{Assets, DeviceChoice, SentenceEmbedder};
+use serde_json::{json, Value};
+
+struct Options {
+    data: PathBuf,
+    docs: usize,
+    batch_size: usize,
+    threads: i32,
+    device: DeviceChoice,
+    /// Compute dtype override (`f32`, `bf16`); default: the device's (fp32 on the CPU).
+    kind: Option<tch::Kind>,
+    save: Option<PathBuf>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        data: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/shakespeare_roles/train.jsonl"),
+        docs: 2000,
+        batch_size: 64,
+        threads: 2,
+        device: DeviceChoice::Cpu,
+        kind: None,
+        save: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--data" => options.data = PathBuf::from(value()),
+            "--docs" => options.docs = value().parse().expect("--docs N"),
+            "--batch-size" => options.batch_size = value().parse().expect("--batch-size N"),
+            "--threads" => options.threads = value().parse().expect("--threads N"),
+            "--device" => options.device = value().parse().expect("--device auto|cpu|cuda[:N]"),
+            "--kind" => {
+                options.kind = Some(match value().as_str() {
+                    "f32" => tch::Kind::Float,
+                    "bf16" => tch::Kind::BFloat16,
+                    other => panic!("--kind f32|bf16, not {other}"),
+                })
+            }
+            "--save" => options.save = Some(PathBuf::from(value())),
+            // cargo bench passes --bench to harness-less benchmarks.
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    options
+}
+
+fn read_texts(options: &Options) -> Vec<String> {
+    let content = std::fs::read_to_string(&options.data)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", options.data.display()));
+    let texts: Vec<String> = content
+        .lines()
+        .take(options.docs)
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).expect("a JSON line");
+            record["text"].as_str().expect("a text field").to_string()
+        })
+        .collect();
+    assert_eq!(texts.len(), options.docs, "not enough documents");
+    texts
+}
+
+/// A memory figure of this process from /proc/self/status in MiB (`VmHWM`: peak resident
+/// set; `RssAnon`/`RssFile`: current anonymous / file-backed resident memory), 0 where /proc is
+/// unavailable.
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    let options = options();
+    // libtorch is loaded before main runs: this is its share of the resident memory.
+    let rss_at_start = status_mib("VmRSS");
+    tch::set_num_threads(options.threads);
+    let texts = read_texts(&options);
+    let device = options.device.resolve().expect("the device is available");
+    let model_dir = Assets::discover()
+        .minilm_dir()
+        .expect("all-MiniLM-L6-v2 is installed");
+
+    let load_start = Instant::now();
+    let kind = options.kind.unwrap_or(models::compute_kind(device));
+    let embedder = SentenceEmbedder::load_as(&model_dir, device, kind).expect("the model loads");
+    let load_seconds = load_start.elapsed().as_secs_f64();
+    let token_counts = embedder.token_counts(&texts).expect("tokenise");
+
+    embedder
+        .embed(
+            &texts[..options.batch_size.min(texts.len())],
+            options.batch_size,
+        )
+        .expect("warm-up");
+    let start = Instant::now();
+    let embeddings = embedder
+        .embed_tensor(&texts, options.batch_size)
+        .expect("embed");
+    let seconds = start.elapsed().as_secs_f64();
+
+    if let Some(path) = &options.save {
+        let flat = Vec::<f32>::try_from(embeddings.flatten(0, -1)).expect("f32 values");
+        let bytes: Vec<u8> = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(path, bytes).expect("write the embeddings");
+    }
+    let result = json!({
+        "tool": "fedsyn",
+        "device": format!("{device:?}"),
+        "kind": format!("{:?}", embedder.kind()),
+        "docs": texts.len(),
+        "tokens": token_counts.iter().sum::<usize>(),
+        "batch_size": options.batch_size,
+        "threads": tch::get_num_threads(),
+        "load_seconds": load_seconds,
+        "seconds": seconds,
+        "docs_per_s": texts.len() as f64 / seconds,
+        "dim": embedder.dim(),
+        "peak_rss_mib": status_mib("VmHWM"),
+        "rss_at_start_mib": rss_at_start,
+        "rss_anon_end_mib": status_mib("RssAnon"),
+        "rss_file_end_mib": status_mib("RssFile"),
+    });
+    println!("{result}");
+}

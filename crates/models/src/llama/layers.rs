@@ -1,0 +1,459 @@
+//! The building blocks of a Llama-family decoder block, each a small struct that owns its
+//! weights: [`Linear`] projections, [`RmsNorm`], [`RotaryEmbedding`], grouped-query
+//! [`Attention`], the SwiGLU [`Mlp`] and the pre-norm [`DecoderLayer`] that wires them.
+
+use tch::{Device, Kind, Tensor};
+
+use super::cache::LayerCache;
+use super::config::LlamaConfig;
+use super::onednn;
+
+/// Which library multiplies matrices for a [`Linear`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulBackend {
+    /// libtorch's `linear` (MKL on the CPU, cuBLAS on CUDA).
+    Torch,
+    /// oneDNN's fp32 inner product (CPU, fp32 only); see `onednn.rs` for why.
+    OneDnn,
+}
+
+impl MatmulBackend {
+    /// oneDNN for fp32 CPU weights when libtorch has it, libtorch's `linear` otherwise.
+    /// `FEDSYN_CPU_MATMUL=torch` forces libtorch's path (to compare the two).
+    pub fn for_weight(weight: &Tensor) -> MatmulBackend {
+        let forced_torch = std::env::var("FEDSYN_CPU_MATMUL").is_ok_and(|v| v == "torch");
+        if weight.device() == Device::Cpu
+            && weight.kind() == Kind::Float
+            && onednn::available()
+            && !forced_torch
+        {
+            MatmulBackend::OneDnn
+        } else {
+            MatmulBackend::Torch
+        }
+    }
+}
+
+/// An affine map `y = x Wᵀ + b`, the unit that later LoRA adapters attach to.
+#[derive(Debug)]
+pub struct Linear {
+    /// The weight, `[out_features, in_features]` as PyTorch stores it, contiguous.
+    weight: Tensor,
+    /// The bias, `[out_features]`, when the layer has one.
+    bias: Option<Tensor>,
+    backend: MatmulBackend,
+}
+
+impl Linear {
+    /// Wraps a `[out, in]` weight and an optional `[out]` bias (already on their device and
+    /// in the compute dtype).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        let weight = weight.contiguous();
+        Linear {
+            backend: MatmulBackend::for_weight(&weight),
+            weight,
+            bias: bias.map(|b| b.contiguous()),
+        }
+    }
+
+    /// Applies the map to the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.backend == MatmulBackend::OneDnn && x.kind() == Kind::Float {
+            // A failure here would be a libtorch build without a oneDNN piece; the plain
+            // product is the same map.
+            if let Ok(y) = onednn::linear(x, &self.weight, self.bias.as_ref()) {
+                return y;
+            }
+        }
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    /// The library that multiplies for this layer.
+    pub fn backend(&self) -> MatmulBackend {
+        self.backend
+    }
+
+    /// Stacks the output rows of maps of the same input into one map, so that one matrix
+    /// product computes them all (fewer, larger products run faster), and rebuilds each part
+    /// as a view of the stacked weight, so the weights are stored once. All parts have a bias
+    /// or none does.
+    pub fn stacked(parts: Vec<Linear>) -> (Linear, Vec<Linear>) {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        let stacked = Linear::new(
+            Tensor::cat(&weights, 0),
+            biases.map(|biases| Tensor::cat(&biases, 0)),
+        );
+        let mut start = 0;
+        let views = parts
+            .iter()
+            .map(|part| {
+                let rows = part.out_features();
+                let view = Linear {
+                    weight: stacked.weight.narrow(0, start, rows),
+                    bias: stacked.bias.as_ref().map(|b| b.narrow(0, start, rows)),
+                    backend: stacked.backend,
+                };
+                start += rows;
+                view
+            })
+            .collect();
+        (stacked, views)
+    }
+
+    /// The weight, `[out_features, in_features]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Width of the input.
+    pub fn in_features(&self) -> i64 {
+        self.weight.size()[1]
+    }
+
+    /// Width of the output.
+    pub fn out_features(&self) -> i64 {
+        self.weight.size()[0]
+    }
+}
+
+/// Root-mean-square normalisation: `x / sqrt(mean(x²) + ε) · g`, computed in fp32 whatever
+/// the compute dtype, as the reference implementation does, because bf16 squares lose the
+/// small components.
+#[derive(Debug)]
+pub struct RmsNorm {
+    gain: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// A norm with per-channel gain `gain` (`[d]`).
+    pub fn new(gain: Tensor, eps: f64) -> RmsNorm {
+        RmsNorm { gain, eps }
+    }
+
+    /// Normalises the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        if kind == Kind::Float {
+            // libtorch's fused kernel: one pass instead of six element-wise operations.
+            let width = x.size().last().copied().unwrap_or(0);
+            return x.rms_norm([width], Some(&self.gain), self.eps);
+        }
+        let x32 = x.to_kind(Kind::Float);
+        let mean_square = x32.square().mean_dim(-1, true, Kind::Float);
+        let normalised = x32 * (mean_square + self.eps).rsqrt();
+        &self.gain * normalised.to_kind(kind)
+    }
+}
+
+/// Rotary position embeddings with the "rotate half" pairing of Hugging Face checkpoints:
+/// value i of a head is paired with value i + head_dim/2, and pair i turns by the angle
+/// position · θ^(−2i/head_dim).
+#[derive(Debug)]
+pub struct RotaryEmbedding {
+    /// cos of every angle, `[max_positions, head_dim]` (each frequency twice, once per half).
+    cos: Tensor,
+    /// sin of the same angles, negated in the first half: the rotation of a pair (a, b) is
+    /// (a cos − b sin, b cos + a sin), i.e. `x cos + swap_halves(x) signed_sin`.
+    signed_sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    /// Precomputes the angles of positions `0..max_positions`. Frequencies and angles are
+    /// computed in fp32 exactly as transformers does, then cast to `kind`.
+    pub fn new(config: &LlamaConfig, max_positions: usize, device: Device, kind: Kind) -> Self {
+        let head_dim = config.head_dim as i64;
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / head_dim as f64;
+        let theta = Tensor::from(config.rope_theta as f32).to_device(device);
+        let inverse_frequencies = theta.pow(&exponents).reciprocal();
+        let positions = Tensor::arange(max_positions as i64, (Kind::Float, device));
+        let angles = positions.outer(&inverse_frequencies);
+        let sin = angles.sin();
+        RotaryEmbedding {
+            cos: Tensor::cat(&[&angles, &angles], -1).cos().to_kind(kind),
+            signed_sin: Tensor::cat(&[&sin.neg(), &sin], -1).to_kind(kind),
+        }
+    }
+
+    /// The number of positions the tables cover.
+    pub fn max_positions(&self) -> i64 {
+        self.cos.size()[0]
+    }
+
+    /// cos and signed sin for `positions` (`[batch, seq]`), shaped `[batch, 1, seq,
+    /// head_dim]` to broadcast over heads.
+    pub fn angles_at(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let flat = positions.reshape([-1]);
+        let (batch, seq) = (positions.size()[0], positions.size()[1]);
+        let pick = |table: &Tensor| table.index_select(0, &flat).reshape([batch, 1, seq, -1]);
+        (pick(&self.cos), pick(&self.signed_sin))
+    }
+}
+
+/// Turns `x` (`[batch, heads, seq, head_dim]`) by the angles whose cos and signed sin are
+/// given: `x cos + swap_halves(x) signed_sin`, which is transformers'
+/// `x cos + rotate_half(x) sin` with the sign moved into the table (three operations
+/// instead of six; this runs twice per layer and step).
+fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let swapped = x.roll([half], [3]);
+    (x * cos).addcmul(&swapped, signed_sin)
+}
+
+/// Which slots (cached and new) each new query may attend to.
+#[derive(Debug)]
+pub enum AttentionMask {
+    /// Every query may see every slot: one new token per row and no padding.
+    Everything,
+    /// Nothing cached and no padding: query i sees slots 0..=i, which lets the fused kernel
+    /// skip the blocks above the diagonal instead of computing and then masking them.
+    Causal,
+    /// `[batch, 1, seq, keys]`, true where the query may see the key.
+    Allowed(Tensor),
+}
+
+/// Multi-head attention whose keys and values have fewer heads than its queries (grouped-query
+/// attention); each key/value head serves `heads / kv_heads` consecutive query heads.
+#[derive(Debug)]
+pub struct Attention {
+    /// Query projection, `d → heads · head_dim`.
+    pub q_proj: Linear,
+    /// Key projection, `d → kv_heads · head_dim`.
+    pub k_proj: Linear,
+    /// Value projection, `d → kv_heads · head_dim`.
+    pub v_proj: Linear,
+    /// Output projection, `heads · head_dim → d`.
+    pub o_proj: Linear,
+    /// The q, k and v projections stacked (their weights are views of this one).
+    qkv_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    /// Assembles the four projections of a layer.
+    pub fn new(config: &LlamaConfig, projections: [Linear; 4]) -> Attention {
+        let [q_proj, k_proj, v_proj, o_proj] = projections;
+        let (qkv_proj, views) = Linear::stacked(vec![q_proj, k_proj, v_proj]);
+        let [q_proj, k_proj, v_proj]: [Linear; 3] = views
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three projections were stacked"));
+        Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            qkv_proj,
+            num_heads: config.num_heads as i64,
+            num_kv_heads: config.num_kv_heads as i64,
+            head_dim: config.head_dim as i64,
+        }
+    }
+
+    /// Attends from the `seq` new positions of `x` (`[batch, seq, d]`) to every cached
+    /// position and to themselves. `mask` says which key each query may see; `cache`, when
+    /// given, receives the new keys and values and supplies the earlier ones.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<LayerCache<'_>>,
+    ) -> Tensor {
+        let (batch, seq) = (x.size()[0], x.size()[1]);
+        let (heads, kv_heads) = (self.num_heads, self.num_kv_heads);
+        // One product for q, k and v; heads laid out [batch, q heads | k heads | v heads,
+        // seq, head_dim]. Queries and keys turn by the same angles, so they are rotated
+        // together.
+        let all_heads = self
+            .qkv_proj
+            .forward(x)
+            .view([batch, seq, heads + 2 * kv_heads, self.head_dim])
+            .transpose(1, 2);
+        let rotated = apply_rotary(&all_heads.narrow(1, 0, heads + kv_heads), cos, sin);
+        let queries = rotated.narrow(1, 0, heads);
+        let keys = rotated.narrow(1, heads, kv_heads);
+        let values = all_heads.narrow(1, heads + kv_heads, kv_heads);
+        let (keys, values) = match cache {
+            Some(cache) => cache.append(&keys, &values),
+            None => (keys, values),
+        };
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let (allowed, causal) = match mask {
+            AttentionMask::Everything => (None, false),
+            AttentionMask::Causal => (None, true),
+            AttentionMask::Allowed(allowed) => (Some(allowed), false),
+        };
+        let attended = if seq == 1 && x.device() == Device::Cpu {
+            self.attend_one_query(&queries, &keys, &values, allowed, scale)
+        } else {
+            Tensor::scaled_dot_product_attention(
+                &queries,
+                &keys,
+                &values,
+                allowed,
+                0.0,
+                causal,
+                scale,
+                self.num_heads != self.num_kv_heads,
+            )
+        };
+        let merged = attended
+            .transpose(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(&merged)
+    }
+}
+
+impl Attention {
+    /// Attention of one new position per row (a decoding step) on the CPU: the query heads
+    /// that share a key/value head are stacked into one small matrix, so each row's cached
+    /// keys and values are read once per group by two batched products, where libtorch's
+    /// fused kernel runs one matrix-vector product per query head.
+    fn attend_one_query(
+        &self,
+        queries: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        allowed: Option<&Tensor>,
+        scale: f64,
+    ) -> Tensor {
+        let batch = queries.size()[0];
+        let group = self.num_heads / self.num_kv_heads;
+        let grouped = queries.reshape([batch, self.num_kv_heads, group, self.head_dim]) * scale;
+        let mut scores = grouped.matmul(&keys.transpose(2, 3));
+        if let Some(allowed) = allowed {
+            // allowed: [batch, 1, 1, keys], broadcast over key/value heads and the group.
+            scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+        }
+        scores.softmax(-1, scores.kind()).matmul(values).reshape([
+            batch,
+            self.num_heads,
+            1,
+            self.head_dim,
+        ])
+    }
+}
+
+/// The SwiGLU feed-forward network: `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    /// Gate projection, `d → intermediate`.
+    pub gate_proj: Linear,
+    /// Up projection, `d → intermediate`.
+    pub up_proj: Linear,
+    /// Down projection, `intermediate → d`.
+    pub down_proj: Linear,
+    /// The gate and up projections stacked (their weights are views of this one).
+    gate_up_proj: Linear,
+}
+
+impl Mlp {
+    /// Assembles the three projections of a layer.
+    pub fn new(gate_proj: Linear, up_proj: Linear, down_proj: Linear) -> Mlp {
+        let (gate_up_proj, views) = Linear::stacked(vec![gate_proj, up_proj]);
+        let [gate_proj, up_proj]: [Linear; 2] = views
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two projections were stacked"));
+        Mlp {
+            gate_proj,
+            up_proj,
+            down_proj,
+            gate_up_proj,
+        }
+    }
+
+    /// Applies the network to the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let gate_up = self.gate_up_proj.forward(x);
+        let width = self.gate_proj.out_features();
+        let gate = gate_up.narrow(-1, 0, width).silu();
+        self.down_proj
+            .forward(&(gate * gate_up.narrow(-1, width, width)))
+    }
+}
+
+/// One pre-norm decoder block: `h = x + attn(norm₁(x))`, `out = h + mlp(norm₂(h))`.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention (`input_layernorm`).
+    pub input_norm: RmsNorm,
+    /// The attention sub-layer.
+    pub attention: Attention,
+    /// Norm before the MLP (`post_attention_layernorm`).
+    pub post_attention_norm: RmsNorm,
+    /// The feed-forward sub-layer.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Runs the block on `x` (`[batch, seq, d]`); see [`Attention::forward`] for the rest.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<LayerCache<'_>>,
+    ) -> Tensor {
+        let attended = self
+            .attention
+            .forward(&self.input_norm.forward(x), cos, sin, mask, cache);
+        let h = x + attended;
+        let fed_forward = self.mlp.forward(&self.post_attention_norm.forward(&h));
+        h + fed_forward
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotate_half_turns_each_pair_by_its_angle() {
+        // head_dim 4: pairs (0, 2) and (1, 3); with θ = 10000, pair 1 turns by pos / 100.
+        let config = LlamaConfig {
+            family: super::super::config::Family::Llama,
+            vocab_size: 1,
+            hidden_size: 4,
+            intermediate_size: 1,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 4,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: 8,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+        };
+        let rope = RotaryEmbedding::new(&config, 8, Device::Cpu, Kind::Float);
+        let (cos, sin) = rope.angles_at(&Tensor::from_slice(&[3i64]).view([1, 1]));
+        let x = Tensor::from_slice(&[1.0f32, 1.0, 0.0, 0.0]).view([1, 1, 1, 4]);
+        let turned = Vec::<f32>::try_from(apply_rotary(&x, &cos, &sin).reshape([-1])).unwrap();
+        let expected = [3f32.cos(), 0.03f32.cos(), 3f32.sin(), 0.03f32.sin()];
+        for (got, want) in turned.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{turned:?} vs {expected:?}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_scales_to_unit_root_mean_square() {
+        let norm = RmsNorm::new(Tensor::from_slice(&[1.0f32, 2.0]), 0.0);
+        let out = Vec::<f32>::try_from(norm.forward(&Tensor::from_slice(&[3.0f32, 4.0]))).unwrap();
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 8.0 / rms).abs() < 1e-6);
+    }
+}

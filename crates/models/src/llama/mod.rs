@@ -1,0 +1,369 @@
+//! Llama-family causal language models (Llama, SmolLM, Mistral, Qwen2) on libtorch, with a
+//! key/value cache, batched sampling and chat templates.
+//!
+//! The network is the pre-norm decoder of Touvron et al. (2023): token embedding, then N
+//! blocks `h = x + Attn(RMSNorm(x))`, `out = h + SwiGLU(RMSNorm(h))` with rotary positions
+//! and grouped-query attention, a final RMSNorm and a linear output head (tied to the
+//! embedding in small models).
+//!
+//! ```no_run
+//! # fn main() -> models::Result<()> {
+//! use models::llama::{Generator, SamplingParams};
+//! let generator = Generator::load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), tch::Device::Cpu)?;
+//! let params = SamplingParams { max_new_tokens: 32, ..SamplingParams::default() };
+//! let prompts = ["Write a haiku about rivers.".to_string()];
+//! let completions = generator.generate(&prompts, true, &params)?;
+//! println!("{}", completions[0].text);
+//! # Ok(()) }
+//! ```
+
+mod allocator;
+mod cache;
+mod chat;
+mod config;
+mod generate;
+mod layers;
+// Shared with other CPU models of the crate (fp32 matrix products through oneDNN).
+pub(crate) mod onednn;
+mod sampling;
+mod weights;
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::device::compute_kind;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+pub use allocator::keep_freed_memory;
+pub use cache::{KvCache, LayerCache};
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::{Family, LlamaConfig};
+pub use generate::{generate_ids, Completion, FinishReason, GeneratedIds, Generator};
+pub use layers::{
+    Attention, AttentionMask, DecoderLayer, Linear, MatmulBackend, Mlp, RmsNorm, RotaryEmbedding,
+};
+pub use sampling::{Sampler, SamplingParams};
+use weights::WeightSource;
+
+/// Longest rotary table precomputed; models with longer contexts are run up to this length.
+const MAX_ROTARY_POSITIONS: usize = 32_768;
+
+/// A Llama-family decoder with its output head: token ids in, next-token logits out.
+///
+/// Loading a model onto the CPU also calls [`keep_freed_memory`] (a process-wide glibc
+/// setting that keeps freed activation memory for reuse).
+#[derive(Debug)]
+pub struct CausalLm {
+    config: LlamaConfig,
+    /// Token embeddings, `[vocab, d]`.
+    embed_tokens: Tensor,
+    /// The decoder blocks.
+    pub layers: Vec<DecoderLayer>,
+    /// The norm after the last block.
+    norm: RmsNorm,
+    /// The output head, `d → vocab` (shares the embedding's storage when tied).
+    pub lm_head: Linear,
+    rope: RotaryEmbedding,
+    device: Device,
+    kind: Kind,
+}
+
+impl CausalLm {
+    /// Loads a model from a GGUF file (as llama.cpp writes them) or a Hugging Face folder,
+    /// whichever `path` is.
+    pub fn load(path: &Path, device: Device) -> Result<CausalLm> {
+        if path.is_dir() {
+            CausalLm::from_hf_dir(path, device)
+        } else {
+            CausalLm::from_gguf(path, device)
+        }
+    }
+
+    /// Loads a GGUF file, dequantising every tensor to f32 and then to the compute dtype of
+    /// `device` (fp32 on the CPU, bf16 on CUDA).
+    pub fn from_gguf(path: &Path, device: Device) -> Result<CausalLm> {
+        let file = GgufFile::open(path)?;
+        CausalLm::from_open_gguf(&file, path, device)
+    }
+
+    /// As [`CausalLm::from_gguf`], for a file already open (e.g. to read its tokenizer too).
+    pub fn from_open_gguf(file: &GgufFile, path: &Path, device: Device) -> Result<CausalLm> {
+        let config = LlamaConfig::from_gguf(file, path)?;
+        let source = WeightSource::Gguf {
+            file,
+            path,
+            config: &config,
+        };
+        CausalLm::build(config.clone(), &source, device)
+    }
+
+    /// Loads a Hugging Face folder: `config.json` and the `*.safetensors` weights.
+    pub fn from_hf_dir(dir: &Path, device: Device) -> Result<CausalLm> {
+        let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
+        let source = WeightSource::open_hf_dir(dir)?;
+        CausalLm::build(config, &source, device)
+    }
+
+    fn build(config: LlamaConfig, source: &WeightSource<'_>, device: Device) -> Result<CausalLm> {
+        let _no_grad = tch::no_grad_guard();
+        if device == Device::Cpu {
+            keep_freed_memory();
+        }
+        let kind = compute_kind(device);
+        let load = |name: &str, shape: &[i64]| source.load(name, shape, device, kind);
+        let (d, vocab) = (config.hidden_size as i64, config.vocab_size as i64);
+        let head_dim = config.head_dim as i64;
+        let q_width = config.num_heads as i64 * head_dim;
+        let kv_width = config.num_kv_heads as i64 * head_dim;
+        let ffn = config.intermediate_size as i64;
+
+        let linear = |name: &str, out: i64, inp: i64, bias: bool| -> Result<Linear> {
+            let weight = load(&format!("{name}.weight"), &[out, inp])?;
+            let bias = if bias {
+                Some(load(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            };
+            Ok(Linear::new(weight, bias))
+        };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(load(name, &[d])?, config.rms_norm_eps))
+        };
+
+        let embed_tokens = load("model.embed_tokens.weight", &[vocab, d])?;
+        let layers = (0..config.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let attention = Attention::new(
+                    &config,
+                    [
+                        linear(
+                            &format!("{p}.self_attn.q_proj"),
+                            q_width,
+                            d,
+                            config.qkv_bias,
+                        )?,
+                        linear(
+                            &format!("{p}.self_attn.k_proj"),
+                            kv_width,
+                            d,
+                            config.qkv_bias,
+                        )?,
+                        linear(
+                            &format!("{p}.self_attn.v_proj"),
+                            kv_width,
+                            d,
+                            config.qkv_bias,
+                        )?,
+                        linear(&format!("{p}.self_attn.o_proj"), d, q_width, config.o_bias)?,
+                    ],
+                );
+                let mlp = Mlp::new(
+                    linear(&format!("{p}.mlp.gate_proj"), ffn, d, config.mlp_bias)?,
+                    linear(&format!("{p}.mlp.up_proj"), ffn, d, config.mlp_bias)?,
+                    linear(&format!("{p}.mlp.down_proj"), d, ffn, config.mlp_bias)?,
+                );
+                Ok(DecoderLayer {
+                    input_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                    attention,
+                    post_attention_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                    mlp,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Some tied checkpoints still ship lm_head.weight (a copy); use it when present.
+        let lm_head = if source.contains("lm_head.weight") {
+            linear("lm_head", vocab, d, false)?
+        } else if config.tie_word_embeddings {
+            Linear::new(embed_tokens.shallow_clone(), None)
+        } else {
+            linear("lm_head", vocab, d, false)?
+        };
+        let rope = RotaryEmbedding::new(
+            &config,
+            config.max_position_embeddings.min(MAX_ROTARY_POSITIONS),
+            device,
+            kind,
+        );
+        Ok(CausalLm {
+            norm: norm("model.norm.weight")?,
+            config,
+            embed_tokens,
+            layers,
+            lm_head,
+            rope,
+            device,
+            kind,
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype of weights and activations (fp32 on the CPU, bf16 on CUDA).
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The longest position (0-based, exclusive) the model can be run at.
+    pub fn max_positions(&self) -> i64 {
+        self.rope.max_positions()
+    }
+
+    /// An empty key/value cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.config, batch, capacity, self.device, self.kind)
+    }
+
+    /// Next-token logits (fp32, `[batch, seq, vocab]`) for every position of `input_ids`.
+    /// See [`CausalLm::forward_hidden`] for the arguments.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, positions, attention_mask, cache)?;
+        Ok(self.logits(&hidden))
+    }
+
+    /// The final hidden states (`[batch, seq, d]`, after the last norm) of `input_ids`
+    /// (`[batch, seq]`, int64) at `positions` (`[batch, seq]`, the rotary position of each
+    /// token: with left padding, row r's first real token is at 0).
+    ///
+    /// `attention_mask` (`[batch, cached + seq]`, nonzero = real token) covers the cached
+    /// slots and the new ones; padding slots are never attended to. Without a cache the call
+    /// sees only `input_ids`; with one, the new keys and values are appended to it.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let cached = cache.as_ref().map_or(0, |c| c.len());
+        self.check_inputs(input_ids, positions, attention_mask, cached)?;
+        let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
+        if let Some(cache) = cache.as_ref() {
+            cache.check_room(batch, seq)?;
+        }
+        let input_ids = input_ids.to_device(self.device);
+        let positions = positions.to_device(self.device);
+        let mask = attention_mask_for(&attention_mask.to_device(self.device), seq, cached);
+        let (cos, sin) = self.rope.angles_at(&positions);
+
+        let mut hidden = self
+            .embed_tokens
+            .index_select(0, &input_ids.reshape([-1]))
+            .view([batch, seq, -1]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_ref().map(|c| c.layer(i));
+            hidden = layer.forward(&hidden, &cos, &sin, &mask, layer_cache);
+        }
+        if let Some(cache) = cache.as_mut() {
+            cache.advance(seq);
+        }
+        Ok(self.norm.forward(&hidden))
+    }
+
+    /// The output head applied to hidden states (any leading shape), as fp32 logits.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        let _no_grad = tch::no_grad_guard();
+        self.lm_head.forward(hidden).to_kind(Kind::Float)
+    }
+
+    fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: &Tensor,
+        cached: i64,
+    ) -> Result<()> {
+        let invalid = |message: String| {
+            Err(ModelError::InvalidArgument {
+                name: "model input",
+                message,
+            })
+        };
+        let ids_shape = input_ids.size();
+        if ids_shape.len() != 2 || ids_shape.contains(&0) {
+            return invalid(format!(
+                "input_ids has shape {ids_shape:?}; expected [batch ≥ 1, seq ≥ 1]"
+            ));
+        }
+        if input_ids.kind() != Kind::Int64 || positions.kind() != Kind::Int64 {
+            return invalid("input_ids and positions must be int64".to_string());
+        }
+        if positions.size() != ids_shape {
+            return invalid(format!(
+                "positions has shape {:?}, input_ids {ids_shape:?}",
+                positions.size()
+            ));
+        }
+        let mask_shape = [ids_shape[0], cached + ids_shape[1]];
+        if attention_mask.size() != mask_shape {
+            return invalid(format!(
+                "attention_mask has shape {:?}; with {cached} cached slots it must be {mask_shape:?}",
+                attention_mask.size()
+            ));
+        }
+        let vocab = self.config.vocab_size as i64;
+        let (id_min, id_max) = (
+            i64::try_from(input_ids.min())?,
+            i64::try_from(input_ids.max())?,
+        );
+        if id_min < 0 || id_max >= vocab {
+            return invalid(format!(
+                "token ids must lie in 0..{vocab}; found {id_min}..={id_max}"
+            ));
+        }
+        let (pos_min, pos_max) = (
+            i64::try_from(positions.min())?,
+            i64::try_from(positions.max())?,
+        );
+        if pos_min < 0 || pos_max >= self.max_positions() {
+            return invalid(format!(
+                "positions must lie in 0..{}; found {pos_min}..={pos_max}",
+                self.max_positions()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which keys each new query may attend to (`Allowed`: `[batch, 1, seq, cached + seq]`, true
+/// = may), with the cheaper forms when there is no padding.
+///
+/// Query i sits in slot `cached + i`; it sees slots up to its own (causality) that hold real
+/// tokens. A padding query would see nothing at all, and softmax over nothing is NaN, which
+/// would then leak into real rows through 0 · NaN; so every query also sees its own slot.
+fn attention_mask_for(attention_mask: &Tensor, seq: i64, cached: i64) -> AttentionMask {
+    let real = attention_mask.ne(0);
+    if bool::try_from(real.all()).unwrap_or(false) {
+        if seq == 1 {
+            return AttentionMask::Everything;
+        }
+        if cached == 0 {
+            return AttentionMask::Causal;
+        }
+    }
+    let device = attention_mask.device();
+    let keys = cached + seq;
+    let key_slots = Tensor::arange(keys, (Kind::Int64, device)).view([1, keys]);
+    let query_slots = Tensor::arange_start(cached, keys, (Kind::Int64, device)).view([seq, 1]);
+    let causal = key_slots.le_tensor(&query_slots);
+    let own_slot = key_slots.eq_tensor(&query_slots);
+    let real_keys = real.view([-1, 1, 1, keys]);
+    AttentionMask::Allowed((real_keys.logical_and(&causal)).logical_or(&own_slot))
+}

@@ -1,0 +1,288 @@
+//! Choosing next tokens from logits: greedy, or sampling with temperature, top-k and top-p
+//! (nucleus) filtering, in that order as transformers applies them. Whole batches are
+//! filtered and sampled with tensor operations; only the uniform random numbers come from
+//! the host, one seeded stream per row, so a seed reproduces a run exactly on the CPU and
+//! tests running in parallel never share a generator.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{ModelError, Result};
+
+/// How a generation run picks tokens and when it stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Most tokens generated per row.
+    pub max_new_tokens: usize,
+    /// Always take the most likely token (also implied by `temperature == 0`).
+    pub greedy: bool,
+    /// Logits are divided by this before the softmax; must be ≥ 0.
+    pub temperature: f64,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`
+    /// (1 keeps all); must lie in (0, 1].
+    pub top_p: f64,
+    /// Keep only the `top_k` most likely tokens (0 keeps all).
+    pub top_k: usize,
+    /// Seed of the per-row random streams.
+    pub seed: u64,
+    /// A row stops once its generated text contains one of these; the text is cut before it.
+    pub stop_strings: Vec<String>,
+    /// Generate `max_new_tokens` even past end-of-sequence tokens (for throughput tests).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_new_tokens: 128,
+            greedy: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            stop_strings: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of up to `max_new_tokens` tokens.
+    pub fn greedy(max_new_tokens: usize) -> SamplingParams {
+        SamplingParams {
+            max_new_tokens,
+            greedy: true,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Whether tokens are chosen by argmax rather than drawn.
+    pub fn is_greedy(&self) -> bool {
+        self.greedy || self.temperature == 0.0
+    }
+
+    /// Fails with a message naming the field when a value is out of range.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |name: &'static str, message: String| {
+            Err(ModelError::InvalidArgument { name, message })
+        };
+        if self.max_new_tokens == 0 {
+            return invalid("max_new_tokens", "must be at least 1".to_string());
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return invalid(
+                "temperature",
+                format!("{} is not a finite number ≥ 0", self.temperature),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid("top_p", format!("{} is not in (0, 1]", self.top_p));
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return invalid(
+                "stop_strings",
+                "an empty stop string would stop at once".to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): a tiny generator whose output function mixes well
+/// enough that distinct seeds give unrelated streams.
+#[derive(Debug, Clone)]
+struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(Self::GOLDEN_GAMMA);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform number in (0, 1] with 53 random bits; never 0, so a draw never lands
+    /// before the first candidate's probability mass.
+    fn next_open_unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks next tokens for a batch, with one random stream per original row.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    streams: Vec<SplitMix64>,
+}
+
+impl Sampler {
+    /// A sampler for `rows` sequences; row r's stream depends only on the seed and r.
+    pub fn new(params: &SamplingParams, rows: usize) -> Sampler {
+        let streams = (0..rows as u64)
+            .map(|row| {
+                // Hash (seed, row) into a starting state, so rows do not share a stream
+                // shifted by one step, as consecutive raw states would.
+                let mut mixer =
+                    SplitMix64::new(params.seed ^ row.wrapping_mul(0xD1B5_4A32_D192_ED03));
+                SplitMix64::new(mixer.next_u64())
+            })
+            .collect();
+        Sampler {
+            params: params.clone(),
+            streams,
+        }
+    }
+
+    /// The next token of each row of `logits` (`[n, vocab]`, fp32); `rows[i]` is the
+    /// original row that logits row i belongs to (rows are dropped as they finish).
+    /// Returns int64 ids, `[n]`, on the logits' device.
+    pub fn sample(&mut self, logits: &Tensor, rows: &[usize]) -> Tensor {
+        let _no_grad = tch::no_grad_guard();
+        if self.params.is_greedy() {
+            return logits.argmax(-1, false);
+        }
+        let uniforms: Vec<f32> = rows
+            .iter()
+            .map(|&row| self.streams[row].next_open_unit() as f32)
+            .collect();
+        let uniforms = Tensor::from_slice(&uniforms)
+            .to_device(logits.device())
+            .view([-1, 1]);
+        sample_filtered(&self.params, logits, &uniforms)
+    }
+}
+
+/// Temperature, then top-k, then top-p, then inverse-CDF sampling with one uniform per row.
+fn sample_filtered(params: &SamplingParams, logits: &Tensor, uniforms: &Tensor) -> Tensor {
+    let vocab = logits.size()[1];
+    let scaled = logits.to_kind(Kind::Float) / params.temperature;
+    // Candidates in descending order of probability when filtering needs an order; the
+    // full vocabulary in id order otherwise (no sort needed).
+    let (candidates, candidate_ids) = if params.top_k > 0 && (params.top_k as i64) < vocab {
+        let (values, ids) = scaled.topk(params.top_k as i64, -1, true, true);
+        (values, Some(ids))
+    } else if params.top_p < 1.0 {
+        let (values, ids) = scaled.sort(-1, true);
+        (values, Some(ids))
+    } else {
+        (scaled, None)
+    };
+    let mut probabilities = candidates.softmax(-1, Kind::Float);
+    if params.top_p < 1.0 {
+        // Keep a token while the mass of the more likely tokens before it is below top_p:
+        // the smallest prefix reaching top_p, and always the most likely token.
+        let mass_before = probabilities.cumsum(-1, Kind::Float) - &probabilities;
+        probabilities = &probabilities * mass_before.lt(params.top_p).to_kind(Kind::Float);
+    }
+    let cumulative = probabilities.cumsum(-1, Kind::Float);
+    let count = cumulative.size()[1];
+    let total = cumulative.narrow(1, count - 1, 1);
+    // The first candidate whose cumulative mass reaches u · total.
+    let threshold = uniforms * total;
+    let choice = cumulative
+        .lt_tensor(&threshold)
+        .sum_dim_intlist(-1, false, Kind::Int64)
+        .clamp_max(count - 1);
+    match candidate_ids {
+        Some(ids) => ids.gather(-1, &choice.unsqueeze(-1), false).squeeze_dim(-1),
+        None => choice,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(top_k: usize, top_p: f64) -> SamplingParams {
+        SamplingParams {
+            top_k,
+            top_p,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// log-probabilities 0.5, 0.3, 0.15, 0.05 for ids 0..4, in a shuffled order.
+    fn logits() -> Tensor {
+        Tensor::from_slice(&[0.15f32, 0.5, 0.05, 0.3])
+            .log()
+            .view([1, 4])
+    }
+
+    fn draw(params: &SamplingParams, u: f32) -> i64 {
+        let token = sample_filtered(params, &logits(), &Tensor::from_slice(&[u]).view([1, 1]));
+        i64::try_from(token.squeeze()).unwrap()
+    }
+
+    #[test]
+    fn inverse_cdf_follows_the_probabilities() {
+        let all = params(0, 1.0);
+        // Id order: 0.15 (id 0), 0.5 (id 1), 0.05 (id 2), 0.3 (id 3).
+        assert_eq!(draw(&all, 0.10), 0);
+        assert_eq!(draw(&all, 0.60), 1);
+        assert_eq!(draw(&all, 0.68), 2);
+        assert_eq!(draw(&all, 0.71), 3);
+        assert_eq!(draw(&all, 1.0), 3);
+    }
+
+    #[test]
+    fn top_k_and_top_p_drop_the_tail() {
+        // Top-2 keeps ids 1 (0.5) and 3 (0.3), renormalised to 0.625 / 0.375.
+        let top2 = params(2, 1.0);
+        assert_eq!(draw(&top2, 0.62), 1);
+        assert_eq!(draw(&top2, 0.63), 3);
+        assert_eq!(draw(&top2, 1.0), 3);
+        // top_p 0.75: 0.5 + 0.3 reaches it, so id 0 (0.15) and id 2 go.
+        let nucleus = params(0, 0.75);
+        assert_eq!(draw(&nucleus, 0.99), 3);
+        // top_p 0.4: the most likely token alone reaches it.
+        let narrow = params(0, 0.4);
+        assert_eq!(draw(&narrow, 0.01), 1);
+        assert_eq!(draw(&narrow, 1.0), 1);
+    }
+
+    #[test]
+    fn streams_repeat_per_seed_and_differ_per_row() {
+        let p = SamplingParams {
+            seed: 7,
+            ..SamplingParams::default()
+        };
+        let mut a = Sampler::new(&p, 2);
+        let mut b = Sampler::new(&p, 2);
+        let draws = |s: &mut Sampler, row: usize| -> Vec<f64> {
+            (0..4).map(|_| s.streams[row].next_open_unit()).collect()
+        };
+        assert_eq!(draws(&mut a, 0), draws(&mut b, 0));
+        assert_ne!(draws(&mut a, 1), draws(&mut a, 0));
+        let mut other = Sampler::new(&SamplingParams { seed: 8, ..p }, 1);
+        assert_ne!(draws(&mut other, 0), draws(&mut b, 0));
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_named() {
+        let bad = |p: SamplingParams| p.validate().unwrap_err().to_string();
+        assert!(bad(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .contains("temperature"));
+        assert!(bad(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .contains("top_p"));
+        assert!(bad(SamplingParams {
+            max_new_tokens: 0,
+            ..Default::default()
+        })
+        .contains("max_new_tokens"));
+        assert!(SamplingParams::greedy(4).validate().is_ok());
+    }
+}

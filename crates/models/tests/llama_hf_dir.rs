@@ -1,0 +1,227 @@
+//! Loads the tiny random Llama and Qwen2 folders that `scripts/reference/generator.py` wrote
+//! with transformers' `save_pretrained`, and compares logits of a left-padded batch (1e-4),
+//! cached step-by-step decoding and greedy continuations with transformers' outputs.
+
+use std::path::PathBuf;
+
+use models::llama::{generate_ids, CausalLm, Generator, SamplingParams};
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Reference {
+    prompts: Vec<Vec<u32>>,
+    /// Per row, per real (unpadded) position: the logits.
+    logits: Vec<Vec<Vec<f32>>>,
+    greedy_ids: Vec<Vec<u32>>,
+    max_new_tokens: usize,
+    eos_id: u32,
+    text_prompt: Option<String>,
+    text_prompt_ids: Option<Vec<u32>>,
+    chat_prompt_ids: Option<Vec<u32>>,
+}
+
+fn fixture(name: &str) -> (PathBuf, Reference) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("fixture exists");
+    (dir, serde_json::from_str(&text).expect("fixture parses"))
+}
+
+/// The prompts left-padded with id 0: ids, 0/1 mask and positions counted from each row's
+/// first real token, as `[rows, width]` tensors.
+fn left_padded(prompts: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
+    let width = prompts.iter().map(Vec::len).max().unwrap();
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for prompt in prompts {
+        let pad = width - prompt.len();
+        ids.extend(
+            (0..pad)
+                .map(|_| 0i64)
+                .chain(prompt.iter().map(|&t| i64::from(t))),
+        );
+        mask.extend((0..width).map(|i| i64::from(i >= pad)));
+    }
+    let shape = [prompts.len() as i64, width as i64];
+    let mask = Tensor::from_slice(&mask).view(shape);
+    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    (Tensor::from_slice(&ids).view(shape), mask, positions)
+}
+
+fn max_difference(got: &Tensor, want: &[f32]) -> f32 {
+    let got = Vec::<f32>::try_from(got.reshape([-1])).unwrap();
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_logits(name: &str) {
+    let (dir, reference) = fixture(name);
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let (ids, mask, positions) = left_padded(&reference.prompts);
+    let logits = model.forward(&ids, &positions, &mask, None).unwrap();
+    let width = ids.size()[1];
+    for (row, (prompt, expected)) in reference.prompts.iter().zip(&reference.logits).enumerate() {
+        let first_real = width - prompt.len() as i64;
+        for (offset, want) in expected.iter().enumerate() {
+            let got = logits.get(row as i64).get(first_real + offset as i64);
+            let diff = max_difference(&got, want);
+            assert!(
+                diff < TOLERANCE,
+                "{name} row {row} position {offset}: max |Δ| {diff}"
+            );
+        }
+    }
+}
+
+fn check_greedy(name: &str) {
+    let (dir, reference) = fixture(name);
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let params = SamplingParams::greedy(reference.max_new_tokens);
+    let generated = generate_ids(
+        &model,
+        &reference.prompts,
+        &params,
+        &[reference.eos_id],
+        0,
+        |_, _| false,
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> = generated.into_iter().map(|g| g.ids).collect();
+    assert_eq!(ids, reference.greedy_ids, "{name}: greedy continuation");
+}
+
+#[test]
+fn tiny_llama_logits_match_transformers() {
+    check_logits("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_logits_match_transformers() {
+    check_logits("tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_greedy_continuation_matches_transformers() {
+    check_greedy("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_greedy_continuation_matches_transformers() {
+    check_greedy("tiny-qwen2");
+}
+
+/// Feeding a padded batch one slot at a time through the cache gives the logits of the
+/// single full forward pass.
+#[test]
+fn cached_decoding_matches_the_full_pass() {
+    let (dir, reference) = fixture("tiny-qwen2");
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let (ids, mask, positions) = left_padded(&reference.prompts);
+    let full = model.forward(&ids, &positions, &mask, None).unwrap();
+    let (rows, width) = (ids.size()[0], ids.size()[1]);
+    let mut cache = model.new_cache(rows as usize, width as usize).unwrap();
+    let prefix = 3;
+    let first = model
+        .forward(
+            &ids.narrow(1, 0, prefix),
+            &positions.narrow(1, 0, prefix),
+            &mask.narrow(1, 0, prefix),
+            Some(&mut cache),
+        )
+        .unwrap();
+    let mut pieces = vec![first];
+    for slot in prefix..width {
+        let step = model
+            .forward(
+                &ids.narrow(1, slot, 1),
+                &positions.narrow(1, slot, 1),
+                &mask.narrow(1, 0, slot + 1),
+                Some(&mut cache),
+            )
+            .unwrap();
+        pieces.push(step);
+    }
+    let stepped = Tensor::cat(&pieces, 1);
+    // Compare real positions only: padded slots attend to themselves alone by design.
+    let real = mask.unsqueeze(-1).expand_as(&full).to_kind(Kind::Bool);
+    let diff = f32::try_from((full - stepped).abs().masked_select(&real).max()).unwrap();
+    assert!(diff < 1e-5, "max |Δ| {diff}");
+    let one_more = Tensor::ones([rows, width + 1], (Kind::Int64, Device::Cpu));
+    let err = model
+        .forward(
+            &ids.narrow(1, 0, 1),
+            &positions.narrow(1, 0, 1),
+            &one_more,
+            Some(&mut cache),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("capacity"), "{err}");
+}
+
+/// The tokenizer.json, tokenizer_config.json chat template and BOS handling of a Hugging
+/// Face folder give transformers' prompt ids.
+#[test]
+fn tiny_llama_folder_tokenises_like_transformers() {
+    let (dir, reference) = fixture("tiny-llama");
+    let generator = Generator::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let text = reference.text_prompt.unwrap();
+    assert_eq!(
+        generator.encode_prompt(&text, false).unwrap(),
+        reference.text_prompt_ids.unwrap()
+    );
+    assert_eq!(
+        generator.encode_prompt(&text, true).unwrap(),
+        reference.chat_prompt_ids.unwrap()
+    );
+    assert_eq!(generator.eos_ids(), [2]);
+}
+
+#[test]
+fn mismatched_inputs_are_refused_with_a_reason() {
+    let (dir, _) = fixture("tiny-llama");
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let ids = Tensor::from_slice(&[1i64, 2, 3]).view([1, 3]);
+    let positions = Tensor::from_slice(&[0i64, 1, 2]).view([1, 3]);
+    let short_mask = Tensor::ones([1, 2], (Kind::Int64, Device::Cpu));
+    let err = model
+        .forward(&ids, &positions, &short_mask, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("attention_mask"), "{err}");
+    let big = Tensor::from_slice(&[1i64, 2, 64]).view([1, 3]);
+    let mask = Tensor::ones([1, 3], (Kind::Int64, Device::Cpu));
+    let err = model
+        .forward(&big, &positions, &mask, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0..64"), "{err}");
+    let missing = CausalLm::from_hf_dir(&dir.join("nonexistent"), Device::Cpu).unwrap_err();
+    assert!(missing.to_string().contains("config.json"), "{missing}");
+}
+
+/// A batch larger than one prefill slice, whose rows finish at different steps (one prompt
+/// ends with EOS after three tokens in tiny-qwen2), so that finished rows are dropped from
+/// the batch: every row still gets its own prompt's greedy continuation.
+#[test]
+fn sliced_prefill_and_dropping_finished_rows_keep_each_row_intact() {
+    let (dir, reference) = fixture("tiny-qwen2");
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let rows = 21;
+    let prompts: Vec<Vec<u32>> = (0..rows)
+        .map(|i| reference.prompts[i % 2].clone())
+        .collect();
+    let params = SamplingParams::greedy(reference.max_new_tokens);
+    let generated = generate_ids(&model, &prompts, &params, &[reference.eos_id], 0, |_, _| {
+        false
+    })
+    .unwrap();
+    for (i, row) in generated.iter().enumerate() {
+        assert_eq!(row.ids, reference.greedy_ids[i % 2], "row {i}");
+    }
+}

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Reference outputs of transformers for crate `models`' Llama-family generator.
+
+Writes, under crates/models/tests/fixtures/:
+
+  * generator_reference.json: SmolLM2-135M-Instruct (the GGUF file of scripts/setup.sh, loaded
+    by transformers with `gguf_file=`, dequantised to fp32). For three prompts (one rendered
+    with the model's chat template): the prompt ids, the last-position logits (top 50, every
+    97th id, summary numbers) and the greedy 24-token continuation.
+  * tiny-llama/ and tiny-qwen2/: small random models written with `save_pretrained`
+    (config.json, model.safetensors; tiny-llama also a word-level tokenizer.json, a
+    tokenizer_config.json with a chat template, generation_config.json), each with a
+    reference.json: logits of a left-padded batch at every real position, and the greedy
+    continuation of that batch by `generate`.
+
+Run with the benchmark venv (scripts/bench-venv.sh) from the repository root:
+    .venv-bench/bin/python scripts/reference/generator.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "crates" / "models" / "tests" / "fixtures"
+
+PROMPTS = [
+    {"text": "The State of the Union is", "chat": False},
+    {"text": "Write one sentence about the history of the United States Congress.", "chat": True},
+    {
+        "text": "Fellow-Citizens of the Senate and House of Representatives: In meeting you "
+        "again I feel much satisfaction in being able to",
+        "chat": False,
+    },
+]
+GREEDY_TOKENS = 24
+TOP_LOGITS = 50
+LOGIT_STRIDE = 97
+
+
+def models_env() -> dict:
+    env_file = ROOT / ".cache" / "models.env"
+    if not env_file.is_file():
+        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
+    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
+    return {key.strip(): value.strip() for key, _, value in pairs if key and not key.startswith("#")}
+
+
+def rounded(values) -> list:
+    """Seven significant digits: ample for tolerances of 1e-4 and above, half the bytes."""
+    return [float(f"{v:.7g}") for v in values]
+
+
+def logit_summary(logits: torch.Tensor) -> dict:
+    top = logits.topk(TOP_LOGITS)
+    return {
+        "top_ids": top.indices.tolist(),
+        "top_values": rounded(top.values.tolist()),
+        "strided_every": LOGIT_STRIDE,
+        "strided_values": rounded(logits[::LOGIT_STRIDE].tolist()),
+        "logsumexp": float(torch.logsumexp(logits.double(), 0)),
+        "mean": float(logits.double().mean()),
+        "std": float(logits.double().std()),
+    }
+
+
+def smollm2_reference() -> dict:
+    gguf_path = Path(models_env()["FEDSYN_SMOLLM2_GGUF"])
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model.eval()
+    eos = tokenizer.eos_token_id
+    cases = []
+    for prompt in PROMPTS:
+        if prompt["chat"]:
+            messages = [{"role": "user", "content": prompt["text"]}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            text = prompt["text"]
+            ids = tokenizer(text)["input_ids"]
+        input_ids = torch.tensor([ids])
+        with torch.no_grad():
+            logits = model(input_ids).logits[0, -1]
+            output = model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=False,
+                max_new_tokens=GREEDY_TOKENS,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        cases.append({
+            "text": prompt["text"],
+            "chat": prompt["chat"],
+            "formatted": text,
+            "prompt_ids": ids,
+            "last_logits": logit_summary(logits),
+            "greedy_ids": output[0, len(ids):].tolist(),
+            "greedy_text": tokenizer.decode(output[0, len(ids):], skip_special_tokens=True),
+        })
+    return {
+        "generator": "scripts/reference/generator.py",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "model_file": name,
+        "eos_id": eos,
+        "greedy_tokens": GREEDY_TOKENS,
+        "cases": cases,
+    }
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+    """Weights large enough that greedy choices are far from ties, biases and norm gains
+    away from their 0 / 1 initial values so that loading them wrongly shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.1 * noise)
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * noise)
+            else:
+                param.copy_(0.2 * noise)
+
+
+# Word-level vocabulary of the tiny Llama: 4 special tokens, then w0 .. w59.
+TINY_VOCAB = ["<unk>", "<s>", "</s>", "<|user|>"] + [f"w{i}" for i in range(60)]
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|user|> {{ message['content'] }} "
+    "{% endfor %}{% if add_generation_prompt %}w0{% endif %}"
+)
+
+
+def tiny_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json whose post-processor adds BOS, like Llama's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders
+    from tokenizers import AddedToken
+
+    tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TINY_VOCAB)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in TINY_VOCAB[:4]])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "chat_template": TINY_CHAT_TEMPLATE,
+    }, indent=1) + "\n")
+    return tokenizer
+
+
+def tiny_reference(kind: str) -> None:
+    common = dict(vocab_size=len(TINY_VOCAB), hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = transformers.LlamaConfig(**common, tie_word_embeddings=False,
+                                          rope_parameters={"rope_type": "default",
+                                                           "rope_theta": 500000.0})
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.Qwen2Config(**common, tie_word_embeddings=True,
+                                          rope_parameters={"rope_type": "default",
+                                                           "rope_theta": 1000000.0})
+        model = transformers.Qwen2ForCausalLM(config)
+    model.eval()
+    randomise(model, seed=1 if kind == "llama" else 2)
+    folder = FIXTURES / f"tiny-{kind}"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+
+    # A left-padded batch: row 0 full, row 1 with three pads (pad id 0).
+    rows = [[5, 17, 33, 8, 41, 12, 9], [22, 7, 50, 31]]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                   max_new_tokens=8, eos_token_id=2, pad_token_id=0)
+    real_logits = [logits[b, width - len(r):].tolist() for b, r in enumerate(rows)]
+    greedy = []
+    for row in generated[:, width:].tolist():
+        # generate pads rows that ended with EOS; keep the EOS, drop the padding after it.
+        greedy.append(row[: row.index(2) + 1] if 2 in row else row)
+    reference = {
+        "generator": "scripts/reference/generator.py",
+        "transformers_version": transformers.__version__,
+        "prompts": rows,
+        "logits": [[rounded(position) for position in row] for row in real_logits],
+        "greedy_ids": greedy,
+        "max_new_tokens": 8,
+        "eos_id": 2,
+    }
+    if kind == "llama":
+        tokenizer = tiny_tokenizer(folder)
+        words = "w5 w6 w7 w8"
+        chat = TINY_CHAT_TEMPLATE  # rendered by transformers below, for the Rust chat check
+        hf_tokenizer = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+        hf_tokenizer.chat_template = chat
+        reference["text_prompt"] = words
+        reference["text_prompt_ids"] = hf_tokenizer(words)["input_ids"]
+        reference["chat_prompt_ids"] = hf_tokenizer.apply_chat_template(
+            [{"role": "user", "content": words}], add_generation_prompt=True, tokenize=True,
+            return_dict=False)
+    (folder / "reference.json").write_text(json.dumps(reference) + "\n")
+    print(f"wrote {folder.relative_to(ROOT)}")
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    tiny_reference("llama")
+    tiny_reference("qwen2")
+    output = FIXTURES / "generator_reference.json"
+    output.write_text(json.dumps(smollm2_reference(), ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {output.relative_to(ROOT)} (transformers {transformers.__version__})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+//! `fedsyn doctor` reports the libtorch it loaded and finds the models scripts/setup.sh installs.
+
+use std::process::Command;
+
+#[test]
+fn doctor_reports_libtorch_and_the_default_models() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fedsyn"))
+        .args(["doctor", "--json"])
+        .output()
+        .expect("fedsyn runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "doctor failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = report["libtorch_version"].as_str().unwrap_or_default();
+    assert!(version.starts_with("2.13.0"), "libtorch {version}");
+    assert!(report["threads"].as_i64().unwrap() >= 1);
+    for asset in report["assets"].as_array().unwrap() {
+        assert!(asset["problem"].is_null(), "{asset}");
+        assert!(std::path::Path::new(asset["path"].as_str().unwrap()).exists());
+    }
+}
+
+#[test]
+fn doctor_names_the_fix_when_models_are_missing() {
+    let empty = std::env::temp_dir().join(format!("fedsyn-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fedsyn"))
+        .arg("doctor")
+        .current_dir(&empty)
+        .env("FEDSYN_SMOLLM2_GGUF", empty.join("no-such.gguf"))
+        .output()
+        .expect("fedsyn runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stdout.contains("MISSING"), "{stdout}");
+    assert!(stderr.contains("scripts/setup.sh"), "{stderr}");
+    std::fs::remove_dir_all(&empty).unwrap();
+}

@@ -1,0 +1,160 @@
+//! End-to-end tests of `fedsyn generate`: the binary as a user runs it (forwarded by `fedsyn`
+//! to `fedsyn-ml`), checked against the transformers reference of
+//! `scripts/reference/generator.py` (crates/models/tests/fixtures/generator_reference.json).
+
+use std::process::{Command, Output};
+
+use models::Assets;
+use serde_json::Value;
+
+fn fedsyn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
+        .args(args)
+        // The tests run in parallel and each fedsyn process starts one OpenMP thread per
+        // core: with libgomp's default busy-waiting the processes starve one another (minutes
+        // instead of seconds on 2 cores); sleeping waits keep them fair. Results do not
+        // depend on it.
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .output()
+        .expect("the fedsyn binary runs")
+}
+
+/// Whether the SmolLM2 GGUF is installed; a failure under CI when it is not.
+fn have_smollm2() -> bool {
+    match Assets::discover().smollm2_gguf() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must have SmolLM2: {e}"),
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            false
+        }
+    }
+}
+
+/// The JSON report of a successful `fedsyn generate … --json`.
+fn generate_json(args: &[&str]) -> Value {
+    let mut all = vec!["generate", "--device", "cpu", "--json"];
+    all.extend_from_slice(args);
+    let result = fedsyn(&all);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "fedsyn {all:?} failed: {stderr}");
+    serde_json::from_slice(&result.stdout).expect("--json prints one JSON object")
+}
+
+fn texts(report: &Value) -> Vec<String> {
+    report["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| s["text"].as_str().expect("text").to_string())
+        .collect()
+}
+
+fn reference_case(index: usize) -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/models/tests/fixtures/generator_reference.json"
+    );
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    reference["cases"][index].clone()
+}
+
+#[test]
+fn greedy_output_is_transformers_greedy_output_in_every_row() {
+    if !have_smollm2() {
+        return;
+    }
+    let case = reference_case(2);
+    let prompt = case["text"].as_str().unwrap();
+    let report = generate_json(&[
+        "--prompt",
+        prompt,
+        "--greedy",
+        "--max-tokens",
+        "24",
+        "-n",
+        "2",
+    ]);
+    let expected = case["greedy_text"].as_str().unwrap();
+    assert_eq!(texts(&report), [expected, expected]);
+    assert_eq!(report["samples"][0]["tokens"], 24);
+    assert_eq!(report["samples"][0]["finish_reason"], "length");
+    assert_eq!(
+        report["prompt_tokens"],
+        case["prompt_ids"].as_array().unwrap().len()
+    );
+}
+
+#[test]
+fn chat_format_and_stop_strings_cut_the_greedy_answer() {
+    if !have_smollm2() {
+        return;
+    }
+    let case = reference_case(1);
+    let prompt = case["text"].as_str().unwrap();
+    let report = generate_json(&["--prompt", prompt, "--chat", "--greedy", "--stop", ","]);
+    let full = case["greedy_text"].as_str().unwrap();
+    let before_comma = &full[..full.find(',').expect("the reference answer has a comma")];
+    assert_eq!(texts(&report), [before_comma]);
+    assert_eq!(report["samples"][0]["finish_reason"], "stop");
+    assert_eq!(
+        report["prompt_tokens"],
+        case["prompt_ids"].as_array().unwrap().len()
+    );
+}
+
+#[test]
+fn seeded_sampling_repeats_and_rows_and_seeds_differ() {
+    if !have_smollm2() {
+        return;
+    }
+    let run = |seed: &str| {
+        texts(&generate_json(&[
+            "--prompt",
+            "The river",
+            "-n",
+            "2",
+            "--max-tokens",
+            "12",
+            "--seed",
+            seed,
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+        ]))
+    };
+    let first = run("11");
+    assert_eq!(first, run("11"), "the same seed must give the same samples");
+    assert_ne!(first[0], first[1], "rows draw from different streams");
+    assert_ne!(first, run("12"), "another seed gives other samples");
+}
+
+#[test]
+fn bad_arguments_exit_with_status_2() {
+    let cases: [&[&str]; 7] = [
+        &["generate"],
+        &["generate", "--prompt", "x", "--top-p", "0"],
+        &["generate", "--prompt", "x", "--temperature", "-1"],
+        &["generate", "--prompt", "x", "-n", "0"],
+        &["generate", "--prompt", "x", "--max-tokens", "0"],
+        &["generate", "--prompt", "x", "--device", "tpu"],
+        &[
+            "generate",
+            "--prompt",
+            "x",
+            "--device",
+            "cpu",
+            "--model",
+            "/nonexistent/model.gguf",
+        ],
+    ];
+    for args in cases {
+        let result = fedsyn(args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.trim().is_empty(), "{args:?} says what is wrong");
+    }
+}
