@@ -7,9 +7,11 @@ Writes, under crates/models/tests/fixtures/:
     by transformers with `gguf_file=`, dequantised to fp32). For three prompts (one rendered
     with the model's chat template): the prompt ids, the last-position logits (top 50, every
     97th id, summary numbers) and the greedy 24-token continuation.
-  * tiny-llama/ and tiny-qwen2/: small random models written with `save_pretrained`
-    (config.json, model.safetensors; tiny-llama also a word-level tokenizer.json, a
-    tokenizer_config.json with a chat template, generation_config.json), each with a
+  * tiny-llama/ and tiny-qwen2/: small models with synthetic, hash-defined weights (no weights
+    file is stored: the test rebuilds model.safetensors from the names and shapes listed in
+    reference.json), their configuration written with `save_pretrained` (config.json,
+    generation_config.json; tiny-llama also a word-level tokenizer.json and a
+    tokenizer_config.json with a chat template), each with a
     reference.json: logits of a left-padded batch at every real position, and the greedy
     continuation of that batch by `generate`.
 
@@ -117,19 +119,56 @@ def smollm2_reference() -> dict:
     }
 
 
-def randomise(model: torch.nn.Module, seed: int) -> None:
-    """Weights large enough that greedy choices are far from ties, biases and norm gains
-    away from their 0 / 1 initial values so that loading them wrongly shows."""
-    generator = torch.Generator().manual_seed(seed)
+# The tiny models' weights are not stored: each value is a function of the tensor's name and
+# the value's flat index, which crates/models/tests/llama_hf_dir.rs evaluates the same way
+# (64-bit integer hashing, then exact or IEEE-rounded arithmetic), so the test rebuilds the
+# very weights these references were computed with.
+MASK64 = (1 << 64) - 1
+
+
+def fnv1a64(text: str) -> int:
+    value = 0xCBF29CE484222325
+    for byte in text.encode():
+        value = ((value ^ byte) * 0x100000001B3) & MASK64
+    return value
+
+
+def splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & MASK64
+    return value ^ (value >> 31)
+
+
+def synthetic_value(name: str, index: int, name_hash: int) -> float:
+    """Uniform in [-1, 1) on a 2^-23 grid, scaled so that greedy choices are far from ties and
+    norm gains and biases sit away from their 1 / 0 initial values (wrong loading shows)."""
+    unit = ((splitmix64(name_hash ^ index) >> 40) - (1 << 23)) / float(1 << 23)
+    if name.endswith("norm.weight"):
+        return 1.0 + 0.125 * unit
+    if name.endswith(".bias"):
+        return 0.125 * unit
+    return 0.375 * unit
+
+
+def synthesise(model: torch.nn.Module) -> None:
+    """Overwrites every parameter with its synthetic values (float64 maths, rounded to f32)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("norm.weight"):
-                param.copy_(1.0 + 0.1 * noise)
-            elif name.endswith(".bias"):
-                param.copy_(0.1 * noise)
-            else:
-                param.copy_(0.2 * noise)
+            name_hash = fnv1a64(name)
+            values = [synthetic_value(name, i, name_hash) for i in range(param.numel())]
+            param.copy_(torch.tensor(values, dtype=torch.float64).reshape(param.shape))
+
+
+def saved_tensors(model: torch.nn.Module) -> list:
+    """Name and shape of every tensor `save_pretrained` writes (tied weights once)."""
+    import tempfile
+    from safetensors import safe_open
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        with safe_open(str(Path(tmp) / "model.safetensors"), framework="pt") as f:
+            return [{"name": k, "shape": list(f.get_slice(k).get_shape())} for k in sorted(f.keys())]
 
 
 # Word-level vocabulary of the tiny Llama: 4 special tokens, then w0 .. w59.
@@ -177,10 +216,12 @@ def tiny_reference(kind: str) -> None:
                                                            "rope_theta": 1000000.0})
         model = transformers.Qwen2ForCausalLM(config)
     model.eval()
-    randomise(model, seed=1 if kind == "llama" else 2)
+    synthesise(model)
     folder = FIXTURES / f"tiny-{kind}"
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    # The configuration only: the weights are rebuilt from `tensors` by the Rust test.
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
 
     # A left-padded batch: row 0 full, row 1 with three pads (pad id 0).
     rows = [[5, 17, 33, 8, 41, 12, 9], [22, 7, 50, 31]]
@@ -205,6 +246,7 @@ def tiny_reference(kind: str) -> None:
         "greedy_ids": greedy,
         "max_new_tokens": 8,
         "eos_id": 2,
+        "tensors": saved_tensors(model),
     }
     if kind == "llama":
         tokenizer = tiny_tokenizer(folder)

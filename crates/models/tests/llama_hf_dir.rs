@@ -1,8 +1,13 @@
-//! Loads the tiny random Llama and Qwen2 folders that `scripts/reference/generator.py` wrote
-//! with transformers' `save_pretrained`, and compares logits of a left-padded batch (1e-4),
-//! cached step-by-step decoding and greedy continuations with transformers' outputs.
+//! Loads tiny Llama and Qwen2 Hugging Face folders and compares logits of a left-padded batch
+//! (1e-4), cached step-by-step decoding and greedy continuations with transformers' outputs.
+//!
+//! `scripts/reference/generator.py` wrote each folder's configuration, tokenizer and
+//! `reference.json`, but no weights file: every weight is a function of its tensor's name and
+//! flat index (integer hashing, see `synthetic_value`), so the test writes `model.safetensors`
+//! itself, with exactly the values transformers ran with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use models::llama::{generate_ids, CausalLm, Generator, SamplingParams};
 use serde::Deserialize;
@@ -21,14 +26,87 @@ struct Reference {
     text_prompt: Option<String>,
     text_prompt_ids: Option<Vec<u32>>,
     chat_prompt_ids: Option<Vec<u32>>,
+    /// Every tensor of the model's safetensors file, as `save_pretrained` names it.
+    tensors: Vec<TensorSpec>,
 }
 
+#[derive(Deserialize)]
+struct TensorSpec {
+    name: String,
+    shape: Vec<i64>,
+}
+
+/// The folder of fixture `name` with its weights written, and its reference outputs.
 fn fixture(name: &str) -> (PathBuf, Reference) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    static LLAMA: OnceLock<PathBuf> = OnceLock::new();
+    static QWEN2: OnceLock<PathBuf> = OnceLock::new();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let text = std::fs::read_to_string(dir.join("reference.json")).expect("fixture exists");
-    (dir, serde_json::from_str(&text).expect("fixture parses"))
+    let text = std::fs::read_to_string(source.join("reference.json")).expect("fixture exists");
+    let reference: Reference = serde_json::from_str(&text).expect("fixture parses");
+    let slot = match name {
+        "tiny-llama" => &LLAMA,
+        "tiny-qwen2" => &QWEN2,
+        other => panic!("no fixture {other}"),
+    };
+    let dir = slot.get_or_init(|| materialise(name, &source, &reference.tensors));
+    (dir.clone(), reference)
+}
+
+/// Copies the fixture's files into a fresh folder and writes its synthetic weights there.
+fn materialise(name: &str, source: &Path, tensors: &[TensorSpec]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedsyn-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let weights: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|spec| {
+            let hash = fnv1a64(&spec.name);
+            let count: i64 = spec.shape.iter().product();
+            let values: Vec<f32> = (0..count as u64)
+                .map(|index| synthetic_value(&spec.name, index, hash))
+                .collect();
+            (
+                spec.name.clone(),
+                Tensor::from_slice(&values).view(spec.shape.as_slice()),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&weights, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+fn splitmix64(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The weight at flat `index` of tensor `name` (`name_hash` = its FNV-1a hash), exactly as
+/// `synthetic_value` in scripts/reference/generator.py computes it: uniform in [-1, 1) on a
+/// 2^-23 grid, then scaled in f64 and rounded once to f32.
+fn synthetic_value(name: &str, index: u64, name_hash: u64) -> f32 {
+    let unit =
+        ((splitmix64(name_hash ^ index) >> 40) as f64 - (1u64 << 23) as f64) / (1u64 << 23) as f64;
+    let value = if name.ends_with("norm.weight") {
+        1.0 + 0.125 * unit
+    } else if name.ends_with(".bias") {
+        0.125 * unit
+    } else {
+        0.375 * unit
+    };
+    value as f32
 }
 
 /// The prompts left-padded with id 0: ids, 0/1 mask and positions counted from each row's
@@ -205,23 +283,35 @@ fn mismatched_inputs_are_refused_with_a_reason() {
     assert!(missing.to_string().contains("config.json"), "{missing}");
 }
 
-/// A batch larger than one prefill slice, whose rows finish at different steps (one prompt
-/// ends with EOS after three tokens in tiny-qwen2), so that finished rows are dropped from
-/// the batch: every row still gets its own prompt's greedy continuation.
+/// A batch larger than one prefill slice, whose rows finish at different steps, so that
+/// finished rows are dropped from the batch: every row still gets its own prompt's greedy
+/// continuation. The stop token is one that the second prompt's continuation produces early
+/// and the first prompt's never does.
 #[test]
 fn sliced_prefill_and_dropping_finished_rows_keep_each_row_intact() {
     let (dir, reference) = fixture("tiny-qwen2");
     let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let [long, short] = [&reference.greedy_ids[0], &reference.greedy_ids[1]];
+    let stop = *short[1..short.len() - 1]
+        .iter()
+        .find(|id| !long.contains(id))
+        .expect("the second continuation has a token the first lacks, before its end");
+    let until_stop = |ids: &Vec<u32>| -> Vec<u32> {
+        let end = ids
+            .iter()
+            .position(|&id| id == stop)
+            .map_or(ids.len(), |i| i + 1);
+        ids[..end].to_vec()
+    };
+    let expected = [until_stop(long), until_stop(short)];
+    assert!(expected[1].len() < expected[0].len());
     let rows = 21;
     let prompts: Vec<Vec<u32>> = (0..rows)
         .map(|i| reference.prompts[i % 2].clone())
         .collect();
     let params = SamplingParams::greedy(reference.max_new_tokens);
-    let generated = generate_ids(&model, &prompts, &params, &[reference.eos_id], 0, |_, _| {
-        false
-    })
-    .unwrap();
+    let generated = generate_ids(&model, &prompts, &params, &[stop], 0, |_, _| false).unwrap();
     for (i, row) in generated.iter().enumerate() {
-        assert_eq!(row.ids, reference.greedy_ids[i % 2], "row {i}");
+        assert_eq!(row.ids, expected[i % 2], "row {i}");
     }
 }
