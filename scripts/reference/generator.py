@@ -219,7 +219,10 @@ def tiny_reference(kind: str) -> None:
     synthesise(model)
     folder = FIXTURES / f"tiny-{kind}"
     folder.mkdir(parents=True, exist_ok=True)
-    # The configuration only: the weights are rebuilt from `tensors` by the Rust test.
+    # The configuration only (as `save_pretrained` would write it): the weights are rebuilt
+    # from `tensors` by the Rust test.
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = torch.float32
     model.config.save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
 
