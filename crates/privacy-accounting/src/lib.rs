@@ -22,6 +22,9 @@ pub mod rdp;
 pub mod sampling;
 pub mod statement;
 
+#[cfg(test)]
+mod test_support;
+
 use serde::{Deserialize, Serialize};
 
 pub use error::{AccountingError, Result};
@@ -85,6 +88,14 @@ pub struct EpsilonEstimate {
     /// bound; the exact value lies in [ε − error, ε]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discretisation_error: Option<f64>,
+}
+
+/// The estimate with the smallest ε: every accountant's ε is a valid bound, so the tightest is
+/// the guarantee. NaN sorts above every number, so it is never chosen over a real bound.
+pub fn tightest(estimates: &[EpsilonEstimate]) -> Option<&EpsilonEstimate> {
+    estimates
+        .iter()
+        .min_by(|a, b| a.epsilon.total_cmp(&b.epsilon))
 }
 
 /// A privacy accountant: composes Poisson-subsampled Gaussian releases and converts the

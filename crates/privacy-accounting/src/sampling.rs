@@ -69,19 +69,20 @@ impl Sampling {
     /// Gaussian sum query with noise multiplier `sigma` under this sampling, for add/remove-one-
     /// client adjacency.
     ///
-    /// Fixed cohort of m < n: adding a client x to a population of n' clients changes the
+    /// Fixed cohort of m ≤ n: adding a client x to a population of n' clients changes the
     /// cohort, with probability γ = m/(n'+1) ≤ m/n, by *replacing* one member with x, so the sum
     /// moves by at most 2C (C = clip bound). Conditioning on the cohort and the replaced member
     /// and using the joint convexity of the hockey-stick and exponentiated Rényi divergences
     /// (Balle, Barthe & Gaboardi 2018) bounds the round by a Poisson-subsampled Gaussian with rate
     /// m/n and sensitivity 2C, i.e. noise multiplier σ/2. This is conservative, not tight.
-    /// A cohort of everybody (m = n) is full participation: the sum moves by C, no subsampling.
+    /// This holds for m = n too: the neighbouring population has n + 1 clients, so the cohort
+    /// of n is still drawn from more clients than it holds. Full participation, where every
+    /// client of whatever population takes part, is [`Sampling::Full`].
     pub fn bound(&self, sigma: f64) -> Result<PoissonGaussian> {
         self.validate()?;
         check_noise_multiplier(sigma)?;
         Ok(match *self {
             Sampling::Poisson { q } => PoissonGaussian { q, sigma },
-            Sampling::FixedCohort { m, n } if m == n => PoissonGaussian { q: 1.0, sigma },
             Sampling::FixedCohort { m, n } => PoissonGaussian {
                 q: m as f64 / n as f64,
                 sigma: sigma / 2.0,
@@ -96,9 +97,6 @@ impl Sampling {
             Sampling::Poisson { q } => format!(
                 "Poisson sampling: each client joins each round independently with probability {q}"
             ),
-            Sampling::FixedCohort { m, n } if m == n => {
-                format!("full participation: all {n} clients in every round")
-            }
             Sampling::FixedCohort { m, n } => format!(
                 "fixed cohorts of {m} of {n} clients drawn without replacement, accounted \
                  conservatively as Poisson sampling at rate {:.6} with half the noise multiplier \
@@ -124,7 +122,11 @@ mod tests {
                 sigma: 1.0
             }
         );
-        let full = Sampling::FixedCohort { m: 5, n: 5 }.bound(2.0).unwrap();
+        // A cohort of all n is still a fixed cohort: with one client more, one member can be
+        // replaced. Only `Full` (everyone, whatever the population) keeps σ.
+        let everyone_of_n = Sampling::FixedCohort { m: 5, n: 5 }.bound(2.0).unwrap();
+        assert_eq!(everyone_of_n, PoissonGaussian { q: 1.0, sigma: 1.0 });
+        let full = Sampling::Full.bound(2.0).unwrap();
         assert_eq!(full, PoissonGaussian { q: 1.0, sigma: 2.0 });
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{check_delta, Result};
 use crate::ledger::Ledger;
 use crate::sampling::Sampling;
-use crate::{AccountantKind, EpsilonEstimate};
+use crate::{tightest, AccountantKind, EpsilonEstimate};
 
 /// What one unit of privacy is: the guarantee protects all data of one client.
 pub const UNIT_OF_PRIVACY: &str = "one client: all of the text held by a single client";
@@ -68,7 +68,7 @@ impl PrivacyStatement {
         let uses_fixed_cohorts = ledger
             .events
             .iter()
-            .any(|e| matches!(e.sampling, Sampling::FixedCohort { m, n } if m < n));
+            .any(|e| matches!(e.sampling, Sampling::FixedCohort { .. }));
         let epsilon_if_poisson = if uses_fixed_cohorts {
             let poisson = as_if_poisson(ledger);
             let estimates = accountants
@@ -183,10 +183,7 @@ pub fn format_epsilon(epsilon: f64) -> String {
 }
 
 fn smallest_epsilon(estimates: &[EpsilonEstimate]) -> f64 {
-    estimates
-        .iter()
-        .map(|e| e.epsilon)
-        .fold(f64::INFINITY, f64::min)
+    tightest(estimates).map_or(f64::INFINITY, |e| e.epsilon)
 }
 
 /// The same ledger with every fixed cohort replaced by Poisson sampling at rate m/n.
@@ -194,11 +191,9 @@ fn as_if_poisson(ledger: &Ledger) -> Ledger {
     let mut poisson = ledger.clone();
     for event in &mut poisson.events {
         if let Sampling::FixedCohort { m, n } = event.sampling {
-            if m < n {
-                event.sampling = Sampling::Poisson {
-                    q: m as f64 / n as f64,
-                };
-            }
+            event.sampling = Sampling::Poisson {
+                q: m as f64 / n as f64,
+            };
         }
     }
     poisson
