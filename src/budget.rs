@@ -8,7 +8,7 @@ use privacy_accounting::calibration::{calibrate_sigma, max_rounds, DEFAULT_SIGMA
 use privacy_accounting::pld::{PldAccountant, PldConfig};
 use privacy_accounting::rdp::RdpAccountant;
 use privacy_accounting::statement::{estimate_detail, format_epsilon, PrivacyStatement};
-use privacy_accounting::{Accountant, AccountantKind, EpsilonEstimate, Ledger, Sampling};
+use privacy_accounting::{tightest, Accountant, AccountantKind, EpsilonEstimate, Ledger, Sampling};
 use serde_json::{json, Value};
 
 /// A mistake in the command line that clap cannot see (missing combination of flags, …).
@@ -202,11 +202,8 @@ fn epsilon(args: EpsilonArgs, json: bool) -> Result<()> {
         "accounted_as": mechanism,
     });
     if json {
-        print_json(with_results(
-            tightest_estimate(&estimates)?,
-            &estimates,
-            inputs,
-        ));
+        let best = tightest(&estimates).context("no accountant selected")?;
+        print_json(with_results(best, &estimates, inputs));
     } else {
         println!(
             "ε after {} release(s), σ = {}, δ = {}",
@@ -376,14 +373,6 @@ fn report(args: ReportArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The estimate with the smallest ε: every accountant gives a valid bound, the tightest wins.
-fn tightest_estimate(estimates: &[EpsilonEstimate]) -> Result<&EpsilonEstimate> {
-    estimates
-        .iter()
-        .min_by(|a, b| a.epsilon.total_cmp(&b.epsilon))
-        .context("no accountant selected")
-}
-
 /// The tightest estimate's fields at the top level, all estimates under `results`, and the
 /// inputs, so that `jq .epsilon` works whichever accountants ran.
 fn with_results(best: &EpsilonEstimate, all: &[EpsilonEstimate], inputs: Value) -> Value {
@@ -416,7 +405,8 @@ fn parse_count(text: &str) -> std::result::Result<u64, String> {
         };
     }
     match text.parse::<f64>() {
-        Ok(x) if x >= 1.0 && x.fract() == 0.0 && x <= u64::MAX as f64 => Ok(x as u64),
+        // `u64::MAX as f64` rounds up to 2^64, which does not fit: exclusive bound.
+        Ok(x) if x >= 1.0 && x.fract() == 0.0 && x < u64::MAX as f64 => Ok(x as u64),
         _ => Err(format!(
             "`{text}` is not a whole number ≥ 1 (e.g. 10000 or 1e4)"
         )),
@@ -434,5 +424,6 @@ mod tests {
         assert!(parse_count("0").is_err());
         assert!(parse_count("2.5").is_err());
         assert!(parse_count("-3").is_err());
+        assert!(parse_count("1.8446744073709552e19").is_err());
     }
 }

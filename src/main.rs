@@ -5,6 +5,7 @@
 //! arguments untouched; everything else (privacy budgets, …) runs here.
 
 mod budget;
+mod exit_status;
 mod torch_commands;
 
 use std::ffi::OsString;
@@ -34,10 +35,6 @@ enum Command {
     Budget(budget::BudgetCommand),
 }
 
-/// Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, unreachable targets).
-const EXIT_BAD_INPUT: u8 = 2;
-const EXIT_FAILURE: u8 = 1;
-
 fn main() -> ExitCode {
     let matches = command_line().get_matches();
     if let Some((name, _)) = matches.subcommand() {
@@ -55,17 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Budget(command) => budget::run(command, cli.json),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            if is_bad_input(&error) {
-                ExitCode::from(EXIT_BAD_INPUT)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
-        }
-    }
+    exit_status::exit_code(result, is_bad_input)
 }
 
 /// The full command line: our own subcommands plus, for `--help` and routing, one entry per
@@ -99,7 +86,7 @@ fn forward_to_torch_binary() -> ExitCode {
          missing",
         binary.display()
     );
-    ExitCode::from(EXIT_FAILURE)
+    ExitCode::from(exit_status::EXIT_FAILURE)
 }
 
 fn torch_binary_path() -> PathBuf {

@@ -12,6 +12,11 @@ fn fedsyn(args: &[&str]) -> Output {
         .expect("the fedsyn binary runs")
 }
 
+/// A command line written as one string (no argument here contains a space).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn json_of(args: &[&str]) -> Value {
     let out = fedsyn(args);
     assert!(
@@ -43,21 +48,9 @@ fn scratch_dir(name: &str) -> PathBuf {
 #[test]
 fn epsilon_reproduces_the_popri_paper() {
     // POPri (ICML 2025): every client every round, T = 20, σ = 19.3, δ = 3e-6 → ε ≈ 0.997.
-    let v = json_of(&[
-        "budget",
-        "epsilon",
-        "--q",
-        "1",
-        "--sigma",
-        "19.3",
-        "--steps",
-        "20",
-        "--delta",
-        "3e-6",
-        "--accountant",
-        "rdp",
-        "--json",
-    ]);
+    let v = json_of(&words(
+        "budget epsilon --q 1 --sigma 19.3 --steps 20 --delta 3e-6 --accountant rdp --json",
+    ));
     let eps = v["epsilon"].as_f64().unwrap();
     assert!((eps - 0.997).abs() < 0.01, "ε = {eps}");
     assert_eq!(v["accountant"], "rdp");
@@ -67,10 +60,9 @@ fn epsilon_reproduces_the_popri_paper() {
 
 #[test]
 fn epsilon_with_all_accountants_reports_the_tightest_at_top_level() {
-    let v = json_of(&[
-        "budget", "epsilon", "--q", "0.01", "--sigma", "1.0", "--steps", "1e4", "--delta", "1e-5",
-        "--json",
-    ]);
+    let v = json_of(&words(
+        "budget epsilon --q 0.01 --sigma 1.0 --steps 1e4 --delta 1e-5 --json",
+    ));
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     let rdp = results.iter().find(|r| r["accountant"] == "rdp").unwrap();
@@ -109,9 +101,9 @@ fn custom_orders_and_pld_grid_are_used() {
 
 #[test]
 fn human_table_names_both_accountants() {
-    let out = fedsyn(&[
-        "budget", "epsilon", "--q", "0.01", "--sigma", "1", "--steps", "1000", "--delta", "1e-5",
-    ]);
+    let out = fedsyn(&words(
+        "budget epsilon --q 0.01 --sigma 1 --steps 1000 --delta 1e-5",
+    ));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -122,21 +114,7 @@ fn human_table_names_both_accountants() {
 
 #[test]
 fn sigma_calibration_round_trips_through_epsilon() {
-    let v = json_of(&[
-        "budget",
-        "sigma",
-        "--target-epsilon",
-        "2",
-        "--q",
-        "0.01",
-        "--steps",
-        "10000",
-        "--delta",
-        "1e-5",
-        "--accountant",
-        "rdp",
-        "--json",
-    ]);
+    let v = json_of(&words("budget sigma --target-epsilon 2 --q 0.01 --steps 10000 --delta 1e-5 --accountant rdp --json"));
     let sigma = v["sigma"].as_f64().unwrap();
     let check = json_of(&[
         "budget",
@@ -159,59 +137,19 @@ fn sigma_calibration_round_trips_through_epsilon() {
 
 #[test]
 fn fixed_cohorts_cost_more_than_poisson_at_the_same_rate() {
-    let poisson = json_of(&[
-        "budget",
-        "epsilon",
-        "--q",
-        "0.01",
-        "--sigma",
-        "2",
-        "--steps",
-        "100",
-        "--delta",
-        "1e-5",
-        "--accountant",
-        "rdp",
-        "--json",
-    ]);
-    let fixed = json_of(&[
-        "budget",
-        "epsilon",
-        "--cohort",
-        "10",
-        "--population",
-        "1000",
-        "--sigma",
-        "2",
-        "--steps",
-        "100",
-        "--delta",
-        "1e-5",
-        "--accountant",
-        "rdp",
-        "--json",
-    ]);
+    let poisson = json_of(&words(
+        "budget epsilon --q 0.01 --sigma 2 --steps 100 --delta 1e-5 --accountant rdp --json",
+    ));
+    let fixed = json_of(&words("budget epsilon --cohort 10 --population 1000 --sigma 2 --steps 100 --delta 1e-5 --accountant rdp --json"));
     assert_eq!(fixed["sampling"]["kind"], "fixed_cohort");
     assert!(fixed["epsilon"].as_f64().unwrap() > poisson["epsilon"].as_f64().unwrap());
 }
 
 #[test]
 fn rounds_stay_within_the_budget() {
-    let v = json_of(&[
-        "budget",
-        "rounds",
-        "--sigma",
-        "19.3",
-        "--q",
-        "1",
-        "--target-epsilon",
-        "1",
-        "--delta",
-        "3e-6",
-        "--accountant",
-        "rdp",
-        "--json",
-    ]);
+    let v = json_of(&words(
+        "budget rounds --sigma 19.3 --q 1 --target-epsilon 1 --delta 3e-6 --accountant rdp --json",
+    ));
     assert_eq!(v["rounds"].as_u64(), Some(20));
     let row = &v["results"][0];
     assert!(row["epsilon"].as_f64().unwrap() <= 1.0);
@@ -230,22 +168,11 @@ fn bad_arguments_are_named_and_exit_2() {
     assert!(refused(&with(&["--q", "0.1", "--sigma", "1", "--delta", "1.5"])).contains("delta"));
     assert!(refused(&with(&["--q", "0.1", "--sigma", "1", "--delta", "0"])).contains("delta"));
     assert!(refused(&with(&["--sigma", "1", "--delta", "1e-5"])).contains("--q"));
-    let unreachable = refused(&[
-        "budget",
-        "sigma",
-        "--target-epsilon",
-        "0.001",
-        "--q",
-        "1",
-        "--steps",
-        "100",
-        "--delta",
-        "1e-5",
-        "--accountant",
-        "rdp",
-    ]);
+    let unreachable = refused(&words(
+        "budget sigma --target-epsilon 0.001 --q 1 --steps 100 --delta 1e-5 --accountant rdp",
+    ));
     assert!(unreachable.contains("unreachable"), "{unreachable}");
-    assert!(refused(&["budget", "epsilon", "--q", "0.1"]).contains("--sigma"));
+    assert!(refused(&words("budget epsilon --q 0.1")).contains("--sigma"));
 }
 
 fn write_ledger(dir: &std::path::Path, text: &str) -> String {
@@ -320,6 +247,6 @@ fn report_refuses_bad_ledgers() {
             "sampling": {"kind": "full"}, "count": 1}]}"#,
     );
     assert!(refused(&["budget", "report", &negative]).contains("event 0"));
-    assert!(refused(&["budget", "report", "/nonexistent/ledger.json"]).contains("cannot read"));
+    assert!(refused(&words("budget report /nonexistent/ledger.json")).contains("cannot read"));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -7,6 +7,8 @@
 
 #[path = "../doctor.rs"]
 mod doctor;
+#[path = "../exit_status.rs"]
+mod exit_status;
 #[path = "../models_cli.rs"]
 mod models_cli;
 // Only the tests read these (to check that `fedsyn` forwards exactly our commands).
@@ -40,10 +42,6 @@ enum Command {
     Doctor,
 }
 
-/// Exit codes, as for `fedsyn`: 0 success, 1 runtime failure, 2 bad input.
-const EXIT_BAD_INPUT: u8 = 2;
-const EXIT_FAILURE: u8 = 1;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
@@ -51,17 +49,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => models_cli::embed(args),
         Command::Doctor => doctor::run(cli.json),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            if is_bad_input(&error) {
-                ExitCode::from(EXIT_BAD_INPUT)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
-        }
-    }
+    exit_status::exit_code(result, is_bad_input)
 }
 
 /// Bad input: a problem the user can fix in what they typed or gave us.

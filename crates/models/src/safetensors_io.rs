@@ -82,7 +82,12 @@ impl SafetensorsFile {
         &self.path
     }
 
-    /// The names of all tensors in the file.
+    /// Whether the file holds a tensor called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Every tensor name in the file, sorted.
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
         names.sort_unstable();

@@ -292,14 +292,7 @@ mod tests {
         let integrand =
             |x: f64| (density(x, 0.0) - epsilon.exp() * density(x, sensitivity)).max(0.0);
         let (low, high) = (-40.0 * noise_std, sensitivity + 40.0 * noise_std);
-        let n = 2_000_000;
-        let h = (high - low) / n as f64;
-        let mut total = integrand(low) + integrand(high);
-        for k in 1..n {
-            let weight = if k % 2 == 1 { 4.0 } else { 2.0 };
-            total += weight * integrand(low + k as f64 * h);
-        }
-        total * h / 3.0
+        crate::test_support::simpson(integrand, low, high, 2_000_000)
     }
 
     #[test]

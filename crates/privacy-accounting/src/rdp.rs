@@ -714,7 +714,7 @@ impl Accountant for RdpAccountant {
 /// orders of RDP(α) − (ln δ + ln α)/(α − 1) + ln((α − 1)/α). NaN entries are ignored; if all
 /// are NaN, ε = +∞. A negative minimum (possible only for δ near 1) is reported as 0.
 /// `order_at_grid_edge` is set when the optimum is the smallest or largest order.
-pub fn rdp_to_epsilon(orders: &[f64], rdp: &[f64], delta: f64) -> EpsilonEstimate {
+pub(crate) fn rdp_to_epsilon(orders: &[f64], rdp: &[f64], delta: f64) -> EpsilonEstimate {
     let ln_delta = delta.ln();
     let candidates: Vec<f64> = orders
         .iter()
@@ -739,7 +739,7 @@ pub fn rdp_to_epsilon(orders: &[f64], rdp: &[f64], delta: f64) -> EpsilonEstimat
 
 /// δ at `epsilon` from RDP values: the inverse of the conversion of [`rdp_to_epsilon`],
 /// ln δ = min over α of (α − 1)(RDP(α) − ε + ln(1 − 1/α)) − ln α, capped at 1.
-pub fn rdp_to_delta(orders: &[f64], rdp: &[f64], epsilon: f64) -> f64 {
+pub(crate) fn rdp_to_delta(orders: &[f64], rdp: &[f64], epsilon: f64) -> f64 {
     let log_deltas = orders.iter().zip(rdp).map(|(&order, &rdp)| {
         (order - 1.0) * (rdp - epsilon + ((order - 1.0) / order).ln()) - order.ln()
     });
@@ -789,14 +789,7 @@ mod tests {
             density * (order * ratio_minus_one.ln_1p()).exp_m1()
         };
         let (low, high) = (-14.0 * sigma - 1.0, order + 14.0 * sigma + 1.0);
-        let n = 400_000;
-        let h = (high - low) / n as f64;
-        let mut total = integrand(low) + integrand(high);
-        for k in 1..n {
-            let weight = if k % 2 == 1 { 4.0 } else { 2.0 };
-            total += weight * integrand(low + k as f64 * h);
-        }
-        total * h / 3.0
+        crate::test_support::simpson(integrand, low, high, 400_000)
     }
 
     #[test]

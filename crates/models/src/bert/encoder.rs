@@ -31,26 +31,6 @@ fn load_linear(source: &WeightSource, prefix: &str, inputs: i64, outputs: i64) -
     ))
 }
 
-/// Several projections of the same input stacked into one, so that one matrix product computes
-/// them all (outputs concatenated in the order given).
-fn load_stacked_linear(
-    source: &WeightSource,
-    prefixes: &[String],
-    inputs: i64,
-    outputs: i64,
-) -> Result<Linear> {
-    let mut weights = Vec::with_capacity(prefixes.len());
-    let mut biases = Vec::with_capacity(prefixes.len());
-    for prefix in prefixes {
-        weights.push(source.tensor(&format!("{prefix}.weight"), &[outputs, inputs])?);
-        biases.push(source.tensor(&format!("{prefix}.bias"), &[outputs])?);
-    }
-    Ok(Linear::new(
-        Tensor::f_cat(&weights, 0)?,
-        Some(Tensor::f_cat(&biases, 0)?),
-    ))
-}
-
 /// Layer normalisation over the last (hidden) dimension, with a learned scale and shift.
 #[derive(Debug)]
 struct LayerNorm {
@@ -135,7 +115,13 @@ impl SelfAttention {
             .map(|name| format!("{prefix}.attention.self.{name}"))
             .collect();
         Ok(SelfAttention {
-            query_key_value: load_stacked_linear(source, &projections, width, width)?,
+            query_key_value: Linear::stacked(
+                projections
+                    .iter()
+                    .map(|prefix| load_linear(source, prefix, width, width))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+            .0,
             output: load_linear(
                 source,
                 &format!("{prefix}.attention.output.dense"),

@@ -447,6 +447,12 @@ impl Generator {
                 .map_err(|e| tokenizer_error(e.to_string()))
         };
         let stops = &params.stop_strings;
+        // Each new token is checked as it arrives, so a stop string can only end in the newest
+        // token: decoding the last few tokens suffices (every token but a skipped special one
+        // adds at least one byte, and the margin keeps the stop string clear of the window's
+        // first token, whose decoding may differ at its start). Decoding the whole row every
+        // step would cost O(T²).
+        let window = stops.iter().map(String::len).max().unwrap_or(0) + 4;
         let mut decode_failure = None;
         let generated = generate_ids(
             &self.model,
@@ -458,7 +464,7 @@ impl Generator {
                 if stops.is_empty() {
                     return false;
                 }
-                match decode(ids) {
+                match decode(&ids[ids.len().saturating_sub(window)..]) {
                     Ok(text) => stops.iter().any(|stop| text.contains(stop.as_str())),
                     Err(e) => {
                         decode_failure.get_or_insert(e);

@@ -21,7 +21,9 @@ impl MatmulBackend {
     /// oneDNN for fp32 CPU weights when libtorch has it, libtorch's `linear` otherwise.
     /// `FEDSYN_CPU_MATMUL=torch` forces libtorch's path (to compare the two).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {
-        let forced_torch = std::env::var("FEDSYN_CPU_MATMUL").is_ok_and(|v| v == "torch");
+        static FORCED_TORCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let forced_torch = *FORCED_TORCH
+            .get_or_init(|| std::env::var("FEDSYN_CPU_MATMUL").is_ok_and(|v| v == "torch"));
         if weight.device() == Device::Cpu
             && weight.kind() == Kind::Float
             && onednn::available()

@@ -30,9 +30,7 @@ impl WeightSource<'_> {
             WeightSource::Gguf { file, .. } => {
                 gguf_name(name).is_some_and(|gguf| file.tensor(&gguf).is_ok())
             }
-            WeightSource::Safetensors(shards) => {
-                shards.iter().any(|shard| shard.names().contains(&name))
-            }
+            WeightSource::Safetensors(shards) => shards.iter().any(|shard| shard.contains(name)),
         }
     }
 
@@ -52,7 +50,7 @@ impl WeightSource<'_> {
             WeightSource::Safetensors(shards) => {
                 let shard = shards
                     .iter()
-                    .find(|shard| shard.names().contains(&name))
+                    .find(|shard| shard.contains(name))
                     .ok_or_else(|| ModelError::MissingTensor {
                         file: shards
                             .iter()

@@ -1,0 +1,24 @@
+//! Exit codes shared by `fedsyn` and `fedsyn-ml` (`#[path]`-included by both):
+//! 0 success, 1 runtime failure, 2 bad input (arguments, files, unreachable targets).
+
+use std::process::ExitCode;
+
+/// Something failed that the user's input did not cause.
+pub const EXIT_FAILURE: u8 = 1;
+/// The user can fix it in what they typed or gave us.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Prints the error chain, if any, and maps the outcome to an exit code.
+pub fn exit_code(result: anyhow::Result<()>, is_bad_input: fn(&anyhow::Error) -> bool) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(if is_bad_input(&error) {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_FAILURE
+            })
+        }
+    }
+}
