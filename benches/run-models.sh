@@ -14,6 +14,12 @@
 #          fedsyn (benches/generate.rs) vs transformers generate
 #          (benches/python/generate_anchor.py), same prompt ids, one process per run,
 #          alternating, best of REPEATS (default 3) runs of each.
+#        benches/run-models.sh dpo [OUT_DIR]
+#   dpo:   seconds for one DPO optimiser step (reference log-probs included on both sides) of
+#          8 pairs (128 prompt + 64 completion tokens) with a rank-16 LoRA on all seven
+#          projections of SmolLM2-135M-Instruct (GGUF → fp32), CPU, 2 torch threads: fedsyn
+#          (benches/dpo_step.rs) vs PyTorch + PEFT (benches/python/dpo_step_anchor.py), same
+#          ids, one process per run, alternating, best of REPEATS (default 3) runs of each.
 # Needs scripts/setup.sh (models) and the benchmark venv (created on first use by
 # scripts/bench-venv.sh). Set THREADS to change the torch thread count of both sides.
 set -euo pipefail
@@ -22,7 +28,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${repo_root}"
 
 usage() {
-  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -90,6 +96,30 @@ run_generate() {
   echo "raw results: ${out_dir}/generate-{rust,python}-{16,64}-N.json" >&2
 }
 
+run_dpo() {
+  local out_dir="$1" threads="${THREADS:-2}" repeats="${REPEATS:-3}" python load_before
+  python="$(scripts/bench-venv.sh)"
+  load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+  local results=() run
+  # Alternating runs, best of REPEATS per tool (see run_generate).
+  for run in $(seq 1 "${repeats}"); do
+    echo "run ${run}/${repeats}: fedsyn (cargo bench --bench dpo_step) ..." >&2
+    cargo bench --quiet --bench dpo_step -- --threads "${threads}" \
+      --save-pairs "${out_dir}/dpo-pairs.json" >"${out_dir}/dpo-rust-${run}.json"
+    echo "run ${run}/${repeats}: PyTorch + PEFT (dpo_step_anchor.py) ..." >&2
+    "${python}" benches/python/dpo_step_anchor.py --threads "${threads}" \
+      --pairs "${out_dir}/dpo-pairs.json" \
+      >"${out_dir}/dpo-python-${run}.json" 2>"${out_dir}/dpo-python.log"
+    results+=("${out_dir}/dpo-rust-${run}.json" "${out_dir}/dpo-python-${run}.json")
+  done
+  {
+    machine_line "${load_before}"
+    echo
+    "${python}" benches/python/dpo_step_anchor.py --markdown "${results[@]}"
+  } | tee "${out_dir}/dpo-table.md"
+  echo "raw results: ${out_dir}/dpo-{rust,python}-N.json" >&2
+}
+
 [[ $# -ge 1 ]] || usage
 benchmark="$1"
 out_dir="${2:-${repo_root}/target/bench-models}"
@@ -98,5 +128,6 @@ mkdir -p "${out_dir}"
 case "${benchmark}" in
   embed) run_embed "${out_dir}" ;;
   generate) run_generate "${out_dir}" ;;
+  dpo) run_dpo "${out_dir}" ;;
   *) usage ;;
 esac

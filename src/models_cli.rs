@@ -4,7 +4,8 @@
 //! `{"index": i, "id": …, "embedding": [...]}` in input order.
 //!
 //! `fedsyn generate --prompt TEXT`: samples continuations of a prompt (optionally in the
-//! model's chat format) with the generator, printed as text or, with `--json`, as one object.
+//! model's chat format) with the generator, optionally with a LoRA adapter (`--adapter`, PEFT
+//! format), printed as text or, with `--json`, as one object.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -254,6 +255,11 @@ pub struct GenerateArgs {
     /// scripts/setup.sh, or FEDSYN_SMOLLM2_GGUF).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json and
+    /// adapter_model.safetensors, as fedsyn or PEFT's save_pretrained write it) trained on
+    /// --model: samples come from the adapted model.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    pub adapter: Option<PathBuf>,
     /// Where to run: auto (the first CUDA device if there is one, else the CPU), cpu, cuda,
     /// cuda:N.
     #[arg(long, default_value = "auto")]
@@ -278,6 +284,7 @@ fn parse_top_p(text: &str) -> std::result::Result<f64, String> {
 #[derive(Serialize)]
 struct GenerateReport<'a> {
     model: String,
+    adapter: Option<String>,
     device: String,
     prompt: &'a str,
     chat: bool,
@@ -325,9 +332,28 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
     };
     params.validate()?;
 
+    if let Some(dir) = args.adapter.as_ref().filter(|dir| !dir.is_dir()) {
+        return Err(InputError(format!(
+            "--adapter {}: no such folder (expected a PEFT adapter folder with {} and {})",
+            dir.display(),
+            models::llama::ADAPTER_CONFIG_FILE,
+            models::llama::ADAPTER_WEIGHTS_FILE
+        ))
+        .into());
+    }
+
     let started = Instant::now();
-    let generator = Generator::load(&model_path, device)
+    let mut generator = Generator::load(&model_path, device)
         .with_context(|| format!("loading the generator from {}", model_path.display()))?;
+    if let Some(dir) = &args.adapter {
+        let model = generator.model_mut();
+        model
+            .load_adapter(dir)
+            .with_context(|| format!("loading the LoRA adapter from {}", dir.display()))?;
+        // Sampling only: folding the adapter into the weights makes every step as fast as
+        // the base model's.
+        model.merge_lora()?;
+    }
     let load_seconds = started.elapsed().as_secs_f64();
     let prompt_ids = generator.encode_prompt(&args.prompt, args.chat)?;
     let prompts = vec![prompt_ids.clone(); args.num_samples as usize];
@@ -341,6 +367,7 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
     if json {
         let report = GenerateReport {
             model: model_path.display().to_string(),
+            adapter: args.adapter.as_ref().map(|dir| dir.display().to_string()),
             device: format!("{device:?}"),
             prompt: &args.prompt,
             chat: args.chat,

@@ -21,4 +21,8 @@ pub const TORCH_COMMANDS: &[(&str, &str)] = &[
         "doctor",
         "Show the libtorch in use, threads, CUDA devices and where the default models were found",
     ),
+    (
+        "dpo",
+        "Train a LoRA adapter on preference pairs (DPO, IPO) or completions (SFT)",
+    ),
 ];

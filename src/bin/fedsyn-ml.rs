@@ -11,6 +11,8 @@ mod doctor;
 mod exit_status;
 #[path = "../models_cli.rs"]
 mod models_cli;
+#[path = "../train_cli.rs"]
+mod train_cli;
 // Only the tests read these (to check that `fedsyn` forwards exactly our commands).
 #[cfg(test)]
 #[allow(dead_code)] // TORCH_BINARY is for `fedsyn`
@@ -40,6 +42,8 @@ enum Command {
     Embed(models_cli::EmbedArgs),
     /// Show the libtorch in use, threads, CUDA devices and where the default models were found.
     Doctor,
+    /// Train a LoRA adapter on preference pairs (DPO, IPO) or completions (SFT).
+    Dpo(train_cli::DpoArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => models_cli::generate(args, cli.json),
         Command::Embed(args) => models_cli::embed(args),
         Command::Doctor => doctor::run(cli.json),
+        Command::Dpo(args) => train_cli::dpo(args, cli.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -57,6 +62,7 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.downcast_ref::<models::ModelError>().is_some()
             || cause.downcast_ref::<models_cli::InputError>().is_some()
+            || cause.downcast_ref::<train_cli::InputError>().is_some()
     })
 }
 

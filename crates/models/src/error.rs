@@ -199,6 +199,27 @@ pub enum ModelError {
         /// What went wrong, with the template line where minijinja knows it.
         message: String,
     },
+    /// A saved training state (optimiser, scheduler, trainer) that cannot be read back or does
+    /// not fit the model it is resumed with.
+    #[error("training state {path}: {message}")]
+    TrainingState {
+        /// The state file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A LoRA adapter folder (PEFT format) that cannot be read or does not fit the model.
+    #[error("LoRA adapter {path}: {message}")]
+    Adapter {
+        /// The adapter file at fault.
+        path: PathBuf,
+        /// What is wrong, naming the key or tensor, and the fix.
+        message: String,
+    },
+    /// A LoRA operation that the model's adapter state does not allow (merging twice,
+    /// unmerging unmerged adapters, training while merged, adding a second adapter).
+    #[error("LoRA: {0}")]
+    LoraState(String),
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -4,7 +4,8 @@
 //! ([`assets`]); these are pure Rust. No Python anywhere.
 //!
 //! On libtorch (tch): the sentence embedder ([`bert`], all-MiniLM-L6-v2 as sentence-transformers
-//! runs it), whose weights [`safetensors_io`] reads.
+//! runs it), whose weights [`safetensors_io`] reads; preference training (DPO, IPO, SFT) of a
+//! generator's LoRA adapter ([`train`]).
 
 pub mod assets;
 pub mod bert;
@@ -14,12 +15,13 @@ pub mod gguf;
 pub mod llama;
 pub mod safetensors_io;
 pub mod tokenizer;
+pub mod train;
 
 pub use assets::Assets;
 pub use bert::SentenceEmbedder;
 pub use device::{compute_kind, DeviceChoice};
 pub use error::{ModelError, Result};
 pub use gguf::{GgmlType, GgufFile, GgufValue, TensorInfo};
-pub use llama::{CausalLm, Generator, SamplingParams};
+pub use llama::{CausalLm, Generator, LoraConfig, LoraTarget, SamplingParams};
 /// The Hugging Face tokenizers crate, whose `Tokenizer` [`tokenizer`] returns.
 pub use tokenizers;

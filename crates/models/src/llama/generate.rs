@@ -373,6 +373,11 @@ impl Generator {
         &self.model
     }
 
+    /// The model, mutable: to add, load, merge or train its LoRA adapters.
+    pub fn model_mut(&mut self) -> &mut CausalLm {
+        &mut self.model
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

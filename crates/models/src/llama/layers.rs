@@ -1,11 +1,13 @@
 //! The building blocks of a Llama-family decoder block, each a small struct that owns its
 //! weights: [`Linear`] projections, [`RmsNorm`], [`RotaryEmbedding`], grouped-query
-//! [`Attention`], the SwiGLU [`Mlp`] and the pre-norm [`DecoderLayer`] that wires them.
+//! [`Attention`], the SwiGLU [`Mlp`] and the pre-norm [`DecoderLayer`] that wires them. The
+//! seven projections of a block can carry LoRA adapters (see `lora.rs`).
 
 use tch::{Device, Kind, Tensor};
 
 use super::cache::LayerCache;
 use super::config::LlamaConfig;
+use super::lora::{AdaptedLinear, AdapterMode, LoraTarget};
 use super::onednn;
 
 /// Which library multiplies matrices for a [`Linear`].
@@ -36,7 +38,7 @@ impl MatmulBackend {
     }
 }
 
-/// An affine map `y = x Wᵀ + b`, the unit that later LoRA adapters attach to.
+/// An affine map `y = x Wᵀ + b` with frozen weights (LoRA adapters attach around it).
 #[derive(Debug)]
 pub struct Linear {
     /// The weight, `[out_features, in_features]` as PyTorch stores it, contiguous.
@@ -58,7 +60,9 @@ impl Linear {
         }
     }
 
-    /// Applies the map to the last dimension of `x`.
+    /// Applies the map to the last dimension of `x`. Differentiable with respect to `x` on
+    /// both backends (oneDNN's inner product has a backward pass in libtorch), never with
+    /// respect to the frozen weight.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         if self.backend == MatmulBackend::OneDnn && x.kind() == Kind::Float {
             // A failure here would be a libtorch build without a oneDNN piece; the plain
@@ -226,35 +230,27 @@ pub enum AttentionMask {
 /// attention); each key/value head serves `heads / kv_heads` consecutive query heads.
 #[derive(Debug)]
 pub struct Attention {
-    /// Query projection, `d → heads · head_dim`.
-    pub q_proj: Linear,
-    /// Key projection, `d → kv_heads · head_dim`.
-    pub k_proj: Linear,
-    /// Value projection, `d → kv_heads · head_dim`.
-    pub v_proj: Linear,
+    /// The query (`d → heads · head_dim`), key and value (`d → kv_heads · head_dim`)
+    /// projections stacked into one product.
+    qkv_proj: AdaptedLinear,
     /// Output projection, `heads · head_dim → d`.
-    pub o_proj: Linear,
-    /// The q, k and v projections stacked (their weights are views of this one).
-    qkv_proj: Linear,
+    o_proj: AdaptedLinear,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
 }
 
 impl Attention {
-    /// Assembles the four projections of a layer.
-    pub fn new(config: &LlamaConfig, projections: [Linear; 4]) -> Attention {
+    /// Assembles the four projections (q, k, v, o) of a layer.
+    pub(crate) fn new(config: &LlamaConfig, projections: [Linear; 4]) -> Attention {
         let [q_proj, k_proj, v_proj, o_proj] = projections;
-        let (qkv_proj, views) = Linear::stacked(vec![q_proj, k_proj, v_proj]);
-        let [q_proj, k_proj, v_proj]: [Linear; 3] = views
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("three projections were stacked"));
         Attention {
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            qkv_proj,
+            qkv_proj: AdaptedLinear::stacked(vec![
+                (LoraTarget::Q, q_proj),
+                (LoraTarget::K, k_proj),
+                (LoraTarget::V, v_proj),
+            ]),
+            o_proj: AdaptedLinear::single(LoraTarget::O, o_proj),
             num_heads: config.num_heads as i64,
             num_kv_heads: config.num_kv_heads as i64,
             head_dim: config.head_dim as i64,
@@ -263,14 +259,16 @@ impl Attention {
 
     /// Attends from the `seq` new positions of `x` (`[batch, seq, d]`) to every cached
     /// position and to themselves. `mask` says which key each query may see; `cache`, when
-    /// given, receives the new keys and values and supplies the earlier ones.
-    pub fn forward(
+    /// given, receives the new keys and values and supplies the earlier ones; `adapters`
+    /// says whether the projections' LoRA adapters take part.
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttentionMask,
         cache: Option<LayerCache<'_>>,
+        adapters: AdapterMode,
     ) -> Tensor {
         let (batch, seq) = (x.size()[0], x.size()[1]);
         let (heads, kv_heads) = (self.num_heads, self.num_kv_heads);
@@ -279,7 +277,7 @@ impl Attention {
         // together.
         let all_heads = self
             .qkv_proj
-            .forward(x)
+            .forward(x, adapters)
             .view([batch, seq, heads + 2 * kv_heads, self.head_dim])
             .transpose(1, 2);
         let rotated = apply_rotary(&all_heads.narrow(1, 0, heads + kv_heads), cos, sin);
@@ -313,7 +311,7 @@ impl Attention {
         let merged = attended
             .transpose(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);
-        self.o_proj.forward(&merged)
+        self.o_proj.forward(&merged, adapters)
     }
 }
 
@@ -350,38 +348,34 @@ impl Attention {
 /// The SwiGLU feed-forward network: `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    /// Gate projection, `d → intermediate`.
-    pub gate_proj: Linear,
-    /// Up projection, `d → intermediate`.
-    pub up_proj: Linear,
+    /// The gate and up projections (`d → intermediate` each) stacked into one product.
+    gate_up_proj: AdaptedLinear,
     /// Down projection, `intermediate → d`.
-    pub down_proj: Linear,
-    /// The gate and up projections stacked (their weights are views of this one).
-    gate_up_proj: Linear,
+    down_proj: AdaptedLinear,
+    /// Width of the gate (and of the up) projection.
+    intermediate: i64,
 }
 
 impl Mlp {
     /// Assembles the three projections of a layer.
-    pub fn new(gate_proj: Linear, up_proj: Linear, down_proj: Linear) -> Mlp {
-        let (gate_up_proj, views) = Linear::stacked(vec![gate_proj, up_proj]);
-        let [gate_proj, up_proj]: [Linear; 2] = views
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("two projections were stacked"));
+    pub(crate) fn new(gate_proj: Linear, up_proj: Linear, down_proj: Linear) -> Mlp {
         Mlp {
-            gate_proj,
-            up_proj,
-            down_proj,
-            gate_up_proj,
+            intermediate: gate_proj.out_features(),
+            gate_up_proj: AdaptedLinear::stacked(vec![
+                (LoraTarget::Gate, gate_proj),
+                (LoraTarget::Up, up_proj),
+            ]),
+            down_proj: AdaptedLinear::single(LoraTarget::Down, down_proj),
         }
     }
 
     /// Applies the network to the last dimension of `x`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let gate_up = self.gate_up_proj.forward(x);
-        let width = self.gate_proj.out_features();
+    pub(crate) fn forward(&self, x: &Tensor, adapters: AdapterMode) -> Tensor {
+        let gate_up = self.gate_up_proj.forward(x, adapters);
+        let width = self.intermediate;
         let gate = gate_up.narrow(-1, 0, width).silu();
         self.down_proj
-            .forward(&(gate * gate_up.narrow(-1, width, width)))
+            .forward(&(gate * gate_up.narrow(-1, width, width)), adapters)
     }
 }
 
@@ -400,20 +394,53 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// Runs the block on `x` (`[batch, seq, d]`); see [`Attention::forward`] for the rest.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttentionMask,
         cache: Option<LayerCache<'_>>,
+        adapters: AdapterMode,
     ) -> Tensor {
-        let attended = self
-            .attention
-            .forward(&self.input_norm.forward(x), cos, sin, mask, cache);
+        let attended =
+            self.attention
+                .forward(&self.input_norm.forward(x), cos, sin, mask, cache, adapters);
         let h = x + attended;
-        let fed_forward = self.mlp.forward(&self.post_attention_norm.forward(&h));
+        let fed_forward = self
+            .mlp
+            .forward(&self.post_attention_norm.forward(&h), adapters);
         h + fed_forward
+    }
+
+    /// The projection that computes `target` (q, k and v share one, as do gate and up).
+    pub(crate) fn projection(&self, target: LoraTarget) -> &AdaptedLinear {
+        match target {
+            LoraTarget::Q | LoraTarget::K | LoraTarget::V => &self.attention.qkv_proj,
+            LoraTarget::O => &self.attention.o_proj,
+            LoraTarget::Gate | LoraTarget::Up => &self.mlp.gate_up_proj,
+            LoraTarget::Down => &self.mlp.down_proj,
+        }
+    }
+
+    /// As [`DecoderLayer::projection`], mutable.
+    pub(crate) fn projection_mut(&mut self, target: LoraTarget) -> &mut AdaptedLinear {
+        match target {
+            LoraTarget::Q | LoraTarget::K | LoraTarget::V => &mut self.attention.qkv_proj,
+            LoraTarget::O => &mut self.attention.o_proj,
+            LoraTarget::Gate | LoraTarget::Up => &mut self.mlp.gate_up_proj,
+            LoraTarget::Down => &mut self.mlp.down_proj,
+        }
+    }
+
+    /// The block's four (stacked) projections.
+    pub(crate) fn projections_mut(&mut self) -> [&mut AdaptedLinear; 4] {
+        [
+            &mut self.attention.qkv_proj,
+            &mut self.attention.o_proj,
+            &mut self.mlp.gate_up_proj,
+            &mut self.mlp.down_proj,
+        ]
     }
 }
 

@@ -6,6 +6,10 @@
 //! and grouped-query attention, a final RMSNorm and a linear output head (tied to the
 //! embedding in small models).
 //!
+//! A model can carry LoRA adapters (`CausalLm::add_lora`, `load_adapter` for PEFT folders);
+//! sampling uses them, and `CausalLm::forward_train` runs the differentiable pass that trains
+//! them (or, with the adapters off, the frozen reference model).
+//!
 //! ```no_run
 //! # fn main() -> models::Result<()> {
 //! use models::llama::{Generator, SamplingParams};
@@ -23,6 +27,7 @@ mod chat;
 mod config;
 mod generate;
 mod layers;
+mod lora;
 // Shared with other CPU models of the crate (fp32 matrix products through oneDNN).
 pub(crate) mod onednn;
 mod sampling;
@@ -44,6 +49,8 @@ pub use generate::{generate_ids, Completion, FinishReason, GeneratedIds, Generat
 pub use layers::{
     Attention, AttentionMask, DecoderLayer, Linear, MatmulBackend, Mlp, RmsNorm, RotaryEmbedding,
 };
+use lora::{AdapterMode, LoraState};
+pub use lora::{LoraConfig, LoraTarget, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use sampling::{Sampler, SamplingParams};
 use weights::WeightSource;
 
@@ -68,6 +75,8 @@ pub struct CausalLm {
     rope: RotaryEmbedding,
     device: Device,
     kind: Kind,
+    /// The LoRA adapters' configuration and merge state, when the model has adapters.
+    lora: Option<LoraState>,
 }
 
 impl CausalLm {
@@ -196,6 +205,7 @@ impl CausalLm {
             rope,
             device,
             kind,
+            lora: None,
         })
     }
 
@@ -244,6 +254,8 @@ impl CausalLm {
     /// `attention_mask` (`[batch, cached + seq]`, nonzero = real token) covers the cached
     /// slots and the new ones; padding slots are never attended to. Without a cache the call
     /// sees only `input_ids`; with one, the new keys and values are appended to it.
+    ///
+    /// LoRA adapters, when present and not merged, take part (without dropout).
     pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
@@ -261,20 +273,119 @@ impl CausalLm {
         let input_ids = input_ids.to_device(self.device);
         let positions = positions.to_device(self.device);
         let mask = attention_mask_for(&attention_mask.to_device(self.device), seq, cached);
-        let (cos, sin) = self.rope.angles_at(&positions);
+        let adapters = match &self.lora {
+            Some(state) if !state.merged => AdapterMode::On,
+            _ => AdapterMode::Off,
+        };
+        let hidden = self.run_blocks(
+            &input_ids,
+            &positions,
+            &mask,
+            cache.as_deref_mut(),
+            adapters,
+        );
+        if let Some(cache) = cache.as_mut() {
+            cache.advance(seq);
+        }
+        Ok(hidden)
+    }
 
+    /// Logits (fp32, `[batch, seq, vocab]`) of right-padded `input_ids` (`[batch, seq]`,
+    /// int64) with `attention_mask` (`[batch, seq]`, 1 = real token, every row's real tokens
+    /// first), at positions `0..seq`, without a cache: the training pass. See
+    /// [`CausalLm::forward_train_hidden`].
+    pub fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        adapter: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_train_hidden(input_ids, attention_mask, adapter, train)?;
+        Ok(self.lm_head.forward(&hidden).to_kind(Kind::Float))
+    }
+
+    /// The final hidden states (`[batch, seq, d]`) of the training pass, for callers that
+    /// apply the output head in slices (the `[batch, seq, vocab]` logits of long batches are
+    /// large); `self.lm_head.forward(&hidden)` gives the logits with the graph kept.
+    ///
+    /// With `adapter` the LoRA adapters take part and, when grad mode is on, the autograd
+    /// graph to their parameters is recorded (frozen weights never get gradients); without,
+    /// this is the base model (the DPO reference), from the same weights. `train` turns the
+    /// adapters' dropout on. On the CPU the frozen fp32 products run through oneDNN as in
+    /// sampling (libtorch differentiates its inner product with respect to the input, which
+    /// adapters in earlier layers need). Causal attention over right padding needs no mask:
+    /// real tokens come first, so no real query ever sees a padding key; the logits at
+    /// padding positions are meaningless and must be masked by the caller.
+    ///
+    /// Errors when the mask is not right-padded, when `adapter` is asked of a model without
+    /// adapters, or while the adapters are merged.
+    pub fn forward_train_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        adapter: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        let adapters = match (&self.lora, adapter) {
+            (Some(state), _) if state.merged => {
+                return Err(ModelError::LoraState(
+                    "the adapters are merged into the weights; unmerge them before a training \
+                     pass"
+                        .to_string(),
+                ))
+            }
+            (_, false) => AdapterMode::Off,
+            (None, true) => {
+                return Err(ModelError::LoraState(
+                    "a pass with the adapter was asked for, but the model has none (add_lora \
+                     or load_adapter first)"
+                        .to_string(),
+                ))
+            }
+            (Some(_), true) if train => AdapterMode::Training,
+            (Some(_), true) => AdapterMode::On,
+        };
+        let shape = input_ids.size();
+        let positions = match shape.as_slice() {
+            &[batch, seq] => Tensor::arange(seq, (Kind::Int64, input_ids.device()))
+                .view([1, seq])
+                .expand([batch, seq], false),
+            _ => input_ids.shallow_clone(), // check_inputs names the bad shape
+        };
+        self.check_inputs(input_ids, &positions, attention_mask, 0)?;
+        check_right_padded(attention_mask)?;
+        let input_ids = input_ids.to_device(self.device);
+        let positions = positions.to_device(self.device);
+        Ok(self.run_blocks(
+            &input_ids,
+            &positions,
+            &AttentionMask::Causal,
+            None,
+            adapters,
+        ))
+    }
+
+    /// Embedding, every block and the final norm.
+    fn run_blocks(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<&mut KvCache>,
+        adapters: AdapterMode,
+    ) -> Tensor {
+        let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
+        let (cos, sin) = self.rope.angles_at(positions);
         let mut hidden = self
             .embed_tokens
             .index_select(0, &input_ids.reshape([-1]))
             .view([batch, seq, -1]);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_ref().map(|c| c.layer(i));
-            hidden = layer.forward(&hidden, &cos, &sin, &mask, layer_cache);
+            hidden = layer.forward(&hidden, &cos, &sin, mask, layer_cache, adapters);
         }
-        if let Some(cache) = cache.as_mut() {
-            cache.advance(seq);
-        }
-        Ok(self.norm.forward(&hidden))
+        self.norm.forward(&hidden)
     }
 
     /// The output head applied to hidden states (any leading shape), as fp32 logits.
@@ -340,6 +451,24 @@ impl CausalLm {
         }
         Ok(())
     }
+}
+
+/// Checks that every row of `attention_mask` (`[batch, seq]`) is real tokens then padding.
+fn check_right_padded(attention_mask: &Tensor) -> Result<()> {
+    let seq = attention_mask.size()[1];
+    let real = attention_mask.ne(0);
+    let pad_then_real = real
+        .narrow(1, 1, seq - 1)
+        .logical_and(&real.narrow(1, 0, seq - 1).logical_not());
+    if bool::try_from(pad_then_real.any())? {
+        return Err(ModelError::InvalidArgument {
+            name: "attention_mask",
+            message: "a row has a real token after padding; the training pass takes right-padded \
+                      batches (each row's real tokens first, at positions 0, 1, …)"
+                .to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Which keys each new query may attend to (`Allowed`: `[batch, 1, seq, cached + seq]`, true

@@ -1,0 +1,101 @@
+//! The tiny Llama fixture as a loadable Hugging Face folder, for tests of this crate and of
+//! the `fedsyn` binary (included with `#[path]`).
+//!
+//! `scripts/reference/generator.py` wrote the folder's configuration, tokenizer and
+//! `reference.json` but no weights: every weight is a function of its tensor's name and flat
+//! index (`synthetic_value`), so `model.safetensors` is written here, once per test process,
+//! with exactly the values transformers (and PEFT, in scripts/reference/peft_adapter.py) ran
+//! with.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tch::Tensor;
+
+/// `crates/models/tests/fixtures/<name>` in the source tree, whichever package's test
+/// includes this file.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["tests/fixtures", "crates/models/tests/fixtures"]
+        .iter()
+        .map(|fixtures| manifest.join(fixtures).join(name))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| panic!("no fixture folder {name}"))
+}
+
+/// A temporary copy of the tiny Llama folder with its weights written (made once per process).
+pub fn tiny_llama_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let source = fixture_dir("tiny-llama");
+        let dir =
+            std::env::temp_dir().join(format!("fedsyn-lora-tiny-llama-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for entry in std::fs::read_dir(&source).expect("fixture readable") {
+            let path = entry.expect("fixture entry").path();
+            std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
+        }
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(source.join("reference.json")).expect("reference.json"),
+        )
+        .expect("reference.json parses");
+        let weights: Vec<(String, Tensor)> = reference["tensors"]
+            .as_array()
+            .expect("tensors listed")
+            .iter()
+            .map(|spec| {
+                let name = spec["name"].as_str().expect("name").to_string();
+                let shape: Vec<i64> = spec["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_i64().expect("dimension"))
+                    .collect();
+                let tensor = synthetic_tensor(&name, &shape);
+                (name, tensor)
+            })
+            .collect();
+        Tensor::write_safetensors(&weights, dir.join("model.safetensors"))
+            .expect("weights written");
+        dir
+    })
+    .clone()
+}
+
+/// Tensor `name` of shape `shape` as `synthetic_value` in scripts/reference/generator.py
+/// defines it.
+fn synthetic_tensor(name: &str, shape: &[i64]) -> Tensor {
+    let hash = fnv1a64(name);
+    let count: i64 = shape.iter().product();
+    let values: Vec<f32> = (0..count as u64)
+        .map(|index| synthetic_value(name, index, hash))
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+fn splitmix64(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in [-1, 1) on a 2^-23 grid, scaled in f64 and rounded once to f32.
+fn synthetic_value(name: &str, index: u64, name_hash: u64) -> f32 {
+    let unit =
+        ((splitmix64(name_hash ^ index) >> 40) as f64 - (1u64 << 23) as f64) / (1u64 << 23) as f64;
+    let value = if name.ends_with("norm.weight") {
+        1.0 + 0.125 * unit
+    } else if name.ends_with(".bias") {
+        0.125 * unit
+    } else {
+        0.375 * unit
+    };
+    value as f32
+}
