@@ -1,0 +1,22 @@
+//! The clients' side of fedsyn: their private documents ([`data`], [`sotu`]), the embeddings of
+//! those documents computed once and cached on disk ([`embeddings`]), the POPri score vector a
+//! client sends for a round's candidates ([`scores`]), and a simulated population of many
+//! clients that produces the sum of their score vectors in bounded memory ([`population`]).
+//!
+//! Everything here reads private data; only the clipped score vectors leave a client.
+
+pub mod data;
+pub mod embeddings;
+pub mod error;
+mod files;
+mod hash;
+pub mod population;
+pub mod scores;
+pub mod sotu;
+
+pub use data::{read_documents, sample_per_client, ClientData, Document, FederatedData};
+pub use embeddings::embed_cached;
+pub use error::{ClientsError, Result};
+pub use population::{ScoreSum, SimulatedPopulation};
+pub use scores::{client_score_vector, ClippedScores};
+pub use sotu::{sotu_documents, write_documents};
