@@ -25,4 +25,8 @@ pub const TORCH_COMMANDS: &[(&str, &str)] = &[
         "dpo",
         "Train a LoRA adapter on preference pairs (DPO, IPO) or completions (SFT)",
     ),
+    (
+        "simulate",
+        "Run a federated POPri simulation: DP synthetic text from simulated clients' data",
+    ),
 ];

@@ -11,6 +11,8 @@ mod doctor;
 mod exit_status;
 #[path = "../models_cli.rs"]
 mod models_cli;
+#[path = "../simulate_cli.rs"]
+mod simulate_cli;
 #[path = "../train_cli.rs"]
 mod train_cli;
 // Only the tests read these (to check that `fedsyn` forwards exactly our commands).
@@ -44,6 +46,8 @@ enum Command {
     Doctor,
     /// Train a LoRA adapter on preference pairs (DPO, IPO) or completions (SFT).
     Dpo(train_cli::DpoArgs),
+    /// Run a federated POPri simulation: DP synthetic text from simulated clients' data.
+    Simulate(simulate_cli::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => models_cli::embed(args),
         Command::Doctor => doctor::run(cli.json),
         Command::Dpo(args) => train_cli::dpo(args, cli.json),
+        Command::Simulate(args) => simulate_cli::run(&args, cli.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -63,6 +68,9 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
         cause.downcast_ref::<models::ModelError>().is_some()
             || cause.downcast_ref::<models_cli::InputError>().is_some()
             || cause.downcast_ref::<train_cli::InputError>().is_some()
+            || cause
+                .downcast_ref::<server::ServerError>()
+                .is_some_and(server::ServerError::is_bad_input)
     })
 }
 

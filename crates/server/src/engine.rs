@@ -1,0 +1,418 @@
+//! One POPri round, written once: the simulation drives it with in-process clients, the HTTP
+//! server with remote ones; both reach the clients through [`ScoreTransport`].
+//!
+//! A round (Hou et al., ICML 2025, §3): the generator writes K candidates for each of J public
+//! prompts; the candidates are embedded and sent to the sampled clients; each returns its
+//! standardised, clipped score vector; the server sums them, **commits the round's privacy cost
+//! to the ledger**, adds Gaussian noise, ranks each prompt's candidates by noisy score and
+//! trains the generator's LoRA adapter with DPO on (best, r-th best) pairs.
+
+use std::time::Instant;
+
+use models::train::{PreferencePair, PreferenceTrainer, StepMetrics};
+use models::{Generator, SamplingParams, SentenceEmbedder};
+use tch::Tensor;
+
+use crate::error::{Result, ServerError};
+use crate::noise::NoiseSource;
+use crate::pairs::{preference_agreement, preference_pairs, RankedPair};
+use crate::prompts::clean_candidate;
+pub use crate::run_dir::PhaseSeconds;
+
+/// What the server sends to the clients of a round.
+pub struct RoundTask<'a> {
+    /// The round number (0-based).
+    pub round: u64,
+    /// The L2 bound every client clips its score vector to.
+    pub clip: f64,
+    /// Candidate embeddings, `[J·K, d]`, prompt-major (candidate `j·K + k`).
+    pub candidates: &'a Tensor,
+}
+
+/// The clients' answer to a round: the sum of their clipped score vectors.
+#[derive(Debug, Clone)]
+pub struct CollectedScores {
+    /// Σ over the contributing clients of their clipped vectors (length J·K).
+    pub sum: Vec<f64>,
+    /// How many clients contributed.
+    pub clients: usize,
+    /// How many of them had to scale their vector down to the clip bound.
+    pub clipped: usize,
+    /// Mean L2 norm of the vectors before clipping.
+    pub mean_pre_clip_norm: f64,
+}
+
+/// How the round engine reaches the clients: in-process simulated clients or remote ones over
+/// HTTP. The engine samples the clients; the transport only collects their vectors.
+pub trait ScoreTransport {
+    /// Number of clients that could be sampled.
+    fn population(&self) -> usize;
+    /// Sends `task` to the clients `sampled` (indices into the population) and returns the sum
+    /// of their clipped score vectors. Clients that do not answer are left out of the sum (the
+    /// round is still accounted for everyone sampled).
+    fn collect(&mut self, task: &RoundTask<'_>, sampled: &[usize]) -> Result<CollectedScores>;
+    /// Whether these are simulated clients, whose un-noised results the engine may compare
+    /// with the noisy ones (non-private diagnostics a deployment must not compute).
+    fn is_simulation(&self) -> bool {
+        false
+    }
+}
+
+/// The candidates of one round, prompt-major.
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    /// Cleaned candidate texts (candidate `j·K + k` is prompt j's k-th sample).
+    pub texts: Vec<String>,
+    /// Number of prompts J.
+    pub prompts: usize,
+    /// Candidates per prompt K.
+    pub per_prompt: usize,
+}
+
+/// A finished round: its candidates, their embeddings (`[J·K, d]`) and its report.
+pub struct RoundOutput {
+    pub candidates: Candidates,
+    pub embeddings: Tensor,
+    pub report: RoundReport,
+}
+
+/// Everything a finished round reports (the engine's part of the metrics row).
+#[derive(Debug, Clone)]
+pub struct RoundReport {
+    pub round: u64,
+    pub clients: usize,
+    pub sampled: usize,
+    pub clipped_fraction: f64,
+    pub mean_pre_clip_norm: f64,
+    pub noise_std: f64,
+    /// ‖clean sum‖ / ‖noise‖ (expected), a run-time diagnostic of how much the noise drowns.
+    pub signal_to_noise: f64,
+    /// Simulation only: share of prompts whose noisy best candidate is the clean best one.
+    pub preference_agreement: Option<f64>,
+    pub dpo: Vec<StepMetrics>,
+    pub seconds: PhaseSeconds,
+}
+
+/// Where a round reports its progress (a progress bar per phase in the CLI, nothing in tests).
+pub trait Progress {
+    /// A phase starts with `total` units of work.
+    fn start(&self, phase: &'static str, total: u64);
+    /// `done` more units of the current phase are finished.
+    fn advance(&self, done: u64);
+    /// The current phase is over.
+    fn finish(&self);
+}
+
+/// Progress that goes nowhere.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: &'static str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// The fixed settings of every round.
+#[derive(Debug, Clone)]
+pub struct RoundSettings {
+    /// K, candidates per prompt.
+    pub per_prompt: usize,
+    /// How candidates are sampled (the seed is replaced per round and batch).
+    pub sampling: SamplingParams,
+    /// Candidates are cut to this many generator tokens.
+    pub truncate_tokens: usize,
+    /// Rows per generation batch.
+    pub batch_size: usize,
+    /// Texts per embedding batch.
+    pub embed_batch: usize,
+    /// Per-client L2 clip bound C.
+    pub clip: f64,
+    /// Noise multiplier σ (noise std σ·C).
+    pub noise_multiplier: f64,
+    /// Rank of the rejected candidate in each pair (0 = best).
+    pub rejected_rank: usize,
+    /// The run's seed; candidate sampling derives per-round streams from it.
+    pub seed: u64,
+}
+
+/// The POPri round engine: the generator with its adapter and trainer, the embedder, the fixed
+/// public prompts.
+pub struct PopriEngine {
+    generator: Generator,
+    embedder: SentenceEmbedder,
+    trainer: PreferenceTrainer,
+    prompts: Vec<String>,
+    settings: RoundSettings,
+}
+
+impl PopriEngine {
+    /// An engine over `prompts` (public: built from the public seed pool, never private data).
+    pub fn new(
+        generator: Generator,
+        embedder: SentenceEmbedder,
+        trainer: PreferenceTrainer,
+        prompts: Vec<String>,
+        settings: RoundSettings,
+    ) -> Result<PopriEngine> {
+        if prompts.is_empty() {
+            return Err(ServerError::argument(
+                "prompts",
+                0,
+                "at least one public prompt per round",
+            ));
+        }
+        if settings.rejected_rank == 0 || settings.rejected_rank >= settings.per_prompt {
+            return Err(ServerError::argument(
+                "pairs.rejected_rank",
+                settings.rejected_rank,
+                format!(
+                    "a rank in 1..{} (below generation.candidates_per_prompt)",
+                    settings.per_prompt
+                ),
+            ));
+        }
+        Ok(PopriEngine {
+            generator,
+            embedder,
+            trainer,
+            prompts,
+            settings,
+        })
+    }
+
+    /// The generator (with its adapter).
+    pub fn generator(&self) -> &Generator {
+        &self.generator
+    }
+
+    /// The embedder the candidates are embedded with.
+    pub fn embedder(&self) -> &SentenceEmbedder {
+        &self.embedder
+    }
+
+    /// The preference trainer (its optimiser state carries over between rounds).
+    pub fn trainer(&self) -> &PreferenceTrainer {
+        &self.trainer
+    }
+
+    /// Mutable access to the trainer, to restore a checkpoint.
+    pub fn trainer_mut(&mut self) -> &mut PreferenceTrainer {
+        &mut self.trainer
+    }
+
+    /// Mutable access to the generator, to restore an adapter.
+    pub fn generator_mut(&mut self) -> &mut Generator {
+        &mut self.generator
+    }
+
+    /// The fixed prompts.
+    pub fn prompts(&self) -> &[String] {
+        &self.prompts
+    }
+
+    /// Runs round `round` with the clients `sampled`.
+    ///
+    /// `commit_cost` is called after the clients' vectors are summed and before any noise is
+    /// drawn or the sum is used: it must make the round's privacy cost durable (the ledger), so
+    /// that no noisy value can exist whose cost is not on disk.
+    pub fn run_round(
+        &mut self,
+        round: u64,
+        sampled: &[usize],
+        transport: &mut dyn ScoreTransport,
+        noise: &mut NoiseSource,
+        commit_cost: &mut dyn FnMut() -> Result<()>,
+        progress: &dyn Progress,
+    ) -> Result<RoundOutput> {
+        let mut seconds = PhaseSeconds::default();
+
+        let clock = Instant::now();
+        let candidates =
+            self.sample_candidates(&self.prompts, self.settings.per_prompt, round, progress)?;
+        seconds.generate = clock.elapsed().as_secs_f64();
+
+        let clock = Instant::now();
+        progress.start("embed", candidates.texts.len() as u64);
+        let embeddings = self
+            .embedder
+            .embed_tensor(&candidates.texts, self.settings.embed_batch)?;
+        progress.advance(candidates.texts.len() as u64);
+        progress.finish();
+        seconds.embed = clock.elapsed().as_secs_f64();
+
+        let clock = Instant::now();
+        let task = RoundTask {
+            round,
+            clip: self.settings.clip,
+            candidates: &embeddings,
+        };
+        let collected = transport.collect(&task, sampled)?;
+        seconds.score = clock.elapsed().as_secs_f64();
+        if collected.sum.len() != candidates.texts.len()
+            || collected.sum.iter().any(|v| !v.is_finite())
+        {
+            return Err(ServerError::argument(
+                "client score sum",
+                format!("{} values", collected.sum.len()),
+                format!(
+                    "{} finite values, one per candidate",
+                    candidates.texts.len()
+                ),
+            ));
+        }
+
+        let clock = Instant::now();
+        commit_cost()?;
+        let noise_std = self.settings.noise_multiplier * self.settings.clip;
+        let mut noisy = collected.sum.clone();
+        noise.add_gaussian(&mut noisy, noise_std)?;
+        let pairs = preference_pairs(
+            &noisy,
+            candidates.prompts,
+            candidates.per_prompt,
+            self.settings.rejected_rank,
+        )?;
+        let agreement = if transport.is_simulation() {
+            Some(preference_agreement(
+                &noisy,
+                &collected.sum,
+                candidates.prompts,
+                candidates.per_prompt,
+            )?)
+        } else {
+            None
+        };
+        seconds.aggregate = clock.elapsed().as_secs_f64();
+
+        let clock = Instant::now();
+        let dpo = self.train(&candidates, &pairs, progress)?;
+        seconds.dpo = clock.elapsed().as_secs_f64();
+
+        let signal = collected.sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let expected_noise = noise_std * (collected.sum.len() as f64).sqrt();
+        let report = RoundReport {
+            round,
+            clients: collected.clients,
+            sampled: sampled.len(),
+            clipped_fraction: if collected.clients == 0 {
+                0.0
+            } else {
+                collected.clipped as f64 / collected.clients as f64
+            },
+            mean_pre_clip_norm: collected.mean_pre_clip_norm,
+            noise_std,
+            signal_to_noise: if expected_noise > 0.0 {
+                signal / expected_noise
+            } else {
+                f64::INFINITY
+            },
+            preference_agreement: agreement,
+            dpo,
+            seconds,
+        };
+        Ok(RoundOutput {
+            candidates,
+            embeddings,
+            report,
+        })
+    }
+
+    /// DPO on the round's pairs (prompt = the public prompt, chosen/rejected = candidates).
+    fn train(
+        &mut self,
+        candidates: &Candidates,
+        pairs: &[RankedPair],
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepMetrics>> {
+        let pairs: Vec<PreferencePair> = pairs
+            .iter()
+            .map(|pair| PreferencePair {
+                prompt: self.prompts[pair.prompt].clone(),
+                chosen: candidates.texts[pair.chosen].clone(),
+                rejected: candidates.texts[pair.rejected].clone(),
+            })
+            .collect();
+        let config = self.trainer.config();
+        let epoch_steps = config.steps_per_epoch(pairs.len()) * config.epochs as u64;
+        let steps = config
+            .max_steps
+            .map_or(epoch_steps, |max| max.min(epoch_steps));
+        progress.start("dpo", steps);
+        let metrics = self
+            .trainer
+            .train_pairs(&mut self.generator, &pairs, false, |_| progress.advance(1))?;
+        progress.finish();
+        Ok(metrics)
+    }
+
+    /// Samples `per_prompt` completions of each prompt, prompt-major, cleaned and cut to the
+    /// token limit, with a sampling stream derived from the run seed and `stream`.
+    pub fn sample_candidates(
+        &self,
+        prompts: &[String],
+        per_prompt: usize,
+        stream: u64,
+        progress: &dyn Progress,
+    ) -> Result<Candidates> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.generator.encode_prompt(p, false))
+            .collect::<models::Result<Vec<_>>>()?;
+        let rows: Vec<&Vec<u32>> = ids
+            .iter()
+            .flat_map(|row| std::iter::repeat_n(row, per_prompt))
+            .collect();
+        progress.start("generate", rows.len() as u64);
+        let mut texts = Vec::with_capacity(rows.len());
+        for (batch_index, batch) in rows.chunks(self.settings.batch_size.max(1)).enumerate() {
+            let params = SamplingParams {
+                seed: derive_seed(self.settings.seed, stream, batch_index as u64),
+                ..self.settings.sampling.clone()
+            };
+            let batch: Vec<Vec<u32>> = batch.iter().map(|r| (*r).clone()).collect();
+            for completion in self.generator.generate_from_ids(&batch, &params)? {
+                texts.push(self.truncate(&clean_candidate(&completion.text))?);
+            }
+            progress.advance(batch.len() as u64);
+        }
+        progress.finish();
+        Ok(Candidates {
+            texts,
+            prompts: prompts.len(),
+            per_prompt,
+        })
+    }
+
+    /// `text` cut to the first `truncate_tokens` generator tokens.
+    fn truncate(&self, text: &str) -> Result<String> {
+        let tokenizer = self.generator.tokenizer();
+        let encoding = tokenizer
+            .encode(text, false)
+            .map_err(|e| ServerError::Tokenizer(e.to_string()))?;
+        let ids = encoding.get_ids();
+        if ids.len() <= self.settings.truncate_tokens {
+            return Ok(text.to_string());
+        }
+        tokenizer
+            .decode(&ids[..self.settings.truncate_tokens], true)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| ServerError::Tokenizer(e.to_string()))
+    }
+}
+
+/// A seed for stream (`a`, `b`) of the run seed: splitmix64 of the three, so neighbouring
+/// rounds and batches get unrelated streams.
+pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
+    let mut x = seed;
+    for part in [a, b] {
+        x = splitmix64(x ^ splitmix64(part.wrapping_add(0x9E37_79B9_7F4A_7C15)));
+    }
+    x
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

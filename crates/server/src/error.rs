@@ -1,0 +1,118 @@
+//! Errors of the server crate: each names the key, argument, file or line at fault and the fix.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can go wrong in the server's building blocks.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A configuration file or override could not be read or parsed.
+    #[error("config {source_name}: {message}")]
+    ConfigSyntax {
+        /// The file (or `--set KEY=VALUE`) the text came from.
+        source_name: String,
+        /// What is wrong, as the TOML parser or the schema says it.
+        message: String,
+    },
+    /// A configuration key holds a value outside its domain.
+    #[error("config key `{key}` = {value}: {fix}")]
+    ConfigValue {
+        /// The dotted key, e.g. `privacy.epsilon`.
+        key: String,
+        /// The offending value, formatted.
+        value: String,
+        /// What a valid value looks like.
+        fix: String,
+    },
+    /// A function argument is outside its domain.
+    #[error("invalid {name} = {value}: {expected}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// The offending value, formatted.
+        value: String,
+        /// What a valid value looks like.
+        expected: String,
+    },
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A data file has a bad line.
+    #[error("{}:{line}: {message}", path.display())]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A run directory is in a state the operation cannot work with.
+    #[error("run directory {}: {message}", path.display())]
+    RunDir {
+        /// The run directory.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// Privacy accounting failed (invalid mechanism, unreachable target, …).
+    #[error(transparent)]
+    Accounting(#[from] privacy_accounting::AccountingError),
+    /// The generator, the embedder or the trainer failed.
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
+    /// Client-side work failed (data, embeddings, scores).
+    #[error(transparent)]
+    Clients(#[from] clients::ClientsError),
+    /// The generator's tokenizer failed on a candidate.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, ServerError>;
+
+impl ServerError {
+    /// Whether the user can fix this in what they gave (a config, a data file, a run
+    /// directory), as opposed to a failure of the machine or of fedsyn.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            ServerError::ConfigSyntax { .. }
+            | ServerError::ConfigValue { .. }
+            | ServerError::InvalidArgument { .. }
+            | ServerError::Data { .. }
+            | ServerError::RunDir { .. }
+            | ServerError::Accounting(_)
+            | ServerError::Model(_) => true,
+            ServerError::Clients(e) => e.is_bad_input(),
+            ServerError::Io { .. } | ServerError::Tokenizer(_) => false,
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ServerError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An invalid argument.
+    pub(crate) fn argument(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        ServerError::InvalidArgument {
+            name,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}

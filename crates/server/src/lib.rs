@@ -1,0 +1,24 @@
+//! The POPri server: the round engine ([`engine`]), written once and driven either by the
+//! simulation ([`simulate`], in-process clients) or by the HTTP server (remote clients), and its
+//! building blocks: the run configuration, client sampling, the DP noise, preference pairs,
+//! prompts, FID, the run directory and the privacy budget.
+
+pub mod budget;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fid;
+pub mod noise;
+pub mod pairs;
+pub mod prompts;
+pub mod run_dir;
+pub mod sampling;
+pub mod simulate;
+
+pub use budget::{plan_noise, BudgetGuard, NoisePlan};
+pub use config::RunConfig;
+pub use error::{Result, ServerError};
+pub use noise::{NoiseSource, NoiseState};
+pub use pairs::{preference_agreement, preference_pairs, RankedPair};
+pub use run_dir::{write_atomic, PendingCheckpoint, PhaseSeconds, RoundMetrics, RunDir};
+pub use sampling::{ClientSampler, ClientSampling};

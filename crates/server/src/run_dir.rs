@@ -1,0 +1,720 @@
+//! The run directory: everything a run writes, laid out so that a crash at any point leaves
+//! files a resumed run can trust.
+//!
+//! ```text
+//! <run>/config.toml                 the resolved configuration
+//! <run>/ledger.json                 every release that spent privacy budget
+//! <run>/metrics.jsonl               one RoundMetrics per line
+//! <run>/checkpoints/round-0003/     complete checkpoints only (adapter/, trainer/, state.json)
+//! <run>/synthetic.jsonl             the final synthetic data
+//! <run>/privacy-statement.{md,json}
+//! ```
+//!
+//! Whole files are replaced atomically ([`write_atomic`]); metrics lines are appended and
+//! synced one by one; a checkpoint is written under a temporary name and renamed into place
+//! only when complete, so [`RunDir::latest_checkpoint`] never returns a torn one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use privacy_accounting::Ledger;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::error::{Result, ServerError};
+
+const CONFIG: &str = "config.toml";
+const LEDGER: &str = "ledger.json";
+const METRICS: &str = "metrics.jsonl";
+const CHECKPOINTS: &str = "checkpoints";
+const SYNTHETIC: &str = "synthetic.jsonl";
+const STATEMENT_MD: &str = "privacy-statement.md";
+const STATEMENT_JSON: &str = "privacy-statement.json";
+const CHECKPOINT_PREFIX: &str = "round-";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Seconds spent in each phase of a round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    /// Sampling the candidates.
+    pub generate: f64,
+    /// Embedding the candidates.
+    pub embed: f64,
+    /// Client scoring.
+    pub score: f64,
+    /// Summing, clipping bookkeeping and noising.
+    pub aggregate: f64,
+    /// Preference optimisation.
+    pub dpo: f64,
+    /// Diagnostics.
+    pub eval: f64,
+}
+
+/// One line of `metrics.jsonl`. The schema is stable: every field is always present (`null`
+/// when not computed).
+///
+/// Fields ending in `_nonprivate` read private data without noise (the clean scores, the private
+/// eval set): they are diagnostics for simulations and are NOT covered by the privacy
+/// guarantee. So are `clipped_fraction`, `mean_pre_clip_norm`, `signal_to_noise` and, under
+/// Poisson sampling, `clients` (un-noised statistics of the clients' contributions); a
+/// deployment should not publish them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// The round (0-based).
+    pub round: u64,
+    /// Wall-clock seconds of the round.
+    pub wall_seconds: f64,
+    /// ε spent after this round, RDP accountant.
+    pub epsilon_rdp: f64,
+    /// ε spent after this round, PLD accountant.
+    pub epsilon_pld: f64,
+    /// δ of both ε.
+    pub delta: f64,
+    /// Noise multiplier σ.
+    pub sigma: f64,
+    /// Client sampling rate (1 for full participation, m/n for cohorts).
+    pub q: f64,
+    /// Clip bound C.
+    pub clip: f64,
+    /// Clients that contributed this round.
+    pub clients: u64,
+    /// Fraction of contributing clients whose vector was clipped.
+    pub clipped_fraction: Option<f64>,
+    /// Mean L2 norm of the client vectors before clipping.
+    pub mean_pre_clip_norm: Option<f64>,
+    /// Standard deviation of the noise added to each coordinate (σ·C).
+    pub noise_std: f64,
+    /// ‖clean sum‖ / (noise_std · √N).
+    pub signal_to_noise: Option<f64>,
+    /// Fraction of prompts whose noisy winner equals the clean winner (simulation only).
+    pub preference_agreement_nonprivate: Option<f64>,
+    /// Mean DPO loss of the round.
+    pub dpo_loss: Option<f64>,
+    /// Mean reward accuracy of the round.
+    pub reward_accuracy: Option<f64>,
+    /// Mean reward margin of the round.
+    pub reward_margin: Option<f64>,
+    /// FID between the round's samples and the private eval set (non-private diagnostic).
+    pub fid_nonprivate: Option<f64>,
+    /// ‖mean difference‖² of the same embeddings (non-private diagnostic).
+    pub mean_distance_sq_nonprivate: Option<f64>,
+    /// Seconds per phase.
+    pub seconds: PhaseSeconds,
+}
+
+impl RoundMetrics {
+    /// Every number must be finite: JSON has no NaN (serde_json would write `null`, which reads
+    /// back as "not computed").
+    fn check_finite(&self) -> Result<()> {
+        let s = &self.seconds;
+        let required = [
+            ("wall_seconds", self.wall_seconds),
+            ("epsilon_rdp", self.epsilon_rdp),
+            ("epsilon_pld", self.epsilon_pld),
+            ("delta", self.delta),
+            ("sigma", self.sigma),
+            ("q", self.q),
+            ("clip", self.clip),
+            ("noise_std", self.noise_std),
+            ("seconds.generate", s.generate),
+            ("seconds.embed", s.embed),
+            ("seconds.score", s.score),
+            ("seconds.aggregate", s.aggregate),
+            ("seconds.dpo", s.dpo),
+            ("seconds.eval", s.eval),
+        ];
+        let optional = [
+            ("clipped_fraction", self.clipped_fraction),
+            ("mean_pre_clip_norm", self.mean_pre_clip_norm),
+            ("signal_to_noise", self.signal_to_noise),
+            (
+                "preference_agreement_nonprivate",
+                self.preference_agreement_nonprivate,
+            ),
+            ("dpo_loss", self.dpo_loss),
+            ("reward_accuracy", self.reward_accuracy),
+            ("reward_margin", self.reward_margin),
+            ("fid_nonprivate", self.fid_nonprivate),
+            (
+                "mean_distance_sq_nonprivate",
+                self.mean_distance_sq_nonprivate,
+            ),
+        ];
+        let values = required
+            .into_iter()
+            .chain(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        for (name, value) in values {
+            if !value.is_finite() {
+                return Err(ServerError::argument(
+                    "metrics",
+                    format!("{name} = {value} in round {}", self.round),
+                    "finite numbers only (use None for a value that was not computed)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+/// A checkpoint being written: fill [`PendingCheckpoint::path`], then
+/// [`PendingCheckpoint::commit`]. Dropped without commit, it stays under its temporary name and
+/// is never taken for a checkpoint.
+#[derive(Debug)]
+pub struct PendingCheckpoint {
+    round: u64,
+    partial: PathBuf,
+    complete: PathBuf,
+}
+
+impl PendingCheckpoint {
+    /// The folder to write the checkpoint's files into.
+    pub fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// The round it belongs to.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Syncs every file, then renames the folder to its final name; returns that path.
+    pub fn commit(self) -> Result<PathBuf> {
+        sync_tree(&self.partial)?;
+        fs::rename(&self.partial, &self.complete)
+            .map_err(|e| ServerError::io(&self.complete, e))?;
+        sync_dir(self.complete.parent().unwrap_or(Path::new(".")))?;
+        Ok(self.complete)
+    }
+}
+
+impl RunDir {
+    /// Creates the run directory for `config` (writing `config.toml`). An existing directory is
+    /// accepted only if it is empty or holds a run of the same resolved configuration (which
+    /// the caller then resumes: load its ledger with [`RunDir::load_ledger`], never start a new
+    /// one over it).
+    pub fn create(path: &Path, config: &RunConfig) -> Result<Self> {
+        let run = Self {
+            root: path.to_path_buf(),
+        };
+        let wanted = config.to_toml()?;
+        if path.exists() {
+            if !path.is_dir() {
+                return Err(run.error("exists and is not a directory: choose another --out"));
+            }
+            let mut entries = fs::read_dir(path).map_err(|e| ServerError::io(path, e))?;
+            if entries.next().is_some() {
+                run.check_same_config(config)?;
+                return Ok(run);
+            }
+        }
+        fs::create_dir_all(run.checkpoints_dir())
+            .map_err(|e| ServerError::io(run.checkpoints_dir(), e))?;
+        write_atomic(&run.config_path(), wanted.as_bytes())?;
+        Ok(run)
+    }
+
+    /// Opens an existing run directory (for `--resume`).
+    pub fn open(path: &Path) -> Result<Self> {
+        let run = Self {
+            root: path.to_path_buf(),
+        };
+        if !run.config_path().is_file() {
+            return Err(run.error(format!(
+                "has no {CONFIG}: it is not a fedsyn run directory (start a new run instead of \
+                 --resume)"
+            )));
+        }
+        Ok(run)
+    }
+
+    /// Loads the run's resolved configuration.
+    pub fn load_config(&self) -> Result<RunConfig> {
+        RunConfig::load(&self.config_path(), &[])
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `config.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG)
+    }
+
+    /// `ledger.json`.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.root.join(LEDGER)
+    }
+
+    /// `metrics.jsonl`.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join(METRICS)
+    }
+
+    /// `synthetic.jsonl`.
+    pub fn synthetic_path(&self) -> PathBuf {
+        self.root.join(SYNTHETIC)
+    }
+
+    /// `privacy-statement.md`.
+    pub fn statement_md_path(&self) -> PathBuf {
+        self.root.join(STATEMENT_MD)
+    }
+
+    /// `privacy-statement.json`.
+    pub fn statement_json_path(&self) -> PathBuf {
+        self.root.join(STATEMENT_JSON)
+    }
+
+    /// `checkpoints/`.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root.join(CHECKPOINTS)
+    }
+
+    /// `checkpoints/round-{round:04}/` (complete checkpoints only live here).
+    pub fn checkpoint_dir(&self, round: u64) -> PathBuf {
+        self.checkpoints_dir()
+            .join(format!("{CHECKPOINT_PREFIX}{round:04}"))
+    }
+
+    /// The run's ledger; empty when none was saved yet.
+    pub fn load_ledger(&self) -> Result<Ledger> {
+        let path = self.ledger_path();
+        if !path.exists() {
+            return Ok(Ledger::new());
+        }
+        Ok(Ledger::load(&path)?)
+    }
+
+    /// Saves the ledger atomically.
+    pub fn save_ledger(&self, ledger: &Ledger) -> Result<()> {
+        write_atomic(&self.ledger_path(), ledger.to_json().as_bytes())
+    }
+
+    /// Appends one line to `metrics.jsonl` and syncs it to disk. A torn last line left by a
+    /// crash is dropped first.
+    pub fn append_metrics(&self, metrics: &RoundMetrics) -> Result<()> {
+        metrics.check_finite()?;
+        let path = self.metrics_path();
+        let created = !path.exists();
+        drop_torn_tail(&path)?;
+        let mut line = serde_json::to_string(metrics).map_err(|e| {
+            ServerError::argument("metrics", format!("round {}", metrics.round), e.to_string())
+        })?;
+        line.push('\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| ServerError::io(&path, e))?;
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.flush())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ServerError::io(&path, e))?;
+        if created {
+            sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
+    /// Every complete line of `metrics.jsonl` (none when the file does not exist).
+    pub fn read_metrics(&self) -> Result<Vec<RoundMetrics>> {
+        let path = self.metrics_path();
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let text = fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str(line).map_err(|e| ServerError::Data {
+                    path: path.clone(),
+                    line: i + 1,
+                    message: format!("not a metrics record ({e})"),
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps only the metrics of rounds ≤ `last_round` (for a resume from that round's
+    /// checkpoint, when later rounds were logged but not checkpointed).
+    pub fn truncate_metrics(&self, last_round: u64) -> Result<()> {
+        let kept: Vec<RoundMetrics> = self
+            .read_metrics()?
+            .into_iter()
+            .filter(|m| m.round <= last_round)
+            .collect();
+        let mut text = String::new();
+        for metrics in &kept {
+            let line = serde_json::to_string(metrics).map_err(|e| {
+                ServerError::argument("metrics", format!("round {}", metrics.round), e.to_string())
+            })?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        write_atomic(&self.metrics_path(), text.as_bytes())
+    }
+
+    /// Starts the checkpoint of `round` in a fresh temporary folder (any partial checkpoint a
+    /// crash left behind is removed). Fails if the round already has a complete checkpoint.
+    pub fn begin_checkpoint(&self, round: u64) -> Result<PendingCheckpoint> {
+        let complete = self.checkpoint_dir(round);
+        if complete.exists() {
+            return Err(self.error(format!(
+                "round {round} already has a checkpoint at {}; resume after it instead",
+                complete.display()
+            )));
+        }
+        self.remove_partial_checkpoints()?;
+        let partial = self
+            .checkpoints_dir()
+            .join(format!(".{CHECKPOINT_PREFIX}{round:04}{PARTIAL_SUFFIX}"));
+        fs::create_dir_all(&partial).map_err(|e| ServerError::io(&partial, e))?;
+        Ok(PendingCheckpoint {
+            round,
+            partial,
+            complete,
+        })
+    }
+
+    /// The newest complete checkpoint: its round and folder.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, PathBuf)>> {
+        let dir = self.checkpoints_dir();
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let mut latest: Option<(u64, PathBuf)> = None;
+        for entry in fs::read_dir(&dir).map_err(|e| ServerError::io(&dir, e))? {
+            let entry = entry.map_err(|e| ServerError::io(&dir, e))?;
+            let name = entry.file_name();
+            let round = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(CHECKPOINT_PREFIX))
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if let Some(round) = round.filter(|_| entry.path().is_dir()) {
+                if latest.as_ref().is_none_or(|(r, _)| round > *r) {
+                    latest = Some((round, entry.path()));
+                }
+            }
+        }
+        Ok(latest)
+    }
+
+    fn remove_partial_checkpoints(&self) -> Result<()> {
+        let dir = self.checkpoints_dir();
+        fs::create_dir_all(&dir).map_err(|e| ServerError::io(&dir, e))?;
+        for entry in fs::read_dir(&dir).map_err(|e| ServerError::io(&dir, e))? {
+            let path = entry.map_err(|e| ServerError::io(&dir, e))?.path();
+            let partial = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(PARTIAL_SUFFIX));
+            if partial {
+                fs::remove_dir_all(&path).map_err(|e| ServerError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts an existing directory only if its config equals `config`.
+    fn check_same_config(&self, config: &RunConfig) -> Result<()> {
+        let path = self.config_path();
+        if !path.is_file() {
+            return Err(self.error(format!(
+                "is not empty and has no {CONFIG}: it is not a fedsyn run; choose an empty or \
+                 new directory"
+            )));
+        }
+        let existing = fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+        let differences = differing_keys(&existing, &config.to_toml()?);
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "holds a run with a different configuration ({}); choose a new directory, or \
+             resume that run with its own config",
+            differences.join("; ")
+        )))
+    }
+
+    fn error(&self, message: impl Into<String>) -> ServerError {
+        ServerError::RunDir {
+            path: self.root.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Dotted keys whose values differ between two TOML documents, as `key: old -> new`.
+fn differing_keys(old: &str, new: &str) -> Vec<String> {
+    let flatten = |text: &str| -> Option<BTreeMap<String, String>> {
+        let table: toml::Table = text.parse().ok()?;
+        let mut flat = BTreeMap::new();
+        flatten_into(&mut flat, "", &toml::Value::Table(table));
+        Some(flat)
+    };
+    let (Some(old), Some(new)) = (flatten(old), flatten(new)) else {
+        return vec![format!("its {CONFIG} does not parse")];
+    };
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(absent)".into());
+            format!("{k}: {} -> {}", show(old.get(k)), show(new.get(k)))
+        })
+        .collect()
+}
+
+fn flatten_into(flat: &mut BTreeMap<String, String>, prefix: &str, value: &toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten_into(flat, &key, value);
+            }
+        }
+        other => {
+            flat.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably: write a temporary file beside it, sync
+/// it, rename it over `path`, sync the folder. A crash leaves the old or the new file, never a
+/// mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| ServerError::argument("path", path.display(), "a file path"))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    {
+        let mut file = File::create(&tmp).map_err(|e| ServerError::io(&tmp, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ServerError::io(&tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| ServerError::io(path, e))?;
+    sync_dir(dir)
+}
+
+/// Truncates a file that does not end with a newline back to its last complete line.
+fn drop_torn_tail(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let bytes = fs::read(path).map_err(|e| ServerError::io(path, e))?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| ServerError::io(path, e))?;
+    file.set_len(keep as u64)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ServerError::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ServerError::io(dir, e))
+}
+
+/// Syncs every file and folder under `dir`, then `dir` itself.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| ServerError::io(dir, e))? {
+        let path = entry.map_err(|e| ServerError::io(dir, e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ServerError::io(&path, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use privacy_accounting::{LedgerEvent, Sampling};
+
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("server-run-dir-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn config(epsilon: f64) -> RunConfig {
+        let text = format!(
+            "[data]\ntrain = \"sotu\"\n[prompts]\ntopics = [\"t\"]\n[privacy]\nepsilon = \
+             {epsilon}\n"
+        );
+        RunConfig::from_toml(&text, Path::new("/")).unwrap()
+    }
+
+    fn metrics(round: u64) -> RoundMetrics {
+        RoundMetrics {
+            round,
+            wall_seconds: 1.5,
+            epsilon_rdp: 0.2,
+            epsilon_pld: 0.15,
+            delta: 3e-6,
+            sigma: 19.3,
+            q: 1.0,
+            clip: 1.0,
+            clients: 10,
+            clipped_fraction: Some(1.0),
+            mean_pre_clip_norm: Some(134.2),
+            noise_std: 19.3,
+            signal_to_noise: None,
+            preference_agreement_nonprivate: Some(0.4),
+            dpo_loss: Some(0.69),
+            reward_accuracy: None,
+            reward_margin: None,
+            fid_nonprivate: None,
+            mean_distance_sq_nonprivate: None,
+            seconds: PhaseSeconds::default(),
+        }
+    }
+
+    #[test]
+    fn create_refuses_foreign_or_different_runs() {
+        let tmp = TempDir::new("create");
+        let run = RunDir::create(&tmp.0, &config(1.0)).unwrap();
+        assert!(run.config_path().is_file() && run.checkpoints_dir().is_dir());
+        assert_eq!(run.load_config().unwrap(), config(1.0));
+        // The same config again: a resumable run.
+        assert_eq!(RunDir::create(&tmp.0, &config(1.0)).unwrap(), run);
+        // Another config: refused, naming the key.
+        let message = RunDir::create(&tmp.0, &config(7.0))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("privacy.epsilon: 1.0 -> 7.0"), "{message}");
+        // A non-empty folder that is not a run.
+        let foreign = TempDir::new("foreign");
+        fs::create_dir_all(&foreign.0).unwrap();
+        fs::write(foreign.0.join("notes.txt"), "x").unwrap();
+        assert!(RunDir::create(&foreign.0, &config(1.0)).is_err());
+        assert!(RunDir::open(&foreign.0).is_err());
+        assert_eq!(RunDir::open(&tmp.0).unwrap(), run);
+    }
+
+    #[test]
+    fn metrics_append_read_and_survive_a_torn_line() {
+        let tmp = TempDir::new("metrics");
+        let run = RunDir::create(&tmp.0, &config(1.0)).unwrap();
+        run.append_metrics(&metrics(0)).unwrap();
+        run.append_metrics(&metrics(1)).unwrap();
+        // A crash mid-write leaves half a line.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(run.metrics_path())
+            .unwrap();
+        file.write_all(b"{\"round\": 2, \"wall_sec").unwrap();
+        drop(file);
+        assert_eq!(run.read_metrics().unwrap(), vec![metrics(0), metrics(1)]);
+        run.append_metrics(&metrics(2)).unwrap();
+        assert_eq!(
+            run.read_metrics().unwrap(),
+            vec![metrics(0), metrics(1), metrics(2)]
+        );
+        run.truncate_metrics(0).unwrap();
+        assert_eq!(run.read_metrics().unwrap(), vec![metrics(0)]);
+        // Every field is present, absent values as null.
+        let line = fs::read_to_string(run.metrics_path()).unwrap();
+        assert!(line.contains("\"fid_nonprivate\":null"), "{line}");
+        let mut bad = metrics(3);
+        bad.fid_nonprivate = Some(f64::NAN);
+        let message = run.append_metrics(&bad).unwrap_err().to_string();
+        assert!(message.contains("fid_nonprivate"), "{message}");
+    }
+
+    #[test]
+    fn only_committed_checkpoints_count() {
+        let tmp = TempDir::new("checkpoints");
+        let run = RunDir::create(&tmp.0, &config(1.0)).unwrap();
+        assert_eq!(run.latest_checkpoint().unwrap(), None);
+        for round in [0, 1] {
+            let pending = run.begin_checkpoint(round).unwrap();
+            fs::write(pending.path().join("state.json"), "{}").unwrap();
+            fs::create_dir_all(pending.path().join("adapter")).unwrap();
+            fs::write(pending.path().join("adapter/weights"), [1u8, 2]).unwrap();
+            pending.commit().unwrap();
+        }
+        // Round 2 crashes half-way.
+        let torn = run.begin_checkpoint(2).unwrap();
+        fs::write(torn.path().join("state.json"), "{").unwrap();
+        drop(torn);
+        let (round, path) = run.latest_checkpoint().unwrap().unwrap();
+        assert_eq!((round, path.clone()), (1, run.checkpoint_dir(1)));
+        assert!(path.ends_with("checkpoints/round-0001"));
+        assert_eq!(fs::read(path.join("adapter/weights")).unwrap(), [1, 2]);
+        assert!(run.begin_checkpoint(1).is_err());
+        // Retrying round 2 replaces the partial folder.
+        let retry = run.begin_checkpoint(2).unwrap();
+        assert!(!retry.path().join("state.json").exists());
+        retry.commit().unwrap();
+        assert_eq!(run.latest_checkpoint().unwrap().unwrap().0, 2);
+    }
+
+    #[test]
+    fn ledger_and_atomic_writes() {
+        let tmp = TempDir::new("ledger");
+        let run = RunDir::create(&tmp.0, &config(1.0)).unwrap();
+        assert_eq!(run.load_ledger().unwrap(), Ledger::new());
+        let mut ledger = Ledger::new();
+        ledger
+            .push(LedgerEvent::gaussian(19.3, Sampling::Full, 1).with_round(0))
+            .unwrap();
+        run.save_ledger(&ledger).unwrap();
+        assert_eq!(run.load_ledger().unwrap(), ledger);
+        let file = run.root().join("note.txt");
+        write_atomic(&file, b"first").unwrap();
+        write_atomic(&file, b"second").unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"second");
+        let leftovers: Vec<_> = fs::read_dir(run.root())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}

@@ -1,0 +1,408 @@
+//! End-to-end tests of `fedsyn simulate` on a small federated data set (written here) with the
+//! installed SmolLM2 and MiniLM: the run directory, the ledger, the stop-at-budget rule, resume
+//! after `kill -9`, and that no client text reaches a prompt.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use models::Assets;
+use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
+use serde_json::Value;
+
+/// Six clients, four texts each; every sentence is distinctive, so a leak into a prompt would
+/// be found by substring search.
+fn client_texts() -> Vec<(String, String)> {
+    let topics = [
+        "the harbour lighthouse",
+        "winter wheat prices",
+        "the new canal locks",
+        "school libraries",
+        "the postal routes",
+        "river flood defences",
+    ];
+    let mut rows = Vec::new();
+    for (c, topic) in topics.iter().enumerate() {
+        for t in 0..4 {
+            rows.push((
+                format!("client-{c}"),
+                format!(
+                    "Citizen {c} wrote note {t} about {topic}, asking the council for a clear \
+                     answer before the spring session of {}.",
+                    1850 + 7 * c + t
+                ),
+            ));
+        }
+    }
+    rows
+}
+
+const SEEDS: &str = "\
+The committee met in the morning and agreed to publish its annual report.
+Farmers in the valley planted early this year because the rains came in March.
+The city opened a reading room for workers who finish their shifts at night.
+Engineers proposed a bridge of iron to replace the old wooden crossing.
+";
+
+/// A folder with the data, the public seeds and a config of `extra` TOML appended.
+fn setup(name: &str, extra: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedsyn-sim-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut jsonl = String::new();
+    for (client, text) in client_texts() {
+        jsonl.push_str(&serde_json::json!({ "client_id": client, "text": text }).to_string());
+        jsonl.push('\n');
+    }
+    std::fs::write(dir.join("clients.jsonl"), jsonl).unwrap();
+    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
+    let config = format!(
+        r#"
+[run]
+name = "e2e"
+seed = 7
+device = "cpu"
+threads = 1
+
+[data]
+train = "clients.jsonl"
+eval_fraction = 0.25
+
+[prompts]
+seed_file = "seeds.txt"
+num_prompts = 3
+examples_per_prompt = 2
+
+[generation]
+candidates_per_prompt = 3
+max_new_tokens = 10
+truncate_tokens = 10
+batch_size = 9
+
+[pairs]
+rejected_rank = 2
+
+[lora]
+r = 4
+alpha = 8
+
+[dpo]
+beta = 0.1
+lr = 1e-3
+schedule = "constant"
+batch_size = 3
+grad_accum = 1
+max_prompt_length = 128
+max_length = 160
+
+[output]
+synthetic_samples = 3
+
+[eval]
+fid_all_candidates = true
+
+{extra}"#
+    );
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    dir
+}
+
+/// The standard privacy section: 2 rounds at ε = 2, with a fixed noise seed (test-only opt-in)
+/// so that runs can be compared.
+const PRIVACY: &str = "[privacy]\nepsilon = 2.0\ndelta = 1e-5\nrounds = 2\nnoise_seed = 42\n";
+
+fn fedsyn(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fedsyn"));
+    // Parallel tests on few cores: libgomp's busy-waiting would starve the processes.
+    command.args(args).env("OMP_WAIT_POLICY", "PASSIVE");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    fedsyn(args).output().expect("the fedsyn binary runs")
+}
+
+fn simulate(dir: &Path, run_dir: &str) -> Value {
+    let config = dir.join("config.toml");
+    let out = dir.join(run_dir);
+    let output = run(&[
+        "simulate",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints the summary")
+}
+
+/// Whether the default models are installed; a failure under CI when they are not.
+fn have_models() -> bool {
+    let assets = Assets::discover();
+    match assets.smollm2_gguf().and_then(|_| assets.minilm_dir()) {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must have the models: {e}"),
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            false
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn metrics(run_dir: &Path) -> Vec<Value> {
+    read(&run_dir.join("metrics.jsonl"))
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a metrics line is JSON"))
+        .collect()
+}
+
+#[test]
+fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
+    if !have_models() {
+        return;
+    }
+    let dir = setup("complete", PRIVACY);
+    let summary = simulate(&dir, "run");
+    let run_dir = dir.join("run");
+
+    assert_eq!(summary["rounds"], 2);
+    assert_eq!(summary["stop_reason"], "rounds_completed");
+    let epsilon = summary["epsilon_rdp"].as_f64().unwrap();
+    assert!(epsilon > 0.5 && epsilon <= 2.0, "ε {epsilon}");
+
+    let ledger = Ledger::load(&run_dir.join("ledger.json")).unwrap();
+    assert_eq!(ledger.events.len(), 2);
+    let rounds: Vec<Option<u64>> = ledger.events.iter().map(|e| e.round).collect();
+    assert_eq!(rounds, [Some(0), Some(1)]);
+    assert!(ledger
+        .events
+        .iter()
+        .all(|e| e.sampling == Sampling::Full && e.clip_bound == Some(1.0)));
+    let rdp = ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon;
+    assert!(
+        (rdp - epsilon).abs() < 1e-9,
+        "ledger ε {rdp} vs summary {epsilon}"
+    );
+
+    let rows = metrics(&run_dir);
+    assert_eq!(rows.len(), 2);
+    for (round, row) in rows.iter().enumerate() {
+        assert_eq!(row["round"], round as u64);
+        assert_eq!(row["clients"], 6);
+        assert!(row["fid_nonprivate"].as_f64().unwrap() > 0.0);
+        assert!(row["dpo_loss"].as_f64().unwrap().is_finite());
+        assert!(row["epsilon_pld"].as_f64().unwrap() <= row["epsilon_rdp"].as_f64().unwrap());
+    }
+    for round in ["round-0000", "round-0001"] {
+        let checkpoint = run_dir.join("checkpoints").join(round);
+        for file in [
+            "adapter/adapter_model.safetensors",
+            "adapter/adapter_config.json",
+            "trainer/trainer_state.json",
+            "state.json",
+        ] {
+            assert!(checkpoint.join(file).is_file(), "{round}/{file} missing");
+        }
+    }
+    let synthetic = read(&run_dir.join("synthetic.jsonl"));
+    assert_eq!(synthetic.lines().count(), 3);
+    for line in synthetic.lines() {
+        let sample: Value = serde_json::from_str(line).unwrap();
+        assert!(sample["text"].is_string());
+    }
+    let statement = read(&run_dir.join("privacy-statement.md"));
+    assert!(statement.contains("differential privacy"), "{statement}");
+    assert!(read(&run_dir.join("config.toml")).contains("noise_seed = 42"));
+
+    // The prompts are built from the public seeds only: no client sentence (nor any
+    // distinctive fragment of one) appears in them.
+    let prompts: Vec<String> = serde_json::from_str(&read(&run_dir.join("prompts.json"))).unwrap();
+    assert_eq!(prompts.len(), 3);
+    for (_, text) in client_texts() {
+        for prompt in &prompts {
+            assert!(
+                !prompt.contains(&text[..40]),
+                "client text in prompt: {prompt}"
+            );
+            assert!(
+                !prompt.contains("Citizen"),
+                "client text in prompt: {prompt}"
+            );
+        }
+    }
+    assert!(prompts
+        .iter()
+        .all(|p| SEEDS.lines().any(|seed| p.contains(seed))));
+}
+
+#[test]
+fn simulate_stops_before_a_round_would_exceed_the_budget() {
+    if !have_models() {
+        return;
+    }
+    // σ = 2 with everyone every round: one round costs ε₁, two cost ε₂ > ε₁; a target between
+    // them allows exactly one round of the three planned.
+    let epsilon_after = |rounds: u64| {
+        let mut ledger = Ledger::new();
+        for round in 0..rounds {
+            ledger
+                .push(LedgerEvent::gaussian(2.0, Sampling::Full, 1).with_round(round))
+                .unwrap();
+        }
+        ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon
+    };
+    let target = (epsilon_after(1) + epsilon_after(2)) / 2.0;
+    let privacy = format!(
+        "[privacy]\nepsilon = {target}\ndelta = 1e-5\nrounds = 3\nnoise_multiplier = 2.0\n\
+         noise_seed = 1\n"
+    );
+    let dir = setup("budget", &privacy);
+    let summary = simulate(&dir, "run");
+    assert_eq!(summary["stop_reason"], "budget_exhausted");
+    assert_eq!(summary["rounds"], 1);
+    let ledger = Ledger::load(&dir.join("run/ledger.json")).unwrap();
+    assert_eq!(
+        ledger.events.len(),
+        1,
+        "no budget is spent on a round that does not run"
+    );
+    assert!(summary["epsilon_rdp"].as_f64().unwrap() <= target);
+    // The outputs of the one finished round are still written.
+    assert_eq!(read(&dir.join("run/synthetic.jsonl")).lines().count(), 3);
+}
+
+/// A metrics row without its timings (which differ between runs).
+fn without_timings(mut row: Value) -> Value {
+    let object = row.as_object_mut().unwrap();
+    object.remove("seconds");
+    object.remove("wall_seconds");
+    row
+}
+
+#[test]
+fn resume_after_kill_gives_the_uninterrupted_result() {
+    if !have_models() {
+        return;
+    }
+    let dir = setup("resume", PRIVACY);
+    simulate(&dir, "uninterrupted");
+
+    // The same run, killed (SIGKILL) once round 0 is checkpointed, then resumed.
+    let config = dir.join("config.toml");
+    let killed = dir.join("killed");
+    let mut child = fedsyn(&[
+        "simulate",
+        "--quiet",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("fedsyn starts");
+    let first_checkpoint = killed.join("checkpoints/round-0000");
+    let started = Instant::now();
+    while !first_checkpoint.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("synthetic.jsonl").exists());
+
+    let output = run(&["simulate", "--json", "--resume", killed.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let uninterrupted = dir.join("uninterrupted");
+    assert_eq!(
+        read(&killed.join("synthetic.jsonl")),
+        read(&uninterrupted.join("synthetic.jsonl"))
+    );
+    let strip = |rows: Vec<Value>| rows.into_iter().map(without_timings).collect::<Vec<_>>();
+    assert_eq!(strip(metrics(&killed)), strip(metrics(&uninterrupted)));
+    let adapter = "checkpoints/round-0001/adapter/adapter_model.safetensors";
+    assert!(
+        std::fs::read(killed.join(adapter)).unwrap()
+            == std::fs::read(uninterrupted.join(adapter)).unwrap(),
+        "the final adapters differ"
+    );
+    // Budget neither lost nor counted twice.
+    let events = |run: &Path| {
+        Ledger::load(&run.join("ledger.json"))
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| (e.round, e.noise_multiplier))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&killed), events(&uninterrupted));
+}
+
+#[test]
+fn bad_config_and_bad_data_are_named_with_exit_status_2() {
+    let dir = setup("bad", &format!("{PRIVACY}epsilom = 1.0\n"));
+    let config = dir.join("config.toml");
+    let output = run(&["simulate", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("privacy.epsilom"), "{stderr}");
+    let config = setup("bad-set", PRIVACY).join("config.toml");
+    let output = run(&[
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        "privacy.epsilon=1",
+        "--set",
+        "generation.tempreature=0.5",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("generation.temperature"), "{stderr}");
+
+    if !have_models() {
+        return;
+    }
+    let dir = setup("bad-data", PRIVACY);
+    let data = dir.join("clients.jsonl");
+    let mut text = read(&data);
+    text.push_str("{\"client_id\": \"client-9\", \"text\": \"   \"}\n");
+    std::fs::write(&data, text).unwrap();
+    let out = dir.join("run");
+    let output = run(&[
+        "simulate",
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("clients.jsonl:25"), "{stderr}");
+}
