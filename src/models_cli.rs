@@ -8,7 +8,7 @@
 //! format), printed as text or, with `--json`, as one object.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,18 +18,7 @@ use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
 use serde::Serialize;
 use serde_json::Value;
 
-/// A problem with the input file that the user can fix: unreadable, a malformed line, a
-/// missing text field. The message names the file and the line.
-#[derive(Debug)]
-pub struct InputError(String);
-
-impl std::fmt::Display for InputError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InputError {}
+use crate::jsonl_input::{read_json_lines, InputError};
 
 /// Arguments of `fedsyn embed`.
 #[derive(Debug, Args)]
@@ -148,48 +137,24 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
 
 /// Reads every non-blank line of `path` as a JSON object with a string field `text_field`.
 fn read_records(path: &Path, text_field: &str) -> Result<Vec<Record>> {
-    let file =
-        File::open(path).map_err(|e| InputError(format!("cannot open {}: {e}", path.display())))?;
     let mut records = Vec::new();
-    for (number, line) in BufReader::new(file).lines().enumerate() {
-        let line_number = number + 1;
-        let at = || format!("{} line {line_number}", path.display());
-        let line = line.map_err(|e| InputError(format!("{}: cannot read: {e}", at())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&line)
-            .map_err(|e| InputError(format!("{}: not valid JSON ({e})", at())))?;
-        let Value::Object(mut object) = value else {
-            return Err(InputError(format!("{}: expected a JSON object", at())).into());
-        };
-        let text = match object.remove(text_field) {
-            Some(Value::String(text)) => text,
-            Some(other) => {
-                return Err(InputError(format!(
-                    "{}: field `{text_field}` holds {}, not a string",
-                    at(),
-                    json_type(&other)
-                ))
-                .into())
-            }
-            None => {
-                let fields: Vec<&str> = object.keys().map(String::as_str).collect();
-                return Err(InputError(format!(
-                    "{}: no field `{text_field}` (fields: {}); choose one with --text-field",
-                    at(),
-                    if fields.is_empty() {
-                        "none".to_string()
-                    } else {
-                        fields.join(", ")
-                    }
-                ))
-                .into());
-            }
+    for mut line in read_json_lines(path)? {
+        let Some(text) = line.text(text_field)?.map(str::to_string) else {
+            let fields: Vec<&str> = line.object.keys().map(String::as_str).collect();
+            return Err(InputError(format!(
+                "{}: no field `{text_field}` (fields: {}); choose one with --text-field",
+                line.at,
+                if fields.is_empty() {
+                    "none".to_string()
+                } else {
+                    fields.join(", ")
+                }
+            ))
+            .into());
         };
         records.push(Record {
             text,
-            id: object.remove("id"),
+            id: line.object.remove("id"),
         });
     }
     Ok(records)
@@ -200,17 +165,6 @@ fn device_name(device: tch::Device) -> String {
         tch::Device::Cpu => "cpu".to_string(),
         tch::Device::Cuda(n) => format!("cuda:{n}"),
         other => format!("{other:?}"),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -8,8 +8,7 @@
 //! `optimizer.json`, `trainer_state.json`) are written to `--out`; `--resume DIR` continues
 //! from such a folder (the adapter, optimiser moments, schedule and shuffling).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,20 +21,8 @@ use models::train::{
 };
 use models::{Assets, DeviceChoice, Generator};
 use serde::Serialize;
-use serde_json::Value;
 
-/// A problem with the arguments or the pairs file that the user can fix; the message names
-/// the file and line.
-#[derive(Debug)]
-pub struct InputError(String);
-
-impl std::fmt::Display for InputError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InputError {}
+use crate::jsonl_input::{read_json_lines, InputError};
 
 /// Arguments of `fedsyn dpo`. Defaults are POPri's (β 0.01, lr 8e-7 cosine to 3e-7, 8 pairs
 /// × 3 accumulated, LoRA r 16 α 16 on all seven projections).
@@ -303,39 +290,21 @@ fn progress_line(step: &StepMetrics) -> String {
 
 /// Reads every non-blank line of `path` as a pair (see the module documentation).
 fn read_pairs(path: &Path, sft: bool) -> Result<Vec<NumberedPair>> {
-    let file =
-        File::open(path).map_err(|e| InputError(format!("cannot open {}: {e}", path.display())))?;
     let mut pairs = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line_number = index + 1;
-        let at = || format!("{} line {line_number}", path.display());
-        let line = line.map_err(|e| InputError(format!("{}: cannot read: {e}", at())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&line)
-            .map_err(|e| InputError(format!("{}: not valid JSON ({e})", at())))?;
-        let Value::Object(object) = value else {
-            return Err(InputError(format!("{}: expected a JSON object", at())).into());
+    for line in read_json_lines(path)? {
+        let field = |name: &str, what: &str| -> std::result::Result<String, InputError> {
+            line.text(name)?
+                .map(str::to_string)
+                .ok_or_else(|| InputError(format!("{}: no {what}", line.at)))
         };
-        let text = |field: &str| -> std::result::Result<Option<String>, InputError> {
-            match object.get(field) {
-                None => Ok(None),
-                Some(Value::String(text)) => Ok(Some(text.clone())),
-                Some(_) => Err(InputError(format!(
-                    "{}: field `{field}` is not a string",
-                    at()
-                ))),
-            }
-        };
-        let missing = |what: &str| InputError(format!("{}: no {what}", at()));
-        let prompt = text("prompt")?.ok_or_else(|| missing("field `prompt`"))?;
+        let prompt = field("prompt", "field `prompt`")?;
         let pair = if sft {
-            let completion = match text("completion")? {
-                Some(completion) => completion,
-                None => text("chosen")?.ok_or_else(|| {
-                    missing("field `completion` or `chosen` (the text to imitate)")
-                })?,
+            let completion = match line.text("completion")? {
+                Some(completion) => completion.to_string(),
+                None => field(
+                    "chosen",
+                    "field `completion` or `chosen` (the text to imitate)",
+                )?,
             };
             PreferencePair {
                 prompt,
@@ -345,12 +314,12 @@ fn read_pairs(path: &Path, sft: bool) -> Result<Vec<NumberedPair>> {
         } else {
             PreferencePair {
                 prompt,
-                chosen: text("chosen")?.ok_or_else(|| missing("field `chosen`"))?,
-                rejected: text("rejected")?.ok_or_else(|| missing("field `rejected`"))?,
+                chosen: field("chosen", "field `chosen`")?,
+                rejected: field("rejected", "field `rejected`")?,
             }
         };
         pairs.push(NumberedPair {
-            line: line_number,
+            line: line.line,
             pair,
         });
     }

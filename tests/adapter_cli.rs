@@ -1,26 +1,20 @@
 //! End-to-end tests of `fedsyn generate --adapter`: a PEFT adapter (the fixture written by
 //! scripts/reference/peft_adapter.py) on the tiny Llama, sampled through the binary.
 
+mod common;
+use common::fedsyn;
+
 #[path = "../crates/models/tests/support/tiny_llama.rs"]
 mod tiny_llama;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use models::{Generator, SamplingParams};
 use serde_json::Value;
 use tiny_llama::{fixture_dir, tiny_llama_dir};
 
 const PROMPT: &str = "w5 w6 w7 w8";
-
-fn fedsyn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
-        .args(args)
-        // Sleeping OpenMP waits: parallel test processes would otherwise starve each other.
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .expect("the fedsyn binary runs")
-}
 
 fn path_arg(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")

@@ -1,16 +1,9 @@
 //! End-to-end tests of `fedsyn budget …`: the binary as a user runs it.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+use common::{fedsyn, scratch_dir};
 
 use serde_json::Value;
-
-fn fedsyn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
-        .args(args)
-        .output()
-        .expect("the fedsyn binary runs")
-}
 
 /// A command line written as one string (no argument here contains a space).
 fn words(line: &str) -> Vec<&str> {
@@ -37,12 +30,6 @@ fn refused(args: &[&str]) -> String {
         "fedsyn {args:?} should exit 2; stderr: {stderr}"
     );
     stderr
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsyn-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

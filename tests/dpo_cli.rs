@@ -2,29 +2,16 @@
 //! `w0 … w59`, end-of-sequence id 2): the binary as a user runs it, forwarded by `fedsyn` to
 //! `fedsyn-ml`.
 
+mod common;
+use common::{fedsyn, scratch_dir};
+
 #[path = "../crates/models/tests/support/tiny_llama.rs"]
 mod tiny_llama;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use models::CausalLm;
 use serde_json::Value;
-
-fn fedsyn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
-        .args(args)
-        // Parallel tests each start OpenMP threads: sleeping waits keep them fair on 2 cores.
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .expect("the fedsyn binary runs")
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsyn-dpo-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Writes `lines` as a JSONL file in `dir`.
 fn pairs_file(dir: &Path, name: &str, lines: &[String]) -> PathBuf {

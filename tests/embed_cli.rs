@@ -1,24 +1,13 @@
 //! End-to-end tests of `fedsyn embed`: the binary as a user runs it (forwarded by `fedsyn` to
 //! `fedsyn-ml`).
 
+mod common;
+use common::{fedsyn, scratch_dir};
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use models::{Assets, SentenceEmbedder};
 use serde_json::Value;
-
-fn fedsyn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
-        .args(args)
-        .output()
-        .expect("the fedsyn binary runs")
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsyn-embed-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The all-MiniLM-L6-v2 folder; `None` (skip) when absent, a failure under CI.
 fn minilm_dir() -> Option<PathBuf> {

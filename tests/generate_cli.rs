@@ -2,22 +2,11 @@
 //! to `fedsyn-ml`), checked against the transformers reference of
 //! `scripts/reference/generator.py` (crates/models/tests/fixtures/generator_reference.json).
 
-use std::process::{Command, Output};
+mod common;
+use common::fedsyn;
 
 use models::Assets;
 use serde_json::Value;
-
-fn fedsyn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
-        .args(args)
-        // The tests run in parallel and each fedsyn process starts one OpenMP thread per
-        // core: with libgomp's default busy-waiting the processes starve one another (minutes
-        // instead of seconds on 2 cores); sleeping waits keep them fair. Results do not
-        // depend on it.
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .expect("the fedsyn binary runs")
-}
 
 /// Whether the SmolLM2 GGUF is installed; a failure under CI when it is not.
 fn have_smollm2() -> bool {

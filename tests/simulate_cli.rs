@@ -2,11 +2,13 @@
 //! installed SmolLM2 and MiniLM: the run directory, the ledger, the stop-at-budget rule, resume
 //! after `kill -9`, and that no client text reaches a prompt.
 
+mod common;
+use common::{fedsyn, fedsyn_command, have_default_models};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use models::Assets;
 use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
 use serde_json::Value;
 
@@ -111,21 +113,10 @@ fid_all_candidates = true
 /// so that runs can be compared.
 const PRIVACY: &str = "[privacy]\nepsilon = 2.0\ndelta = 1e-5\nrounds = 2\nnoise_seed = 42\n";
 
-fn fedsyn(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fedsyn"));
-    // Parallel tests on few cores: libgomp's busy-waiting would starve the processes.
-    command.args(args).env("OMP_WAIT_POLICY", "PASSIVE");
-    command
-}
-
-fn run(args: &[&str]) -> Output {
-    fedsyn(args).output().expect("the fedsyn binary runs")
-}
-
 fn simulate(dir: &Path, run_dir: &str) -> Value {
     let config = dir.join("config.toml");
     let out = dir.join(run_dir);
-    let output = run(&[
+    let output = fedsyn(&[
         "simulate",
         "--json",
         "--config",
@@ -141,19 +132,6 @@ fn simulate(dir: &Path, run_dir: &str) -> Value {
     serde_json::from_slice(&output.stdout).expect("--json prints the summary")
 }
 
-/// Whether the default models are installed; a failure under CI when they are not.
-fn have_models() -> bool {
-    let assets = Assets::discover();
-    match assets.smollm2_gguf().and_then(|_| assets.minilm_dir()) {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must have the models: {e}"),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            false
-        }
-    }
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -167,7 +145,7 @@ fn metrics(run_dir: &Path) -> Vec<Value> {
 
 #[test]
 fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
-    if !have_models() {
+    if !have_default_models() {
         return;
     }
     let dir = setup("complete", PRIVACY);
@@ -219,6 +197,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
         let sample: Value = serde_json::from_str(line).unwrap();
         assert!(sample["text"].is_string());
     }
+    assert!(read(&run_dir.join("rounds.svg")).starts_with("<svg"));
     let statement = read(&run_dir.join("privacy-statement.md"));
     assert!(statement.contains("differential privacy"), "{statement}");
     assert!(read(&run_dir.join("config.toml")).contains("noise_seed = 42"));
@@ -246,7 +225,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
 
 #[test]
 fn simulate_stops_before_a_round_would_exceed_the_budget() {
-    if !have_models() {
+    if !have_default_models() {
         return;
     }
     // σ = 2 with everyone every round: one round costs ε₁, two cost ε₂ > ε₁; a target between
@@ -290,7 +269,7 @@ fn without_timings(mut row: Value) -> Value {
 
 #[test]
 fn resume_after_kill_gives_the_uninterrupted_result() {
-    if !have_models() {
+    if !have_default_models() {
         return;
     }
     let dir = setup("resume", PRIVACY);
@@ -299,7 +278,7 @@ fn resume_after_kill_gives_the_uninterrupted_result() {
     // The same run, killed (SIGKILL) once round 0 is checkpointed, then resumed.
     let config = dir.join("config.toml");
     let killed = dir.join("killed");
-    let mut child = fedsyn(&[
+    let mut child = fedsyn_command(&[
         "simulate",
         "--quiet",
         "--config",
@@ -332,7 +311,7 @@ fn resume_after_kill_gives_the_uninterrupted_result() {
     child.wait().unwrap();
     assert!(!killed.join("synthetic.jsonl").exists());
 
-    let output = run(&["simulate", "--json", "--resume", killed.to_str().unwrap()]);
+    let output = fedsyn(&["simulate", "--json", "--resume", killed.to_str().unwrap()]);
     assert!(
         output.status.success(),
         "resume failed: {}",
@@ -368,12 +347,12 @@ fn resume_after_kill_gives_the_uninterrupted_result() {
 fn bad_config_and_bad_data_are_named_with_exit_status_2() {
     let dir = setup("bad", &format!("{PRIVACY}epsilom = 1.0\n"));
     let config = dir.join("config.toml");
-    let output = run(&["simulate", "--config", config.to_str().unwrap()]);
+    let output = fedsyn(&["simulate", "--config", config.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("privacy.epsilom"), "{stderr}");
     let config = setup("bad-set", PRIVACY).join("config.toml");
-    let output = run(&[
+    let output = fedsyn(&[
         "simulate",
         "--config",
         config.to_str().unwrap(),
@@ -386,7 +365,7 @@ fn bad_config_and_bad_data_are_named_with_exit_status_2() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("generation.temperature"), "{stderr}");
 
-    if !have_models() {
+    if !have_default_models() {
         return;
     }
     let dir = setup("bad-data", PRIVACY);
@@ -395,7 +374,7 @@ fn bad_config_and_bad_data_are_named_with_exit_status_2() {
     text.push_str("{\"client_id\": \"client-9\", \"text\": \"   \"}\n");
     std::fs::write(&data, text).unwrap();
     let out = dir.join("run");
-    let output = run(&[
+    let output = fedsyn(&[
         "simulate",
         "--config",
         dir.join("config.toml").to_str().unwrap(),

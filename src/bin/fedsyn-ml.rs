@@ -9,6 +9,8 @@
 mod doctor;
 #[path = "../exit_status.rs"]
 mod exit_status;
+#[path = "../jsonl_input.rs"]
+mod jsonl_input;
 #[path = "../models_cli.rs"]
 mod models_cli;
 #[path = "../simulate_cli.rs"]
@@ -66,8 +68,7 @@ fn main() -> ExitCode {
 fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.downcast_ref::<models::ModelError>().is_some()
-            || cause.downcast_ref::<models_cli::InputError>().is_some()
-            || cause.downcast_ref::<train_cli::InputError>().is_some()
+            || cause.downcast_ref::<jsonl_input::InputError>().is_some()
             || cause
                 .downcast_ref::<server::ServerError>()
                 .is_some_and(server::ServerError::is_bad_input)

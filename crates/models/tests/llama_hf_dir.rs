@@ -4,14 +4,17 @@
 //! `scripts/reference/generator.py` wrote each folder's configuration, tokenizer and
 //! `reference.json`, but no weights file: every weight is a function of its tensor's name and
 //! flat index (integer hashing, see `synthetic_value`), so the test writes `model.safetensors`
-//! itself, with exactly the values transformers ran with.
+//! itself (tests/support/tiny_llama.rs), with exactly the values transformers ran with.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+#[path = "support/tiny_llama.rs"]
+mod tiny_llama;
+
+use std::path::PathBuf;
 
 use models::llama::{generate_ids, CausalLm, Generator, SamplingParams};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
+use tiny_llama::{fixture_dir, tiny_model_dir};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -26,87 +29,14 @@ struct Reference {
     text_prompt: Option<String>,
     text_prompt_ids: Option<Vec<u32>>,
     chat_prompt_ids: Option<Vec<u32>>,
-    /// Every tensor of the model's safetensors file, as `save_pretrained` names it.
-    tensors: Vec<TensorSpec>,
-}
-
-#[derive(Deserialize)]
-struct TensorSpec {
-    name: String,
-    shape: Vec<i64>,
 }
 
 /// The folder of fixture `name` with its weights written, and its reference outputs.
 fn fixture(name: &str) -> (PathBuf, Reference) {
-    static LLAMA: OnceLock<PathBuf> = OnceLock::new();
-    static QWEN2: OnceLock<PathBuf> = OnceLock::new();
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(source.join("reference.json")).expect("fixture exists");
+    let text =
+        std::fs::read_to_string(fixture_dir(name).join("reference.json")).expect("fixture exists");
     let reference: Reference = serde_json::from_str(&text).expect("fixture parses");
-    let slot = match name {
-        "tiny-llama" => &LLAMA,
-        "tiny-qwen2" => &QWEN2,
-        other => panic!("no fixture {other}"),
-    };
-    let dir = slot.get_or_init(|| materialise(name, &source, &reference.tensors));
-    (dir.clone(), reference)
-}
-
-/// Copies the fixture's files into a fresh folder and writes its synthetic weights there.
-fn materialise(name: &str, source: &Path, tensors: &[TensorSpec]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsyn-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(source).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    let weights: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|spec| {
-            let hash = fnv1a64(&spec.name);
-            let count: i64 = spec.shape.iter().product();
-            let values: Vec<f32> = (0..count as u64)
-                .map(|index| synthetic_value(&spec.name, index, hash))
-                .collect();
-            (
-                spec.name.clone(),
-                Tensor::from_slice(&values).view(spec.shape.as_slice()),
-            )
-        })
-        .collect();
-    Tensor::write_safetensors(&weights, dir.join("model.safetensors")).unwrap();
-    dir
-}
-
-fn fnv1a64(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
-}
-
-fn splitmix64(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The weight at flat `index` of tensor `name` (`name_hash` = its FNV-1a hash), exactly as
-/// `synthetic_value` in scripts/reference/generator.py computes it: uniform in [-1, 1) on a
-/// 2^-23 grid, then scaled in f64 and rounded once to f32.
-fn synthetic_value(name: &str, index: u64, name_hash: u64) -> f32 {
-    let unit =
-        ((splitmix64(name_hash ^ index) >> 40) as f64 - (1u64 << 23) as f64) / (1u64 << 23) as f64;
-    let value = if name.ends_with("norm.weight") {
-        1.0 + 0.125 * unit
-    } else if name.ends_with(".bias") {
-        0.125 * unit
-    } else {
-        0.375 * unit
-    };
-    value as f32
+    (tiny_model_dir(name), reference)
 }
 
 /// The prompts left-padded with id 0: ids, 0/1 mask and positions counted from each row's

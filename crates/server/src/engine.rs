@@ -195,16 +195,6 @@ impl PopriEngine {
         &self.trainer
     }
 
-    /// Mutable access to the trainer, to restore a checkpoint.
-    pub fn trainer_mut(&mut self) -> &mut PreferenceTrainer {
-        &mut self.trainer
-    }
-
-    /// Mutable access to the generator, to restore an adapter.
-    pub fn generator_mut(&mut self) -> &mut Generator {
-        &mut self.generator
-    }
-
     /// The fixed prompts.
     pub fn prompts(&self) -> &[String] {
         &self.prompts

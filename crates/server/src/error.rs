@@ -70,6 +70,14 @@ pub enum ServerError {
     /// Client-side work failed (data, embeddings, scores).
     #[error(transparent)]
     Clients(#[from] clients::ClientsError),
+    /// A plot could not be drawn or written.
+    #[error("plot {}: {message}", path.display())]
+    Plot {
+        /// The file being written.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// The generator's tokenizer failed on a candidate.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -91,7 +99,7 @@ impl ServerError {
             | ServerError::Accounting(_)
             | ServerError::Model(_) => true,
             ServerError::Clients(e) => e.is_bad_input(),
-            ServerError::Io { .. } | ServerError::Tokenizer(_) => false,
+            ServerError::Io { .. } | ServerError::Tokenizer(_) | ServerError::Plot { .. } => false,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fid;
 pub mod noise;
 pub mod pairs;
+pub mod plot;
 pub mod prompts;
 pub mod run_dir;
 pub mod sampling;

@@ -46,6 +46,8 @@ const EMBED_BATCH: usize = 64;
 const STATE_FILE: &str = "state.json";
 /// The public seed pool written by the base model from `prompts.topics`, kept for resuming.
 const SEED_POOL_FILE: &str = "seed-pool.json";
+/// FID and ε per round, drawn after the run.
+const ROUNDS_PLOT_FILE: &str = "rounds.svg";
 /// The J public prompts of every round.
 const PROMPTS_FILE: &str = "prompts.json";
 
@@ -445,6 +447,11 @@ impl Simulation {
             statement_path: self.dir.statement_md_path(),
             seconds: clock.elapsed().as_secs_f64(),
         };
+        crate::plot::write_rounds_svg(
+            &metrics,
+            config.privacy.epsilon,
+            &self.dir.root().join(ROUNDS_PLOT_FILE),
+        )?;
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
         write_atomic(&self.dir.root().join("summary.json"), json.as_bytes())?;

@@ -1,4 +1,4 @@
-//! The tiny Llama fixture as a loadable Hugging Face folder, for tests of this crate and of
+//! The tiny Llama and Qwen2 fixtures as loadable Hugging Face folders, for tests of this crate and of
 //! the `fedsyn` binary (included with `#[path]`).
 //!
 //! `scripts/reference/generator.py` wrote the folder's configuration, tokenizer and
@@ -7,8 +7,11 @@
 //! with exactly the values transformers (and PEFT, in scripts/reference/peft_adapter.py) ran
 //! with.
 
+#![allow(dead_code)] // each including test uses some of these
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use tch::Tensor;
 
@@ -25,41 +28,53 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 
 /// A temporary copy of the tiny Llama folder with its weights written (made once per process).
 pub fn tiny_llama_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let source = fixture_dir("tiny-llama");
-        let dir =
-            std::env::temp_dir().join(format!("fedsyn-lora-tiny-llama-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        for entry in std::fs::read_dir(&source).expect("fixture readable") {
-            let path = entry.expect("fixture entry").path();
-            std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
-        }
-        let reference: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(source.join("reference.json")).expect("reference.json"),
-        )
-        .expect("reference.json parses");
-        let weights: Vec<(String, Tensor)> = reference["tensors"]
-            .as_array()
-            .expect("tensors listed")
-            .iter()
-            .map(|spec| {
-                let name = spec["name"].as_str().expect("name").to_string();
-                let shape: Vec<i64> = spec["shape"]
-                    .as_array()
-                    .expect("shape")
-                    .iter()
-                    .map(|d| d.as_i64().expect("dimension"))
-                    .collect();
-                let tensor = synthetic_tensor(&name, &shape);
-                (name, tensor)
-            })
-            .collect();
-        Tensor::write_safetensors(&weights, dir.join("model.safetensors"))
-            .expect("weights written");
-        dir
-    })
-    .clone()
+    tiny_model_dir("tiny-llama")
+}
+
+/// A temporary copy of tiny fixture `name` (`tiny-llama`, `tiny-qwen2`) with its weights
+/// written, made once per process and name.
+pub fn tiny_model_dir(name: &str) -> PathBuf {
+    static DIRS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut dirs = DIRS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    dirs.entry(name.to_string())
+        .or_insert_with(|| materialise(name))
+        .clone()
+}
+
+/// Copies fixture `name` into a fresh folder and writes its synthetic weights there.
+fn materialise(name: &str) -> PathBuf {
+    let source = fixture_dir(name);
+    let dir = std::env::temp_dir().join(format!("fedsyn-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for entry in std::fs::read_dir(&source).expect("fixture readable") {
+        let path = entry.expect("fixture entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("file name"))).expect("copy");
+    }
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(source.join("reference.json")).expect("reference.json"),
+    )
+    .expect("reference.json parses");
+    let weights: Vec<(String, Tensor)> = reference["tensors"]
+        .as_array()
+        .expect("tensors listed")
+        .iter()
+        .map(|spec| {
+            let name = spec["name"].as_str().expect("name").to_string();
+            let shape: Vec<i64> = spec["shape"]
+                .as_array()
+                .expect("shape")
+                .iter()
+                .map(|d| d.as_i64().expect("dimension"))
+                .collect();
+            let tensor = synthetic_tensor(&name, &shape);
+            (name, tensor)
+        })
+        .collect();
+    Tensor::write_safetensors(&weights, dir.join("model.safetensors")).expect("weights written");
+    dir
 }
 
 /// Tensor `name` of shape `shape` as `synthetic_value` in scripts/reference/generator.py
