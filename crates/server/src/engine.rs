@@ -217,8 +217,9 @@ impl PopriEngine {
         let mut seconds = PhaseSeconds::default();
 
         let clock = Instant::now();
+        let prompts = self.prompts.clone();
         let candidates =
-            self.sample_candidates(&self.prompts, self.settings.per_prompt, round, progress)?;
+            self.sample_candidates(&prompts, self.settings.per_prompt, round, progress)?;
         seconds.generate = clock.elapsed().as_secs_f64();
 
         let clock = Instant::now();
@@ -336,8 +337,28 @@ impl PopriEngine {
     }
 
     /// Samples `per_prompt` completions of each prompt, prompt-major, cleaned and cut to the
-    /// token limit, with a sampling stream derived from the run seed and `stream`.
+    /// token limit, with a sampling stream derived from the run seed and `stream`. The adapter
+    /// is merged into the base weights while sampling (base-model speed) and unmerged after,
+    /// restoring the base weights bit for bit.
     pub fn sample_candidates(
+        &mut self,
+        prompts: &[String],
+        per_prompt: usize,
+        stream: u64,
+        progress: &dyn Progress,
+    ) -> Result<Candidates> {
+        let has_adapter = self.generator.model().lora_config().is_some();
+        if has_adapter {
+            self.generator.model_mut().merge_lora()?;
+        }
+        let sampled = self.sample_with_current_weights(prompts, per_prompt, stream, progress);
+        if has_adapter {
+            self.generator.model_mut().unmerge_lora()?;
+        }
+        sampled
+    }
+
+    fn sample_with_current_weights(
         &self,
         prompts: &[String],
         per_prompt: usize,

@@ -405,7 +405,7 @@ impl Simulation {
 
         // The released outputs: synthetic data from the final adapter (post-processing of
         // noisy results, no further privacy cost) and the statement.
-        let synthetic = self.write_synthetic(&engine, &seed_pool, &template, progress)?;
+        let synthetic = self.write_synthetic(&mut engine, &seed_pool, &template, progress)?;
         let synthetic_fid = match &eval_embeddings {
             Some(eval) if synthetic.texts.len() >= 2 => {
                 let embeddings = engine
@@ -553,7 +553,7 @@ impl Simulation {
     /// Samples the synthetic data set and writes `synthetic.jsonl` (`{"text": …}` per line).
     fn write_synthetic(
         &self,
-        engine: &PopriEngine,
+        engine: &mut PopriEngine,
         seed_pool: &[String],
         template: &PromptTemplate,
         progress: &dyn Progress,

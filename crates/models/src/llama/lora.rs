@@ -305,6 +305,9 @@ struct Part {
     offset: i64,
     rows: i64,
     adapter: Option<LoraPair>,
+    /// While merged: the base rows as they were, so that unmerging restores them exactly
+    /// (subtracting `s·BA` again would leave rounding differences that accumulate).
+    unmerged_rows: Option<Tensor>,
 }
 
 /// A frozen projection (one [`Linear`], or several of the same input stacked into one) with
@@ -329,6 +332,7 @@ impl AdaptedLinear {
         for (target, linear) in projections {
             let rows = linear.out_features();
             parts.push(Part {
+                unmerged_rows: None,
                 target,
                 offset,
                 rows,
@@ -407,14 +411,26 @@ impl AdaptedLinear {
         out
     }
 
-    /// Adds `sign · s · B A` of every adapter into the frozen weight (merge: +1, unmerge: −1).
-    pub(crate) fn shift_weight(&mut self, sign: f64) {
+    /// Adds `s · B A` of every adapter into the frozen weight, keeping a copy of the rows it
+    /// changes.
+    pub(crate) fn merge(&mut self) {
         let _no_grad = tch::no_grad_guard();
-        for part in &self.parts {
+        for part in &mut self.parts {
             if let Some(pair) = &part.adapter {
                 let mut rows = self.base.weight().narrow(0, part.offset, part.rows);
-                let delta = (pair.weight_delta() * sign).to_kind(rows.kind());
-                rows += delta;
+                part.unmerged_rows = Some(rows.copy());
+                rows += pair.weight_delta().to_kind(rows.kind());
+            }
+        }
+    }
+
+    /// Puts back the rows [`AdaptedLinear::merge`] changed, bit for bit.
+    pub(crate) fn unmerge(&mut self) {
+        let _no_grad = tch::no_grad_guard();
+        for part in &mut self.parts {
+            if let Some(saved) = part.unmerged_rows.take() {
+                let mut rows = self.base.weight().narrow(0, part.offset, part.rows);
+                rows.copy_(&saved);
             }
         }
     }
@@ -543,13 +559,12 @@ impl CausalLm {
             }
             Some(_) => {}
         }
-        self.shift_weights(1.0);
+        self.set_merged(true);
         Ok(())
     }
 
-    /// Subtracts what [`CausalLm::merge_lora`] added (the base weights come back up to
-    /// rounding: exactly representable in fp32 only to about 1e-7 relative; in bf16 on
-    /// CUDA, coarser).
+    /// Undoes [`CausalLm::merge_lora`]: the base weights come back bit for bit (merging kept
+    /// a copy of the rows it changed, which costs their memory while merged).
     pub fn unmerge_lora(&mut self) -> Result<()> {
         match &self.lora {
             None => return Err(no_adapters("unmerge")),
@@ -560,7 +575,7 @@ impl CausalLm {
             }
             Some(_) => {}
         }
-        self.shift_weights(-1.0);
+        self.set_merged(false);
         Ok(())
     }
 
@@ -686,14 +701,19 @@ impl CausalLm {
         });
     }
 
-    fn shift_weights(&mut self, sign: f64) {
+    /// Merges (`true`) or unmerges every adapter.
+    fn set_merged(&mut self, merged: bool) {
         for block in &mut self.layers {
             for projection in block.projections_mut() {
-                projection.shift_weight(sign);
+                if merged {
+                    projection.merge();
+                } else {
+                    projection.unmerge();
+                }
             }
         }
         if let Some(state) = self.lora.as_mut() {
-            state.merged = sign > 0.0;
+            state.merged = merged;
         }
     }
 }
@@ -1112,16 +1132,22 @@ mod tests {
     }
 
     #[test]
-    fn merging_then_unmerging_restores_the_weights() {
+    fn merging_then_unmerging_restores_the_weights_exactly() {
         let mut projection = stacked_with_adapters();
         let original = projection.base().weight().copy();
         let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         let adapted = projection.forward(&x, AdapterMode::On);
-        projection.shift_weight(1.0);
+        projection.merge();
         let merged = projection.forward(&x, AdapterMode::Off);
         assert!((merged - adapted).abs().max().double_value(&[]) < 1e-4);
-        projection.shift_weight(-1.0);
-        let restored = projection.base().weight();
-        assert!((restored - &original).abs().max().double_value(&[]) < 1e-6);
+        assert!(
+            !projection.base().weight().equal(&original),
+            "merging changed the weight"
+        );
+        projection.unmerge();
+        assert!(
+            projection.base().weight().equal(&original),
+            "unmerging restores the weight bit for bit"
+        );
     }
 }
