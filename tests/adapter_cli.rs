@@ -12,7 +12,7 @@ use std::process::Output;
 
 use models::{Generator, SamplingParams};
 use serde_json::Value;
-use tiny_llama::{fixture_dir, tiny_llama_dir};
+use tiny_llama::{peft_adapter_dir, tiny_llama_dir};
 
 const PROMPT: &str = "w5 w6 w7 w8";
 
@@ -52,7 +52,7 @@ fn sample_text(output: &Output) -> String {
 
 #[test]
 fn generate_samples_from_the_adapted_model() {
-    let adapter = fixture_dir("peft-tiny-llama");
+    let adapter = peft_adapter_dir();
     let with_adapter = sample_text(&generate(&["--adapter", path_arg(&adapter)]));
     let without = sample_text(&generate(&[]));
     assert!(!with_adapter.is_empty());

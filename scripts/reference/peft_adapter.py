@@ -32,6 +32,7 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from safetensors import safe_open  # noqa: E402
 from generator import FIXTURES, ROOT, fnv1a64, rounded, synthesise, synthetic_value  # noqa: E402
 
 TINY_LLAMA = FIXTURES / "tiny-llama"
@@ -101,6 +102,14 @@ def write_reference() -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     adapted.save_pretrained(OUTPUT)
     (OUTPUT / "README.md").unlink(missing_ok=True)  # PEFT's model card template
+    # The weights file is not kept (no model files in git): every value is ADAPTER_SCALE times
+    # `synthetic_value` of its tensor's name, so the test rewrites it from the names and shapes
+    # PEFT saved, recorded here.
+    weights = OUTPUT / "adapter_model.safetensors"
+    with safe_open(weights, framework="pt") as saved:
+        adapter_tensors = [{"name": key, "shape": list(saved.get_slice(key).get_shape())}
+                           for key in sorted(saved.keys())]
+    weights.unlink()
 
     input_ids, mask = padded(ROWS, left=False)
     logits = real_logits(adapted, input_ids, mask)
@@ -124,6 +133,8 @@ def write_reference() -> None:
         "greedy_ids": greedy,
         "max_new_tokens": GREEDY_TOKENS,
         "eos_id": EOS_ID,
+        "adapter_scale": ADAPTER_SCALE,
+        "adapter_tensors": adapter_tensors,
     }
     (OUTPUT / "reference.json").write_text(json.dumps(reference) + "\n")
     print(f"wrote {OUTPUT.relative_to(ROOT)} (peft {peft.__version__})")

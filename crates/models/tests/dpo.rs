@@ -9,7 +9,7 @@ mod tiny_llama;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use models::llama::{CausalLm, LoraConfig, LoraTarget, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use models::llama::{CausalLm, LoraConfig, LoraTarget};
 use models::train::{
     sequence_log_probs, LrSchedule, PairScores, PreferenceConfig, PreferenceLoss,
     PreferenceTrainer, SequenceBatch, StepMetrics, TokenizedPair, Truncation,
@@ -65,20 +65,16 @@ fn reference() -> Reference {
 fn reference_adapter_dir(reference: &Reference) -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = temp_dir("reference-adapter");
-        std::fs::copy(
-            tiny_llama::fixture_dir("tiny-llama-lora").join(ADAPTER_CONFIG_FILE),
-            dir.join(ADAPTER_CONFIG_FILE),
-        )
-        .expect("adapter config copied");
         let tensors: Vec<(String, Tensor)> = reference
             .adapter_tensors
             .iter()
             .map(|spec| (spec.name.clone(), adapter_tensor(&spec.name, &spec.shape)))
             .collect();
-        Tensor::write_safetensors(&tensors, dir.join(ADAPTER_WEIGHTS_FILE))
-            .expect("adapter written");
-        dir
+        tiny_llama::write_adapter_dir(
+            "dpo-reference-adapter",
+            &tiny_llama::fixture_dir("tiny-llama-lora"),
+            &tensors,
+        )
     })
     .clone()
 }
@@ -86,25 +82,12 @@ fn reference_adapter_dir(reference: &Reference) -> PathBuf {
 /// `adapter_value` of scripts/reference/dpo.py: 0.25 · (uniform in [-1, 1) on a 2^-23 grid
 /// from the name's FNV-1a hash and the flat index).
 fn adapter_tensor(name: &str, shape: &[i64]) -> Tensor {
-    let hash = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    });
+    let hash = tiny_llama::fnv1a64(name);
     let count: i64 = shape.iter().product();
     let values: Vec<f32> = (0..count as u64)
-        .map(|index| {
-            let unit = ((splitmix64(hash ^ index) >> 40) as f64 - (1u64 << 23) as f64)
-                / (1u64 << 23) as f64;
-            (0.25 * unit) as f32
-        })
+        .map(|index| (0.25 * tiny_llama::hash_unit(hash, index)) as f32)
         .collect();
     Tensor::from_slice(&values).view(shape)
-}
-
-fn splitmix64(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn temp_dir(label: &str) -> PathBuf {

@@ -13,7 +13,7 @@ use models::ModelError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
-use tiny_llama::{fixture_dir, tiny_llama_dir};
+use tiny_llama::{fixture_dir, peft_adapter_dir, tiny_llama_dir};
 
 /// PEFT's outputs with the fixture adapter (see peft_adapter.py).
 #[derive(Deserialize)]
@@ -122,7 +122,7 @@ fn peft_adapter_gives_peft_logits() {
     let mut model = tiny_model();
     let (ids, mask) = batch();
     let base = model.forward_train(&ids, &mask, false, false).unwrap();
-    model.load_adapter(&fixture_dir("peft-tiny-llama")).unwrap();
+    model.load_adapter(&peft_adapter_dir()).unwrap();
     assert_eq!(model.lora_config(), Some(&small_config()));
 
     let trained_path = model.forward_train(&ids, &mask, true, false).unwrap();
@@ -147,7 +147,7 @@ fn peft_adapter_gives_peft_logits() {
 fn peft_adapter_greedy_continuations_are_peft_generate_s() {
     let reference = peft_reference();
     let mut model = tiny_model();
-    model.load_adapter(&fixture_dir("peft-tiny-llama")).unwrap();
+    model.load_adapter(&peft_adapter_dir()).unwrap();
     let prompts: Vec<Vec<u32>> = reference
         .rows
         .iter()
@@ -460,7 +460,7 @@ fn saved_adapters_load_back_to_the_same_logits() {
 
 /// Writes the fixture adapter into a scratch folder with its config edited by `edit`.
 fn edited_adapter(name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
-    let source = fixture_dir("peft-tiny-llama");
+    let source = peft_adapter_dir();
     let dir = scratch_dir(name);
     std::fs::copy(
         source.join("adapter_model.safetensors"),
