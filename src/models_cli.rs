@@ -260,20 +260,24 @@ struct SampleReport {
     finish_reason: &'static str,
 }
 
+/// The generator a model command loads: `--model PATH` (which must exist), or the installed
+/// SmolLM2 GGUF.
+pub fn generator_path(model: Option<&Path>) -> Result<PathBuf> {
+    match model {
+        Some(path) if !path.exists() => Err(InputError(format!(
+            "--model {}: no such file or folder",
+            path.display()
+        ))
+        .into()),
+        Some(path) => Ok(path.to_path_buf()),
+        None => Ok(Assets::discover().smollm2_gguf()?),
+    }
+}
+
 /// Runs `fedsyn generate`.
 pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    let model_path = match &args.model {
-        Some(path) if !path.exists() => {
-            return Err(InputError(format!(
-                "--model {}: no such file or folder",
-                path.display()
-            ))
-            .into())
-        }
-        Some(path) => path.clone(),
-        None => Assets::discover().smollm2_gguf()?,
-    };
+    let model_path = generator_path(args.model.as_deref())?;
     let params = SamplingParams {
         max_new_tokens: args.max_tokens as usize,
         greedy: args.greedy,

@@ -19,10 +19,11 @@ use models::train::{
     LrSchedule, PreferenceConfig, PreferenceLoss, PreferencePair, PreferenceTrainer, StepMetrics,
     TokenizedPair,
 };
-use models::{Assets, DeviceChoice, Generator};
+use models::{DeviceChoice, Generator};
 use serde::Serialize;
 
 use crate::jsonl_input::{read_json_lines, InputError};
+use crate::models_cli::generator_path;
 
 /// Arguments of `fedsyn dpo`. Defaults are POPri's (β 0.01, lr 8e-7 cosine to 3e-7, 8 pairs
 /// × 3 accumulated, LoRA r 16 α 16 on all seven projections).
@@ -183,17 +184,7 @@ pub fn dpo(args: DpoArgs, json: bool) -> Result<()> {
     let loss = trainer.config().loss;
     // Read and check the whole file before loading the model: a bad line fails fast.
     let pairs = read_pairs(&args.pairs, loss == PreferenceLoss::Sft)?;
-    let model_path = match &args.model {
-        Some(path) if !path.exists() => {
-            return Err(InputError(format!(
-                "--model {}: no such file or folder",
-                path.display()
-            ))
-            .into())
-        }
-        Some(path) => path.clone(),
-        None => Assets::discover().smollm2_gguf()?,
-    };
+    let model_path = generator_path(args.model.as_deref())?;
 
     let started = Instant::now();
     let mut generator = Generator::load(&model_path, device)

@@ -30,8 +30,8 @@ use tch::{Device, Tensor};
 use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
 use crate::config::{RunConfig, SyntheticPrompts, TrainData};
 use crate::engine::{
-    Candidates, CollectedScores, PopriEngine, Progress, RoundOutput, RoundReport, RoundSettings,
-    RoundTask, ScoreTransport,
+    derive_seed, Candidates, CollectedScores, PopriEngine, Progress, RoundOutput, RoundReport,
+    RoundSettings, RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
@@ -48,6 +48,11 @@ const STATE_FILE: &str = "state.json";
 const SEED_POOL_FILE: &str = "seed-pool.json";
 /// FID and ε per round, drawn after the run.
 const ROUNDS_PLOT_FILE: &str = "rounds.svg";
+/// The sampling stream of the seed pool (rounds use their number, the synthetic set
+/// `SYNTHETIC_STREAM`).
+const SEED_POOL_STREAM: u64 = u64::MAX - 1;
+/// The sampling stream of the final synthetic set.
+const SYNTHETIC_STREAM: u64 = u64::MAX;
 /// The J public prompts of every round.
 const PROMPTS_FILE: &str = "prompts.json";
 
@@ -480,12 +485,14 @@ impl Simulation {
             .flat_map(|topic| std::iter::repeat_n(seed_request(topic), prompts.seeds_per_topic))
             .collect();
         progress.start("seed pool", requests.len() as u64);
-        let params = SamplingParams {
-            seed: self.config.run.seed ^ 0x5eed,
-            ..sampling_params(&self.config)
-        };
         let mut pool = Vec::with_capacity(requests.len());
-        for batch in requests.chunks(self.config.generation.batch_size.max(1)) {
+        let batches = requests.chunks(self.config.generation.batch_size.max(1));
+        for (index, batch) in batches.enumerate() {
+            // Every batch its own stream, apart from the rounds' and the synthetic set's.
+            let params = SamplingParams {
+                seed: derive_seed(self.config.run.seed, SEED_POOL_STREAM, index as u64),
+                ..sampling_params(&self.config)
+            };
             for completion in generator.generate(batch, true, &params)? {
                 let text = crate::prompts::clean_candidate(&completion.text);
                 if !text.is_empty() {
@@ -574,7 +581,7 @@ impl Simulation {
                 .cloned()
                 .collect(),
         };
-        let synthetic = engine.sample_candidates(&prompts, 1, u64::MAX, progress)?;
+        let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
         let mut lines = String::new();
         for text in &synthetic.texts {
             let line = serde_json::json!({ "text": text });
