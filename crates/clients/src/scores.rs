@@ -141,6 +141,7 @@ pub(crate) fn score_rows(
     let _ = values.f_mul_(&row_factor)?;
     let values = values.f_to_kind(Kind::Float)?;
     ensure_finite(&values, "a client score vector")?;
+    ensure_within_clip(&values, clip)?;
     let usable = Vec::<bool>::try_from(usable.f_flatten(0, -1)?)?;
     Ok(ClippedRows {
         values,
@@ -150,6 +151,27 @@ pub(crate) fn score_rows(
             .collect(),
         clipped: usable.iter().map(|&u| u && clip_factor < 1.0).collect(),
     })
+}
+
+/// Errors unless every row of `values` has L2 norm ≤ `clip`, measured (the factor above relies
+/// on the standardised norm being √N; the sensitivity the accountant assumes must not).
+fn ensure_within_clip(values: &Tensor, clip: f64) -> Result<()> {
+    let norms = values
+        .f_to_kind(Kind::Double)?
+        .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
+    let largest = if norms.numel() == 0 {
+        0.0
+    } else {
+        norms.f_max()?.f_double_value(&[])?
+    };
+    if largest <= clip {
+        Ok(())
+    } else {
+        Err(ClientsError::InvalidArgument {
+            name: "client score vector",
+            message: format!("its norm {largest} exceeds the clip bound {clip}; not sent"),
+        })
+    }
 }
 
 /// Errors unless `clip` is a positive finite number.
