@@ -27,6 +27,10 @@ requirements=(
   "sentence-transformers==6.2.0"
   "peft==0.21.2"
   "gguf==0.19.0"
+  # MAUVE reference (scripts/reference/mauve.py): the package and its k-means/PCA back ends.
+  "mauve-text==0.4.0"
+  "faiss-cpu==1.15.1"
+  "scikit-learn==1.9.1"
 )
 
 # Installed with --no-deps. Opacus imports torch at package level, but its RDP analysis module

@@ -5,6 +5,7 @@
 //! arguments untouched; everything else (privacy budgets, …) runs here.
 
 mod budget;
+mod client_cli;
 mod exit_status;
 mod torch_commands;
 
@@ -33,6 +34,9 @@ enum Command {
     /// and reports of a run's ledger.
     #[command(subcommand)]
     Budget(budget::BudgetCommand),
+    /// Join a `fedsyn serve` run as a client: embed your texts locally, score the candidates
+    /// of each round and submit the clipped scores (never the texts).
+    Client(client_cli::ClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Budget(command) => budget::run(command, cli.json),
+        Command::Client(args) => client_cli::run(&args, cli.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -119,5 +124,8 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
             .downcast_ref::<privacy_accounting::AccountingError>()
             .is_some()
             || cause.downcast_ref::<budget::UsageError>().is_some()
+            || cause
+                .downcast_ref::<remote_client::RemoteError>()
+                .is_some_and(remote_client::RemoteError::is_bad_input)
     })
 }

@@ -21,6 +21,9 @@ pub struct SimulateArgs {
     /// Override one configuration value, e.g. `--set privacy.epsilon=2` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// The method: popri, pe, pe-sft or dp-fedavg (the same as `--set run.method=M`).
+    #[arg(long, value_name = "METHOD", conflicts_with = "resume")]
+    pub method: Option<String>,
     /// The run directory (default: runs/<run.name>-<UTC time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -46,7 +49,11 @@ pub fn run(args: &SimulateArgs, json: bool) -> Result<()> {
             .with_context(|| format!("cannot resume the run in {}", dir.display()))?,
         None => {
             let path = args.config.as_ref().expect("clap requires --config");
-            let config = RunConfig::load(path, &args.overrides)?;
+            let mut overrides = args.overrides.clone();
+            if let Some(method) = &args.method {
+                overrides.push(format!("run.method={method}"));
+            }
+            let config = RunConfig::load(path, &overrides)?;
             let dir = args
                 .out
                 .clone()

@@ -29,4 +29,26 @@ pub const TORCH_COMMANDS: &[(&str, &str)] = &[
         "simulate",
         "Run a federated POPri simulation: DP synthetic text from simulated clients' data",
     ),
+    (
+        "eval",
+        "Measure a run's utility: downstream next-token accuracy on the private eval texts, FID, \
+         precision/recall and MAUVE (writes eval.json); or a non-private reference's",
+    ),
+    (
+        "client-embed",
+        "Embed a client's texts into its state folder (`fedsyn client` runs it when needed)",
+    ),
+    (
+        "serve",
+        "Serve a POPri run to remote clients over HTTP(S): enrolment, rounds, privacy ledger",
+    ),
+    (
+        "compare",
+        "Compare runs and the ε = ∞ / ε = 0 references, method × ε: accuracy, FID, MAUVE, \
+         precision/recall, share of the gap closed (table, compare.md/json, plots)",
+    ),
+    (
+        "report",
+        "Write a run's report: report.md and a self-contained report.html with its plots",
+    ),
 ];

@@ -5,14 +5,24 @@
 //! To add a command: a variant in `Command` (with its implementation in a module here) and an
 //! entry in `src/torch_commands.rs`, so that `fedsyn` lists and forwards it.
 
+#[path = "../client_embed_cli.rs"]
+mod client_embed_cli;
+#[path = "../compare_cli.rs"]
+mod compare_cli;
 #[path = "../doctor.rs"]
 mod doctor;
+#[path = "../eval_cli.rs"]
+mod eval_cli;
 #[path = "../exit_status.rs"]
 mod exit_status;
 #[path = "../jsonl_input.rs"]
 mod jsonl_input;
 #[path = "../models_cli.rs"]
 mod models_cli;
+#[path = "../report_cli.rs"]
+mod report_cli;
+#[path = "../serve_cli.rs"]
+mod serve_cli;
 #[path = "../simulate_cli.rs"]
 mod simulate_cli;
 #[path = "../train_cli.rs"]
@@ -50,6 +60,18 @@ enum Command {
     Dpo(train_cli::DpoArgs),
     /// Run a federated POPri simulation: DP synthetic text from simulated clients' data.
     Simulate(simulate_cli::SimulateArgs),
+    /// Measure a run's utility: downstream next-token accuracy on the private eval texts, FID,
+    /// precision/recall and MAUVE (writes eval.json); or a non-private reference's.
+    Eval(eval_cli::EvalArgs),
+    /// Embed a client's texts into its state folder (`fedsyn client` runs it when needed).
+    ClientEmbed(client_embed_cli::ClientEmbedArgs),
+    /// Serve a POPri run to remote clients over HTTP(S): enrolment, rounds, privacy ledger.
+    Serve(serve_cli::ServeArgs),
+    /// Compare runs and the ε = ∞ / ε = 0 references, method × ε: accuracy, FID, MAUVE,
+    /// precision/recall, share of the gap closed (table, compare.md/json, plots).
+    Compare(compare_cli::CompareArgs),
+    /// Write a run's report: report.md and a self-contained report.html with its plots.
+    Report(report_cli::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +82,11 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(cli.json),
         Command::Dpo(args) => train_cli::dpo(args, cli.json),
         Command::Simulate(args) => simulate_cli::run(&args, cli.json),
+        Command::Eval(args) => eval_cli::run(&args, cli.json),
+        Command::ClientEmbed(args) => client_embed_cli::run(&args, cli.json),
+        Command::Serve(args) => serve_cli::run(&args, cli.json),
+        Command::Compare(args) => compare_cli::run(&args, cli.json),
+        Command::Report(args) => report_cli::run(&args, cli.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -69,6 +96,12 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.downcast_ref::<models::ModelError>().is_some()
             || cause.downcast_ref::<jsonl_input::InputError>().is_some()
+            || cause
+                .downcast_ref::<clients::ClientsError>()
+                .is_some_and(clients::ClientsError::is_bad_input)
+            || cause
+                .downcast_ref::<remote_client::RemoteError>()
+                .is_some_and(remote_client::RemoteError::is_bad_input)
             || cause
                 .downcast_ref::<server::ServerError>()
                 .is_some_and(server::ServerError::is_bad_input)

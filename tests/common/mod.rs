@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests of the `fedsyn` binary.
 #![allow(dead_code)] // each test file uses some of them
 
+pub mod federation;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -156,9 +156,10 @@ pub(crate) fn score_rows(
 /// Errors unless every row of `values` has L2 norm ≤ `clip`, measured (the factor above relies
 /// on the standardised norm being √N; the sensitivity the accountant assumes must not).
 fn ensure_within_clip(values: &Tensor, clip: f64) -> Result<()> {
-    let norms = values
-        .f_to_kind(Kind::Double)?
-        .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
+    let norms =
+        values
+            .f_to_kind(Kind::Double)?
+            .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
     let largest = if norms.numel() == 0 {
         0.0
     } else {

@@ -68,6 +68,15 @@ pub struct RunConfig {
     /// `[eval]`: per-round diagnostics.
     #[serde(default)]
     pub eval: EvalSection,
+    /// `[serve]`: the HTTP server of `fedsyn serve` (other commands ignore it).
+    #[serde(default)]
+    pub serve: ServeSection,
+    /// `[pe]`: Private Evolution (`run.method = "pe"` or `"pe-sft"`; other methods ignore it).
+    #[serde(default)]
+    pub pe: PeSection,
+    /// `[fedavg]`: DP-FedAvg (`run.method = "dp-fedavg"`; other methods ignore it).
+    #[serde(default)]
+    pub fedavg: FedAvgSection,
 }
 
 /// `[run]`.
@@ -83,6 +92,45 @@ pub struct RunSection {
     pub device: String,
     /// CPU threads for libtorch.
     pub threads: usize,
+    /// Which method makes the synthetic data (or, for DP-FedAvg, the model).
+    pub method: Method,
+}
+
+/// The methods a run can use (`run.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Method {
+    /// POPri: client preferences over candidates, DPO on the generator (the default).
+    #[default]
+    #[serde(rename = "popri")]
+    Popri,
+    /// Private Evolution: noisy nearest-neighbour votes select a population that the generator
+    /// rephrases.
+    #[serde(rename = "pe")]
+    Pe,
+    /// PE's votes, then supervised fine-tuning of the generator on the top samples.
+    #[serde(rename = "pe-sft")]
+    PeSft,
+    /// DP-FedAvg: the downstream model trained on the clients with clipped, noised updates.
+    #[serde(rename = "dp-fedavg")]
+    DpFedavg,
+}
+
+impl Method {
+    /// The name used in configurations and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Popri => "popri",
+            Method::Pe => "pe",
+            Method::PeSft => "pe-sft",
+            Method::DpFedavg => "dp-fedavg",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for RunSection {
@@ -92,6 +140,7 @@ impl Default for RunSection {
             seed: 0,
             device: "auto".into(),
             threads: 2,
+            method: Method::Popri,
         }
     }
 }
@@ -406,10 +455,172 @@ impl Default for EvalSection {
     }
 }
 
+/// How PE keeps survivors from the noisy vote counts (`pe.selection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeSelection {
+    /// The M samples with the highest noisy counts (ties to the lower index; Aug-PE's `rank`).
+    Top,
+    /// M draws with replacement, each sample with probability ∝ its thresholded noisy count
+    /// (uniform when every count is 0).
+    Proportional,
+}
+
+/// `[pe]`: Private Evolution (Aug-PE style) and PE+SFT. Every round votes on a population of
+/// N = M·V samples, plus the M survivors when `keep_survivors` is set (Aug-PE's L = V + 1).
+/// PE starts from N samples of the generator on the public prompts and evolves them by
+/// rephrasing; PE+SFT draws N fresh samples from its generator every round and fine-tunes it
+/// (SFT, with the `[dpo]` section's optimiser settings and `loss = "sft"` whatever `dpo.loss`
+/// says) on the M selected ones, with the public prompts that wrote them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeSection {
+    /// M: survivors kept each round (PE+SFT: samples trained on each round). Aug-PE: 2000.
+    pub population: usize,
+    /// V: rephrasings the generator writes of every survivor. Aug-PE: 6.
+    pub variations: usize,
+    /// H: subtracted from every noisy count, which is then clamped at 0 (in votes; each
+    /// client's histogram has L2 norm 1).
+    pub threshold: f64,
+    /// How survivors are chosen from the noisy counts.
+    pub selection: PeSelection,
+    /// Whether the survivors themselves join the next population beside their variations.
+    pub keep_survivors: bool,
+    /// The request that makes the generator rephrase one survivor: `{text}` is replaced by
+    /// the survivor (sent as a chat turn when the generator has a chat template).
+    pub rephrase_template: String,
+}
+
+/// The placeholder of `pe.rephrase_template`.
+pub const REPHRASE_PLACEHOLDER: &str = "{text}";
+
+impl Default for PeSection {
+    fn default() -> Self {
+        Self {
+            population: 2000,
+            variations: 6,
+            threshold: 0.0,
+            selection: PeSelection::Top,
+            keep_survivors: true,
+            rephrase_template: "Rephrase the following text, keeping its topic and style. \
+                                Reply with the rephrased text only.\n\n{text}"
+                .to_string(),
+        }
+    }
+}
+
+impl PeSection {
+    /// N: the samples every round votes on.
+    pub fn voted_population(&self) -> usize {
+        self.population * (self.variations + usize::from(self.keep_survivors))
+    }
+}
+
+/// The embedding precision on the wire (`serve.embedding_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireDtype {
+    /// IEEE half precision (2 bytes a value).
+    F16,
+    /// IEEE single precision (4 bytes a value).
+    F32,
+}
+
+/// `[serve]`: `fedsyn serve`, the server for remote clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSection {
+    /// The address to listen on (`--bind` overrides it); loopback unless told otherwise.
+    pub bind: String,
+    /// Enrolled clients needed before round 0 opens.
+    pub min_clients: usize,
+    /// Seconds a round attempt stays open for submissions.
+    pub round_deadline_seconds: u64,
+    /// Fraction of the sampled clients whose submissions close the round early.
+    pub quorum: f64,
+    /// Fewer submissions at the deadline abandon the attempt (nothing charged, new sample).
+    pub min_submissions: usize,
+    /// Largest request body accepted; default: ~32 bytes per score value + 4 KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+    /// Requests per minute each client token may make.
+    pub rate_limit_per_minute: u32,
+    /// Embedding precision on the wire.
+    pub embedding_dtype: WireDtype,
+    /// Deflate the candidate embeddings.
+    pub compress: bool,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            min_clients: 2,
+            round_deadline_seconds: 120,
+            quorum: 1.0,
+            min_submissions: 1,
+            max_body_bytes: None,
+            rate_limit_per_minute: 120,
+            embedding_dtype: WireDtype::F16,
+            compress: true,
+        }
+    }
+}
+
+impl ServeSection {
+    /// The body limit: the configured one, or ~32 bytes per score value (J·K of them) + 4 KiB.
+    pub fn body_limit(&self, values: usize) -> usize {
+        self.max_body_bytes
+            .unwrap_or_else(|| values.saturating_mul(32).saturating_add(4096))
+    }
+}
+
+/// `[fedavg]`: DP-FedAvg (McMahan et al. 2018) of the downstream model's LoRA adapter. Each
+/// round every sampled client trains the global adapter on its own texts (a fresh AdamW at a
+/// constant `local_lr`, `local_steps` steps of `local_batch` sequences of ≤ 64 tokens), clips
+/// its update to L2 ≤ `privacy.clip`; the server adds N(0, σ²C²) to the sum, divides by the
+/// expected cohort size and applies the average times `server_lr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FedAvgSection {
+    /// Local optimiser steps per client and round.
+    pub local_steps: u64,
+    /// The clients' AdamW learning rate (constant).
+    pub local_lr: f64,
+    /// Sequences per local step.
+    pub local_batch: usize,
+    /// The server's step size on the averaged update (1 = plain averaging).
+    pub server_lr: f64,
+    /// γ of adaptive clipping (Andrew et al. 2021): the clip bound follows the γ-quantile of
+    /// the update norms. Absent: the bound stays `privacy.clip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_clip_quantile: Option<f64>,
+    /// η of adaptive clipping: C ← C · exp(−η (b̄ − γ)) each round.
+    pub adaptive_clip_lr: f64,
+    /// σ_b, the noise std of the count of unclipped clients (adaptive clipping); absent:
+    /// max(expected cohort size / 20 (Andrew et al.'s choice), 2σ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_clip_noise: Option<f64>,
+}
+
+impl Default for FedAvgSection {
+    fn default() -> Self {
+        Self {
+            local_steps: 5,
+            local_lr: 2e-4,
+            local_batch: 8,
+            server_lr: 1.0,
+            adaptive_clip_quantile: None,
+            adaptive_clip_lr: 0.2,
+            adaptive_clip_noise: None,
+        }
+    }
+}
+
 /// Every key of the schema, by section. `deny_unknown_fields` rejects anything else too; this
 /// list gives the error a dotted name and a suggestion, for file keys and overrides alike.
 const SCHEMA: &[(&str, &[&str])] = &[
-    ("run", &["name", "seed", "device", "threads"]),
+    ("run", &["name", "seed", "device", "threads", "method"]),
     (
         "data",
         &[
@@ -486,6 +697,43 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("output", &["synthetic_samples", "synthetic_prompts"]),
     ("eval", &["fid", "fid_all_candidates"]),
+    (
+        "pe",
+        &[
+            "population",
+            "variations",
+            "threshold",
+            "selection",
+            "keep_survivors",
+            "rephrase_template",
+        ],
+    ),
+    (
+        "fedavg",
+        &[
+            "local_steps",
+            "local_lr",
+            "local_batch",
+            "server_lr",
+            "adaptive_clip_quantile",
+            "adaptive_clip_lr",
+            "adaptive_clip_noise",
+        ],
+    ),
+    (
+        "serve",
+        &[
+            "bind",
+            "min_clients",
+            "round_deadline_seconds",
+            "quorum",
+            "min_submissions",
+            "max_body_bytes",
+            "rate_limit_per_minute",
+            "embedding_dtype",
+            "compress",
+        ],
+    ),
 ];
 
 /// The keys that hold paths (resolved against the config file's folder, or against the current
@@ -598,11 +846,117 @@ impl RunConfig {
         self.validate_privacy()?;
         self.validate_lora()?;
         self.validate_dpo()?;
+        self.validate_serve()?;
+        self.validate_pe()?;
+        self.validate_fedavg()?;
         if self.output.synthetic_samples == 0 {
             return Err(value_error(
                 "output.synthetic_samples",
                 0,
                 "write at least one synthetic sample",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_fedavg(&self) -> Result<()> {
+        let fedavg = &self.fedavg;
+        if fedavg.local_steps == 0 {
+            return Err(value_error("fedavg.local_steps", 0, "must be at least 1"));
+        }
+        positive("fedavg.local_batch", fedavg.local_batch)?;
+        let rates = [
+            ("fedavg.local_lr", fedavg.local_lr),
+            ("fedavg.server_lr", fedavg.server_lr),
+            ("fedavg.adaptive_clip_lr", fedavg.adaptive_clip_lr),
+        ];
+        for (key, rate) in rates {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(value_error(key, rate, "a finite rate > 0"));
+            }
+        }
+        if let Some(quantile) = fedavg.adaptive_clip_quantile {
+            if !(quantile > 0.0 && quantile < 1.0) {
+                return Err(value_error(
+                    "fedavg.adaptive_clip_quantile",
+                    quantile,
+                    "a quantile in (0, 1) (Andrew et al. 2021 use 0.5), or remove the key for a \
+                     fixed clip bound",
+                ));
+            }
+        }
+        if let Some(noise) = fedavg.adaptive_clip_noise {
+            if !(noise.is_finite() && noise > 0.0) {
+                return Err(value_error(
+                    "fedavg.adaptive_clip_noise",
+                    noise,
+                    "a finite noise std > 0, or remove the key for max(cohort / 20, 2σ)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_pe(&self) -> Result<()> {
+        let pe = &self.pe;
+        positive("pe.population", pe.population)?;
+        positive("pe.variations", pe.variations)?;
+        if !(pe.threshold.is_finite() && pe.threshold >= 0.0) {
+            return Err(value_error(
+                "pe.threshold",
+                pe.threshold,
+                "a number of votes >= 0 (0: no threshold)",
+            ));
+        }
+        if !pe.rephrase_template.contains(REPHRASE_PLACEHOLDER) {
+            return Err(value_error(
+                "pe.rephrase_template",
+                format!("{:?}", pe.rephrase_template),
+                format!("the request must contain {REPHRASE_PLACEHOLDER}, where the survivor goes"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_serve(&self) -> Result<()> {
+        let serve = &self.serve;
+        if serve.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(value_error(
+                "serve.bind",
+                format!("{:?}", serve.bind),
+                "an IP address and port, e.g. \"127.0.0.1:8080\" (port 0 picks a free one)",
+            ));
+        }
+        positive("serve.min_clients", serve.min_clients)?;
+        if serve.round_deadline_seconds == 0 {
+            return Err(value_error(
+                "serve.round_deadline_seconds",
+                0,
+                "give clients at least 1 second to submit",
+            ));
+        }
+        if !(serve.quorum.is_finite() && serve.quorum > 0.0 && serve.quorum <= 1.0) {
+            return Err(value_error(
+                "serve.quorum",
+                serve.quorum,
+                "a fraction in (0, 1] of the sampled clients",
+            ));
+        }
+        positive("serve.min_submissions", serve.min_submissions)?;
+        if let Some(limit) = serve.max_body_bytes {
+            if limit < 1024 {
+                return Err(value_error(
+                    "serve.max_body_bytes",
+                    limit,
+                    "at least 1024 bytes (a score vector needs ~32 bytes per candidate)",
+                ));
+            }
+        }
+        if serve.rate_limit_per_minute == 0 {
+            return Err(value_error(
+                "serve.rate_limit_per_minute",
+                0,
+                "allow each client at least 1 request per minute",
             ));
         }
         Ok(())
@@ -1039,6 +1393,35 @@ mod tests {
     }
 
     #[test]
+    fn the_serve_section_has_defaults_and_checked_values() {
+        let serve = config(MINIMAL).unwrap().serve;
+        assert_eq!(serve, ServeSection::default());
+        assert_eq!(serve.bind, "127.0.0.1:8080");
+        assert_eq!(serve.body_limit(1000), 1000 * 32 + 4096);
+        let text = format!("{MINIMAL}[serve]\nmin_clients = 50\nembedding_dtype = \"f32\"\n");
+        let serve = config(&text).unwrap().serve;
+        assert_eq!(
+            (serve.min_clients, serve.embedding_dtype),
+            (50, WireDtype::F32)
+        );
+        for (bad, key) in [
+            ("bind = \"localhost\"", "serve.bind"),
+            ("min_clients = 0", "serve.min_clients"),
+            ("round_deadline_seconds = 0", "serve.round_deadline_seconds"),
+            ("quorum = 1.5", "serve.quorum"),
+            ("quorum = 0.0", "serve.quorum"),
+            ("min_submissions = 0", "serve.min_submissions"),
+            ("max_body_bytes = 10", "serve.max_body_bytes"),
+            ("rate_limit_per_minute = 0", "serve.rate_limit_per_minute"),
+        ] {
+            let error = config(&format!("{MINIMAL}[serve]\n{bad}\n")).unwrap_err();
+            assert_eq!(key_of(error), key, "{bad}");
+        }
+        let unknown = config(&format!("{MINIMAL}[serve]\nport = 1\n")).unwrap_err();
+        assert!(unknown.to_string().contains("serve.port"), "{unknown}");
+    }
+
+    #[test]
     fn defaults_are_the_reference_values() {
         let c = config(MINIMAL).unwrap();
         assert_eq!(c.data.train, TrainData::Sotu);
@@ -1087,6 +1470,9 @@ mod tests {
         c.data.max_texts_per_client = Some(3);
         c.dpo.total_steps = Some(10);
         c.dpo.max_steps = Some(10);
+        c.fedavg.adaptive_clip_quantile = Some(0.5);
+        c.fedavg.adaptive_clip_noise = Some(1.0);
+        c.serve.max_body_bytes = Some(65_536);
         let table: toml::Table = c.to_toml().unwrap().parse().unwrap();
         let serialised: Vec<(String, Vec<String>)> = table
             .iter()
@@ -1258,6 +1644,40 @@ mod tests {
         assert_eq!(key_of(both), "prompts.topics");
         let template = config(&format!("{MINIMAL}template = \"only {{0}}\"\n")).unwrap_err();
         assert_eq!(key_of(template), "prompts.template");
+    }
+
+    #[test]
+    fn pe_section_defaults_parse_and_validation_names_the_key() {
+        let c = config(MINIMAL).unwrap();
+        assert_eq!((c.pe.population, c.pe.variations), (2000, 6));
+        assert_eq!(c.pe.voted_population(), 2000 * 7);
+        let text = format!(
+            "{MINIMAL}[pe]\npopulation = 8\nvariations = 2\nkeep_survivors = false\n\
+             selection = \"proportional\"\nthreshold = 1.5\n"
+        );
+        let c = config(&text).unwrap();
+        assert_eq!(c.pe.selection, PeSelection::Proportional);
+        assert_eq!((c.pe.voted_population(), c.pe.threshold), (16, 1.5));
+        let cases = [
+            ("population = 0", "pe.population"),
+            ("variations = 0", "pe.variations"),
+            ("threshold = -1.0", "pe.threshold"),
+            (
+                "rephrase_template = \"Rephrase this.\"",
+                "pe.rephrase_template",
+            ),
+        ];
+        for (line, key) in cases {
+            let error = config(&format!("{MINIMAL}[pe]\n{line}\n")).unwrap_err();
+            assert_eq!(key_of(error), key, "case {line:?}");
+        }
+        let message = config(&format!("{MINIMAL}[pe]\nselection = \"best\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("pe.selection") && message.contains("proportional"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -17,7 +17,11 @@ use crate::error::{Result, ServerError};
 use crate::noise::NoiseSource;
 use crate::pairs::{preference_agreement, preference_pairs, RankedPair};
 use crate::prompts::clean_candidate;
+use crate::run_dir::Histogram;
 pub use crate::run_dir::PhaseSeconds;
+
+/// Bins of the per-round histogram of noisy scores in the metrics.
+const NOISY_SCORE_BINS: usize = 20;
 
 /// What the server sends to the clients of a round.
 pub struct RoundTask<'a> {
@@ -89,6 +93,8 @@ pub struct RoundReport {
     pub signal_to_noise: f64,
     /// Simulation only: share of prompts whose noisy best candidate is the clean best one.
     pub preference_agreement: Option<f64>,
+    /// Histogram of the noisy scores (released: drawn after the cost was committed).
+    pub noisy_scores: Option<Histogram>,
     pub dpo: Vec<StepMetrics>,
     pub seconds: PhaseSeconds,
 }
@@ -223,14 +229,52 @@ impl PopriEngine {
         seconds.generate = clock.elapsed().as_secs_f64();
 
         let clock = Instant::now();
-        progress.start("embed", candidates.texts.len() as u64);
-        let embeddings = self
-            .embedder
-            .embed_tensor(&candidates.texts, self.settings.embed_batch)?;
-        progress.advance(candidates.texts.len() as u64);
-        progress.finish();
+        let embeddings = self.embed_candidates(&candidates.texts, progress)?;
         seconds.embed = clock.elapsed().as_secs_f64();
 
+        let mut output = self.run_round_with_candidates(
+            round,
+            candidates,
+            embeddings,
+            sampled,
+            transport,
+            noise,
+            commit_cost,
+            progress,
+        )?;
+        output.report.seconds.generate = seconds.generate;
+        output.report.seconds.embed = seconds.embed;
+        Ok(output)
+    }
+
+    /// The embeddings of candidate texts (`[n, d]`).
+    pub fn embed_candidates(&self, texts: &[String], progress: &dyn Progress) -> Result<Tensor> {
+        progress.start("embed", texts.len() as u64);
+        let embeddings = self
+            .embedder
+            .embed_tensor(texts, self.settings.embed_batch)?;
+        progress.advance(texts.len() as u64);
+        progress.finish();
+        Ok(embeddings)
+    }
+
+    /// Runs round `round` on candidates made earlier (by [`Self::sample_candidates`] and
+    /// [`Self::embed_candidates`]): the
+    /// HTTP server persists a round's candidates when it opens the round, so that after a
+    /// restart the clients keep scoring, and DPO trains on, exactly the texts they were sent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_round_with_candidates(
+        &mut self,
+        round: u64,
+        candidates: Candidates,
+        embeddings: Tensor,
+        sampled: &[usize],
+        transport: &mut dyn ScoreTransport,
+        noise: &mut NoiseSource,
+        commit_cost: &mut dyn FnMut() -> Result<()>,
+        progress: &dyn Progress,
+    ) -> Result<RoundOutput> {
+        let mut seconds = PhaseSeconds::default();
         let clock = Instant::now();
         let task = RoundTask {
             round,
@@ -298,6 +342,7 @@ impl PopriEngine {
                 f64::INFINITY
             },
             preference_agreement: agreement,
+            noisy_scores: Histogram::of(&noisy, NOISY_SCORE_BINS),
             dpo,
             seconds,
         };

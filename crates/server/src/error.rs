@@ -81,6 +81,17 @@ pub enum ServerError {
     /// The generator's tokenizer failed on a candidate.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The server's SQLite database (`server.sqlite`) failed.
+    #[error("server database {}: {message}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What failed, and what to do.
+        message: String,
+    },
+    /// The HTTP server failed (binding, TLS set-up, serving).
+    #[error("http server: {0}")]
+    Http(String),
 }
 
 /// Result alias for this crate.
@@ -99,7 +110,11 @@ impl ServerError {
             | ServerError::Accounting(_)
             | ServerError::Model(_) => true,
             ServerError::Clients(e) => e.is_bad_input(),
-            ServerError::Io { .. } | ServerError::Tokenizer(_) | ServerError::Plot { .. } => false,
+            ServerError::Io { .. }
+            | ServerError::Tokenizer(_)
+            | ServerError::Plot { .. }
+            | ServerError::Store { .. }
+            | ServerError::Http(_) => false,
         }
     }
 

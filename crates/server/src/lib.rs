@@ -5,15 +5,22 @@
 
 pub mod budget;
 pub mod config;
+pub mod distribution;
 pub mod engine;
 pub mod error;
+pub mod evaluate;
+mod fedavg;
 pub mod fid;
 pub mod noise;
 pub mod pairs;
+mod pe;
 pub mod plot;
 pub mod prompts;
+pub mod report;
 pub mod run_dir;
 pub mod sampling;
+pub mod serve;
+pub mod setup;
 pub mod simulate;
 
 pub use budget::{plan_noise, BudgetGuard, NoisePlan};
@@ -21,5 +28,5 @@ pub use config::RunConfig;
 pub use error::{Result, ServerError};
 pub use noise::{NoiseSource, NoiseState};
 pub use pairs::{preference_agreement, preference_pairs, RankedPair};
-pub use run_dir::{write_atomic, PendingCheckpoint, PhaseSeconds, RoundMetrics, RunDir};
+pub use run_dir::{write_atomic, Histogram, PendingCheckpoint, PhaseSeconds, RoundMetrics, RunDir};
 pub use sampling::{ClientSampler, ClientSampling};

@@ -140,6 +140,8 @@ mod tests {
             fid_nonprivate: Some(fid),
             mean_distance_sq_nonprivate: None,
             seconds: PhaseSeconds::default(),
+            noisy_score_histogram: None,
+            local_loss: None,
         }
     }
 

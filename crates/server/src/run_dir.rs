@@ -60,7 +60,7 @@ pub struct PhaseSeconds {
 /// guarantee. So are `clipped_fraction`, `mean_pre_clip_norm`, `signal_to_noise` and, under
 /// Poisson sampling, `clients` (un-noised statistics of the clients' contributions); a
 /// deployment should not publish them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundMetrics {
     /// The round (0-based).
     pub round: u64,
@@ -102,6 +102,50 @@ pub struct RoundMetrics {
     pub mean_distance_sq_nonprivate: Option<f64>,
     /// Seconds per phase.
     pub seconds: PhaseSeconds,
+    /// Histogram of the round's noisy scores (released values, drawn after the ledger commit);
+    /// `None` in rows written before it existed.
+    #[serde(default)]
+    pub noisy_score_histogram: Option<Histogram>,
+    /// DP-FedAvg: the mean training loss of the clients' local steps (a non-private
+    /// diagnostic); `None` for other methods and in rows written before it existed.
+    #[serde(default)]
+    pub local_loss: Option<f64>,
+}
+
+/// An equal-width histogram: `counts[i]` values fell in `[edges[i], edges[i + 1])` (the last bin
+/// also holds its upper edge).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub edges: Vec<f64>,
+    pub counts: Vec<u64>,
+}
+
+impl Histogram {
+    /// `bins` equal-width bins over the range of the finite `values` (`None` when there are
+    /// none). Non-finite values are left out.
+    pub fn of(values: &[f64], bins: usize) -> Option<Histogram> {
+        let finite = values.iter().copied().filter(|v| v.is_finite());
+        let (low, high) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        if bins == 0 || low > high {
+            return None;
+        }
+        // A single distinct value still gets a bin of width 1 around it.
+        let (low, high) = if low == high {
+            (low - 0.5, high + 0.5)
+        } else {
+            (low, high)
+        };
+        let width = (high - low) / bins as f64;
+        let edges = (0..=bins).map(|i| low + width * i as f64).collect();
+        let mut counts = vec![0u64; bins];
+        for value in values.iter().filter(|v| v.is_finite()) {
+            let bin = (((value - low) / width) as usize).min(bins - 1);
+            counts[bin] += 1;
+        }
+        Some(Histogram { edges, counts })
+    }
 }
 
 impl RoundMetrics {
@@ -134,6 +178,7 @@ impl RoundMetrics {
                 self.preference_agreement_nonprivate,
             ),
             ("dpo_loss", self.dpo_loss),
+            ("local_loss", self.local_loss),
             ("reward_accuracy", self.reward_accuracy),
             ("reward_margin", self.reward_margin),
             ("fid_nonprivate", self.fid_nonprivate),
@@ -145,7 +190,12 @@ impl RoundMetrics {
         let values = required
             .into_iter()
             .chain(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-        for (name, value) in values {
+        let histogram_edges = self.noisy_score_histogram.iter().flat_map(|h| {
+            h.edges
+                .iter()
+                .map(|&edge| ("noisy_score_histogram.edges", edge))
+        });
+        for (name, value) in values.chain(histogram_edges) {
             if !value.is_finite() {
                 return Err(ServerError::argument(
                     "metrics",
@@ -612,7 +662,22 @@ mod tests {
             fid_nonprivate: None,
             mean_distance_sq_nonprivate: None,
             seconds: PhaseSeconds::default(),
+            noisy_score_histogram: None,
+            local_loss: None,
         }
+    }
+
+    #[test]
+    fn histogram_counts_every_finite_value_once() {
+        let values = [0.0, 0.1, 0.5, 0.99, 1.0, f64::NAN, -1.0];
+        let h = Histogram::of(&values, 4).unwrap();
+        assert_eq!(h.edges, vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
+        // -1 → bin 0; 0, 0.1 → bin 2; 0.5, 0.99, 1.0 (upper edge) → bin 3; NaN left out.
+        assert_eq!(h.counts, vec![1, 0, 2, 3]);
+        let single = Histogram::of(&[2.0, 2.0], 2).unwrap();
+        assert_eq!(single.counts, vec![0, 2]);
+        assert!(Histogram::of(&[f64::NAN], 3).is_none());
+        assert!(Histogram::of(&[1.0], 0).is_none());
     }
 
     #[test]

@@ -16,42 +16,35 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use clients::{
-    embed_cached, sample_per_client, sotu_documents, FederatedData, SimulatedPopulation,
-};
-use models::llama::{LoraConfig, LoraTarget};
 use models::train::PreferenceTrainer;
-use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
-use privacy_accounting::statement::PrivacyStatement;
-use privacy_accounting::{AccountantKind, LedgerEvent, Sampling};
+use models::{Assets, DeviceChoice};
+use privacy_accounting::LedgerEvent;
+use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
 
 use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
-use crate::config::{RunConfig, SyntheticPrompts, TrainData};
+use crate::config::{Method, RunConfig, SyntheticPrompts};
 use crate::engine::{
-    derive_seed, Candidates, CollectedScores, PopriEngine, Progress, RoundOutput, RoundReport,
-    RoundSettings, RoundTask, ScoreTransport,
+    Candidates, CollectedScores, PopriEngine, Progress, RoundOutput, RoundReport, RoundSettings,
+    RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
-use crate::fid::{frechet_distance, mean_distance_sq};
 use crate::noise::{NoiseSource, NoiseState};
-use crate::prompts::{build_prompts_with, seed_pool_from_file, PromptTemplate};
+use crate::prompts::{build_prompts_with, PromptTemplate};
 use crate::run_dir::{write_atomic, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
+use crate::setup::{
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
+    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
+    SimulatedClients, EMBED_BATCH,
+};
+use clients::SimulatedPopulation;
 
-/// Texts per embedding batch.
-const EMBED_BATCH: usize = 64;
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
 const STATE_FILE: &str = "state.json";
-/// The public seed pool written by the base model from `prompts.topics`, kept for resuming.
-const SEED_POOL_FILE: &str = "seed-pool.json";
 /// FID and ε per round, drawn after the run.
-const ROUNDS_PLOT_FILE: &str = "rounds.svg";
-/// The sampling stream of the seed pool (rounds use their number, the synthetic set
-/// `SYNTHETIC_STREAM`).
-const SEED_POOL_STREAM: u64 = u64::MAX - 1;
-/// The sampling stream of the final synthetic set.
+pub(crate) const ROUNDS_PLOT_FILE: &str = "rounds.svg";
+/// The sampling stream of the final synthetic set (rounds use their number).
 const SYNTHETIC_STREAM: u64 = u64::MAX;
 /// The J public prompts of every round.
 const PROMPTS_FILE: &str = "prompts.json";
@@ -232,9 +225,27 @@ impl Simulation {
         self.dir.root()
     }
 
-    /// Runs the remaining rounds, then writes the synthetic data and the privacy statement.
-    /// `on_round` sees each finished round's metrics.
+    /// Runs the remaining rounds of the configured method (`run.method`), then writes the
+    /// synthetic data (or model) and the privacy statement. `on_round` sees each finished round's
+    /// metrics.
     pub fn run(
+        self,
+        progress: &dyn Progress,
+        on_round: &dyn Fn(&RoundMetrics),
+    ) -> Result<SimulationSummary> {
+        match self.config.run.method {
+            Method::Popri => self.run_popri(progress, on_round),
+            Method::Pe | Method::PeSft => {
+                crate::pe::run_pe(&self.dir, &self.config, progress, on_round)
+            }
+            Method::DpFedavg => {
+                crate::fedavg::run_dp_fedavg(&self.dir, &self.config, progress, on_round)
+            }
+        }
+    }
+
+    /// The POPri loop: rounds of the engine with the simulated clients.
+    fn run_popri(
         self,
         progress: &dyn Progress,
         on_round: &dyn Fn(&RoundMetrics),
@@ -246,45 +257,16 @@ impl Simulation {
         let assets = Assets::discover();
 
         // The clients: private data, embedded once (cached), kept as per-client sums.
-        let data = load_data(config, &assets)?;
-        let embedder_dir = match &config.model.embedder {
-            Some(dir) => dir.clone(),
-            None => assets.minilm_dir()?,
-        };
-        let embedder = SentenceEmbedder::load(&embedder_dir, device)?;
-        let cache = embedding_cache_dir(&assets, self.dir.root());
-        let train_embeddings = embed_with_progress(
-            &embedder,
-            &data.train_texts(),
-            &cache,
-            progress,
-            "embed clients",
-        )?;
-        let population = SimulatedPopulation::new(&data, &train_embeddings)?;
-        let eval_embeddings = if config.eval.fid {
-            let eval = embed_with_progress(
-                &embedder,
-                &data.eval_texts(),
-                &cache,
-                progress,
-                "embed eval",
-            )?;
-            Some(rows(&eval)?)
-        } else {
-            None
-        };
+        let embedder = load_embedder(config, &assets, device)?;
+        let clients =
+            SimulatedClients::load(config, &assets, &embedder, self.dir.root(), progress)?;
+        let population = &clients.population;
+        let eval_embeddings = clients.eval_rows.as_ref();
 
         // The server: generator, public prompts, budget.
-        let generator_path = match &config.model.generator {
-            Some(path) => path.clone(),
-            None => assets.smollm2_gguf()?,
-        };
-        let mut generator = Generator::load(&generator_path, device)?;
-        let seed_pool = self.seed_pool(&generator, progress)?;
-        let template = match &config.prompts.template {
-            Some(text) => PromptTemplate::parse(text, config.prompts.examples_per_prompt)?,
-            None => PromptTemplate::popri(config.prompts.examples_per_prompt),
-        };
+        let mut generator = load_generator(config, &assets, device)?;
+        let seed_pool = seed_pool(config, &self.dir, &generator, progress)?;
+        let template = prompt_template(config)?;
         let prompts = build_prompts_with(
             &template,
             &seed_pool,
@@ -344,7 +326,7 @@ impl Simulation {
         };
         let mut engine = PopriEngine::new(generator, embedder, trainer, prompts, settings)?;
         let mut transport = SimulatedTransport {
-            population: &population,
+            population,
             progress,
         };
 
@@ -380,7 +362,7 @@ impl Simulation {
                 progress,
             )?;
             let eval_clock = Instant::now();
-            let (fid, mean_distance) = match &eval_embeddings {
+            let (fid, mean_distance) = match eval_embeddings {
                 Some(eval) => fid_to(
                     eval,
                     &diagnostic_rows(&output, config.eval.fid_all_candidates)?,
@@ -411,7 +393,7 @@ impl Simulation {
         // The released outputs: synthetic data from the final adapter (post-processing of
         // noisy results, no further privacy cost) and the statement.
         let synthetic = self.write_synthetic(&mut engine, &seed_pool, &template, progress)?;
-        let synthetic_fid = match &eval_embeddings {
+        let synthetic_fid = match eval_embeddings {
             Some(eval) if synthetic.texts.len() >= 2 => {
                 let embeddings = engine
                     .embedder()
@@ -420,19 +402,7 @@ impl Simulation {
             }
             _ => None,
         };
-        let statement = PrivacyStatement::from_ledger(
-            &ledger,
-            config.privacy.delta,
-            &[AccountantKind::Rdp, AccountantKind::Pld],
-        )?;
-        write_atomic(
-            &self.dir.statement_md_path(),
-            statement.to_markdown().as_bytes(),
-        )?;
-        write_atomic(
-            &self.dir.statement_json_path(),
-            statement.to_json().as_bytes(),
-        )?;
+        write_statement(&self.dir, &ledger, config)?;
 
         let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
         let metrics = self.dir.read_metrics()?;
@@ -463,51 +433,6 @@ impl Simulation {
         Ok(summary)
     }
 
-    /// The public seed pool: a file of public texts, or texts the base model writes from the
-    /// configured topics (before any adapter exists: never private data), saved in the run
-    /// directory so a resumed run uses the same pool.
-    fn seed_pool(&self, generator: &Generator, progress: &dyn Progress) -> Result<Vec<String>> {
-        let prompts = &self.config.prompts;
-        if let Some(path) = &prompts.seed_file {
-            return seed_pool_from_file(path);
-        }
-        let saved = self.dir.root().join(SEED_POOL_FILE);
-        if saved.exists() {
-            let text = std::fs::read_to_string(&saved).map_err(|e| ServerError::io(&saved, e))?;
-            return serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-                path: self.dir.root().to_path_buf(),
-                message: format!("{SEED_POOL_FILE} is corrupt ({e}); delete it to regenerate"),
-            });
-        }
-        let requests: Vec<String> = prompts
-            .topics
-            .iter()
-            .flat_map(|topic| std::iter::repeat_n(seed_request(topic), prompts.seeds_per_topic))
-            .collect();
-        progress.start("seed pool", requests.len() as u64);
-        let mut pool = Vec::with_capacity(requests.len());
-        let batches = requests.chunks(self.config.generation.batch_size.max(1));
-        for (index, batch) in batches.enumerate() {
-            // Every batch its own stream, apart from the rounds' and the synthetic set's.
-            let params = SamplingParams {
-                seed: derive_seed(self.config.run.seed, SEED_POOL_STREAM, index as u64),
-                ..sampling_params(&self.config)
-            };
-            for completion in generator.generate(batch, true, &params)? {
-                let text = crate::prompts::clean_candidate(&completion.text);
-                if !text.is_empty() {
-                    pool.push(text);
-                }
-            }
-            progress.advance(batch.len() as u64);
-        }
-        progress.finish();
-        let json = serde_json::to_string_pretty(&pool)
-            .map_err(|e| ServerError::argument("seed pool", "(unserialisable)", e.to_string()))?;
-        write_atomic(&saved, json.as_bytes())?;
-        Ok(pool)
-    }
-
     /// Writes round `metrics.round`'s checkpoint: adapter (PEFT format), trainer state, noise
     /// state (test seeds only) and the metrics row.
     fn checkpoint(
@@ -517,14 +442,7 @@ impl Simulation {
         metrics: &RoundMetrics,
     ) -> Result<()> {
         let pending = self.dir.begin_checkpoint(metrics.round)?;
-        let base = self
-            .config
-            .model
-            .generator
-            .as_ref()
-            .map_or("SmolLM2-135M-Instruct".to_string(), |p| {
-                p.display().to_string()
-            });
+        let base = base_model_name(&self.config);
         engine
             .generator()
             .model()
@@ -582,75 +500,9 @@ impl Simulation {
                 .collect(),
         };
         let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
-        let mut lines = String::new();
-        for text in &synthetic.texts {
-            let line = serde_json::json!({ "text": text });
-            lines.push_str(&line.to_string());
-            lines.push('\n');
-        }
-        write_atomic(&self.dir.synthetic_path(), lines.as_bytes())?;
+        write_synthetic_texts(&self.dir, &synthetic.texts)?;
         Ok(synthetic)
     }
-}
-
-/// The request that makes the base model write one public seed text on `topic`.
-fn seed_request(topic: &str) -> String {
-    format!(
-        "Write one paragraph (about 60 words) of a speech on {topic}. \
-         Reply with the paragraph only."
-    )
-}
-
-/// The clients' data: the built-in SOTU conversion or a federated JSONL file, with its eval
-/// split.
-fn load_data(config: &RunConfig, assets: &Assets) -> Result<FederatedData> {
-    let mut documents = match &config.data.train {
-        TrainData::Sotu => sotu_documents(&assets.sotu_dir()?)?,
-        TrainData::File(path) => clients::read_documents(path)?,
-    };
-    if let Some(max) = config.data.max_texts_per_client {
-        documents = sample_per_client(documents, max, config.run.seed);
-    }
-    let mut data = match &config.data.eval {
-        Some(path) => FederatedData::from_train_eval(documents, clients::read_documents(path)?)?,
-        None => FederatedData::split(documents, config.data.eval_fraction, config.run.seed)?,
-    };
-    if let Some(max) = config.data.max_clients {
-        data.clients.truncate(max);
-    }
-    Ok(data)
-}
-
-/// Where client embeddings are cached: `.cache/embeddings` beside the installed models (shared
-/// by runs), or the run directory when the models were not found through `.cache/models.env`.
-fn embedding_cache_dir(assets: &Assets, run_dir: &Path) -> PathBuf {
-    assets.source().and_then(Path::parent).map_or_else(
-        || run_dir.join("embeddings"),
-        |cache| cache.join("embeddings"),
-    )
-}
-
-fn embed_with_progress(
-    embedder: &SentenceEmbedder,
-    texts: &[&str],
-    cache: &Path,
-    progress: &dyn Progress,
-    phase: &'static str,
-) -> Result<Tensor> {
-    progress.start(phase, texts.len() as u64);
-    let mut reported = 0;
-    let embeddings = embed_cached(embedder, texts, cache, EMBED_BATCH, |done, _| {
-        progress.advance((done - reported) as u64);
-        reported = done;
-    })?;
-    progress.finish();
-    Ok(embeddings)
-}
-
-/// The rows of a `[n, d]` tensor.
-fn rows(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let tensor = tensor.to_device(Device::Cpu).to_kind(tch::Kind::Float);
-    Vec::<Vec<f32>>::try_from(&tensor).map_err(|e| ServerError::Model(e.into()))
 }
 
 /// The candidates the FID diagnostic uses: the first sample of each prompt (the reference's
@@ -664,47 +516,6 @@ fn diagnostic_rows(output: &RoundOutput, all: bool) -> Result<Vec<Vec<f32>>> {
         .into_iter()
         .step_by(output.candidates.per_prompt.max(1))
         .collect())
-}
-
-/// FID and squared mean distance of `samples` to the private eval set (`None` with fewer than
-/// two samples).
-fn fid_to(eval: &[Vec<f32>], samples: &[Vec<f32>]) -> Result<(Option<f64>, Option<f64>)> {
-    if samples.len() < 2 || eval.len() < 2 {
-        return Ok((None, None));
-    }
-    Ok((
-        Some(frechet_distance(samples, eval)?),
-        Some(mean_distance_sq(samples, eval)?),
-    ))
-}
-
-fn lora_config(config: &RunConfig) -> Result<LoraConfig> {
-    let lora = &config.lora;
-    let targets = lora
-        .targets
-        .iter()
-        .map(|t| LoraTarget::from_str(t))
-        .collect::<models::Result<Vec<_>>>()?;
-    let lora_config = LoraConfig {
-        rank: lora.r as i64,
-        alpha: lora.alpha,
-        dropout: lora.dropout,
-        targets,
-    };
-    lora_config.validate()?;
-    Ok(lora_config)
-}
-
-fn sampling_params(config: &RunConfig) -> SamplingParams {
-    let generation = &config.generation;
-    SamplingParams {
-        max_new_tokens: generation.max_new_tokens,
-        temperature: generation.temperature,
-        top_p: generation.top_p,
-        // The model starts a fifth sample: stop there (the text is cut at "Orig" anyway).
-        stop_strings: vec!["Original Text Sample".to_string()],
-        ..SamplingParams::default()
-    }
 }
 
 fn read_state(path: &Path) -> Result<EngineState> {
@@ -760,24 +571,7 @@ fn round_metrics(
         fid_nonprivate: numbers.fid,
         mean_distance_sq_nonprivate: numbers.mean_distance,
         seconds: report.seconds,
-    }
-}
-
-fn sampling_rate(sampling: &Sampling) -> f64 {
-    match sampling {
-        Sampling::Poisson { q } => *q,
-        Sampling::FixedCohort { m, n } => *m as f64 / *n as f64,
-        Sampling::Full => 1.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixed_cohort_rate_is_m_over_n() {
-        assert_eq!(sampling_rate(&Sampling::FixedCohort { m: 5, n: 20 }), 0.25);
-        assert_eq!(sampling_rate(&Sampling::Full), 1.0);
+        noisy_score_histogram: report.noisy_scores.clone(),
+        local_loss: None,
     }
 }

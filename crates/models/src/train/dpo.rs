@@ -222,12 +222,12 @@ struct ReferenceScores {
 
 /// A small, fast, splittable generator (SplitMix64): the order pairs are visited in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Shuffler {
-    state: u64,
+pub(crate) struct Shuffler {
+    pub(crate) state: u64,
 }
 
 impl Shuffler {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -236,7 +236,7 @@ impl Shuffler {
     }
 
     /// `0..n` in a uniformly random order (Fisher–Yates; Lemire's multiply for the bound).
-    fn permutation(&mut self, n: usize) -> Vec<usize> {
+    pub(crate) fn permutation(&mut self, n: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
             let j = ((u128::from(self.next_u64()) * (i as u128 + 1)) >> 64) as usize;

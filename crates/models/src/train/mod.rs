@@ -6,6 +6,8 @@
 //!   padded batches.
 //! - [`loss`]: completion log-probabilities, the DPO / IPO / SFT losses, implicit rewards.
 //! - [`optim`]: AdamW, gradient-norm clipping, schedules, optimiser state files.
+//! - [`downstream`]: causal-LM training of the adapter on plain texts and top-1 next-token
+//!   accuracy (the downstream model of utility evaluation and DP-FedAvg).
 //! - [`dpo`]: [`PreferenceTrainer`], which POPri calls every round with that round's pairs,
 //!   carrying the adapter and optimiser across rounds.
 //!
@@ -27,11 +29,16 @@
 //! # let _ = metrics; Ok(()) }
 //! ```
 
+pub mod downstream;
 pub mod dpo;
 pub mod loss;
 pub mod optim;
 pub mod preference;
 
+pub use downstream::{
+    encode_texts, mean_token_loss, next_token_accuracy, CausalLmConfig, CausalLmTrainer,
+    TokenAccuracy, TrainingStats,
+};
 pub use dpo::{PreferenceConfig, PreferenceTrainer, StepMetrics};
 pub use loss::{
     sequence_log_probs, sequence_log_probs_from_hidden, sft_loss, PairScores, PreferenceLoss,

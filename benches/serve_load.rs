@@ -1,0 +1,362 @@
+//! Load on the submission path of `fedsyn serve`: N concurrent clients (default 1,000) each
+//! submit one score vector of J·K = 18,000 values to an open round, on loopback. Prints one
+//! JSON object: submissions/s, latency percentiles, the server's peak RSS, and how many
+//! accepted submissions are missing from the server's store (must be 0).
+//!
+//! The server runs in a child process (this executable again, `FEDSYN_SERVE_LOAD_ROLE=server`)
+//! so that its memory is measured apart from the load generator's: the store, coordinator
+//! and router of `fedsyn serve` with one round attempt opened directly in the store (no
+//! generator: the round's candidates are a random matrix), every client already enrolled.
+//! Run it with `benches/run-serve.sh`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use remote_client::{encode_candidates, CandidateMatrix, EmbeddingDtype};
+use server::config::RunConfig;
+use server::serve::coordinator::{now_unix_ms, CollectionRules, Coordinator};
+use server::serve::store::{RoundRecord, RoundStatus, Store};
+use server::serve::{auth, http, limits, metrics, openapi};
+
+const ROLE_VAR: &str = "FEDSYN_SERVE_LOAD_ROLE";
+/// J·K of the benchmark's round (prompt-major rows of the candidate matrix).
+const PROMPTS: usize = 1000;
+const PER_PROMPT: usize = 18;
+const DIM: usize = 384;
+const CLIP: f64 = 1.0;
+/// The longest one submission may take before the generator gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Tries per submission (the first and the retries after connection errors).
+const MAX_TRIES: u32 = 6;
+
+fn main() {
+    let clients: usize = std::env::var("FEDSYN_LOAD_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = std::env::var_os("FEDSYN_LOAD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("fedsyn-load-{}", std::process::id()))
+        });
+    if std::env::var(ROLE_VAR).as_deref() == Ok("server") {
+        run_server(&dir, clients);
+    } else {
+        run_load(&dir, clients);
+    }
+}
+
+/// The server: enrols `clients`, opens round 0 with all of them sampled, serves until killed.
+/// Prints `listening on URL` once ready; the clients' ids and tokens are in `dir/clients.txt`.
+fn run_server(dir: &Path, clients: usize) {
+    let config = RunConfig::from_toml(
+        "[data]\ntrain = \"sotu\"\n[prompts]\ntopics = [\"load\"]\n[privacy]\nclip = 1.0\n\
+         [serve]\nrate_limit_per_minute = 120\n",
+        dir,
+    )
+    .expect("the benchmark configuration is valid");
+    let store = Arc::new(Store::open(&dir.join("server.sqlite")).expect("the store opens"));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let rules = CollectionRules {
+        clip: CLIP,
+        quorum: 1.0,
+        min_submissions: 1,
+        deadline: Duration::from_secs(3600),
+    };
+    let coordinator =
+        Arc::new(Coordinator::new(store.clone(), rules, metrics).expect("the coordinator starts"));
+    let enrolment = http::create_enrolment_tokens(&coordinator, clients).expect("tokens");
+    let mut lines = String::new();
+    let mut ids = Vec::with_capacity(clients);
+    for token in &enrolment {
+        let (token_id, _) = auth::split(token).expect("a token splits");
+        let client = auth::issue("c");
+        assert!(store
+            .enrol(token_id, &client.id, &client.secret_hash, now_unix_ms())
+            .expect("enrolment"));
+        lines.push_str(&format!("{} {}\n", client.id, client.token));
+        ids.push(client.id);
+    }
+    std::fs::write(dir.join("clients.txt"), lines).expect("clients.txt");
+    coordinator
+        .open_attempt(&round_record(ids))
+        .expect("round 0 opens");
+
+    let values = PROMPTS * PER_PROMPT;
+    let state = Arc::new(http::AppState {
+        coordinator,
+        config: config.clone(),
+        limiter: limits::RateLimiter::new(config.serve.rate_limit_per_minute),
+        openapi: openapi::document(),
+    });
+    let app = http::router(state, config.serve.body_limit(values));
+    // As `fedsyn serve`: two worker threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio starts");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        println!("listening on http://{}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        axum::serve(listener, app).await.expect("serves");
+    });
+}
+
+/// Round 0, attempt 0, every client sampled, a random candidate matrix.
+fn round_record(sampled: Vec<String>) -> RoundRecord {
+    let rows = PROMPTS * PER_PROMPT;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let values = (0..rows * DIM)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let matrix = CandidateMatrix {
+        round: 0,
+        clip: CLIP,
+        rows,
+        dim: DIM,
+        values,
+    };
+    RoundRecord {
+        round: 0,
+        attempt: 0,
+        status: RoundStatus::Open,
+        population: sampled.len(),
+        sampled,
+        deadline_unix_ms: now_unix_ms() + 3_600_000,
+        texts: (0..rows).map(|i| format!("candidate {i}")).collect(),
+        prompts: PROMPTS,
+        per_prompt: PER_PROMPT,
+        rows,
+        dim: DIM,
+        candidates: encode_candidates(&matrix, EmbeddingDtype::F16, true),
+    }
+}
+
+/// One submission's outcome.
+struct Outcome {
+    status: u16,
+    latency: Duration,
+    receipt: Option<String>,
+    /// The connection error, when no answer came.
+    error: Option<String>,
+    /// Tries made (connection errors are retried).
+    tries: u32,
+}
+
+/// The load generator: starts the server, submits once per client, all at the same moment.
+fn run_load(dir: &Path, clients: usize) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("the benchmark folder");
+    let mut server = Command::new(std::env::current_exe().expect("this executable"))
+        .env(ROLE_VAR, "server")
+        .env("FEDSYN_LOAD_DIR", dir)
+        .env("FEDSYN_LOAD_CLIENTS", clients.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut first_line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .expect("the server prints its address");
+    let address = first_line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("`listening on URL`")
+        .to_string();
+    let credentials: Vec<(String, String)> = std::fs::read_to_string(dir.join("clients.txt"))
+        .expect("clients.txt")
+        .lines()
+        .map(|line| {
+            let (id, token) = line.split_once(' ').expect("id token");
+            (id.to_string(), token.to_string())
+        })
+        .collect();
+    let idle_rss = peak_rss_kib(server.id());
+
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let workers: Vec<_> = credentials
+        .iter()
+        .enumerate()
+        .map(|(index, (_, token))| {
+            let body = score_body(index);
+            let token = token.clone();
+            let address = address.clone();
+            let barrier = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    barrier.wait();
+                    submit(&address, &token, &body)
+                })
+                .expect("a client thread")
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = workers
+        .into_iter()
+        .map(|w| w.join().expect("a client thread"))
+        .collect();
+    let wall = started.elapsed();
+    let server_peak_rss = peak_rss_kib(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // Every accepted submission must be in the store, under its receipt.
+    let store = Store::open(&dir.join("server.sqlite")).expect("the store reopens");
+    let mut accepted = 0;
+    let mut lost = 0;
+    for ((id, _), outcome) in credentials.iter().zip(&outcomes) {
+        if (200..300).contains(&outcome.status) {
+            accepted += 1;
+            let stored = store.submission(0, 0, id).expect("the store answers");
+            if stored.map(|s| s.receipt) != outcome.receipt {
+                lost += 1;
+            }
+        }
+    }
+    let mut latencies: Vec<f64> = outcomes
+        .iter()
+        .map(|o| o.latency.as_secs_f64() * 1e3)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let mut statuses: Vec<u16> = outcomes.iter().map(|o| o.status).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    let mut errors: Vec<&str> = outcomes.iter().filter_map(|o| o.error.as_deref()).collect();
+    errors.sort_unstable();
+    let failed = errors.len();
+    errors.dedup();
+    let result = serde_json::json!({
+        "benchmark": "serve_load",
+        "clients": clients,
+        "values_per_submission": PROMPTS * PER_PROMPT,
+        "body_bytes_mean": credentials.iter().enumerate().map(|(i, _)| score_body(i).len()).sum::<usize>() / clients.max(1),
+        "accepted": accepted,
+        "lost": lost,
+        "statuses": statuses,
+        "connection_errors": failed,
+        "retries": outcomes.iter().map(|o| o.tries - 1).sum::<u32>(),
+        "connection_error_kinds": errors,
+        "wall_seconds": wall.as_secs_f64(),
+        "submissions_per_second": accepted as f64 / wall.as_secs_f64(),
+        "latency_ms_p50": percentile(0.5),
+        "latency_ms_p99": percentile(0.99),
+        "latency_ms_max": latencies.last(),
+        "server_rss_mib_before_load": idle_rss as f64 / 1024.0,
+        "server_peak_rss_mib": server_peak_rss as f64 / 1024.0,
+    });
+    println!("{result}");
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(lost, 0, "accepted submissions missing from the store");
+}
+
+/// `{"scores":[…]}` for client `index`: a deterministic vector of norm 0.9 (< the clip).
+fn score_body(index: usize) -> Vec<u8> {
+    let n = PROMPTS * PER_PROMPT;
+    let raw: Vec<f64> = (0..n)
+        .map(|k| (((k * 7919 + index * 104_729) % 10_007) as f64 / 10_007.0) - 0.5)
+        .collect();
+    let norm = raw.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let scores: Vec<f64> = raw
+        .iter()
+        .map(|v| f64::from((v * 0.9 / norm) as f32))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "scores": scores })).expect("JSON")
+}
+
+/// One `POST /v1/rounds/0/scores` over a fresh connection (as a client process would),
+/// retried after a connection error as `fedsyn client` does (backoff with jitter, at most
+/// [`MAX_TRIES`] tries); the latency spans all tries.
+fn submit(address: &str, token: &str, body: &[u8]) -> Outcome {
+    let started = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut outcome = submit_once(address, token, body);
+        if outcome.error.is_none() || tries == MAX_TRIES {
+            outcome.latency = started.elapsed();
+            outcome.tries = tries;
+            return outcome;
+        }
+        // 250 ms doubling, half fixed and half "random" (from the start time's nanoseconds).
+        let ceiling = Duration::from_millis(250) * (1 << (tries - 1));
+        let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 2000.0;
+        std::thread::sleep(ceiling / 2 + ceiling.mul_f64(jitter));
+    }
+}
+
+/// One try of [`submit`].
+fn submit_once(address: &str, token: &str, body: &[u8]) -> Outcome {
+    let started = Instant::now();
+    let result = (|| -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        let head = format!(
+            "POST /v1/rounds/0/scores HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer \
+             {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string());
+        Ok((status, body))
+    })();
+    let latency = started.elapsed();
+    match result {
+        Ok((status, body)) => Outcome {
+            status,
+            latency,
+            receipt: serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["receipt"].as_str().map(str::to_string)),
+            error: None,
+            tries: 1,
+        },
+        Err(error) => Outcome {
+            status: 0,
+            latency,
+            receipt: None,
+            error: Some(error.kind().to_string()),
+            tries: 1,
+        },
+    }
+}
+
+/// The peak resident set (VmHWM) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,997 @@
+//! Private Evolution (Aug-PE style, Xie et al. 2024) and PE+SFT as simulations, with the same
+//! run directory, ledger discipline and diagnostics as the POPri loop ([`crate::simulate`]).
+//!
+//! A PE round over a population of N synthetic samples (N = M·V, plus the M survivors when
+//! `pe.keep_survivors` is set; round 0's population is N samples of the generator on the public
+//! prompts, prompt i mod J writing sample i):
+//! 1. embed the population with the sentence embedder;
+//! 2. every sampled client votes: each of its private texts for its nearest sample, the
+//!    client's histogram L2-normalised to 1 (`clients::pe`): user-level sensitivity 1;
+//! 3. the round's privacy cost is committed to the ledger, then N(0, σ²) is added to every bin
+//!    of the summed histogram;
+//! 4. the threshold H is subtracted and the counts clamped at 0; M survivors are kept, the top
+//!    M or M draws ∝ count (`pe.selection`);
+//! 5. the generator writes V rephrasings of every survivor: the next population.
+//!
+//! PE+SFT shares steps 1–4; then the generator's LoRA adapter is fine-tuned (SFT) on the
+//! survivors, each with the public prompt that wrote it, and the next population is N fresh
+//! samples of the fine-tuned generator on the public prompts.
+//!
+//! Everything after step 3 is post-processing of the noisy counts. Durable writes of round t,
+//! in order: the ledger entry (before any noise is drawn); the checkpoint (the next
+//! population, the survivors, the noise state of test seeds, the metrics row and, for PE+SFT,
+//! the adapter and trainer), renamed into place when complete; the metrics row. A run killed
+//! between the first two re-runs round t under the entry already in the ledger.
+//!
+//! The per-round FID diagnostic (non-private, as POPri's) is that of the whole population the
+//! round votes on (round 0: the public model alone); `eval.fid_all_candidates` does not apply.
+//!
+//! The synthetic set: PE writes the last round's survivors by noisy count, then the final
+//! population (their rephrasings), up to `output.synthetic_samples` distinct texts; PE+SFT
+//! samples `output.synthetic_samples` texts from its fine-tuned generator, from fresh or
+//! reused public prompts as POPri does (`output.synthetic_prompts`).
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Instant;
+
+use clients::VotingPopulation;
+use models::train::{PreferenceConfig, PreferenceLoss, PreferencePair, PreferenceTrainer};
+use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
+use privacy_accounting::{Ledger, LedgerEvent, Sampling};
+use rand::distributions::{Distribution, WeightedIndex};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
+use crate::config::{
+    Method, PeSection, PeSelection, RunConfig, SyntheticPrompts, REPHRASE_PLACEHOLDER,
+};
+use crate::engine::{derive_seed, Progress};
+use crate::error::{Result, ServerError};
+use crate::noise::{NoiseSource, NoiseState};
+use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
+use crate::run_dir::{write_atomic, Histogram, PhaseSeconds, RoundMetrics, RunDir};
+use crate::sampling::{derived_rng, ClientSampler};
+use crate::setup::{
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
+    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
+    SimulatedClients, EMBED_BATCH,
+};
+use crate::simulate::{SimulationSummary, StopReason, ROUNDS_PLOT_FILE};
+
+/// The L2 bound of every client's vote histogram: the sensitivity of the summed histogram.
+const SENSITIVITY: f64 = 1.0;
+/// The round state saved in every checkpoint (beside the adapter and trainer of PE+SFT).
+const STATE_FILE: &str = "state.json";
+/// The J public prompts (saved so anyone can check that no private text is in them).
+const PROMPTS_FILE: &str = "prompts.json";
+/// The sampling stream of the final PE+SFT synthetic set (the population of round t comes from
+/// stream t).
+const SYNTHETIC_STREAM: u64 = u64::MAX;
+/// Bins of the per-round histogram of noisy counts in the metrics.
+const NOISY_COUNT_BINS: usize = 20;
+
+/// One member of a population.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sample {
+    text: String,
+    /// The public prompt (index into `prompts.json`) that wrote it; `None` for a rephrasing.
+    prompt: Option<usize>,
+}
+
+/// What a checkpoint holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PeState {
+    round: u64,
+    /// Only for test-seeded noise (see [`NoiseSource::state`]).
+    noise: Option<NoiseState>,
+    metrics: RoundMetrics,
+    /// The round's survivors, distinct, by noisy count (highest first).
+    survivors: Vec<Sample>,
+    /// The population the next round votes on (empty after PE+SFT's last planned round).
+    next_population: Vec<Sample>,
+}
+
+/// Runs the remaining rounds of a `pe` or `pe-sft` simulation in `dir`, then writes the
+/// synthetic data, the privacy statement, `rounds.svg` and `summary.json`. `on_round` sees each
+/// finished round's metrics.
+pub(crate) fn run_pe(
+    dir: &RunDir,
+    config: &RunConfig,
+    progress: &dyn Progress,
+    on_round: &dyn Fn(&RoundMetrics),
+) -> Result<SimulationSummary> {
+    let clock = Instant::now();
+    let mut run = PeRun::open(dir, config, progress)?;
+    let (mut population, mut survivors, first_round) = run.resume_or_start(progress)?;
+    let mut stop_reason = StopReason::RoundsCompleted;
+    for round in first_round..config.privacy.rounds {
+        let Some(state) = run.round(round, &population, progress)? else {
+            stop_reason = StopReason::BudgetExhausted;
+            break;
+        };
+        run.checkpoint(&state)?;
+        dir.append_metrics(&state.metrics)?;
+        on_round(&state.metrics);
+        population = state.next_population;
+        survivors = state.survivors;
+    }
+    run.finish(&survivors, &population, stop_reason, clock, progress)
+}
+
+/// Everything a PE run holds between rounds.
+struct PeRun<'a> {
+    dir: &'a RunDir,
+    config: &'a RunConfig,
+    /// PE+SFT (`pe-sft`) rather than PE.
+    sft: bool,
+    device: Device,
+    embedder: SentenceEmbedder,
+    voters: VotingPopulation,
+    /// The private eval set's embeddings, for the FID diagnostic (`eval.fid`).
+    eval_rows: Option<Vec<Vec<f32>>>,
+    generator: Generator,
+    /// PE+SFT's trainer (set by [`PeRun::resume_or_start`]).
+    trainer: Option<PreferenceTrainer>,
+    seed_pool: Vec<String>,
+    template: PromptTemplate,
+    /// The J public prompts.
+    prompts: Vec<String>,
+    sampler: ClientSampler,
+    accounting: Sampling,
+    plan: NoisePlan,
+    guard: BudgetGuard,
+    ledger: Ledger,
+    noise: NoiseSource,
+}
+
+impl<'a> PeRun<'a> {
+    /// Loads the clients (embedded once, cached), the generator, the public prompts and the
+    /// ledger, and plans the noise.
+    fn open(dir: &'a RunDir, config: &'a RunConfig, progress: &dyn Progress) -> Result<Self> {
+        let sft = match config.run.method {
+            Method::Pe => false,
+            Method::PeSft => true,
+            other => {
+                return Err(ServerError::argument(
+                    "run.method",
+                    other,
+                    "pe or pe-sft (the Private Evolution loop runs only these)",
+                ))
+            }
+        };
+        tch::set_num_threads(config.run.threads.max(1) as i32);
+        let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+        let assets = Assets::discover();
+
+        let embedder = load_embedder(config, &assets, device)?;
+        let clients = SimulatedClients::load(config, &assets, &embedder, dir.root(), progress)?;
+        let voters = VotingPopulation::new(&clients.data, &clients.train_embeddings)?;
+
+        let generator = load_generator(config, &assets, device)?;
+        let seed_pool = seed_pool(config, dir, &generator, progress)?;
+        let template = prompt_template(config)?;
+        let prompts = build_prompts_with(
+            &template,
+            &seed_pool,
+            config.prompts.num_prompts,
+            &mut derived_rng(config.run.seed, "prompts", 0),
+        )?;
+        // Public by construction; saved so anyone can check that no private text is in them.
+        let prompts_json = serde_json::to_string_pretty(&prompts)
+            .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
+        write_atomic(&dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
+
+        let sampler = ClientSampler::new(config.privacy.client_sampling()?, config.run.seed)?;
+        let accounting = sampler.accounting(voters.len())?;
+        let plan = plan_noise(&config.privacy, accounting)?;
+        let mut ledger = dir.load_ledger()?;
+        ledger.delta.get_or_insert(config.privacy.delta);
+        Ok(PeRun {
+            dir,
+            config,
+            sft,
+            device,
+            embedder,
+            voters,
+            eval_rows: clients.eval_rows,
+            generator,
+            trainer: None,
+            seed_pool,
+            template,
+            prompts,
+            sampler,
+            accounting,
+            plan,
+            guard: BudgetGuard::new(&config.privacy),
+            ledger,
+            noise: NoiseSource::from_config(config.privacy.noise_seed)?,
+        })
+    }
+
+    /// The population the next round votes on, the last survivors and that round's number:
+    /// from the last checkpoint, or the public model's samples before round 0.
+    fn resume_or_start(
+        &mut self,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Sample>, Vec<Sample>, u64)> {
+        let config = self.config;
+        match self.dir.latest_checkpoint()? {
+            Some((round, path)) => {
+                let state = read_state(&path.join(STATE_FILE))?;
+                repair_metrics(self.dir, round, &state.metrics)?;
+                if self.sft {
+                    self.generator
+                        .model_mut()
+                        .load_adapter(&path.join("adapter"))?;
+                    self.trainer =
+                        Some(PreferenceTrainer::load(&path.join("trainer"), self.device)?);
+                }
+                // An OS-seeded stream is never saved: the resumed run draws a fresh OS seed.
+                if let Some(saved) = &state.noise {
+                    self.noise = NoiseSource::restore(saved);
+                }
+                Ok((state.next_population, state.survivors, round + 1))
+            }
+            None => {
+                if self.sft {
+                    self.generator
+                        .model_mut()
+                        .add_lora(&lora_config(config)?, config.run.seed)?;
+                    self.trainer = Some(PreferenceTrainer::new(sft_config(&config.dpo))?);
+                }
+                let initial = Writer::new(&mut self.generator, config).public_samples(
+                    &self.prompts,
+                    config.pe.voted_population(),
+                    0,
+                    progress,
+                )?;
+                Ok((initial, Vec::new(), 0))
+            }
+        }
+    }
+
+    /// Round `round` over `population`; `None` when its release would exceed the budget (then
+    /// nothing is charged or computed).
+    fn round(
+        &mut self,
+        round: u64,
+        population: &[Sample],
+        progress: &dyn Progress,
+    ) -> Result<Option<PeState>> {
+        let clock = Instant::now();
+        let mut seconds = PhaseSeconds::default();
+        let event = LedgerEvent::gaussian(self.plan.sigma, self.accounting, 1)
+            .with_round(round)
+            .with_clip_bound(SENSITIVITY)
+            .with_label("pe round: noisy sum of L2-normalised nearest-neighbour vote histograms");
+        // Charged but not checkpointed by a run that was killed: re-run under that charge.
+        let already_charged = self
+            .ledger
+            .events
+            .last()
+            .is_some_and(|e| e.round == Some(round));
+        if !already_charged && self.guard.would_exceed(&self.ledger, &event)? {
+            return Ok(None);
+        }
+
+        let phase = Instant::now();
+        let embeddings = embed(&self.embedder, population, progress)?;
+        seconds.embed = phase.elapsed().as_secs_f64();
+
+        let phase = Instant::now();
+        let sampled = self.sampler.sample(round, self.voters.len())?;
+        progress.start("votes", sampled.len() as u64);
+        let votes = self
+            .voters
+            .vote_sum(&embeddings, &sampled, |done| progress.advance(done as u64))?;
+        progress.finish();
+        check_vote_sum(&votes.sum, population.len())?;
+        seconds.score = phase.elapsed().as_secs_f64();
+
+        let phase = Instant::now();
+        if !already_charged {
+            self.ledger.push(event)?;
+            self.dir.save_ledger(&self.ledger)?;
+        }
+        // Only now, with the cost on disk, may noisy values exist.
+        let noise_std = self.plan.sigma * SENSITIVITY;
+        let mut noisy = votes.sum.clone();
+        self.noise.add_gaussian(&mut noisy, noise_std)?;
+        let pe = &self.config.pe;
+        let counts = thresholded(&noisy, pe.threshold);
+        let selected = select_survivors(
+            &counts,
+            pe.population,
+            pe.selection,
+            &mut derived_rng(self.config.run.seed, "pe selection", round),
+        )?;
+        let survivors: Vec<Sample> = ranked_distinct(&selected, &counts)
+            .into_iter()
+            .map(|i| population[i].clone())
+            .collect();
+        let chosen: Vec<Sample> = selected.iter().map(|&i| population[i].clone()).collect();
+        seconds.aggregate = phase.elapsed().as_secs_f64();
+
+        let phase = Instant::now();
+        let (fid, mean_distance) = match &self.eval_rows {
+            Some(eval) => fid_to(eval, &rows(&embeddings)?)?,
+            None => (None, None),
+        };
+        seconds.eval = phase.elapsed().as_secs_f64();
+
+        let (next_population, sft_loss) = self.evolve(round, chosen, &mut seconds, progress)?;
+
+        let signal = votes.sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let expected_noise = noise_std * (votes.sum.len() as f64).sqrt();
+        let (epsilon_rdp, epsilon_pld) = self.guard.spent(&self.ledger)?;
+        let metrics = RoundMetrics {
+            round,
+            wall_seconds: clock.elapsed().as_secs_f64(),
+            epsilon_rdp,
+            epsilon_pld,
+            delta: self.config.privacy.delta,
+            sigma: self.plan.sigma,
+            q: sampling_rate(&self.accounting),
+            clip: SENSITIVITY,
+            clients: votes.clients as u64,
+            noise_std,
+            signal_to_noise: Some(signal / expected_noise).filter(|v| v.is_finite()),
+            dpo_loss: sft_loss,
+            fid_nonprivate: fid,
+            mean_distance_sq_nonprivate: mean_distance,
+            seconds,
+            noisy_score_histogram: Histogram::of(&noisy, NOISY_COUNT_BINS),
+            ..RoundMetrics::default()
+        };
+        Ok(Some(PeState {
+            round,
+            noise: self.noise.state(),
+            metrics,
+            survivors,
+            next_population,
+        }))
+    }
+
+    /// The next population from round `round`'s `chosen` survivors (and, for PE+SFT, the mean
+    /// SFT loss): PE rephrases them; PE+SFT fine-tunes on them, then samples afresh (nothing
+    /// after the last planned round, whose population would never be voted on).
+    fn evolve(
+        &mut self,
+        round: u64,
+        chosen: Vec<Sample>,
+        seconds: &mut PhaseSeconds,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Sample>, Option<f64>)> {
+        let config = self.config;
+        if !self.sft {
+            let phase = Instant::now();
+            let variations = Writer::new(&mut self.generator, config).rephrasings(
+                &chosen,
+                &config.pe,
+                round + 1,
+                progress,
+            )?;
+            seconds.generate = phase.elapsed().as_secs_f64();
+            let kept = if config.pe.keep_survivors {
+                chosen
+            } else {
+                Vec::new()
+            };
+            return Ok((kept.into_iter().chain(variations).collect(), None));
+        }
+        let phase = Instant::now();
+        let trainer = self.trainer.as_mut().ok_or_else(|| {
+            ServerError::argument("pe-sft trainer", "(absent)", "a trainer for PE+SFT")
+        })?;
+        let loss = fine_tune(
+            trainer,
+            &mut self.generator,
+            &self.prompts,
+            &chosen,
+            progress,
+        )?;
+        seconds.dpo = phase.elapsed().as_secs_f64();
+        let phase = Instant::now();
+        let next = if round + 1 == config.privacy.rounds {
+            Vec::new()
+        } else {
+            Writer::new(&mut self.generator, config).public_samples(
+                &self.prompts,
+                config.pe.voted_population(),
+                round + 1,
+                progress,
+            )?
+        };
+        seconds.generate = phase.elapsed().as_secs_f64();
+        Ok((next, loss))
+    }
+
+    /// Writes round `state.round`'s checkpoint: the state and, for PE+SFT, the adapter (PEFT
+    /// format) and the trainer.
+    fn checkpoint(&self, state: &PeState) -> Result<()> {
+        let pending = self.dir.begin_checkpoint(state.round)?;
+        if let Some(trainer) = &self.trainer {
+            self.generator.model().save_adapter(
+                &pending.path().join("adapter"),
+                &base_model_name(self.config),
+            )?;
+            trainer.save(&pending.path().join("trainer"))?;
+        }
+        let json = serde_json::to_string(state)
+            .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
+        write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
+        pending.commit()?;
+        Ok(())
+    }
+
+    /// Writes the released outputs (post-processing of noisy results: no further privacy cost),
+    /// the statement, `rounds.svg` and `summary.json`.
+    fn finish(
+        mut self,
+        survivors: &[Sample],
+        population: &[Sample],
+        stop_reason: StopReason,
+        clock: Instant,
+        progress: &dyn Progress,
+    ) -> Result<SimulationSummary> {
+        let (dir, config) = (self.dir, self.config);
+        let synthetic = if self.sft {
+            Writer::new(&mut self.generator, config).synthetic_set(
+                &self.seed_pool,
+                &self.prompts,
+                &self.template,
+                progress,
+            )?
+        } else {
+            final_population(survivors, population, config.output.synthetic_samples)
+        };
+        write_synthetic_texts(dir, &synthetic)?;
+        let synthetic_fid = match &self.eval_rows {
+            Some(eval) if synthetic.len() >= 2 => {
+                let embeddings = self.embedder.embed_tensor(&synthetic, EMBED_BATCH)?;
+                fid_to(eval, &rows(&embeddings)?)?.0
+            }
+            _ => None,
+        };
+        write_statement(dir, &self.ledger, config)?;
+
+        let (epsilon_rdp, epsilon_pld) = self.guard.spent(&self.ledger)?;
+        let metrics = dir.read_metrics()?;
+        let summary = SimulationSummary {
+            run_dir: dir.root().to_path_buf(),
+            rounds: metrics.len() as u64,
+            stop_reason,
+            epsilon_rdp,
+            epsilon_pld,
+            target_epsilon: config.privacy.epsilon,
+            delta: config.privacy.delta,
+            sigma: self.plan.sigma,
+            fid_nonprivate_per_round: metrics.iter().map(|m| m.fid_nonprivate).collect(),
+            synthetic_fid_nonprivate: synthetic_fid,
+            synthetic_samples: synthetic.len(),
+            synthetic_path: dir.synthetic_path(),
+            statement_path: dir.statement_md_path(),
+            seconds: clock.elapsed().as_secs_f64(),
+        };
+        crate::plot::write_rounds_svg(
+            &metrics,
+            config.privacy.epsilon,
+            &dir.root().join(ROUNDS_PLOT_FILE),
+        )?;
+        let json = serde_json::to_string_pretty(&summary)
+            .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
+        write_atomic(&dir.root().join("summary.json"), json.as_bytes())?;
+        Ok(summary)
+    }
+}
+
+/// The `[dpo]` optimiser settings with the SFT loss: what PE+SFT trains with.
+fn sft_config(dpo: &PreferenceConfig) -> PreferenceConfig {
+    PreferenceConfig {
+        loss: PreferenceLoss::Sft,
+        ..dpo.clone()
+    }
+}
+
+/// The population's embeddings (`[N, d]`).
+fn embed(
+    embedder: &SentenceEmbedder,
+    population: &[Sample],
+    progress: &dyn Progress,
+) -> Result<Tensor> {
+    if population.is_empty() {
+        return Err(ServerError::argument(
+            "population",
+            0,
+            "at least one synthetic sample to vote on (the checkpoint holds none: resume from \
+             an earlier one or start a new run)",
+        ));
+    }
+    let texts: Vec<&str> = population.iter().map(|s| s.text.as_str()).collect();
+    progress.start("embed", texts.len() as u64);
+    let embeddings = embedder.embed_tensor(&texts, EMBED_BATCH)?;
+    progress.advance(texts.len() as u64);
+    progress.finish();
+    Ok(embeddings)
+}
+
+/// Errors unless the clients' sum has one finite value per sample.
+fn check_vote_sum(sum: &[f64], samples: usize) -> Result<()> {
+    if sum.len() == samples && sum.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(ServerError::argument(
+            "client vote sum",
+            format!("{} values", sum.len()),
+            format!("{samples} finite values, one per synthetic sample"),
+        ))
+    }
+}
+
+/// max(count − `threshold`, 0) for every noisy count.
+fn thresholded(noisy: &[f64], threshold: f64) -> Vec<f64> {
+    noisy.iter().map(|c| (c - threshold).max(0.0)).collect()
+}
+
+/// The survivors of a round from the thresholded noisy `counts`: the `count` highest (ties to
+/// the lower index; all of them when there are fewer), or `count` draws with replacement with
+/// probability ∝ count (uniform when every count is 0).
+fn select_survivors<R: Rng + ?Sized>(
+    counts: &[f64],
+    count: usize,
+    selection: PeSelection,
+    rng: &mut R,
+) -> Result<Vec<usize>> {
+    match selection {
+        PeSelection::Top => {
+            let mut order = by_count(counts, 0..counts.len());
+            order.truncate(count);
+            Ok(order)
+        }
+        PeSelection::Proportional => {
+            let total: f64 = counts.iter().sum();
+            let weights: Vec<f64> = if total > 0.0 {
+                counts.to_vec()
+            } else {
+                vec![1.0; counts.len()]
+            };
+            let draw = WeightedIndex::new(&weights).map_err(|e| {
+                ServerError::argument(
+                    "noisy counts",
+                    format!("{} values", counts.len()),
+                    format!("finite counts >= 0 over at least one sample ({e})"),
+                )
+            })?;
+            Ok((0..count).map(|_| draw.sample(rng)).collect())
+        }
+    }
+}
+
+/// `indices` sorted by count, highest first, ties to the lower index.
+fn by_count(counts: &[f64], indices: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut order: Vec<usize> = indices.collect();
+    order.sort_by(|&a, &b| counts[b].total_cmp(&counts[a]).then(a.cmp(&b)));
+    order
+}
+
+/// The distinct indices of `selected`, by count (highest first).
+fn ranked_distinct(selected: &[usize], counts: &[f64]) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    let distinct: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|&i| seen.insert(i))
+        .collect();
+    by_count(counts, distinct.into_iter())
+}
+
+/// PE's synthetic set: the survivors by noisy count, then the final population, the first
+/// `count` distinct texts.
+fn final_population(survivors: &[Sample], population: &[Sample], count: usize) -> Vec<String> {
+    let mut seen = HashSet::new();
+    survivors
+        .iter()
+        .chain(population)
+        .map(|s| s.text.clone())
+        .filter(|text| seen.insert(text.clone()))
+        .take(count)
+        .collect()
+}
+
+/// What the generator is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// Continue a public few-shot prompt (POPri's template): cleaned as POPri's candidates.
+    Continue,
+    /// Rephrase a survivor (`pe.rephrase_template`).
+    Rephrase,
+}
+
+/// Words that mark the start of a small chat model's reply as a preamble ("Rephrased text:",
+/// "Here is the rephrased version:") rather than the rephrasing itself.
+const PREAMBLE_MARKERS: [&str; 7] = [
+    "rephras",
+    "paraphras",
+    "rewrit",
+    "translat",
+    "here is",
+    "here's",
+    "version",
+];
+/// A preamble ends with a colon within this many characters of the start.
+const PREAMBLE_MAX_CHARS: usize = 100;
+
+/// A rephrasing with whitespace flattened and any leading preambles ("Translated text:
+/// Rephrased text: …") removed; the text as it is when nothing would be left.
+fn without_preamble(text: &str) -> String {
+    let mut rest = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    while let Some(colon) = rest
+        .char_indices()
+        .take(PREAMBLE_MAX_CHARS)
+        .find(|&(_, c)| c == ':')
+        .map(|(i, _)| i)
+    {
+        let head = rest[..colon].to_lowercase();
+        let tail = rest[colon + 1..].trim_start();
+        if tail.is_empty() || !PREAMBLE_MARKERS.iter().any(|m| head.contains(m)) {
+            break;
+        }
+        rest = tail.to_string();
+    }
+    rest
+}
+
+/// The request that makes the generator rephrase `text`.
+fn rephrase_request(template: &str, text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    template.replace(REPHRASE_PLACEHOLDER, &flat)
+}
+
+/// SFT of the adapter on the survivors, each with the public prompt that wrote it; the mean
+/// loss of the steps (`None` when nothing was trained on).
+fn fine_tune(
+    trainer: &mut PreferenceTrainer,
+    generator: &mut Generator,
+    prompts: &[String],
+    survivors: &[Sample],
+    progress: &dyn Progress,
+) -> Result<Option<f64>> {
+    let pairs: Vec<PreferencePair> = survivors
+        .iter()
+        .filter(|s| !s.text.is_empty())
+        .filter_map(|s| {
+            s.prompt.map(|p| PreferencePair {
+                prompt: prompts[p].clone(),
+                chosen: s.text.clone(),
+                rejected: String::new(),
+            })
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let config = trainer.config();
+    let epoch_steps = config.steps_per_epoch(pairs.len()) * config.epochs as u64;
+    progress.start(
+        "sft",
+        config
+            .max_steps
+            .map_or(epoch_steps, |max| max.min(epoch_steps)),
+    );
+    let steps = trainer.train_pairs(generator, &pairs, false, |_| progress.advance(1))?;
+    progress.finish();
+    Ok((!steps.is_empty()).then(|| steps.iter().map(|s| s.loss).sum::<f64>() / steps.len() as f64))
+}
+
+/// Samples texts with the generator (its adapter merged while sampling, when it has one),
+/// cleaned and cut to `generation.truncate_tokens` tokens.
+struct Writer<'a> {
+    generator: &'a mut Generator,
+    params: SamplingParams,
+    batch_size: usize,
+    truncate_tokens: usize,
+    seed: u64,
+    synthetic_samples: usize,
+    synthetic_prompts: SyntheticPrompts,
+}
+
+impl<'a> Writer<'a> {
+    fn new(generator: &'a mut Generator, config: &RunConfig) -> Writer<'a> {
+        Writer {
+            generator,
+            params: sampling_params(config),
+            batch_size: config.generation.batch_size.max(1),
+            truncate_tokens: config.generation.truncate_tokens,
+            seed: config.run.seed,
+            synthetic_samples: config.output.synthetic_samples,
+            synthetic_prompts: config.output.synthetic_prompts,
+        }
+    }
+
+    /// `count` samples on the public `prompts` (sample i from prompt i mod J), from sampling
+    /// stream `stream`.
+    fn public_samples(
+        &mut self,
+        prompts: &[String],
+        count: usize,
+        stream: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Sample>> {
+        let picked: Vec<usize> = (0..count).map(|i| i % prompts.len().max(1)).collect();
+        let requests: Vec<String> = picked.iter().map(|&p| prompts[p].clone()).collect();
+        let texts = self.sample(&requests, Task::Continue, stream, progress)?;
+        Ok(texts
+            .into_iter()
+            .zip(picked)
+            .map(|(text, prompt)| Sample {
+                text,
+                prompt: Some(prompt),
+            })
+            .collect())
+    }
+
+    /// `pe.variations` rephrasings of every survivor, survivor after survivor; a rephrasing
+    /// that comes out empty is replaced by its survivor.
+    fn rephrasings(
+        &mut self,
+        survivors: &[Sample],
+        pe: &PeSection,
+        stream: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Sample>> {
+        let sources: Vec<&Sample> = survivors
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s, pe.variations))
+            .collect();
+        let requests: Vec<String> = sources
+            .iter()
+            .map(|s| rephrase_request(&pe.rephrase_template, &s.text))
+            .collect();
+        let texts = self.sample(&requests, Task::Rephrase, stream, progress)?;
+        Ok(texts
+            .into_iter()
+            .zip(sources)
+            .map(|(text, source)| Sample {
+                text: if text.is_empty() {
+                    source.text.clone()
+                } else {
+                    text
+                },
+                prompt: None,
+            })
+            .collect())
+    }
+
+    /// PE+SFT's synthetic set: one sample per prompt, fresh prompts from the seed pool or the
+    /// rounds' prompts reused (`output.synthetic_prompts`).
+    fn synthetic_set(
+        &mut self,
+        seed_pool: &[String],
+        prompts: &[String],
+        template: &PromptTemplate,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
+        let requests = match self.synthetic_prompts {
+            SyntheticPrompts::Fresh => build_prompts_with(
+                template,
+                seed_pool,
+                self.synthetic_samples,
+                &mut derived_rng(self.seed, "synthetic prompts", 0),
+            )?,
+            SyntheticPrompts::Reuse => prompts
+                .iter()
+                .cycle()
+                .take(self.synthetic_samples)
+                .cloned()
+                .collect(),
+        };
+        self.sample(&requests, Task::Continue, SYNTHETIC_STREAM, progress)
+    }
+
+    fn sample(
+        &mut self,
+        requests: &[String],
+        task: Task,
+        stream: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
+        let has_adapter = self.generator.model().lora_config().is_some();
+        if has_adapter {
+            self.generator.model_mut().merge_lora()?;
+        }
+        let sampled = self.sample_with_current_weights(requests, task, stream, progress);
+        if has_adapter {
+            self.generator.model_mut().unmerge_lora()?;
+        }
+        sampled
+    }
+
+    fn sample_with_current_weights(
+        &self,
+        requests: &[String],
+        task: Task,
+        stream: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
+        // An instruction-tuned generator follows a rephrase request best as a chat turn.
+        let chat = task == Task::Rephrase && self.generator.format_prompt("", true).is_ok();
+        let phase = match task {
+            Task::Continue => "generate",
+            Task::Rephrase => "rephrase",
+        };
+        progress.start(phase, requests.len() as u64);
+        let mut texts = Vec::with_capacity(requests.len());
+        for (index, batch) in requests.chunks(self.batch_size).enumerate() {
+            let params = SamplingParams {
+                seed: derive_seed(self.seed, stream, index as u64),
+                ..self.params.clone()
+            };
+            for completion in self.generator.generate(batch, chat, &params)? {
+                let text = match task {
+                    Task::Continue => clean_candidate(&completion.text),
+                    Task::Rephrase => without_preamble(&completion.text),
+                };
+                texts.push(self.truncate(&text)?);
+            }
+            progress.advance(batch.len() as u64);
+        }
+        progress.finish();
+        Ok(texts)
+    }
+
+    /// `text` cut to the first `truncate_tokens` generator tokens.
+    fn truncate(&self, text: &str) -> Result<String> {
+        let tokenizer = self.generator.tokenizer();
+        let encoding = tokenizer
+            .encode(text, false)
+            .map_err(|e| ServerError::Tokenizer(e.to_string()))?;
+        let ids = encoding.get_ids();
+        if ids.len() <= self.truncate_tokens {
+            return Ok(text.to_string());
+        }
+        tokenizer
+            .decode(&ids[..self.truncate_tokens], true)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| ServerError::Tokenizer(e.to_string()))
+    }
+}
+
+fn read_state(path: &std::path::Path) -> Result<PeState> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
+        path: path.to_path_buf(),
+        message: format!("the PE checkpoint state cannot be read ({e})"),
+    })
+}
+
+/// Makes `metrics.jsonl` end with the row of the last checkpoint (`round`): rows of rounds that
+/// were not checkpointed are dropped, a row lost to a kill is restored.
+fn repair_metrics(dir: &RunDir, round: u64, row: &RoundMetrics) -> Result<()> {
+    dir.truncate_metrics(round)?;
+    let has_row = dir
+        .read_metrics()?
+        .last()
+        .is_some_and(|last| last.round == round);
+    if !has_row {
+        dir.append_metrics(row)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn sample(text: &str) -> Sample {
+        Sample {
+            text: text.to_string(),
+            prompt: None,
+        }
+    }
+
+    #[test]
+    fn the_threshold_subtracts_and_clamps_at_zero() {
+        assert_eq!(
+            thresholded(&[3.5, 1.0, -2.0, 0.5], 1.0),
+            vec![2.5, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(thresholded(&[-0.5, 2.0], 0.0), vec![0.0, 2.0]);
+    }
+
+    #[test]
+    fn top_selection_keeps_the_highest_counts_ties_to_the_lower_index() {
+        let counts = [1.0, 5.0, 0.0, 5.0, 3.0, 0.0];
+        let mut rng = ChaCha20Rng::seed_from_u64(0);
+        let top = select_survivors(&counts, 3, PeSelection::Top, &mut rng).unwrap();
+        assert_eq!(top, vec![1, 3, 4]);
+        // Asking for more than there are keeps everything, in order; zeros tie by index.
+        let all = select_survivors(&counts, 10, PeSelection::Top, &mut rng).unwrap();
+        assert_eq!(all, vec![1, 3, 4, 0, 2, 5]);
+    }
+
+    #[test]
+    fn proportional_selection_follows_the_counts() {
+        let counts = [0.0, 1.0, 3.0, 0.0];
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let drawn = select_survivors(&counts, 4000, PeSelection::Proportional, &mut rng).unwrap();
+        let mut tally = [0usize; 4];
+        for i in drawn {
+            tally[i] += 1;
+        }
+        // Zero counts are never drawn; 1 : 3 within sampling error (σ ≈ 27 draws).
+        assert_eq!((tally[0], tally[3]), (0, 0));
+        assert!((tally[2] as f64 - 3000.0).abs() < 150.0, "{tally:?}");
+        // Every count 0: uniform over all samples.
+        let uniform =
+            select_survivors(&[0.0; 3], 3000, PeSelection::Proportional, &mut rng).unwrap();
+        for i in 0..3 {
+            let n = uniform.iter().filter(|&&d| d == i).count();
+            assert!((n as f64 - 1000.0).abs() < 120.0, "sample {i}: {n}");
+        }
+    }
+
+    #[test]
+    fn survivors_are_ranked_distinct_and_the_final_set_has_no_duplicates() {
+        let counts = [0.5, 4.0, 2.0];
+        assert_eq!(ranked_distinct(&[2, 0, 2, 1, 0], &counts), vec![1, 2, 0]);
+        let survivors = [sample("b"), sample("a")];
+        let population = [sample("a"), sample("c"), sample("b"), sample("d")];
+        assert_eq!(
+            final_population(&survivors, &population, 3),
+            vec!["b", "a", "c"]
+        );
+        assert_eq!(final_population(&survivors, &population, 10).len(), 4);
+    }
+
+    #[test]
+    fn rephrase_requests_hold_the_flattened_text() {
+        let request = rephrase_request("Rephrase: {text} (keep it short)", "one\n two\tthree");
+        assert_eq!(request, "Rephrase: one two three (keep it short)");
+    }
+
+    #[test]
+    fn rephrasings_lose_their_preambles_but_nothing_else() {
+        let cases = [
+            (
+                "The original text is rephrased as: The treaty\nholds.",
+                "The treaty holds.",
+            ),
+            (
+                "Translated text: Rephrased text: In addition, the directive",
+                "In addition, the directive",
+            ),
+            ("Here's a reformatted version: Taxes rose.", "Taxes rose."),
+            // A colon that ends no preamble, or one with nothing after it, stays.
+            (
+                "The economy: growth and jobs",
+                "The economy: growth and jobs",
+            ),
+            ("Rephrased text:", "Rephrased text:"),
+        ];
+        for (raw, cleaned) in cases {
+            assert_eq!(without_preamble(raw), cleaned, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_vote_sum_of_the_wrong_length_or_not_finite_is_refused() {
+        assert!(check_vote_sum(&[1.0, 0.0], 2).is_ok());
+        assert!(check_vote_sum(&[1.0], 2).is_err());
+        assert!(check_vote_sum(&[1.0, f64::NAN], 2).is_err());
+    }
+
+    #[test]
+    fn pe_sft_trains_with_the_dpo_settings_and_the_sft_loss() {
+        let dpo = PreferenceConfig {
+            lr: 1e-3,
+            ..PreferenceConfig::default()
+        };
+        let sft = sft_config(&dpo);
+        assert_eq!((sft.loss, sft.lr), (PreferenceLoss::Sft, 1e-3));
+    }
+}

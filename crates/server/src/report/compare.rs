@@ -1,0 +1,376 @@
+//! `fedsyn compare`: several runs (and the ε = ∞ / ε = 0 references) side by side, method × ε.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::chart::{Line, LineChart};
+use super::document::{Block, Document};
+use super::record::RunRecord;
+use crate::error::{Result, ServerError};
+use crate::evaluate::Reference;
+use crate::run_dir::write_atomic;
+
+/// What a row shows instead of numbers when its run has no `eval.json`.
+pub const NOT_EVALUATED: &str = "not evaluated (run `fedsyn eval DIR`)";
+
+/// Files `compare` writes to its output folder.
+pub const COMPARE_MD: &str = "compare.md";
+/// The same table as JSON.
+pub const COMPARE_JSON: &str = "compare.json";
+/// Downstream accuracy by method and ε.
+pub const ACCURACY_SVG: &str = "accuracy.svg";
+/// FID per round of every run.
+pub const FID_ROUNDS_SVG: &str = "fid-rounds.svg";
+
+/// One row of the comparison: one run or reference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparisonRow {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// `run.name`.
+    pub name: String,
+    /// `popri`, `pe`, `pe-sft`, `dp-fedavg`, or `real` / `public` for the references.
+    pub method: String,
+    /// The target ε; `None` for the references.
+    pub epsilon_target: Option<f64>,
+    /// ε as printed: the target, `∞` (real) or `0` (public).
+    pub epsilon: String,
+    /// ε spent under the RDP and the PLD accountant.
+    pub epsilon_rdp: Option<f64>,
+    pub epsilon_pld: Option<f64>,
+    /// Whether the directory has an `eval.json`.
+    pub evaluated: bool,
+    /// Downstream top-1 next-token accuracy on the private eval texts.
+    pub accuracy: Option<f64>,
+    /// (accuracy − accuracy at ε = 0) / (accuracy at ε = ∞ − accuracy at ε = 0), when both
+    /// references are part of the comparison.
+    pub gap_closed: Option<f64>,
+    /// Distribution metrics of the synthetic set against the private eval set (non-private
+    /// diagnostics).
+    pub fid: Option<f64>,
+    pub mauve: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
+/// The comparison of several run directories.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// Runs sorted by method, then ε; the references last.
+    pub rows: Vec<ComparisonRow>,
+    /// Downstream accuracy of the ε = ∞ reference (trained on the real texts), if given.
+    pub accuracy_real: Option<f64>,
+    /// Downstream accuracy of the ε = 0 reference (the public model), if given.
+    pub accuracy_public: Option<f64>,
+    /// FID per round of each run, for the plot.
+    #[serde(skip)]
+    fid_per_round: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Reads every directory and builds the comparison. Fails on a directory that is not a run,
+/// or when two directories hold the same reference (pass one ε = ∞ and one ε = 0).
+pub fn compare_runs(dirs: &[PathBuf]) -> Result<Comparison> {
+    if dirs.is_empty() {
+        return Err(ServerError::argument(
+            "RUN_DIR",
+            "none",
+            "at least one run directory",
+        ));
+    }
+    let records = dirs
+        .iter()
+        .map(|dir| RunRecord::load(dir))
+        .collect::<Result<Vec<_>>>()?;
+    let accuracy_real = reference_accuracy(&records, Reference::Real)?;
+    let accuracy_public = reference_accuracy(&records, Reference::Public)?;
+    let mut rows: Vec<ComparisonRow> = records
+        .iter()
+        .map(|record| row(record, accuracy_real, accuracy_public))
+        .collect();
+    rows.sort_by(|a, b| {
+        sort_key(a)
+            .partial_cmp(&sort_key(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let fid_per_round = records
+        .iter()
+        .filter(|record| record.reference().is_none())
+        .map(|record| {
+            let points = record
+                .metrics
+                .iter()
+                .filter_map(|m| m.fid_nonprivate.map(|fid| (m.round as f64, fid)))
+                .collect();
+            (record.label(), points)
+        })
+        .collect();
+    Ok(Comparison {
+        rows,
+        accuracy_real,
+        accuracy_public,
+        fid_per_round,
+    })
+}
+
+/// The accuracy of the one directory holding `reference` (`None` when there is none).
+fn reference_accuracy(records: &[RunRecord], reference: Reference) -> Result<Option<f64>> {
+    let mut found = records
+        .iter()
+        .filter(|record| record.reference() == Some(reference));
+    let Some(first) = found.next() else {
+        return Ok(None);
+    };
+    if let Some(second) = found.next() {
+        return Err(ServerError::argument(
+            "RUN_DIR",
+            format!(
+                "{} and {} are both the `{}` reference",
+                first.dir.display(),
+                second.dir.display(),
+                reference.as_str()
+            ),
+            "at most one ε = ∞ (real) and one ε = 0 (public) reference per comparison",
+        ));
+    }
+    Ok(first.eval.as_ref().map(|eval| eval.downstream.accuracy))
+}
+
+fn row(record: &RunRecord, real: Option<f64>, public: Option<f64>) -> ComparisonRow {
+    let eval = record.eval.as_ref();
+    let accuracy = eval.map(|e| e.downstream.accuracy);
+    let distribution = eval.and_then(|e| e.distribution.as_ref());
+    let spent = record.epsilon_spent();
+    ComparisonRow {
+        run_dir: record.dir.clone(),
+        name: record.name().to_string(),
+        method: record.method(),
+        epsilon_target: record.epsilon_target(),
+        epsilon: record.epsilon_text(),
+        epsilon_rdp: spent.map(|s| s.0),
+        epsilon_pld: spent.map(|s| s.1),
+        evaluated: eval.is_some(),
+        accuracy,
+        gap_closed: gap_closed(accuracy, real, public),
+        fid: distribution.map(|d| d.fid),
+        mauve: distribution.map(|d| d.mauve),
+        precision: distribution.map(|d| d.precision),
+        recall: distribution.map(|d| d.recall),
+    }
+}
+
+/// (acc − acc₀) / (acc∞ − acc₀); `None` without both references or when they are equal.
+pub fn gap_closed(accuracy: Option<f64>, real: Option<f64>, public: Option<f64>) -> Option<f64> {
+    let (accuracy, real, public) = (accuracy?, real?, public?);
+    let gap = real - public;
+    (gap.abs() > 1e-12).then(|| (accuracy - public) / gap)
+}
+
+/// Methods in a fixed order (POPri first, the references last), then ε.
+fn sort_key(row: &ComparisonRow) -> (u8, String, f64) {
+    let rank = match row.method.as_str() {
+        "popri" => 0,
+        "pe" => 1,
+        "pe-sft" => 2,
+        "dp-fedavg" => 3,
+        "public" => 5,
+        "real" => 6,
+        _ => 4,
+    };
+    (
+        rank,
+        row.method.clone(),
+        row.epsilon_target.unwrap_or(f64::INFINITY),
+    )
+}
+
+impl Comparison {
+    /// The table (Markdown).
+    pub fn table_markdown(&self) -> String {
+        let mut doc = Document::new("");
+        doc.push(self.table());
+        let markdown = doc.to_markdown();
+        // Drop the empty title line.
+        markdown
+            .split_once("\n\n")
+            .map_or(markdown.clone(), |(_, rest)| rest.to_string())
+    }
+
+    fn table(&self) -> Block {
+        let header = [
+            "method",
+            "ε",
+            "ε spent (RDP / PLD)",
+            "accuracy",
+            "gap closed",
+            "FID †",
+            "MAUVE †",
+            "precision †",
+            "recall †",
+            "run",
+        ]
+        .map(String::from)
+        .to_vec();
+        let number = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| {
+                let spent = match (row.epsilon_rdp, row.epsilon_pld) {
+                    (Some(rdp), Some(pld)) => format!("{rdp:.3} / {pld:.3}"),
+                    _ => "–".to_string(),
+                };
+                let accuracy = if row.evaluated {
+                    number(row.accuracy)
+                } else {
+                    NOT_EVALUATED.replace("DIR", &row.run_dir.display().to_string())
+                };
+                let gap = row
+                    .gap_closed
+                    .map_or("–".to_string(), |g| format!("{:.1} %", 100.0 * g));
+                vec![
+                    row.method.clone(),
+                    row.epsilon.clone(),
+                    spent,
+                    accuracy,
+                    gap,
+                    number(row.fid),
+                    number(row.mauve),
+                    number(row.precision),
+                    number(row.recall),
+                    row.run_dir.display().to_string(),
+                ]
+            })
+            .collect();
+        Block::Table(header, rows)
+    }
+
+    /// The whole comparison as a document: the table, notes and the two plots.
+    fn document(&self) -> Result<Document> {
+        let mut doc = Document::new("fedsyn comparison");
+        doc.push(self.table());
+        let mut notes = vec![
+            "accuracy: top-1 next-token accuracy of the downstream model on the private eval \
+             texts (`fedsyn eval`)."
+                .to_string(),
+            "† non-private diagnostics: they read the private eval set without noise.".to_string(),
+        ];
+        match (self.accuracy_real, self.accuracy_public) {
+            (Some(real), Some(public)) => notes.push(format!(
+                "gap closed = (accuracy − {public:.4}) / ({real:.4} − {public:.4}): the share of \
+                 the distance from the public model (ε = 0) to training on the real texts \
+                 (ε = ∞) that the run covers."
+            )),
+            _ => notes.push(
+                "gap closed needs both references: add the directories written by `fedsyn eval \
+                 --reference real` and `--reference public`."
+                    .to_string(),
+            ),
+        }
+        doc.push(Block::List(notes));
+        let accuracy = self.accuracy_chart();
+        if accuracy.has_data() {
+            doc.push(Block::Plot {
+                file: ACCURACY_SVG.to_string(),
+                svg: accuracy.to_svg()?,
+                caption: "Downstream accuracy by method and target ε".to_string(),
+            });
+        }
+        let fid = self.fid_chart();
+        if fid.has_data() {
+            doc.push(Block::Plot {
+                file: FID_ROUNDS_SVG.to_string(),
+                svg: fid.to_svg()?,
+                caption: "FID of each round's samples to the private eval set (non-private \
+                          diagnostic)"
+                    .to_string(),
+            });
+        }
+        Ok(doc)
+    }
+
+    fn accuracy_chart(&self) -> LineChart {
+        let mut chart = LineChart::new(
+            "Downstream accuracy by method and ε",
+            "target ε",
+            "accuracy",
+        );
+        let mut methods: Vec<&str> = Vec::new();
+        for row in &self.rows {
+            if row.epsilon_target.is_some() && !methods.contains(&row.method.as_str()) {
+                methods.push(&row.method);
+            }
+        }
+        let epsilons = || self.rows.iter().filter_map(|r| r.epsilon_target);
+        let x0 = epsilons().fold(f64::INFINITY, f64::min).min(0.0);
+        let x1 = epsilons().fold(0.0, f64::max).max(1.0);
+        for method in methods {
+            let mut points: Vec<(f64, f64)> = self
+                .rows
+                .iter()
+                .filter(|r| r.method == method)
+                .filter_map(|r| Some((r.epsilon_target?, r.accuracy?)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart = chart.line(Line::data(method, points));
+        }
+        if let Some(real) = self.accuracy_real {
+            chart = chart.line(Line::horizontal("ε = ∞ (real texts)", real, x0, x1));
+        }
+        if let Some(public) = self.accuracy_public {
+            chart = chart.line(Line::horizontal("ε = 0 (public model)", public, x0, x1));
+        }
+        chart
+    }
+
+    fn fid_chart(&self) -> LineChart {
+        let mut chart = LineChart::new(
+            "FID per round (non-private diagnostic)",
+            "round",
+            "FID to the private eval set",
+        )
+        .integer_x();
+        for (label, points) in &self.fid_per_round {
+            chart = chart.line(Line::data(label.clone(), points.clone()));
+        }
+        chart
+    }
+
+    /// Writes `compare.md`, `compare.json` and the plots into `out` (created if needed);
+    /// returns the files written.
+    pub fn write(&self, out: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(out).map_err(|e| ServerError::io(out, e))?;
+        let doc = self.document()?;
+        let mut written = Vec::new();
+        let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
+            let path = out.join(name);
+            write_atomic(&path, bytes)?;
+            written.push(path);
+            Ok(())
+        };
+        put(COMPARE_MD, doc.to_markdown().as_bytes())?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| ServerError::argument("comparison", "(unserialisable)", e.to_string()))?;
+        put(COMPARE_JSON, json.as_bytes())?;
+        for (file, svg) in doc.plots() {
+            put(file, svg.as_bytes())?;
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gap_closed;
+
+    #[test]
+    fn gap_closed_is_the_share_of_the_reference_gap() {
+        let half = gap_closed(Some(0.3), Some(0.4), Some(0.2)).unwrap();
+        assert!((half - 0.5).abs() < 1e-12, "{half}");
+        assert_eq!(gap_closed(Some(0.4), Some(0.4), Some(0.2)), Some(1.0));
+        assert_eq!(gap_closed(Some(0.2), Some(0.4), Some(0.2)), Some(0.0));
+        assert_eq!(gap_closed(Some(0.3), None, Some(0.2)), None);
+        assert_eq!(gap_closed(Some(0.3), Some(0.2), Some(0.2)), None);
+        assert_eq!(gap_closed(None, Some(0.4), Some(0.2)), None);
+    }
+}

@@ -1,0 +1,906 @@
+//! The round state shared by the HTTP handlers (tokio) and the engine thread (blocking): which
+//! round attempt is open, who was sampled, who submitted; and [`RemoteTransport`], the engine's
+//! [`ScoreTransport`] for remote clients.
+//!
+//! Handlers take the state lock only for short checks and one SQLite transaction; the engine
+//! thread sleeps on a condition variable that every submission, pause, resume and stop wakes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use serde::Serialize;
+
+use crate::engine::{CollectedScores, RoundTask, ScoreTransport};
+use crate::error::{Result, ServerError};
+use crate::sampling::ClientSampler;
+use crate::serve::auth::{hex, sha256};
+use crate::serve::metrics::Metrics;
+use crate::serve::store::{RoundRecord, RoundStatus, Store, Submission};
+
+/// Relative slack on the clip bound: a vector this close to C is not scaled.
+const CLIP_SLACK: f64 = 1e-9;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the run is doing, as `/v1/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Loading models, or fewer than `serve.min_clients` are enrolled.
+    WaitingForClients,
+    /// A round is being prepared, collected or trained on.
+    Running,
+    /// The admin paused the run: no new round opens.
+    Paused,
+    /// Every round is done (or the run was stopped) and the outputs are written.
+    Finished,
+}
+
+/// The fixed rules of collection.
+#[derive(Debug, Clone)]
+pub struct CollectionRules {
+    /// The clip bound C (vectors longer than C are scaled to C).
+    pub clip: f64,
+    /// Fraction of the sampled clients whose submissions close the round early.
+    pub quorum: f64,
+    /// Fewer submissions at the deadline abandon the attempt.
+    pub min_submissions: usize,
+    /// How long an attempt stays open.
+    pub deadline: Duration,
+}
+
+/// The round attempt clients can work on.
+#[derive(Debug, Clone)]
+pub struct OpenRound {
+    pub round: u64,
+    pub attempt: u32,
+    sampled: HashSet<String>,
+    pub sampled_count: usize,
+    pub deadline_unix_ms: u64,
+    /// The encoded candidate matrix, served as is (shared, never copied per request).
+    pub candidates: Bytes,
+    pub rows: usize,
+    pub dim: usize,
+    pub submitted: usize,
+    /// Submissions are refused (the engine is summing, charging, training).
+    pub closed: bool,
+}
+
+impl OpenRound {
+    fn from_record(record: &RoundRecord, submitted: usize) -> OpenRound {
+        OpenRound {
+            round: record.round,
+            attempt: record.attempt,
+            sampled: record.sampled.iter().cloned().collect(),
+            sampled_count: record.sampled.len(),
+            deadline_unix_ms: record.deadline_unix_ms,
+            candidates: Bytes::from(record.candidates.clone()),
+            rows: record.rows,
+            dim: record.dim,
+            submitted,
+            closed: record.status != RoundStatus::Open,
+        }
+    }
+
+    /// Whether `client_id` was sampled in this attempt.
+    pub fn is_sampled(&self, client_id: &str) -> bool {
+        self.sampled.contains(client_id)
+    }
+}
+
+/// What `GET /v1/tasks/next` tells a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextTask {
+    /// Score round `round`.
+    Task {
+        round: u64,
+        attempt: u32,
+        rows: usize,
+        dim: usize,
+        deadline_unix_ms: u64,
+    },
+    /// Nothing to do now; ask again later.
+    Wait { retry_after_ms: u64 },
+    /// The run is over.
+    Finished,
+}
+
+/// A submission the coordinator accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// Stored now (202).
+    New { receipt: String, reclipped: bool },
+    /// The same vector was stored before (200, same receipt).
+    Replay { receipt: String },
+}
+
+/// Why a request about a round was refused.
+#[derive(Debug)]
+pub enum RoundError {
+    /// No such round was ever opened (404).
+    UnknownRound(u64),
+    /// The client is not sampled in the round (403).
+    NotSampled(u64),
+    /// A different vector was already submitted (409).
+    Conflict(u64),
+    /// The round no longer takes submissions (410).
+    Closed(u64),
+    /// Wrong length or non-finite values (422).
+    Invalid(String),
+    /// The server failed (500).
+    Internal(ServerError),
+}
+
+impl From<ServerError> for RoundError {
+    fn from(error: ServerError) -> RoundError {
+        RoundError::Internal(error)
+    }
+}
+
+struct Shared {
+    state: RunState,
+    paused: bool,
+    stop: bool,
+    open: Option<OpenRound>,
+}
+
+/// The state shared between the HTTP handlers and the engine thread.
+pub struct Coordinator {
+    store: Arc<Store>,
+    rules: CollectionRules,
+    shared: Mutex<Shared>,
+    changed: Condvar,
+    metrics: Arc<Metrics>,
+    /// Clients that were told the run is finished (so a server that exits when finished can
+    /// wait until every client knows).
+    told_finished: Mutex<HashSet<String>>,
+}
+
+impl Coordinator {
+    /// A coordinator over `store`; an attempt the store holds open (or closed but not yet
+    /// released) is taken up again, its deadline moved so the clients get time after a
+    /// restart.
+    pub fn new(
+        store: Arc<Store>,
+        rules: CollectionRules,
+        metrics: Arc<Metrics>,
+    ) -> Result<Coordinator> {
+        let paused = store.meta("paused")?.is_some_and(|v| v == "true");
+        let stop = store.meta("stopped")?.is_some_and(|v| v == "true");
+        let finished = store.meta("finished")?.is_some_and(|v| v == "true");
+        let coordinator = Coordinator {
+            store,
+            rules,
+            shared: Mutex::new(Shared {
+                state: if finished {
+                    RunState::Finished
+                } else {
+                    RunState::WaitingForClients
+                },
+                paused,
+                stop,
+                open: None,
+            }),
+            changed: Condvar::new(),
+            metrics,
+            told_finished: Mutex::new(HashSet::new()),
+        };
+        if let Some(record) = coordinator.store.latest_round()? {
+            coordinator
+                .metrics
+                .current_round_plus_one
+                .store(record.round + 1, std::sync::atomic::Ordering::Relaxed);
+            if matches!(record.status, RoundStatus::Open | RoundStatus::Closed) {
+                coordinator.resume_attempt(record)?;
+            }
+        }
+        Ok(coordinator)
+    }
+
+    fn resume_attempt(&self, mut record: RoundRecord) -> Result<()> {
+        if record.status == RoundStatus::Open {
+            let deadline = now_unix_ms() + self.rules.deadline.as_millis() as u64;
+            if deadline > record.deadline_unix_ms {
+                record.deadline_unix_ms = deadline;
+                self.store
+                    .set_deadline(record.round, record.attempt, deadline)?;
+            }
+        }
+        let submitted = self.store.submission_count(record.round, record.attempt)?;
+        let mut shared = self.lock();
+        shared.open = Some(OpenRound::from_record(&record, submitted));
+        // A round is under way: the engine takes it up as soon as its models are loaded.
+        shared.state = RunState::Running;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The collection rules.
+    pub fn rules(&self) -> &CollectionRules {
+        &self.rules
+    }
+
+    /// (state, current round, the open attempt's sampled and submitted counts).
+    pub fn snapshot(&self) -> (RunState, Option<OpenRound>) {
+        let shared = self.lock();
+        let state = if shared.paused && shared.state != RunState::Finished {
+            RunState::Paused
+        } else {
+            shared.state
+        };
+        (state, shared.open.clone())
+    }
+
+    /// Whether the admin asked the run to stop.
+    pub fn stop_requested(&self) -> bool {
+        self.lock().stop
+    }
+
+    /// Pauses (`true`) or resumes the run: no new round opens while paused (persisted).
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        self.store
+            .set_meta("paused", if paused { "true" } else { "false" })?;
+        self.lock().paused = paused;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// No further rounds; the run writes its outputs after the current round (persisted).
+    pub fn stop(&self) -> Result<()> {
+        self.store.set_meta("stopped", "true")?;
+        let mut shared = self.lock();
+        shared.stop = true;
+        shared.paused = false;
+        drop(shared);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Sets the run state (engine thread).
+    pub fn set_state(&self, state: RunState) -> Result<()> {
+        if state == RunState::Finished {
+            self.store.set_meta("finished", "true")?;
+        }
+        self.lock().state = state;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// How many distinct clients were told that the run is finished.
+    pub fn clients_told_finished(&self) -> usize {
+        self.told_finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Wakes the engine thread (a client enrolled).
+    pub fn notify(&self) {
+        self.changed.notify_all();
+    }
+
+    /// Blocks the engine thread until at least `min_clients` are enrolled and the run is not
+    /// paused; `None` when a stop was requested meanwhile.
+    pub fn wait_until_ready(&self, min_clients: usize) -> Result<Option<usize>> {
+        let mut shared = self.lock();
+        loop {
+            if shared.stop {
+                return Ok(None);
+            }
+            if !shared.paused {
+                let enrolled = self.store.enrolled()?;
+                if enrolled >= min_clients {
+                    shared.state = RunState::Running;
+                    return Ok(Some(enrolled));
+                }
+                shared.state = RunState::WaitingForClients;
+            }
+            // Enrolments notify; the timeout is only a safety net against a missed wake-up.
+            shared = self
+                .changed
+                .wait_timeout(shared, Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Persists a new round attempt and makes it the open one.
+    pub fn open_attempt(&self, record: &RoundRecord) -> Result<()> {
+        self.store.insert_round(record, now_unix_ms())?;
+        self.metrics
+            .current_round_plus_one
+            .store(record.round + 1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().open = Some(OpenRound::from_record(record, 0));
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The attempt the coordinator holds (open, or closed and not yet released).
+    pub fn current_attempt(&self) -> Option<OpenRound> {
+        self.lock().open.clone()
+    }
+
+    /// Blocks until the open attempt has its quorum or reaches its deadline, then closes it
+    /// (persisted first: from then on every submission is refused). Returns the attempt.
+    pub fn wait_and_close(&self) -> Result<OpenRound> {
+        let mut shared = self.lock();
+        loop {
+            let open = shared.open.as_ref().ok_or_else(|| {
+                ServerError::Http("no round attempt is open (a bug in the server)".into())
+            })?;
+            if open.closed {
+                return Ok(open.clone());
+            }
+            let needed = quorum_count(open.sampled_count, self.rules.quorum);
+            let now = now_unix_ms();
+            // A stop closes the attempt at once: no further rounds, and this one is released
+            // only if it already has enough submissions.
+            if open.submitted >= needed || now >= open.deadline_unix_ms || shared.stop {
+                self.store
+                    .set_status(open.round, open.attempt, RoundStatus::Closed)?;
+                let open = shared.open.as_mut().expect("checked above");
+                open.closed = true;
+                return Ok(open.clone());
+            }
+            let wait = Duration::from_millis(open.deadline_unix_ms - now);
+            shared = self
+                .changed
+                .wait_timeout(shared, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Retires the held attempt (released or abandoned): its vectors are deleted.
+    pub fn retire(&self, round: u64, attempt: u32, status: RoundStatus) -> Result<()> {
+        self.store.retire_round(round, attempt, status)?;
+        let mut shared = self.lock();
+        if shared
+            .open
+            .as_ref()
+            .is_some_and(|o| o.round == round && o.attempt == attempt)
+        {
+            shared.open = None;
+        }
+        Ok(())
+    }
+
+    /// What client `client_id` should do next.
+    pub fn next_task(&self, client_id: &str) -> Result<NextTask> {
+        let shared = self.lock();
+        if shared.state == RunState::Finished {
+            drop(shared);
+            self.told_finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(client_id.to_string());
+            return Ok(NextTask::Finished);
+        }
+        let wait = NextTask::Wait {
+            retry_after_ms: 1000,
+        };
+        let Some(open) = shared.open.as_ref() else {
+            return Ok(wait);
+        };
+        if open.closed || !open.is_sampled(client_id) {
+            return Ok(wait);
+        }
+        let round = open.round;
+        let attempt = open.attempt;
+        let task = NextTask::Task {
+            round,
+            attempt,
+            rows: open.rows,
+            dim: open.dim,
+            deadline_unix_ms: open.deadline_unix_ms,
+        };
+        drop(shared);
+        if self.store.submission(round, attempt, client_id)?.is_some() {
+            return Ok(wait);
+        }
+        Ok(task)
+    }
+
+    /// The encoded candidates of `round` for a sampled client.
+    pub fn candidates(
+        &self,
+        round: u64,
+        client_id: &str,
+    ) -> std::result::Result<Bytes, RoundError> {
+        let shared = self.lock();
+        match shared.open.as_ref().filter(|o| o.round == round) {
+            Some(open) if !open.is_sampled(client_id) => Err(RoundError::NotSampled(round)),
+            Some(open) if open.closed => Err(RoundError::Closed(round)),
+            Some(open) => Ok(open.candidates.clone()),
+            None => {
+                drop(shared);
+                match self.store.latest_attempt(round)? {
+                    None => Err(RoundError::UnknownRound(round)),
+                    Some(record) if !record.sampled.iter().any(|c| c == client_id) => {
+                        Err(RoundError::NotSampled(round))
+                    }
+                    Some(_) => Err(RoundError::Closed(round)),
+                }
+            }
+        }
+    }
+
+    /// Takes client `client_id`'s score vector for `round`: checked (length, finiteness),
+    /// re-clipped to C in f64, stored in its own transaction. An identical retry returns the
+    /// first receipt; a different second vector is refused.
+    pub fn submit(
+        &self,
+        round: u64,
+        client_id: &str,
+        scores: &[f64],
+    ) -> std::result::Result<Accepted, RoundError> {
+        let mut shared = self.lock();
+        let Some(open) = shared.open.as_mut().filter(|o| o.round == round) else {
+            drop(shared);
+            return self.submit_to_held_round(round, client_id, scores);
+        };
+        if !open.is_sampled(client_id) {
+            return Err(RoundError::NotSampled(round));
+        }
+        check_vector(scores, open.rows)?;
+        let receipt = receipt(scores);
+        if let Some(previous) = self.store.submission(round, open.attempt, client_id)? {
+            return if previous.receipt == receipt {
+                Ok(Accepted::Replay { receipt })
+            } else {
+                Err(RoundError::Conflict(round))
+            };
+        }
+        if open.closed {
+            return Err(RoundError::Closed(round));
+        }
+        let (vector, pre_clip_norm, reclipped) = reclip(scores, self.rules.clip);
+        let submission = Submission {
+            receipt: receipt.clone(),
+            reclipped,
+            pre_clip_norm,
+        };
+        self.store
+            .insert_submission(round, open.attempt, client_id, &submission, &vector)?;
+        open.submitted += 1;
+        drop(shared);
+        self.changed.notify_all();
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        self.metrics.submissions_accepted.fetch_add(1, ordering);
+        if reclipped {
+            self.metrics.submissions_reclipped.fetch_add(1, ordering);
+        }
+        Ok(Accepted::New { receipt, reclipped })
+    }
+
+    /// A submission to a round that is not the held one: unknown, or over.
+    fn submit_to_held_round(
+        &self,
+        round: u64,
+        client_id: &str,
+        scores: &[f64],
+    ) -> std::result::Result<Accepted, RoundError> {
+        let Some(record) = self.store.latest_attempt(round)? else {
+            return Err(RoundError::UnknownRound(round));
+        };
+        if !record.sampled.iter().any(|c| c == client_id) {
+            return Err(RoundError::NotSampled(round));
+        }
+        check_vector(scores, record.rows)?;
+        match self.store.submission(round, record.attempt, client_id)? {
+            Some(previous) if previous.receipt == receipt(scores) => Ok(Accepted::Replay {
+                receipt: previous.receipt,
+            }),
+            Some(_) => Err(RoundError::Conflict(round)),
+            None => Err(RoundError::Closed(round)),
+        }
+    }
+}
+
+/// Submissions that close an attempt of `sampled` clients early: ⌈quorum·sampled⌉, at least 1
+/// when anyone was sampled (an empty Poisson cohort closes at once).
+pub fn quorum_count(sampled: usize, quorum: f64) -> usize {
+    if sampled == 0 {
+        return 0;
+    }
+    ((quorum * sampled as f64).ceil() as usize).clamp(1, sampled)
+}
+
+/// SHA-256 (hex) of the vector's canonical bytes (f64 little-endian, as received).
+pub fn receipt(scores: &[f64]) -> String {
+    let bytes: Vec<u8> = scores.iter().flat_map(|v| v.to_le_bytes()).collect();
+    hex(&sha256(&bytes))
+}
+
+fn check_vector(scores: &[f64], expected: usize) -> std::result::Result<(), RoundError> {
+    if scores.len() != expected {
+        return Err(RoundError::Invalid(format!(
+            "the score vector has {} values; this round has {expected} candidates, one score \
+             each",
+            scores.len()
+        )));
+    }
+    if let Some(index) = scores.iter().position(|v| !v.is_finite()) {
+        return Err(RoundError::Invalid(format!(
+            "score {index} is not a finite number; send finite values only"
+        )));
+    }
+    Ok(())
+}
+
+/// `scores` scaled to L2 norm ≤ `clip` (f64), its norm before, and whether it was scaled.
+pub fn reclip(scores: &[f64], clip: f64) -> (Vec<f64>, f64, bool) {
+    let norm = scores.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if norm > clip * (1.0 + CLIP_SLACK) {
+        let scale = clip / norm;
+        (scores.iter().map(|v| v * scale).collect(), norm, true)
+    } else {
+        (scores.to_vec(), norm, false)
+    }
+}
+
+/// The engine's transport to remote clients. The run loop opens the attempt (persisted) before
+/// the engine calls [`ScoreTransport::collect`]; collect waits for quorum or the deadline,
+/// abandons attempts with too few submissions (nothing charged; a fresh sample of the same
+/// population is opened), and returns the f64 sum of the stored vectors.
+pub struct RemoteTransport {
+    coordinator: Arc<Coordinator>,
+    sampler: ClientSampler,
+    /// Ids of the population (clients enrolled when the round opened, enrolment order).
+    population: Vec<String>,
+    /// The last attempt's sampled count, for the ledger row.
+    sampled: usize,
+    /// The round was abandoned because the admin stopped the run (not a failure).
+    stopped: bool,
+}
+
+impl RemoteTransport {
+    /// A transport for one round over `population`.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        sampler: ClientSampler,
+        population: Vec<String>,
+    ) -> RemoteTransport {
+        RemoteTransport {
+            coordinator,
+            sampler,
+            population,
+            sampled: 0,
+            stopped: false,
+        }
+    }
+
+    /// Whether collection ended because the run was stopped (nothing was charged).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// How many clients the attempt that produced the sum sampled.
+    pub fn sampled(&self) -> usize {
+        self.sampled
+    }
+
+    fn reopen(&self, closed: &OpenRound) -> Result<()> {
+        let store = self.coordinator.store();
+        let previous = store
+            .latest_attempt(closed.round)?
+            .ok_or_else(|| ServerError::Http("the abandoned attempt vanished".into()))?;
+        let attempt = closed.attempt + 1;
+        let indices = self.sampler.sample(
+            sampling_stream(closed.round, attempt),
+            self.population.len(),
+        )?;
+        let record = RoundRecord {
+            attempt,
+            status: RoundStatus::Open,
+            sampled: indices
+                .iter()
+                .map(|&i| self.population[i].clone())
+                .collect(),
+            deadline_unix_ms: now_unix_ms() + self.coordinator.rules().deadline.as_millis() as u64,
+            ..previous
+        };
+        self.coordinator.open_attempt(&record)
+    }
+}
+
+/// The sampling stream of attempt `attempt` of `round`: the round itself for the first
+/// attempt (the cohort an uninterrupted simulation would draw), a separate stream per retry.
+pub fn sampling_stream(round: u64, attempt: u32) -> u64 {
+    if attempt == 0 {
+        round
+    } else {
+        crate::engine::derive_seed(round, u64::from(attempt), 0x5EED)
+    }
+}
+
+impl ScoreTransport for RemoteTransport {
+    fn population(&self) -> usize {
+        self.population.len()
+    }
+
+    fn collect(&mut self, task: &RoundTask<'_>, _sampled: &[usize]) -> Result<CollectedScores> {
+        let rules = self.coordinator.rules().clone();
+        let closed = loop {
+            let closed = self.coordinator.wait_and_close()?;
+            if closed.round != task.round {
+                return Err(ServerError::Http(format!(
+                    "the open round is {}, the engine runs {} (a bug in the server)",
+                    closed.round, task.round
+                )));
+            }
+            if closed.sampled_count == 0 || closed.submitted >= rules.min_submissions {
+                break closed;
+            }
+            // Too few answers: release nothing, charge nothing, sample again (unless stopped).
+            self.coordinator
+                .retire(closed.round, closed.attempt, RoundStatus::Abandoned)?;
+            self.coordinator
+                .metrics()
+                .rounds_abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.coordinator.stop_requested() {
+                self.stopped = true;
+                return Err(ServerError::Http(format!(
+                    "round {} abandoned: the run was stopped",
+                    closed.round
+                )));
+            }
+            self.reopen(&closed)?;
+        };
+        self.sampled = closed.sampled_count;
+        let stored =
+            self.coordinator
+                .store()
+                .sum_submissions(closed.round, closed.attempt, closed.rows)?;
+        Ok(CollectedScores {
+            sum: stored.sum,
+            clients: stored.clients,
+            clipped: stored.reclipped,
+            mean_pre_clip_norm: stored.mean_pre_clip_norm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::ClientSampling;
+    use crate::serve::store::DATABASE_FILE;
+
+    fn coordinator(name: &str, rules: CollectionRules) -> Arc<Coordinator> {
+        let dir = std::env::temp_dir().join(format!("fedsyn-coord-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join(DATABASE_FILE)).unwrap());
+        Arc::new(Coordinator::new(store, rules, Arc::new(Metrics::default())).unwrap())
+    }
+
+    fn rules(deadline_ms: u64, min_submissions: usize) -> CollectionRules {
+        CollectionRules {
+            clip: 1.0,
+            quorum: 1.0,
+            min_submissions,
+            deadline: Duration::from_millis(deadline_ms),
+        }
+    }
+
+    fn record(round: u64, sampled: &[&str], deadline_ms: u64) -> RoundRecord {
+        RoundRecord {
+            round,
+            attempt: 0,
+            status: RoundStatus::Open,
+            population: 3,
+            sampled: sampled.iter().map(|s| s.to_string()).collect(),
+            deadline_unix_ms: now_unix_ms() + deadline_ms,
+            texts: vec!["x".into(), "y".into()],
+            prompts: 1,
+            per_prompt: 2,
+            rows: 2,
+            dim: 4,
+            candidates: vec![9; 10],
+        }
+    }
+
+    fn task_tensor() -> tch::Tensor {
+        tch::Tensor::zeros([2, 4], (tch::Kind::Float, tch::Device::Cpu))
+    }
+
+    fn transport(coordinator: &Arc<Coordinator>) -> RemoteTransport {
+        let population = vec!["a".into(), "b".into(), "c".into()];
+        let sampler = ClientSampler::new(ClientSampling::Full, 0).unwrap();
+        RemoteTransport::new(coordinator.clone(), sampler, population)
+    }
+
+    #[test]
+    fn quorum_closes_the_round_before_the_deadline() {
+        let coordinator = coordinator("quorum", rules(600_000, 1));
+        coordinator
+            .open_attempt(&record(0, &["a", "b"], 600_000))
+            .unwrap();
+        for (client, scores) in [("a", [0.6, 0.8]), ("b", [3.0, 4.0])] {
+            let accepted = coordinator.submit(0, client, &scores).unwrap();
+            assert!(matches!(accepted, Accepted::New { .. }));
+        }
+        let embeddings = task_tensor();
+        let task = RoundTask {
+            round: 0,
+            clip: 1.0,
+            candidates: &embeddings,
+        };
+        let collected = transport(&coordinator).collect(&task, &[0, 1]).unwrap();
+        assert_eq!(collected.clients, 2);
+        // b's vector (norm 5) was re-clipped to norm 1 on the server.
+        assert!((collected.sum[0] - 1.2).abs() < 1e-12);
+        assert!((collected.sum[1] - 1.6).abs() < 1e-12);
+        assert_eq!(collected.clipped, 1);
+        // Closed: a late submission is refused, a replay still gets its receipt.
+        assert!(matches!(
+            coordinator.submit(0, "c", &[0.0, 0.0]),
+            Err(RoundError::NotSampled(0))
+        ));
+        let late = coordinator.submit(0, "a", &[0.1, 0.1]);
+        assert!(matches!(late, Err(RoundError::Conflict(0))), "{late:?}");
+        assert!(matches!(
+            coordinator.submit(0, "a", &[0.6, 0.8]),
+            Ok(Accepted::Replay { .. })
+        ));
+    }
+
+    #[test]
+    fn the_deadline_closes_the_round_and_late_submissions_are_gone() {
+        let coordinator = coordinator("deadline", rules(50, 1));
+        coordinator
+            .open_attempt(&record(0, &["a", "b"], 50))
+            .unwrap();
+        coordinator.submit(0, "a", &[0.0, 1.0]).unwrap();
+        let embeddings = task_tensor();
+        let task = RoundTask {
+            round: 0,
+            clip: 1.0,
+            candidates: &embeddings,
+        };
+        let collected = transport(&coordinator).collect(&task, &[0, 1]).unwrap();
+        assert_eq!(collected.clients, 1);
+        assert_eq!(collected.sum, vec![0.0, 1.0]);
+        assert!(matches!(
+            coordinator.submit(0, "b", &[0.0, 1.0]),
+            Err(RoundError::Closed(0))
+        ));
+        assert!(matches!(
+            coordinator.candidates(0, "b"),
+            Err(RoundError::Closed(0))
+        ));
+        assert!(matches!(
+            coordinator.submit(7, "b", &[0.0, 1.0]),
+            Err(RoundError::UnknownRound(7))
+        ));
+    }
+
+    #[test]
+    fn an_abandoned_attempt_charges_nothing_and_samples_again() {
+        let coordinator = coordinator("abandon", rules(50, 1));
+        coordinator
+            .open_attempt(&record(3, &["a", "b"], 50))
+            .unwrap();
+        let embeddings = task_tensor();
+        let task = RoundTask {
+            round: 3,
+            clip: 1.0,
+            candidates: &embeddings,
+        };
+        let coordinator_for_client = coordinator.clone();
+        let client = std::thread::spawn(move || {
+            // Wait for the second attempt, then answer it.
+            loop {
+                if let Some(open) = coordinator_for_client.current_attempt() {
+                    if open.attempt == 1 && !open.closed {
+                        coordinator_for_client.submit(3, "c", &[1.0, 0.0]).unwrap();
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let mut transport = transport(&coordinator);
+        let collected = transport.collect(&task, &[0, 1]).unwrap();
+        client.join().unwrap();
+        assert_eq!(collected.clients, 1);
+        assert_eq!(transport.sampled(), 3);
+        let store = coordinator.store();
+        assert!(store.ledger_rows().unwrap().is_empty());
+        assert_eq!(store.latest_attempt(3).unwrap().unwrap().attempt, 1);
+        assert_eq!(
+            coordinator
+                .metrics()
+                .rounds_abandoned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn invalid_vectors_are_refused_before_anything_is_stored() {
+        let coordinator = coordinator("invalid", rules(600_000, 1));
+        coordinator
+            .open_attempt(&record(0, &["a"], 600_000))
+            .unwrap();
+        for bad in [vec![1.0], vec![f64::NAN, 0.0], vec![f64::INFINITY, 0.0]] {
+            assert!(matches!(
+                coordinator.submit(0, "a", &bad),
+                Err(RoundError::Invalid(_))
+            ));
+        }
+        assert_eq!(coordinator.store().submission_count(0, 0).unwrap(), 0);
+        assert!(matches!(
+            coordinator.next_task("a").unwrap(),
+            NextTask::Task { round: 0, .. }
+        ));
+        assert!(matches!(
+            coordinator.next_task("z").unwrap(),
+            NextTask::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn reclip_scales_only_long_vectors() {
+        let (v, norm, scaled) = reclip(&[3.0, 4.0], 1.0);
+        assert!(scaled && norm == 5.0);
+        assert!((v[0] - 0.6).abs() < 1e-15 && (v[1] - 0.8).abs() < 1e-15);
+        let (v, _, scaled) = reclip(&[0.6, 0.8], 1.0);
+        assert!(!scaled && v == vec![0.6, 0.8]);
+        assert_eq!(quorum_count(0, 1.0), 0);
+        assert_eq!(quorum_count(10, 0.5), 5);
+        assert_eq!(quorum_count(3, 0.01), 1);
+    }
+
+    #[test]
+    fn a_restarted_coordinator_takes_up_the_open_attempt() {
+        let dir = std::env::temp_dir().join(format!("fedsyn-coord-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(DATABASE_FILE);
+        {
+            let store = Arc::new(Store::open(&path).unwrap());
+            let first =
+                Coordinator::new(store, rules(600_000, 1), Arc::new(Metrics::default())).unwrap();
+            first.open_attempt(&record(2, &["a", "b"], 10)).unwrap();
+            first.submit(2, "a", &[0.5, 0.5]).unwrap();
+        }
+        let store = Arc::new(Store::open(&path).unwrap());
+        let second =
+            Coordinator::new(store, rules(600_000, 1), Arc::new(Metrics::default())).unwrap();
+        let open = second.current_attempt().unwrap();
+        assert_eq!((open.round, open.submitted, open.closed), (2, 1, false));
+        // The deadline was moved past the restart.
+        assert!(open.deadline_unix_ms > now_unix_ms() + 1000);
+        assert!(matches!(
+            second.submit(2, "a", &[0.5, 0.5]),
+            Ok(Accepted::Replay { .. })
+        ));
+        assert!(matches!(
+            second.submit(2, "b", &[0.5, 0.5]),
+            Ok(Accepted::New { .. })
+        ));
+    }
+}

@@ -1,0 +1,209 @@
+//! `/metrics` in the Prometheus text format, written by hand: aggregates only (counts, ε spent,
+//! request latencies), never anything about one client.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Why a submission was refused (a label of `fedsyn_submissions_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Unauthorized,
+    NotSampled,
+    UnknownRound,
+    Conflict,
+    Late,
+    Invalid,
+    TooLarge,
+    RateLimited,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 8] = [
+        Rejection::Unauthorized,
+        Rejection::NotSampled,
+        Rejection::UnknownRound,
+        Rejection::Conflict,
+        Rejection::Late,
+        Rejection::Invalid,
+        Rejection::TooLarge,
+        Rejection::RateLimited,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::NotSampled => "not_sampled",
+            Rejection::UnknownRound => "unknown_round",
+            Rejection::Conflict => "conflict",
+            Rejection::Late => "late",
+            Rejection::Invalid => "invalid",
+            Rejection::TooLarge => "too_large",
+            Rejection::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the request latency histogram.
+const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// The server's counters and gauges.
+#[derive(Default)]
+pub struct Metrics {
+    pub submissions_accepted: AtomicU64,
+    pub submissions_reclipped: AtomicU64,
+    rejected: [AtomicU64; 8],
+    pub enrolments: AtomicU64,
+    pub rounds_released: AtomicU64,
+    pub rounds_abandoned: AtomicU64,
+    pub enrolled_clients: AtomicU64,
+    /// The open (or last) round, +1 (0: none yet).
+    pub current_round_plus_one: AtomicU64,
+    epsilon_bits: [AtomicU64; 2],
+    latency: Mutex<Latency>,
+}
+
+#[derive(Default)]
+struct Latency {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    /// Counts a refused submission.
+    pub fn reject(&self, why: Rejection) {
+        let index = Rejection::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.rejected[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets ε spent (RDP, PLD).
+    pub fn set_epsilon(&self, rdp: f64, pld: f64) {
+        self.epsilon_bits[0].store(rdp.to_bits(), Ordering::Relaxed);
+        self.epsilon_bits[1].store(pld.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Records one request's latency.
+    pub fn observe_latency(&self, seconds: f64) {
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        for (bucket, bound) in latency.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        latency.count += 1;
+        latency.sum += seconds;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "fedsyn_submissions_accepted_total",
+            "Score vectors accepted.",
+            load(&self.submissions_accepted),
+        );
+        counter(
+            "fedsyn_submissions_reclipped_total",
+            "Accepted score vectors the server scaled down to the clip bound.",
+            load(&self.submissions_reclipped),
+        );
+        counter(
+            "fedsyn_enrolments_total",
+            "Clients enrolled.",
+            load(&self.enrolments),
+        );
+        counter(
+            "fedsyn_rounds_released_total",
+            "Rounds released (noise added, DPO done, checkpoint written).",
+            load(&self.rounds_released),
+        );
+        counter(
+            "fedsyn_rounds_abandoned_total",
+            "Round attempts abandoned with too few submissions (nothing charged).",
+            load(&self.rounds_abandoned),
+        );
+        let name = "fedsyn_submissions_rejected_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Score submissions refused, by reason.\n# TYPE {name} counter"
+        );
+        for (why, count) in Rejection::ALL.iter().zip(&self.rejected) {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", why.label(), load(count));
+        }
+        let mut gauge = |name: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "fedsyn_enrolled_clients",
+            "Clients enrolled.",
+            load(&self.enrolled_clients).to_string(),
+        );
+        let round = load(&self.current_round_plus_one);
+        gauge(
+            "fedsyn_current_round",
+            "The open or last round (-1 before the first).",
+            (round as i64 - 1).to_string(),
+        );
+        let [rdp, pld] = [0, 1].map(|i| f64::from_bits(load(&self.epsilon_bits[i])));
+        let name = "fedsyn_epsilon_spent";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Privacy budget spent, by accountant.\n# TYPE {name} gauge\n\
+             {name}{{accountant=\"rdp\"}} {rdp}\n{name}{{accountant=\"pld\"}} {pld}"
+        );
+        let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let name = "fedsyn_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP request latency.\n# TYPE {name} histogram"
+        );
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(latency.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}",
+            count = latency.count,
+            sum = latency.sum
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_holds_every_series() {
+        let metrics = Metrics::default();
+        metrics.submissions_accepted.fetch_add(2, Ordering::Relaxed);
+        metrics.reject(Rejection::Late);
+        metrics.set_epsilon(0.5, 0.4);
+        metrics.observe_latency(0.003);
+        let text = metrics.render();
+        assert!(text.contains("fedsyn_submissions_accepted_total 2\n"));
+        assert!(text.contains("fedsyn_submissions_rejected_total{reason=\"late\"} 1\n"));
+        assert!(text.contains("fedsyn_submissions_rejected_total{reason=\"conflict\"} 0\n"));
+        assert!(text.contains("fedsyn_epsilon_spent{accountant=\"rdp\"} 0.5\n"));
+        assert!(text.contains("fedsyn_request_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("fedsyn_request_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("fedsyn_current_round -1\n"));
+        // Every sample line is `name{labels} value` with a numeric value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

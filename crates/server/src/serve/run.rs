@@ -1,0 +1,612 @@
+//! The server's round loop around [`PopriEngine`], on its own (blocking) thread.
+//!
+//! Durable writes of round t, in this order:
+//! 1. the attempt opens: round, attempt, sampled client ids, deadline, candidate texts and the
+//!    encoded candidate bytes (SQLite);
+//! 2. each submission, in its own transaction (receipt = SHA-256 of the vector's bytes);
+//! 3. the attempt closes (later submissions → 410); an attempt with too few submissions is
+//!    abandoned instead (its vectors deleted, nothing released, nothing charged) and a new
+//!    attempt samples again;
+//! 4. the ledger row of round t (SQLite, primary key = round; the engine's `commit_cost`,
+//!    before any noise exists), mirrored to `ledger.json`;
+//! 5. noise, DPO, then the checkpoint of round t (adapter, trainer, state) renamed into place;
+//! 6. the metrics row; the attempt is marked released and its client vectors deleted.
+//!
+//! Why a `kill -9` anywhere, then `fedsyn serve --resume`, neither loses nor double-counts
+//! budget nor releases a round twice:
+//! - before 3: the attempt is still open; the restarted server takes it up (same round id,
+//!   same candidates, the stored submissions count, the deadline moves past the restart);
+//! - between 3 and 4: the attempt is closed and uncharged; the sum of its stored vectors is
+//!   charged and used exactly as without the kill;
+//! - between 4 and 5: round t is charged but nothing noisy left the process (the noise and the
+//!   adapter died with it). The resumed run draws fresh noise for the same stored sum under the
+//!   one charge already committed: one charge, one release — the argument of `simulate.rs`;
+//!   the ledger's primary key makes a second charge impossible anyway;
+//! - between 5 and 6: the checkpoint exists, so round t is done: the resumed run marks it
+//!   released (deleting its vectors) and continues with t + 1, repairing `metrics.jsonl` from
+//!   the checkpoint's copy of the row.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clients::{encode_candidates, CandidateMatrix, EmbeddingDtype};
+use models::train::PreferenceTrainer;
+use models::{Assets, DeviceChoice};
+use privacy_accounting::{LedgerEvent, Sampling};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::budget::{plan_noise, BudgetGuard};
+use crate::config::{RunConfig, SyntheticPrompts, WireDtype};
+use crate::engine::{
+    Candidates, PopriEngine, Progress, RoundReport, RoundSettings, ScoreTransport,
+};
+use crate::error::{Result, ServerError};
+use crate::noise::{NoiseSource, NoiseState};
+use crate::prompts::build_prompts_with;
+use crate::run_dir::{write_atomic, RoundMetrics, RunDir};
+use crate::sampling::{derived_rng, ClientSampler};
+use crate::serve::coordinator::{
+    now_unix_ms, sampling_stream, Coordinator, RemoteTransport, RunState,
+};
+use crate::serve::store::{RoundRecord, RoundStatus};
+use crate::setup;
+
+const STATE_FILE: &str = "state.json";
+const PROMPTS_FILE: &str = "prompts.json";
+/// The sampling stream of the final synthetic set (as in the simulation).
+const SYNTHETIC_STREAM: u64 = u64::MAX;
+/// `meta` key of the noise multiplier, planned once when round 0 opens.
+const SIGMA_KEY: &str = "sigma";
+
+/// What a checkpoint holds beside the adapter and the trainer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EngineState {
+    round: u64,
+    /// Only for test-seeded noise (an OS-seeded stream is never written to disk).
+    noise: Option<NoiseState>,
+    metrics: RoundMetrics,
+}
+
+/// Runs the remaining rounds of the run in `dir`, then writes the synthetic data and the
+/// privacy statement and marks the run finished. `on_round` sees each released round.
+pub fn run_rounds(
+    config: &RunConfig,
+    dir: &RunDir,
+    coordinator: &Arc<Coordinator>,
+    progress: &dyn Progress,
+    on_round: &dyn Fn(&RoundMetrics),
+) -> Result<()> {
+    if coordinator.snapshot().0 == RunState::Finished {
+        return Ok(());
+    }
+    tch::set_num_threads(config.run.threads.max(1) as i32);
+    let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+    let assets = Assets::discover();
+    let embedder = setup::load_embedder(config, &assets, device)?;
+    let mut generator = setup::load_generator(config, &assets, device)?;
+    let seed_pool = setup::seed_pool(config, dir, &generator, progress)?;
+    let template = setup::prompt_template(config)?;
+    let prompts = build_prompts_with(
+        &template,
+        &seed_pool,
+        config.prompts.num_prompts,
+        &mut derived_rng(config.run.seed, "prompts", 0),
+    )?;
+    let prompts_json = serde_json::to_string_pretty(&prompts)
+        .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
+    write_atomic(&dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
+
+    let checkpoint = dir.latest_checkpoint()?;
+    let (trainer, mut noise, first_round) = match &checkpoint {
+        Some((round, path)) => {
+            generator.model_mut().load_adapter(&path.join("adapter"))?;
+            let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
+            let state = read_state(&path.join(STATE_FILE))?;
+            repair_metrics(dir, *round, &state.metrics)?;
+            let noise = match &state.noise {
+                Some(saved) => NoiseSource::restore(saved),
+                None => NoiseSource::from_os()?,
+            };
+            (trainer, noise, round + 1)
+        }
+        None => {
+            generator
+                .model_mut()
+                .add_lora(&setup::lora_config(config)?, config.run.seed)?;
+            let trainer = PreferenceTrainer::new(config.dpo.clone())?;
+            (
+                trainer,
+                NoiseSource::from_config(config.privacy.noise_seed)?,
+                0,
+            )
+        }
+    };
+    release_checkpointed_attempt(coordinator, first_round)?;
+    let (rdp, pld) = BudgetGuard::new(&config.privacy)
+        .spent(&coordinator.store().ledger(config.privacy.delta)?)?;
+    coordinator.metrics().set_epsilon(rdp, pld);
+
+    let sampler = ClientSampler::new(config.privacy.client_sampling()?, config.run.seed)?;
+    let sigma = coordinator
+        .store()
+        .meta(SIGMA_KEY)?
+        .and_then(|s| s.parse::<f64>().ok());
+    let settings = RoundSettings {
+        per_prompt: config.generation.candidates_per_prompt,
+        sampling: setup::sampling_params(config),
+        truncate_tokens: config.generation.truncate_tokens,
+        batch_size: config.generation.batch_size,
+        embed_batch: setup::EMBED_BATCH,
+        clip: config.privacy.clip,
+        // Replaced by the planned σ before the first round runs.
+        noise_multiplier: sigma.unwrap_or(0.0),
+        rejected_rank: config.pairs.rejected_rank,
+        seed: config.run.seed,
+    };
+    let mut rounds = RoundLoop {
+        config,
+        dir,
+        coordinator,
+        sampler,
+        guard: BudgetGuard::new(&config.privacy),
+        sigma,
+        settings,
+    };
+    let mut engine: Option<PopriEngine> = None;
+    let mut parts = Some((generator, embedder, trainer, prompts));
+    for round in first_round..config.privacy.rounds {
+        if coordinator.stop_requested() {
+            break;
+        }
+        let Some(opened) = rounds.open(round, &mut engine, &mut parts, progress)? else {
+            break;
+        };
+        let engine = engine.as_mut().expect("opened rounds have an engine");
+        match rounds.run(engine, opened, &mut noise, progress)? {
+            Some(metrics) => on_round(&metrics),
+            None => break,
+        }
+    }
+
+    let engine = match engine {
+        Some(engine) => engine,
+        None => {
+            let (generator, embedder, trainer, prompts) =
+                parts.take().expect("the engine parts are unused");
+            PopriEngine::new(
+                generator,
+                embedder,
+                trainer,
+                prompts,
+                rounds.settings.clone(),
+            )?
+        }
+    };
+    write_outputs(
+        config,
+        dir,
+        coordinator,
+        engine,
+        &seed_pool,
+        &template,
+        progress,
+    )?;
+    coordinator.set_state(RunState::Finished)
+}
+
+/// A checkpoint exists for every round before `first_round`; an attempt of such a round that
+/// is not yet marked released (a kill between the checkpoint and the mark) is released now.
+fn release_checkpointed_attempt(coordinator: &Coordinator, first_round: u64) -> Result<()> {
+    let Some(open) = coordinator.current_attempt() else {
+        return Ok(());
+    };
+    if open.round < first_round {
+        coordinator.retire(open.round, open.attempt, RoundStatus::Released)?;
+    }
+    Ok(())
+}
+
+type EngineParts = (
+    models::Generator,
+    models::SentenceEmbedder,
+    PreferenceTrainer,
+    Vec<String>,
+);
+
+/// A round attempt ready to be collected.
+struct Opened {
+    round: u64,
+    population: Vec<String>,
+    candidates: Candidates,
+    embeddings: Tensor,
+    event: LedgerEvent,
+    sampling: Sampling,
+    /// Seconds spent generating and embedding the candidates (or re-embedding stored ones).
+    prepare_seconds: f64,
+}
+
+struct RoundLoop<'a> {
+    config: &'a RunConfig,
+    dir: &'a RunDir,
+    coordinator: &'a Arc<Coordinator>,
+    sampler: ClientSampler,
+    guard: BudgetGuard,
+    sigma: Option<f64>,
+    settings: RoundSettings,
+}
+
+impl RoundLoop<'_> {
+    /// Opens round `round` (or takes up its attempt held from before a restart); `None` when
+    /// the run should stop (stop requested, or the round would exceed the budget).
+    fn open(
+        &mut self,
+        round: u64,
+        engine: &mut Option<PopriEngine>,
+        parts: &mut Option<EngineParts>,
+        progress: &dyn Progress,
+    ) -> Result<Option<Opened>> {
+        let store = self.coordinator.store();
+        let held = self
+            .coordinator
+            .current_attempt()
+            .filter(|open| open.round == round);
+        let previous = store.latest_attempt(round)?;
+        let population = match (&held, &previous) {
+            (Some(_), Some(record)) => store.clients_in_order(record.population)?,
+            _ => match self
+                .coordinator
+                .wait_until_ready(self.config.serve.min_clients)?
+            {
+                Some(enrolled) => store.clients_in_order(enrolled)?,
+                None => return Ok(None),
+            },
+        };
+        let sampling = self.sampler.accounting(population.len())?;
+        let sigma = self.sigma(sampling)?;
+        self.settings.noise_multiplier = sigma;
+        let event = LedgerEvent::gaussian(sigma, sampling, 1)
+            .with_round(round)
+            .with_clip_bound(self.config.privacy.clip)
+            .with_label("popri round: noisy sum of clipped client score vectors (fedsyn serve)");
+        let charged = store.ledger_rows()?.iter().any(|row| row.round == round);
+        let ledger = store.ledger(self.config.privacy.delta)?;
+        if !charged && held.is_none() && self.guard.would_exceed(&ledger, &event)? {
+            return Ok(None);
+        }
+        if engine.is_none() {
+            let (generator, embedder, trainer, prompts) =
+                parts.take().expect("the engine is built once");
+            *engine = Some(PopriEngine::new(
+                generator,
+                embedder,
+                trainer,
+                prompts,
+                self.settings.clone(),
+            )?);
+        }
+        let engine = engine.as_mut().expect("built above");
+        let clock = Instant::now();
+        let (candidates, embeddings) = match (held, previous) {
+            (Some(_), Some(record)) => self.recorded(engine, &record, progress)?,
+            (None, Some(abandoned)) => {
+                // Killed after abandoning an attempt, before opening the next: same candidates.
+                self.open_attempt(round, abandoned.attempt + 1, &population, &abandoned)?;
+                self.recorded(engine, &abandoned, progress)?
+            }
+            _ => {
+                let prompts = engine.prompts().to_vec();
+                let per_prompt = self.config.generation.candidates_per_prompt;
+                let candidates = engine.sample_candidates(&prompts, per_prompt, round, progress)?;
+                let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
+                let record = self.first_record(round, &candidates, &embeddings)?;
+                self.open_attempt(round, 0, &population, &record)?;
+                (candidates, embeddings)
+            }
+        };
+        let prepare_seconds = clock.elapsed().as_secs_f64();
+        Ok(Some(Opened {
+            round,
+            population,
+            candidates,
+            embeddings,
+            event,
+            sampling,
+            prepare_seconds,
+        }))
+    }
+
+    /// The stored candidates of an attempt and their embeddings (recomputed from the texts:
+    /// the embedder is deterministic, and the clients keep the bytes they were sent).
+    fn recorded(
+        &self,
+        engine: &PopriEngine,
+        record: &RoundRecord,
+        progress: &dyn Progress,
+    ) -> Result<(Candidates, Tensor)> {
+        let candidates = Candidates {
+            texts: record.texts.clone(),
+            prompts: record.prompts,
+            per_prompt: record.per_prompt,
+        };
+        let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
+        Ok((candidates, embeddings))
+    }
+
+    /// σ: the persisted one, or planned now (once) for the population of round 0.
+    fn sigma(&mut self, sampling: Sampling) -> Result<f64> {
+        if let Some(sigma) = self.sigma {
+            return Ok(sigma);
+        }
+        let sigma = plan_noise(&self.config.privacy, sampling)?.sigma;
+        self.coordinator
+            .store()
+            .set_meta(SIGMA_KEY, &sigma.to_string())?;
+        self.sigma = Some(sigma);
+        Ok(sigma)
+    }
+
+    /// The record of round `round`'s candidates (encoded once, served to every client).
+    fn first_record(
+        &self,
+        round: u64,
+        candidates: &Candidates,
+        embeddings: &Tensor,
+    ) -> Result<RoundRecord> {
+        let rows = setup::rows(embeddings)?;
+        let dim = rows.first().map_or(0, Vec::len);
+        let matrix = CandidateMatrix {
+            round,
+            clip: self.config.privacy.clip,
+            rows: rows.len(),
+            dim,
+            values: rows.into_iter().flatten().collect(),
+        };
+        let dtype = match self.config.serve.embedding_dtype {
+            WireDtype::F16 => EmbeddingDtype::F16,
+            WireDtype::F32 => EmbeddingDtype::F32,
+        };
+        Ok(RoundRecord {
+            round,
+            attempt: 0,
+            status: RoundStatus::Open,
+            population: 0,
+            sampled: Vec::new(),
+            deadline_unix_ms: 0,
+            texts: candidates.texts.clone(),
+            prompts: candidates.prompts,
+            per_prompt: candidates.per_prompt,
+            rows: matrix.rows,
+            dim,
+            candidates: encode_candidates(&matrix, dtype, self.config.serve.compress),
+        })
+    }
+
+    /// Samples attempt `attempt` of `round` from `population` and opens it (persisted).
+    fn open_attempt(
+        &self,
+        round: u64,
+        attempt: u32,
+        population: &[String],
+        template: &RoundRecord,
+    ) -> Result<()> {
+        let indices = self
+            .sampler
+            .sample(sampling_stream(round, attempt), population.len())?;
+        let deadline = self.config.serve.round_deadline_seconds * 1000;
+        let record = RoundRecord {
+            attempt,
+            status: RoundStatus::Open,
+            population: population.len(),
+            sampled: indices.iter().map(|&i| population[i].clone()).collect(),
+            deadline_unix_ms: now_unix_ms() + deadline,
+            ..template.clone()
+        };
+        self.coordinator.open_attempt(&record)
+    }
+
+    /// Collects, charges, adds noise, trains, checkpoints and releases an opened round;
+    /// `None` when a stop abandoned it (nothing charged).
+    fn run(
+        &self,
+        engine: &mut PopriEngine,
+        opened: Opened,
+        noise: &mut NoiseSource,
+        progress: &dyn Progress,
+    ) -> Result<Option<RoundMetrics>> {
+        let clock = Instant::now();
+        let store = self.coordinator.store();
+        let round = opened.round;
+        let prepare_seconds = opened.prepare_seconds;
+        let mut transport = RemoteTransport::new(
+            self.coordinator.clone(),
+            self.sampler.clone(),
+            opened.population.clone(),
+        );
+        let population_indices: Vec<usize> = (0..transport.population()).collect();
+        let coordinator = self.coordinator;
+        let (dir, delta) = (self.dir, self.config.privacy.delta);
+        let event = opened.event.clone();
+        let guard = &self.guard;
+        let mut commit_cost = move || -> Result<()> {
+            let attempt = coordinator
+                .current_attempt()
+                .ok_or_else(|| ServerError::Http("no attempt at the ledger commit".into()))?;
+            store.commit_ledger(
+                &event,
+                attempt.sampled_count,
+                attempt.submitted,
+                now_unix_ms(),
+            )?;
+            // ledger.json mirrors the SQLite ledger for the tools that read run directories.
+            let ledger = store.ledger(delta)?;
+            let (rdp, pld) = guard.spent(&ledger)?;
+            coordinator.metrics().set_epsilon(rdp, pld);
+            dir.save_ledger(&ledger)
+        };
+        let output = match engine.run_round_with_candidates(
+            round,
+            opened.candidates,
+            opened.embeddings,
+            &population_indices,
+            &mut transport,
+            noise,
+            &mut commit_cost,
+            progress,
+        ) {
+            Ok(output) => output,
+            Err(_) if transport.stopped() => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let ledger = store.ledger(delta)?;
+        let (epsilon_rdp, epsilon_pld) = self.guard.spent(&ledger)?;
+        let mut report = output.report;
+        report.sampled = transport.sampled();
+        // Generation and embedding happened when the round opened.
+        report.seconds.generate = prepare_seconds;
+        let metrics = round_metrics(
+            self.config,
+            self.settings.noise_multiplier,
+            &opened.sampling,
+            &report,
+            (epsilon_rdp, epsilon_pld),
+            prepare_seconds + clock.elapsed().as_secs_f64(),
+        );
+        self.checkpoint(engine, noise, &metrics)?;
+        self.dir.append_metrics(&metrics)?;
+        let attempt = self
+            .coordinator
+            .current_attempt()
+            .ok_or_else(|| ServerError::Http("no attempt to release".into()))?;
+        self.coordinator
+            .retire(round, attempt.attempt, RoundStatus::Released)?;
+        self.coordinator
+            .metrics()
+            .rounds_released
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Some(metrics))
+    }
+
+    fn checkpoint(
+        &self,
+        engine: &PopriEngine,
+        noise: &NoiseSource,
+        metrics: &RoundMetrics,
+    ) -> Result<()> {
+        let pending = self.dir.begin_checkpoint(metrics.round)?;
+        engine.generator().model().save_adapter(
+            &pending.path().join("adapter"),
+            &setup::base_model_name(self.config),
+        )?;
+        engine.trainer().save(&pending.path().join("trainer"))?;
+        let state = EngineState {
+            round: metrics.round,
+            noise: noise.state(),
+            metrics: metrics.clone(),
+        };
+        let json = serde_json::to_string_pretty(&state)
+            .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
+        write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
+        pending.commit()?;
+        Ok(())
+    }
+}
+
+/// The synthetic data from the final adapter (post-processing: no privacy cost) and the
+/// privacy statement of the SQLite ledger.
+fn write_outputs(
+    config: &RunConfig,
+    dir: &RunDir,
+    coordinator: &Coordinator,
+    mut engine: PopriEngine,
+    seed_pool: &[String],
+    template: &crate::prompts::PromptTemplate,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let output = &config.output;
+    let prompts = match output.synthetic_prompts {
+        SyntheticPrompts::Fresh => build_prompts_with(
+            template,
+            seed_pool,
+            output.synthetic_samples,
+            &mut derived_rng(config.run.seed, "synthetic prompts", 0),
+        )?,
+        SyntheticPrompts::Reuse => engine
+            .prompts()
+            .iter()
+            .cycle()
+            .take(output.synthetic_samples)
+            .cloned()
+            .collect(),
+    };
+    let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
+    setup::write_synthetic_texts(dir, &synthetic.texts)?;
+    let ledger = coordinator.store().ledger(config.privacy.delta)?;
+    dir.save_ledger(&ledger)?;
+    setup::write_statement(dir, &ledger, config)
+}
+
+/// Makes `metrics.jsonl` end with the row of the last checkpoint.
+fn repair_metrics(dir: &RunDir, round: u64, row: &RoundMetrics) -> Result<()> {
+    dir.truncate_metrics(round)?;
+    let has_row = dir
+        .read_metrics()?
+        .last()
+        .is_some_and(|last| last.round == round);
+    if !has_row {
+        dir.append_metrics(row)?;
+    }
+    Ok(())
+}
+
+fn read_state(path: &Path) -> Result<EngineState> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
+        path: path.to_path_buf(),
+        message: format!("the checkpoint state cannot be read ({e})"),
+    })
+}
+
+fn round_metrics(
+    config: &RunConfig,
+    sigma: f64,
+    sampling: &Sampling,
+    report: &RoundReport,
+    (epsilon_rdp, epsilon_pld): (f64, f64),
+    wall_seconds: f64,
+) -> RoundMetrics {
+    let mean = |f: &dyn Fn(&models::train::StepMetrics) -> Option<f64>| {
+        let values: Vec<f64> = report.dpo.iter().filter_map(f).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    RoundMetrics {
+        round: report.round,
+        wall_seconds,
+        epsilon_rdp,
+        epsilon_pld,
+        delta: config.privacy.delta,
+        sigma,
+        q: setup::sampling_rate(sampling),
+        clip: config.privacy.clip,
+        clients: report.clients as u64,
+        clipped_fraction: Some(report.clipped_fraction),
+        mean_pre_clip_norm: Some(report.mean_pre_clip_norm),
+        noise_std: report.noise_std,
+        signal_to_noise: report
+            .signal_to_noise
+            .is_finite()
+            .then_some(report.signal_to_noise),
+        preference_agreement_nonprivate: None,
+        dpo_loss: mean(&|m| Some(m.loss)),
+        reward_accuracy: mean(&|m| m.rewards_accuracies),
+        reward_margin: mean(&|m| m.rewards_margins),
+        fid_nonprivate: None,
+        mean_distance_sq_nonprivate: None,
+        noisy_score_histogram: report.noisy_scores.clone(),
+        local_loss: None,
+        seconds: report.seconds,
+    }
+}

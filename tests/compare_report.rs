@@ -1,0 +1,423 @@
+//! End-to-end tests of `fedsyn compare` and `fedsyn report` on run directories made from one
+//! real tiny `fedsyn simulate` run (the installed SmolLM2 + MiniLM, 6 clients, 2 rounds).
+//!
+//! Training downstream models is `fedsyn eval`'s business (and slow): the `eval.json` files
+//! here are written by the test with chosen accuracies, so that the table and the gap-closed
+//! arithmetic can be checked exactly. The other directories are copies of the real run with
+//! another method / ε in their config, and the references are what `fedsyn eval --reference`
+//! leaves: a config.toml and an eval.json.
+
+mod common;
+use common::{fedsyn, have_default_models, scratch_dir};
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+const CLIENT_TOPICS: [&str; 6] = [
+    "the harbour lighthouse",
+    "winter wheat prices",
+    "the new canal locks",
+    "school libraries",
+    "the postal routes",
+    "river flood defences",
+];
+
+const SEEDS: &str = "\
+The committee met in the morning and agreed to publish its annual report.
+Farmers in the valley planted early this year because the rains came in March.
+The city opened a reading room for workers who finish their shifts at night.
+Engineers proposed a bridge of iron to replace the old wooden crossing.
+";
+
+const CONFIG: &str = r#"
+[run]
+name = "tiny"
+seed = 7
+device = "cpu"
+threads = 1
+
+[data]
+train = "clients.jsonl"
+eval_fraction = 0.25
+
+[prompts]
+seed_file = "seeds.txt"
+num_prompts = 3
+examples_per_prompt = 2
+
+[generation]
+candidates_per_prompt = 3
+max_new_tokens = 10
+truncate_tokens = 10
+batch_size = 9
+
+[pairs]
+rejected_rank = 2
+
+[lora]
+r = 4
+alpha = 8
+
+[dpo]
+beta = 0.1
+lr = 1e-3
+schedule = "constant"
+batch_size = 3
+grad_accum = 1
+max_prompt_length = 128
+max_length = 160
+
+[output]
+synthetic_samples = 3
+
+[eval]
+fid_all_candidates = true
+
+[privacy]
+epsilon = 2.0
+delta = 1e-5
+rounds = 2
+noise_seed = 42
+"#;
+
+/// The real run, made once per test process.
+fn real_run(dir: &Path) -> PathBuf {
+    let mut jsonl = String::new();
+    for (c, topic) in CLIENT_TOPICS.iter().enumerate() {
+        for t in 0..4 {
+            let text = format!(
+                "Citizen {c} wrote note {t} about {topic}, asking the council for a clear answer \
+                 before the spring session of {}.",
+                1850 + 7 * c + t
+            );
+            jsonl
+                .push_str(&json!({ "client_id": format!("client-{c}"), "text": text }).to_string());
+            jsonl.push('\n');
+        }
+    }
+    std::fs::write(dir.join("clients.jsonl"), jsonl).unwrap();
+    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
+    std::fs::write(dir.join("config.toml"), CONFIG).unwrap();
+    let run = dir.join("popri-eps2");
+    let output = fedsyn(&[
+        "simulate",
+        "--quiet",
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    run
+}
+
+/// Copies the files the reports read (not the checkpoints).
+fn copy_run(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in [
+        "config.toml",
+        "summary.json",
+        "metrics.jsonl",
+        "ledger.json",
+        "synthetic.jsonl",
+        "privacy-statement.md",
+    ] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+/// Rewrites one `key = value` line of a TOML file (the line must exist).
+fn set_toml_line(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains(from),
+        "{} has no `{from}`:\n{text}",
+        path.display()
+    );
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn write_eval(dir: &Path, method: &str, epsilon: Option<f64>, accuracy: f64, mauve: f64) {
+    let distribution = epsilon.is_some().then(|| {
+        json!({ "fid": 0.5 + accuracy, "precision": 0.6, "recall": 0.5, "mauve": mauve,
+                "synthetic_texts": 3, "eval_texts": 6 })
+    });
+    let report = json!({
+        "schema": 1,
+        "method": method,
+        "run_dir": epsilon.map(|_| dir.to_path_buf()),
+        "epsilon_target": epsilon,
+        "epsilon_rdp": epsilon.map(|e| e * 0.98),
+        "epsilon_pld": epsilon.map(|e| e * 0.9),
+        "delta": epsilon.map(|_| 1e-5),
+        "downstream": {
+            "model": "SmolLM2-135M-Instruct + LoRA r=4",
+            "accuracy": accuracy,
+            "eval_tokens": 1234,
+            "validation": [{"epoch": 1, "accuracy": accuracy - 0.01}, {"epoch": 2, "accuracy": accuracy}],
+            "chosen_epoch": 2,
+            "train_texts": 3,
+            "seed": 0
+        },
+        "distribution": distribution,
+        "seconds": 1.5
+    });
+    std::fs::write(dir.join("eval.json"), report.to_string()).unwrap();
+}
+
+fn reference(dir: &Path, run: &Path, method: &str, accuracy: f64) -> PathBuf {
+    let out = dir.join(format!("reference-{method}"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(run.join("config.toml"), out.join("config.toml")).unwrap();
+    write_eval(&out, method, None, accuracy, 0.0);
+    out
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let output = fedsyn(args);
+    assert!(
+        output.status.success(),
+        "fedsyn {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn compare_and_report_on_runs_made_from_a_real_run() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = scratch_dir("compare-report");
+    let popri = real_run(&dir);
+    write_eval(&popri, "popri", Some(2.0), 0.30, 0.7);
+
+    // A "PE at ε = 7" row: the same files with another method and target.
+    let pe = dir.join("pe-eps7");
+    copy_run(&popri, &pe);
+    set_toml_line(
+        &pe.join("config.toml"),
+        "method = \"popri\"",
+        "method = \"pe\"",
+    );
+    set_toml_line(&pe.join("config.toml"), "epsilon = 2.0", "epsilon = 7.0");
+    let mut summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(pe.join("summary.json")).unwrap()).unwrap();
+    summary["target_epsilon"] = json!(7.0);
+    std::fs::write(pe.join("summary.json"), summary.to_string()).unwrap();
+    write_eval(&pe, "pe", Some(7.0), 0.35, 0.8);
+
+    // A run nobody evaluated yet.
+    let unevaluated = dir.join("popri-unevaluated");
+    copy_run(&popri, &unevaluated);
+
+    let real = reference(&dir, &popri, "real", 0.40);
+    let public = reference(&dir, &popri, "public", 0.20);
+    let out = dir.join("comparison");
+    let dirs = [&popri, &pe, &unevaluated, &real, &public];
+    let mut args = vec!["compare", "--json", "--out", path_str(&out)];
+    args.extend(dirs.iter().map(|d| path_str(d)));
+    let comparison: Value = serde_json::from_str(&stdout_of(&args)).unwrap();
+
+    let rows = comparison["rows"].as_array().unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["popri", "popri", "pe", "public", "real"]);
+    let row_of = |dir: &Path| {
+        rows.iter()
+            .find(|r| r["run_dir"].as_str() == Some(path_str(dir)))
+            .unwrap_or_else(|| panic!("no row for {}", dir.display()))
+    };
+    let close = |value: &Value, expected: f64| {
+        let value = value
+            .as_f64()
+            .unwrap_or_else(|| panic!("{value} is not a number"));
+        assert!((value - expected).abs() < 1e-9, "{value} vs {expected}");
+    };
+    // gap closed = (acc − 0.20) / (0.40 − 0.20).
+    close(&row_of(&popri)["gap_closed"], 0.5);
+    close(&row_of(&pe)["gap_closed"], 0.75);
+    close(&row_of(&real)["gap_closed"], 1.0);
+    close(&row_of(&public)["gap_closed"], 0.0);
+    close(&row_of(&pe)["epsilon_target"], 7.0);
+    close(&row_of(&pe)["mauve"], 0.8);
+    assert_eq!(row_of(&real)["epsilon"], "∞");
+    assert_eq!(row_of(&public)["epsilon"], "0");
+    let pending = row_of(&unevaluated);
+    assert_eq!(pending["evaluated"], false);
+    assert!(pending["accuracy"].is_null() && pending["gap_closed"].is_null());
+    // ε spent comes from the run's own summary, not from eval.json.
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(popri.join("summary.json")).unwrap())
+            .unwrap();
+    close(
+        &row_of(&popri)["epsilon_rdp"],
+        summary["epsilon_rdp"].as_f64().unwrap(),
+    );
+
+    for file in [
+        "compare.md",
+        "compare.json",
+        "accuracy.svg",
+        "fid-rounds.svg",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let markdown = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(markdown.contains("![Downstream accuracy by method and target ε](accuracy.svg)"));
+    assert!(markdown.contains("| popri | 2 |"), "{markdown}");
+
+    // The plain table says what to do about the unevaluated run.
+    let mut args = vec!["compare"];
+    args.extend(dirs.iter().map(|d| path_str(d)));
+    let table = stdout_of(&args);
+    assert!(
+        table.contains(&format!(
+            "not evaluated (run `fedsyn eval {}`)",
+            unevaluated.display()
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains("50.0 %") && table.contains("75.0 %"),
+        "{table}"
+    );
+
+    // The report, with a synthetic text that would be markup if it were not escaped.
+    let hostile = "<script>alert('x')</script> & <img src=\"http://example.com/a.png\"/>";
+    let synthetic = std::fs::read_to_string(popri.join("synthetic.jsonl")).unwrap();
+    std::fs::write(
+        popri.join("synthetic.jsonl"),
+        format!("{}\n{synthetic}", json!({ "text": hostile })),
+    )
+    .unwrap();
+    let files: Value =
+        serde_json::from_str(&stdout_of(&["report", "--json", path_str(&popri)])).unwrap();
+    let html_path = PathBuf::from(files["html"].as_str().unwrap());
+    assert_eq!(html_path, popri.join("report.html"));
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    check_self_contained_xhtml(&html);
+    // ε per round, FID, DPO loss, reward accuracy, clipped fraction, the noisy-score
+    // histograms of both rounds and the validation curve.
+    let plots = html.matches("<svg").count();
+    assert!(plots >= 6, "{plots} plots");
+    assert!(
+        html.contains("Noisy scores per round"),
+        "no noisy-score histograms"
+    );
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;img"));
+    assert!(html.contains("0.3000 over 1234 tokens"));
+    assert!(html.contains("non-private diagnostic"));
+    let statement = std::fs::read_to_string(popri.join("privacy-statement.md")).unwrap();
+    let first_sentence = statement
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .unwrap();
+    let escaped = first_sentence
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    assert!(html.contains(&escaped), "the privacy statement is missing");
+
+    let markdown = std::fs::read_to_string(popri.join("report.md")).unwrap();
+    let plot_files = files["plots"].as_array().unwrap();
+    assert_eq!(plot_files.len(), plots);
+    for plot in plot_files {
+        let plot = PathBuf::from(plot.as_str().unwrap());
+        let relative = plot
+            .strip_prefix(&popri)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            markdown.contains(&format!("]({relative})")),
+            "{relative} not linked"
+        );
+        assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    }
+
+    // A report of the unevaluated run says how to evaluate it.
+    stdout_of(&["report", path_str(&unevaluated)]);
+    let html = std::fs::read_to_string(unevaluated.join("report.html")).unwrap();
+    check_self_contained_xhtml(&html);
+    assert!(html.contains("Not evaluated: run <code>fedsyn eval"));
+}
+
+/// Well-formed XML, no scripts, nothing loaded from elsewhere.
+fn check_self_contained_xhtml(html: &str) {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let document = roxmltree::Document::parse_with_options(html, options)
+        .unwrap_or_else(|e| panic!("report.html is not well-formed: {e}"));
+    let elements: Vec<_> = document.descendants().filter(|n| n.is_element()).collect();
+    assert!(elements
+        .iter()
+        .all(|n| !matches!(n.tag_name().name(), "script" | "link" | "iframe" | "img")));
+    for node in &elements {
+        for attribute in node.attributes() {
+            let value = attribute.value();
+            assert!(
+                !value.contains("http://") && !value.contains("https://")
+                    || attribute.name() == "xmlns",
+                "external reference {}={value}",
+                attribute.name()
+            );
+        }
+    }
+    let svgs = elements
+        .iter()
+        .filter(|n| n.tag_name().name() == "svg")
+        .count();
+    assert_eq!(
+        svgs,
+        html.matches("<svg").count(),
+        "an <svg> outside the tree"
+    );
+}
+
+#[test]
+fn compare_rejects_two_references_of_one_kind_and_non_runs() {
+    let dir = scratch_dir("compare-bad");
+    let config = dir.join("config.toml");
+    std::fs::write(dir.join("clients.jsonl"), "").unwrap();
+    std::fs::write(
+        &config,
+        "[data]\ntrain = \"clients.jsonl\"\n[prompts]\nseed_file = \"seeds.txt\"\n",
+    )
+    .unwrap();
+    let mut references = Vec::new();
+    for name in ["a", "b"] {
+        let out = dir.join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(&config, out.join("config.toml")).unwrap();
+        write_eval(&out, "real", None, 0.4, 0.0);
+        references.push(out);
+    }
+    let output = fedsyn(&[
+        "compare",
+        path_str(&references[0]),
+        path_str(&references[1]),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("are both the `real` reference"), "{stderr}");
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = fedsyn(&["report", path_str(&empty)]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("config.toml"));
+}

@@ -1,0 +1,192 @@
+//! End-to-end tests of `fedsyn eval` with the installed SmolLM2 and MiniLM on the small
+//! federation: a POPri run (train on its synthetic set, epoch chosen on validation), a
+//! DP-FedAvg run (its own adapter), the ε = ∞ and ε = 0 references, and bad input.
+
+mod common;
+use common::federation::write_small_federation;
+use common::{fedsyn, have_default_models, scratch_dir};
+
+use std::path::Path;
+
+use serde_json::Value;
+
+fn run_ok(args: &[&str]) -> Value {
+    let output = fedsyn(args);
+    assert!(
+        output.status.success(),
+        "fedsyn {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints one object")
+}
+
+fn simulate(config: &Path, out: &Path, method: &str) {
+    run_ok(&[
+        "simulate",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        &format!("run.method={method}"),
+    ]);
+}
+
+fn eval_file(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap()
+}
+
+/// Checks the parts of `eval.json` every method has.
+fn check_downstream(report: &Value) {
+    assert_eq!(report["schema"], 1);
+    let downstream = &report["downstream"];
+    let accuracy = downstream["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{accuracy}");
+    assert!(
+        downstream["eval_tokens"].as_u64().unwrap() > 50,
+        "{downstream}"
+    );
+    assert!(downstream["model"].as_str().unwrap().contains("SmolLM2"));
+}
+
+#[test]
+fn a_popri_run_is_scored_on_test_with_the_epoch_chosen_on_validation() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = scratch_dir("eval-popri");
+    let privacy = "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1\nnoise_seed = 3\n";
+    let config = write_small_federation(&dir, privacy);
+    let run = dir.join("run");
+    simulate(&config, &run, "popri");
+    let printed = run_ok(&[
+        "eval",
+        "--json",
+        run.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--max-train-texts",
+        "4",
+    ]);
+    let report = eval_file(&run);
+    assert_eq!(printed, report, "--json prints what eval.json holds");
+    check_downstream(&report);
+    assert_eq!(report["method"], "popri");
+    assert_eq!(report["epsilon_target"], 4.0);
+    assert!(report["epsilon_rdp"].as_f64().unwrap() <= 4.0);
+    let downstream = &report["downstream"];
+    assert_eq!(
+        downstream["train_texts"], 4,
+        "--max-train-texts caps the synthetic set"
+    );
+    let curve = downstream["validation"].as_array().unwrap();
+    assert_eq!(curve.len(), 2);
+    let best = curve
+        .iter()
+        .map(|e| e["accuracy"].as_f64().unwrap())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let chosen = downstream["chosen_epoch"].as_u64().unwrap() as usize;
+    assert_eq!(curve[chosen - 1]["accuracy"].as_f64().unwrap(), best);
+    let distribution = &report["distribution"];
+    assert_eq!(
+        distribution["synthetic_texts"], 6,
+        "every synthetic text is embedded"
+    );
+    assert_eq!(
+        distribution["eval_texts"], 12,
+        "both eval halves: 2 texts of 6 clients"
+    );
+    assert!(distribution["fid"].as_f64().unwrap() > 0.0);
+    for key in ["precision", "recall", "mauve"] {
+        let value = distribution[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&value), "{key} {value}");
+    }
+}
+
+#[test]
+fn a_dp_fedavg_run_is_scored_with_its_own_adapter() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = scratch_dir("eval-fedavg");
+    let extra = "[fedavg]\nlocal_steps = 1\nlocal_batch = 2\n\
+                 [privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1\nclip = 0.05\nnoise_seed = 3\n";
+    let config = write_small_federation(&dir, extra);
+    let run = dir.join("run");
+    simulate(&config, &run, "dp-fedavg");
+    run_ok(&["eval", "--json", run.to_str().unwrap()]);
+    let report = eval_file(&run);
+    check_downstream(&report);
+    assert_eq!(report["method"], "dp-fedavg");
+    assert_eq!(report["distribution"], Value::Null, "no text to compare");
+    assert_eq!(report["downstream"]["validation"], serde_json::json!([]));
+    assert!(report["downstream"]["model"]
+        .as_str()
+        .unwrap()
+        .contains("DP-FedAvg"));
+}
+
+#[test]
+fn references_score_the_public_model_and_training_on_real_texts() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = scratch_dir("eval-references");
+    let config = write_small_federation(&dir, "[privacy]\nepsilon = 4.0\n");
+    let reference = |name: &str| -> Value {
+        let out = dir.join(name);
+        run_ok(&[
+            "eval",
+            "--json",
+            "--reference",
+            name,
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ]);
+        assert!(out.join("config.toml").is_file());
+        eval_file(&out)
+    };
+    let public = reference("public");
+    let real = reference("real");
+    for (report, method) in [(&public, "public"), (&real, "real")] {
+        check_downstream(report);
+        assert_eq!(report["method"], method);
+        assert_eq!(report["epsilon_target"], Value::Null);
+        assert_eq!(report["run_dir"], Value::Null);
+    }
+    assert_eq!(
+        public["downstream"]["eval_tokens"], real["downstream"]["eval_tokens"],
+        "both score the same test half"
+    );
+    assert_eq!(public["distribution"], Value::Null);
+    assert_eq!(
+        real["downstream"]["train_texts"], 24,
+        "the clients' 4 training texts each"
+    );
+    assert_eq!(real["distribution"]["synthetic_texts"], 24);
+
+    // Bad input exits 2 and names the problem.
+    let output = fedsyn(&[
+        "eval",
+        "--reference",
+        "infinite",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--reference"));
+    let output = fedsyn(&["eval", dir.join("no-such-run").to_str().unwrap()]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,670 @@
+//! End-to-end tests of `fedsyn serve` with many `fedsyn client` processes on loopback, with
+//! the installed SmolLM2 and MiniLM: 50 clients complete 2 rounds; a server killed with
+//! SIGKILL in the middle of a round is restarted on its run directory and the run finishes
+//! with exactly one ledger event per released round. Neither test lets a client's text reach
+//! anything the server wrote.
+
+mod common;
+use common::{fedsyn_command, have_default_models};
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clients::profile::client_profile_with;
+use models::{Assets, SentenceEmbedder};
+use privacy_accounting::Ledger;
+use serde_json::Value;
+
+/// How long a whole run may take before the test gives up (2 cores shared with other tests).
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+const SEEDS: &str = "\
+The committee met in the morning and agreed to publish its annual report.
+Farmers in the valley planted early this year because the rains came in March.
+The city opened a reading room for workers who finish their shifts at night.
+Engineers proposed a bridge of iron to replace the old wooden crossing.
+";
+
+/// Client `c`'s three texts; each holds a marker no public text has, so that a leak of any
+/// of them into the server's files is found by substring search.
+fn client_texts(c: usize) -> Vec<String> {
+    let topics = [
+        "the harbour",
+        "wheat prices",
+        "canal locks",
+        "libraries",
+        "postal routes",
+    ];
+    (0..3)
+        .map(|t| {
+            format!(
+                "Resident qx{c:03}z{t} wrote about {} and asked the council for an answer \
+                 before the spring session of {}.",
+                topics[(c + t) % topics.len()],
+                1850 + c + 60 * t
+            )
+        })
+        .collect()
+}
+
+/// A test folder: the public seeds, the run configuration and one data file per client.
+struct Setup {
+    dir: PathBuf,
+    clients: usize,
+}
+
+impl Setup {
+    fn new(name: &str, clients: usize) -> Setup {
+        let dir = std::env::temp_dir().join(format!("fedsyn-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
+        std::fs::write(dir.join("config.toml"), config(clients)).unwrap();
+        for c in 0..clients {
+            let lines: String = client_texts(c)
+                .iter()
+                .map(|text| serde_json::json!({ "text": text }).to_string() + "\n")
+                .collect();
+            std::fs::write(dir.join(format!("client-{c}.jsonl")), lines).unwrap();
+        }
+        Setup { dir, clients }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn state_dir(&self, c: usize) -> PathBuf {
+        self.dir.join(format!("state-{c}"))
+    }
+
+    /// Embeds the texts of `clients` into their state folders in this process, with one
+    /// model load: 50 client processes embedding at once would each load MiniLM (~0.5 GB).
+    fn prepare_profiles(&self, clients: impl Iterator<Item = usize>) {
+        let dir = Assets::discover().minilm_dir().unwrap();
+        let embedder = SentenceEmbedder::load(&dir, tch::Device::Cpu).unwrap();
+        for c in clients {
+            client_profile_with(&client_texts(c), &embedder, &self.state_dir(c)).unwrap();
+        }
+    }
+
+    /// `fedsyn client` for client `c`, enrolling with `token` when given.
+    fn start_client(&self, c: usize, url: &str, token: Option<&str>) -> Child {
+        self.start_client_with(c, url, token, &[])
+    }
+
+    /// [`Setup::start_client`] with `extra` arguments.
+    fn start_client_with(&self, c: usize, url: &str, token: Option<&str>, extra: &[&str]) -> Child {
+        let data = self.dir.join(format!("client-{c}.jsonl"));
+        let state = self.state_dir(c);
+        let mut args = vec![
+            "client",
+            "--json",
+            "--server",
+            url,
+            "--data",
+            data.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--max-wait-seconds",
+            "120",
+        ];
+        if let Some(token) = token {
+            args.extend(["--enroll", token]);
+        }
+        args.extend(extra);
+        let log = std::fs::File::create(self.dir.join(format!("client-{c}.log"))).unwrap();
+        fedsyn_command(&args)
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("fedsyn client starts")
+    }
+
+    /// `fedsyn serve` on the run folder, with `extra` arguments; returns the process and its
+    /// URL (read from the `listening on` line).
+    fn start_server(&self, extra: &[&str]) -> (Child, String) {
+        let config = self.dir.join("config.toml");
+        let run = self.run_dir();
+        let mut args = vec![
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--exit-when-finished",
+        ];
+        args.extend(extra);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let mut child = fedsyn_command(&args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("fedsyn serve starts");
+        match listening_url(child.stdout.take().unwrap()) {
+            Some(url) => (child, url),
+            None => {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                self.fail(
+                    &mut [&mut child],
+                    &format!("the server did not start: {log}"),
+                )
+            }
+        }
+    }
+
+    fn enrolment_tokens(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.run_dir().join("enrolment-tokens.txt")).unwrap();
+        let tokens: Vec<String> = text.lines().map(str::to_string).collect();
+        assert_eq!(tokens.len(), self.clients);
+        tokens
+    }
+
+    /// Fails naming the logs' folder, after killing `children`.
+    fn fail(&self, children: &mut [&mut Child], message: &str) -> ! {
+        for child in children {
+            let _ = child.kill();
+        }
+        panic!("{message} (logs in {})", self.dir.display());
+    }
+}
+
+/// The run configuration: tiny prompts and generations, 2 rounds, every client in every
+/// round, a round closing once all of them submitted.
+fn config(clients: usize) -> String {
+    format!(
+        r#"
+[run]
+name = "serve-e2e"
+seed = 7
+device = "cpu"
+threads = 1
+
+# Required by the configuration schema; `fedsyn serve` never reads private data.
+[data]
+train = "sotu"
+
+[prompts]
+seed_file = "seeds.txt"
+num_prompts = 3
+examples_per_prompt = 2
+
+[generation]
+candidates_per_prompt = 3
+max_new_tokens = 10
+truncate_tokens = 10
+batch_size = 9
+
+[pairs]
+rejected_rank = 2
+
+[lora]
+r = 4
+alpha = 8
+
+[dpo]
+beta = 0.1
+lr = 1e-3
+schedule = "constant"
+batch_size = 3
+grad_accum = 1
+max_prompt_length = 128
+max_length = 160
+
+[output]
+synthetic_samples = 3
+
+[eval]
+fid = false
+
+[privacy]
+epsilon = 2.0
+delta = 1e-5
+rounds = 2
+noise_seed = 42
+
+[serve]
+min_clients = {clients}
+round_deadline_seconds = 600
+quorum = 1.0
+rate_limit_per_minute = 6000
+"#
+    )
+}
+
+/// The URL of `listening on URL`, the first line the server prints; `None` when it exits or
+/// prints something else first.
+fn listening_url(stdout: ChildStdout) -> Option<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = sender.send(line);
+        }
+        // Keep draining so that the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = receiver.recv_timeout(Duration::from_secs(300)).ok()?;
+    Some(line.strip_prefix("listening on ")?.trim().to_string())
+}
+
+/// `GET path` on `url` (plain HTTP), with the bearer `token` when given: status and body.
+fn http_get(url: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let host = url.strip_prefix("http://")?;
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// The value of the Prometheus sample `name` (without labels) in `/metrics`.
+fn metric(url: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(url, "/metrics", None)?;
+    body.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Resident and proportional set sizes of a process, in KiB (0 once it has exited).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let field = |file: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
+}
+
+/// The peak of the summed RSS and PSS of a set of processes, sampled.
+#[derive(Default)]
+struct MemoryPeak {
+    rss_kib: u64,
+    pss_kib: u64,
+}
+
+impl MemoryPeak {
+    fn sample(&mut self, pids: &[u32]) {
+        let (rss, pss) = pids
+            .iter()
+            .map(|&pid| memory_kib(pid))
+            .fold((0, 0), |(r, p), (rss, pss)| (r + rss, p + pss));
+        self.rss_kib = self.rss_kib.max(rss);
+        self.pss_kib = self.pss_kib.max(pss);
+    }
+}
+
+/// Waits for every client to exit, sampling their memory; returns each one's summary.
+fn wait_for_clients(
+    setup: &Setup,
+    server: &mut Child,
+    clients: &mut [Child],
+    peak: &mut MemoryPeak,
+) -> Vec<Value> {
+    let started = Instant::now();
+    let mut summaries = vec![Value::Null; clients.len()];
+    let mut running: Vec<usize> = (0..clients.len()).collect();
+    while !running.is_empty() {
+        let pids: Vec<u32> = running.iter().map(|&c| clients[c].id()).collect();
+        peak.sample(&pids);
+        let mut still = Vec::new();
+        for c in running {
+            match clients[c].try_wait().unwrap() {
+                None => still.push(c),
+                Some(status) if status.success() => {
+                    let mut stdout = String::new();
+                    let pipe = clients[c].stdout.as_mut().unwrap();
+                    pipe.read_to_string(&mut stdout).unwrap();
+                    summaries[c] = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+                        panic!("client {c} printed no JSON summary ({e}): {stdout}")
+                    });
+                }
+                Some(status) => {
+                    let mut all: Vec<&mut Child> = clients.iter_mut().collect();
+                    all.push(server);
+                    setup.fail(&mut all, &format!("client {c} failed: {status}"));
+                }
+            }
+        }
+        running = still;
+        if started.elapsed() > RUN_TIMEOUT {
+            let mut all: Vec<&mut Child> = clients.iter_mut().collect();
+            all.push(server);
+            setup.fail(&mut all, "the clients did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    summaries
+}
+
+/// Waits for the server to exit by itself (`--exit-when-finished`, once every client has
+/// been told the run is finished) and checks that it exits cleanly.
+fn wait_for_exit(setup: &Setup, server: &mut Child) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            if status.success() {
+                return;
+            }
+            setup.fail(&mut [], &format!("the server failed: {status}"));
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            setup.fail(&mut [server], "the server did not exit after the run");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Checks the finished run: one ledger event per released round (0 and 1), one metrics row
+/// each, the synthetic set, and none of the clients' texts in any file the server wrote.
+fn check_finished_run(setup: &Setup) {
+    let run = setup.run_dir();
+    let ledger = Ledger::load(&run.join("ledger.json")).unwrap();
+    let rounds: Vec<Option<u64>> = ledger.events.iter().map(|e| e.round).collect();
+    assert_eq!(
+        rounds,
+        [Some(0), Some(1)],
+        "one ledger event per released round"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let released: Vec<u64> = metrics
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["round"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(released, [0, 1], "each round released once");
+    let synthetic = std::fs::read_to_string(run.join("synthetic.jsonl")).unwrap();
+    assert_eq!(synthetic.lines().count(), 3);
+
+    let mut files = Vec::new();
+    collect_files(&run, &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("server.sqlite")),
+        "{files:?}"
+    );
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        for c in 0..setup.clients {
+            for (t, text) in client_texts(c).iter().enumerate() {
+                let marker = format!("qx{c:03}z{t}");
+                assert!(
+                    !contains(&bytes, marker.as_bytes()) && !contains(&bytes, text.as_bytes()),
+                    "client {c}'s text {t} is in {}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+#[test]
+fn fifty_client_processes_complete_two_rounds() {
+    if !have_default_models() {
+        return;
+    }
+    const CLIENTS: usize = 50;
+    let setup = Setup::new("fifty", CLIENTS);
+    // Two clients embed their own texts (the model load on a cache miss); the others find
+    // their profile prepared.
+    setup.prepare_profiles(2..CLIENTS);
+    let started = Instant::now();
+    let (mut server, url) =
+        setup.start_server(&["--bind", "127.0.0.1:0", "--enrolment-tokens", "50"]);
+    let tokens = setup.enrolment_tokens();
+    let mut clients: Vec<Child> = (0..CLIENTS)
+        .map(|c| setup.start_client(c, &url, Some(&tokens[c])))
+        .collect();
+    let mut peak = MemoryPeak::default();
+    let summaries = wait_for_clients(&setup, &mut server, &mut clients, &mut peak);
+    wait_for_exit(&setup, &mut server);
+    eprintln!(
+        "{CLIENTS} clients, 2 rounds in {:.1} s; peak summed client RSS {:.0} MiB, PSS {:.0} MiB \
+         ({:.1} MiB PSS per client)",
+        started.elapsed().as_secs_f64(),
+        mib(peak.rss_kib),
+        mib(peak.pss_kib),
+        mib(peak.pss_kib) / CLIENTS as f64
+    );
+
+    let mut ids: Vec<&str> = summaries
+        .iter()
+        .map(|s| s["client_id"].as_str().unwrap())
+        .collect();
+    for summary in &summaries {
+        assert_eq!(
+            summary["rounds_submitted"],
+            serde_json::json!([0, 1]),
+            "{summary}"
+        );
+        assert_eq!(
+            summary["rounds_refused"],
+            serde_json::json!([]),
+            "{summary}"
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), CLIENTS, "every client enrolled as itself");
+    for c in 0..CLIENTS {
+        let credentials = setup.state_dir(c).join("client.json");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&credentials)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", credentials.display());
+        }
+    }
+    // `fedsyn client` does not link libtorch (the two cold clients embedded in a child
+    // `fedsyn-ml client-embed` that has exited): a few MB each, not the ~400 MB of a libtorch
+    // process.
+    assert!(
+        mib(peak.pss_kib) / (CLIENTS as f64) < 50.0,
+        "clients hold {:.0} MiB PSS each",
+        mib(peak.pss_kib) / CLIENTS as f64
+    );
+    check_finished_run(&setup);
+    std::fs::remove_dir_all(&setup.dir).unwrap();
+}
+
+#[test]
+fn a_server_killed_mid_round_resumes_and_charges_each_round_once() {
+    if !have_default_models() {
+        return;
+    }
+    const CLIENTS: usize = 8;
+    let setup = Setup::new("kill", CLIENTS);
+    setup.prepare_profiles(0..CLIENTS);
+    let (mut server, url) = setup.start_server(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--enrolment-tokens",
+        &CLIENTS.to_string(),
+    ]);
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let tokens = setup.enrolment_tokens();
+    let mut clients: Vec<Child> = (0..CLIENTS - 1)
+        .map(|c| setup.start_client(c, &url, Some(&tokens[c])))
+        .collect();
+    // The last client enrols (round 0 needs every client) and is killed at once, before the
+    // round opens: round 0 then waits for its submission, so the server is killed mid-round
+    // whatever the timing. It comes back after the server's restart, from its credentials.
+    let last = CLIENTS - 1;
+    let mut late = setup.start_client(last, &url, Some(&tokens[last]));
+    let credentials = setup.state_dir(last).join("client.json");
+    let started = Instant::now();
+    while !credentials.exists() {
+        if started.elapsed() > Duration::from_secs(300) {
+            setup.fail(
+                &mut [&mut server, &mut late],
+                "the last client never enrolled",
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    late.kill().unwrap();
+    late.wait().unwrap();
+
+    // Kill -9 once the server has accepted a submission of round 0 and released nothing.
+    loop {
+        let accepted = metric(&url, "fedsyn_submissions_accepted_total").unwrap_or(0.0);
+        if accepted >= 1.0 {
+            let released = metric(&url, "fedsyn_rounds_released_total");
+            assert_eq!(
+                released,
+                Some(0.0),
+                "round 0 cannot close without the last client"
+            );
+            break;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let mut all: Vec<&mut Child> = clients.iter_mut().collect();
+            all.push(&mut server);
+            setup.fail(&mut all, "no submission of round 0 was accepted");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(!setup.run_dir().join("synthetic.jsonl").exists());
+
+    // The same run directory and port; the clients have been retrying meanwhile.
+    let (mut server, url) = setup.start_server(&["--bind", &format!("127.0.0.1:{port}")]);
+    clients.push(setup.start_client(last, &url, None));
+    let mut peak = MemoryPeak::default();
+    let summaries = wait_for_clients(&setup, &mut server, &mut clients, &mut peak);
+    wait_for_exit(&setup, &mut server);
+    for summary in &summaries {
+        let submitted = summary["rounds_submitted"].as_array().unwrap();
+        assert!(submitted.contains(&Value::from(1)), "{summary}");
+    }
+    check_finished_run(&setup);
+    std::fs::remove_dir_all(&setup.dir).unwrap();
+}
+
+#[test]
+fn clients_join_over_https_trusting_the_servers_certificate() {
+    if !have_default_models() {
+        return;
+    }
+    const CLIENTS: usize = 3;
+    let setup = Setup::new("tls", CLIENTS);
+    setup.prepare_profiles(0..CLIENTS);
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (setup.dir.join("cert.pem"), setup.dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let (mut server, url) = setup.start_server(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--enrolment-tokens",
+        &CLIENTS.to_string(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let url = url.replace("https://127.0.0.1", "https://localhost");
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let tokens = setup.enrolment_tokens();
+
+    // Without --ca-cert the self-signed certificate is not trusted: the client stops at once
+    // (no retry can mend it) and its token stays unused.
+    let output = fedsyn_command(&[
+        "client",
+        "--server",
+        &url,
+        "--enroll",
+        &tokens[0],
+        "--data",
+        setup.dir.join("client-0.jsonl").to_str().unwrap(),
+        "--state-dir",
+        setup.state_dir(0).to_str().unwrap(),
+        "--max-wait-seconds",
+        "60",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("POST /v1/enrol"), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(
+        !stderr.contains("retry 1"),
+        "a certificate error is not retried: {stderr}"
+    );
+    assert!(!setup.state_dir(0).join("client.json").exists());
+
+    let ca = ["--ca-cert", cert.to_str().unwrap()];
+    let mut clients: Vec<Child> = (0..CLIENTS)
+        .map(|c| setup.start_client_with(c, &url, Some(&tokens[c]), &ca))
+        .collect();
+    let summaries = wait_for_clients(
+        &setup,
+        &mut server,
+        &mut clients,
+        &mut MemoryPeak::default(),
+    );
+    wait_for_exit(&setup, &mut server);
+    for summary in &summaries {
+        assert_eq!(
+            summary["rounds_submitted"],
+            serde_json::json!([0, 1]),
+            "{summary}"
+        );
+    }
+    check_finished_run(&setup);
+    std::fs::remove_dir_all(&setup.dir).unwrap();
+}

@@ -1,0 +1,410 @@
+//! End-to-end tests of `fedsyn simulate` with Private Evolution (`pe`) and PE+SFT (`pe-sft`)
+//! on a six-client data set (written here) with the installed SmolLM2 and MiniLM: the run
+//! directory, the ledger within the target ε, the synthetic set, and resume after `kill -9`.
+
+mod common;
+use common::{fedsyn, fedsyn_command, have_default_models, scratch_dir};
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use privacy_accounting::{AccountantKind, Ledger, Sampling};
+use serde_json::Value;
+
+/// The target ε of every run here.
+const EPSILON: f64 = 2.0;
+
+/// Six clients, four distinctive texts each.
+fn client_jsonl() -> String {
+    let topics = [
+        "the harbour lighthouse",
+        "winter wheat prices",
+        "the new canal locks",
+        "school libraries",
+        "the postal routes",
+        "river flood defences",
+    ];
+    let mut jsonl = String::new();
+    for (c, topic) in topics.iter().enumerate() {
+        for t in 0..4 {
+            let text = format!(
+                "Citizen {c} wrote note {t} about {topic}, asking the council for a clear answer \
+                 before the spring session of {}.",
+                1850 + 7 * c + t
+            );
+            let row = serde_json::json!({ "client_id": format!("client-{c}"), "text": text });
+            jsonl.push_str(&row.to_string());
+            jsonl.push('\n');
+        }
+    }
+    jsonl
+}
+
+const SEEDS: &str = "\
+The committee met in the morning and agreed to publish its annual report.
+Farmers in the valley planted early this year because the rains came in March.
+The city opened a reading room for workers who finish their shifts at night.
+Engineers proposed a bridge of iron to replace the old wooden crossing.
+";
+
+/// A folder with the data, the public seeds and a small config: M = 3 survivors, 2 variations
+/// each plus the survivors (9 samples a round), 10 tokens a sample, 2 rounds at ε = 2 with a
+/// fixed noise seed (test-only opt-in) so that runs can be compared.
+fn setup(name: &str) -> PathBuf {
+    let dir = scratch_dir(&format!("pe-{name}"));
+    std::fs::write(dir.join("clients.jsonl"), client_jsonl()).unwrap();
+    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
+    let config = format!(
+        r#"
+[run]
+name = "pe-e2e"
+seed = 7
+device = "cpu"
+threads = 1
+
+[data]
+train = "clients.jsonl"
+eval_fraction = 0.25
+
+[prompts]
+seed_file = "seeds.txt"
+num_prompts = 3
+examples_per_prompt = 2
+
+[generation]
+max_new_tokens = 10
+truncate_tokens = 10
+batch_size = 9
+
+[lora]
+r = 4
+alpha = 8
+
+[dpo]
+lr = 1e-3
+schedule = "constant"
+batch_size = 3
+grad_accum = 1
+max_prompt_length = 128
+max_length = 160
+
+[pe]
+population = 3
+variations = 2
+keep_survivors = true
+
+[output]
+synthetic_samples = 3
+
+[privacy]
+epsilon = {EPSILON}
+delta = 1e-5
+rounds = 2
+noise_seed = 42
+"#
+    );
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    dir
+}
+
+/// `fedsyn simulate --json` of `method` into `dir/run_dir`; its summary.
+fn simulate(dir: &Path, method: &str, run_dir: &str) -> Value {
+    simulate_with(dir, method, run_dir, &[])
+}
+
+/// [`simulate`] with `--set` overrides.
+fn simulate_with(dir: &Path, method: &str, run_dir: &str, overrides: &[&str]) -> Value {
+    let config = dir.join("config.toml");
+    let out = dir.join(run_dir);
+    let method = format!("run.method={method}");
+    let mut args = vec![
+        "simulate",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        &method,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for assignment in overrides {
+        args.extend(["--set", assignment]);
+    }
+    let output = fedsyn(&args);
+    assert!(
+        output.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints the summary")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn metrics(run_dir: &Path) -> Vec<Value> {
+    read(&run_dir.join("metrics.jsonl"))
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a metrics line is JSON"))
+        .collect()
+}
+
+fn synthetic_texts(run_dir: &Path) -> Vec<String> {
+    read(&run_dir.join("synthetic.jsonl"))
+        .lines()
+        .map(|line| {
+            let sample: Value = serde_json::from_str(line).unwrap();
+            sample["text"]
+                .as_str()
+                .expect("a text per line")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The checks every PE or PE+SFT run must pass: two rounds within the budget, one ledger
+/// event per round with sensitivity 1, metrics rows, checkpoints holding `files`, the
+/// synthetic set, the plot and the statement.
+fn check_complete_run(run_dir: &Path, summary: &Value, checkpoint_files: &[&str]) {
+    assert_eq!(summary["rounds"], 2);
+    assert_eq!(summary["stop_reason"], "rounds_completed");
+    let epsilon = summary["epsilon_rdp"].as_f64().unwrap();
+    assert!(epsilon > 0.5 && epsilon <= EPSILON, "ε {epsilon}");
+
+    let ledger = Ledger::load(&run_dir.join("ledger.json")).unwrap();
+    let rounds: Vec<Option<u64>> = ledger.events.iter().map(|e| e.round).collect();
+    assert_eq!(rounds, [Some(0), Some(1)]);
+    for event in &ledger.events {
+        assert_eq!(event.sampling, Sampling::Full);
+        assert_eq!(event.clip_bound, Some(1.0), "histograms have L2 norm <= 1");
+        assert!(event.label.starts_with("pe round"), "{}", event.label);
+    }
+    for kind in [AccountantKind::Rdp, AccountantKind::Pld] {
+        let spent = ledger.epsilon(kind, 1e-5).unwrap().epsilon;
+        assert!(spent <= EPSILON, "{kind}: ε {spent} > {EPSILON}");
+    }
+
+    let rows = metrics(run_dir);
+    assert_eq!(rows.len(), 2);
+    for (round, row) in rows.iter().enumerate() {
+        assert_eq!(row["round"], round as u64);
+        assert_eq!(row["clients"], 6);
+        assert_eq!(row["clip"], 1.0);
+        assert_eq!(row["noise_std"], row["sigma"]);
+        assert!(row["fid_nonprivate"].as_f64().unwrap() > 0.0);
+        let histogram = &row["noisy_score_histogram"]["counts"];
+        let counted: u64 = histogram
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 9, "one noisy count per sample of the population");
+    }
+    for round in ["round-0000", "round-0001"] {
+        let checkpoint = run_dir.join("checkpoints").join(round);
+        for file in checkpoint_files.iter().chain(&["state.json"]) {
+            assert!(checkpoint.join(file).is_file(), "{round}/{file} missing");
+        }
+    }
+    assert_eq!(synthetic_texts(run_dir).len(), 3);
+    assert_eq!(summary["synthetic_samples"], 3);
+    assert!(read(&run_dir.join("rounds.svg")).starts_with("<svg"));
+    let statement = read(&run_dir.join("privacy-statement.md"));
+    assert!(statement.contains("differential privacy"), "{statement}");
+    let saved: Value = serde_json::from_str(&read(&run_dir.join("summary.json"))).unwrap();
+    assert_eq!(saved["rounds"], 2);
+
+    // The generator's prompts come from the public seeds only.
+    let prompts: Vec<String> = serde_json::from_str(&read(&run_dir.join("prompts.json"))).unwrap();
+    assert!(prompts.iter().all(|p| !p.contains("Citizen")));
+}
+
+#[test]
+fn pe_writes_a_complete_run_within_the_budget() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = setup("complete");
+    let summary = simulate(&dir, "pe", "run");
+    let run_dir = dir.join("run");
+    check_complete_run(&run_dir, &summary, &[]);
+    assert!(read(&run_dir.join("config.toml")).contains("method = \"pe\""));
+    // PE trains nothing: no adapter, no training loss.
+    assert!(!run_dir.join("checkpoints/round-0000/adapter").exists());
+    assert!(metrics(&run_dir)
+        .iter()
+        .all(|row| row["dpo_loss"].is_null()));
+    // The synthetic set is the last survivors first: they are in the last round's population.
+    let state: Value =
+        serde_json::from_str(&read(&run_dir.join("checkpoints/round-0001/state.json"))).unwrap();
+    let first_survivor = state["survivors"][0]["text"].as_str().unwrap();
+    assert_eq!(synthetic_texts(&run_dir)[0], first_survivor);
+    assert_eq!(state["next_population"].as_array().unwrap().len(), 9);
+}
+
+#[test]
+fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = setup("sft");
+    let summary = simulate(&dir, "pe-sft", "run");
+    let run_dir = dir.join("run");
+    check_complete_run(
+        &run_dir,
+        &summary,
+        &[
+            "adapter/adapter_model.safetensors",
+            "adapter/adapter_config.json",
+            "trainer/trainer_state.json",
+        ],
+    );
+    for row in metrics(&run_dir) {
+        let loss = row["dpo_loss"].as_f64().expect("the SFT loss of the round");
+        assert!(loss.is_finite() && loss > 0.0, "SFT loss {loss}");
+    }
+    // Every survivor trained on was written by a public prompt.
+    let state: Value =
+        serde_json::from_str(&read(&run_dir.join("checkpoints/round-0000/state.json"))).unwrap();
+    assert!(state["survivors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["prompt"].is_u64()));
+
+    // Resuming the finished run reloads the last adapter and trainer, runs no round and
+    // samples the same synthetic set again.
+    let before = synthetic_texts(&run_dir);
+    let output = fedsyn(&["simulate", "--json", "--resume", run_dir.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(synthetic_texts(&run_dir), before);
+    assert_eq!(metrics(&run_dir).len(), 2);
+    assert_eq!(
+        Ledger::load(&run_dir.join("ledger.json"))
+            .unwrap()
+            .events
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn pe_stops_before_a_round_would_exceed_the_budget() {
+    if !have_default_models() {
+        return;
+    }
+    // σ = 2 with everyone every round: a target between the ε of one and of two rounds allows
+    // exactly one of the three planned.
+    let epsilon_after = |rounds: u64| {
+        let mut ledger = Ledger::new();
+        for round in 0..rounds {
+            let event = privacy_accounting::LedgerEvent::gaussian(2.0, Sampling::Full, 1);
+            ledger.push(event.with_round(round)).unwrap();
+        }
+        ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon
+    };
+    let target = (epsilon_after(1) + epsilon_after(2)) / 2.0;
+    let dir = setup("budget");
+    let epsilon = format!("privacy.epsilon={target}");
+    let summary = simulate_with(
+        &dir,
+        "pe",
+        "run",
+        &[&epsilon, "privacy.rounds=3", "privacy.noise_multiplier=2.0"],
+    );
+    assert_eq!(summary["stop_reason"], "budget_exhausted");
+    assert_eq!(summary["rounds"], 1);
+    let ledger = Ledger::load(&dir.join("run/ledger.json")).unwrap();
+    assert_eq!(
+        ledger.events.len(),
+        1,
+        "no budget is spent on a round that does not run"
+    );
+    assert!(summary["epsilon_rdp"].as_f64().unwrap() <= target);
+    // The outputs of the one finished round are still written.
+    assert_eq!(synthetic_texts(&dir.join("run")).len(), 3);
+}
+
+/// A metrics row without its timings (which differ between runs).
+fn without_timings(mut row: Value) -> Value {
+    let object = row.as_object_mut().unwrap();
+    object.remove("seconds");
+    object.remove("wall_seconds");
+    row
+}
+
+#[test]
+fn pe_resume_after_kill_gives_the_uninterrupted_result() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = setup("resume");
+    simulate(&dir, "pe", "uninterrupted");
+
+    // The same run, killed (SIGKILL) once round 0 is checkpointed, then resumed.
+    let config = dir.join("config.toml");
+    let killed = dir.join("killed");
+    let mut child = fedsyn_command(&[
+        "simulate",
+        "--quiet",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        "run.method=pe",
+        "--out",
+        killed.to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("fedsyn starts");
+    let first_checkpoint = killed.join("checkpoints/round-0000");
+    let started = Instant::now();
+    while !first_checkpoint.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("synthetic.jsonl").exists());
+
+    let output = fedsyn(&["simulate", "--json", "--resume", killed.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let uninterrupted = dir.join("uninterrupted");
+    assert_eq!(synthetic_texts(&killed), synthetic_texts(&uninterrupted));
+    let strip = |rows: Vec<Value>| rows.into_iter().map(without_timings).collect::<Vec<_>>();
+    assert_eq!(strip(metrics(&killed)), strip(metrics(&uninterrupted)));
+    // Budget neither lost nor counted twice.
+    let events = |run: &Path| {
+        Ledger::load(&run.join("ledger.json"))
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| (e.round, e.noise_multiplier))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&killed), events(&uninterrupted));
+}
