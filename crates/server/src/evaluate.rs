@@ -316,7 +316,7 @@ pub fn evaluate_run(
             let downstream = session.train_and_score(&config, &train, &split, progress)?;
             let distribution =
                 session.distribution(&config, dir.root(), &synthetic, &split, progress)?;
-            (downstream, Some(distribution))
+            (downstream, distribution)
         }
     };
     let report = EvalReport {
@@ -368,7 +368,7 @@ pub fn evaluate_reference(
             let train = seeded_sample(real, options.max_train_texts, config.run.seed, 0);
             let downstream = session.train_and_score(config, &train, &split, progress)?;
             let distribution = session.distribution(config, out, &train, &split, progress)?;
-            (downstream, Some(distribution))
+            (downstream, distribution)
         }
     };
     let report = EvalReport {
@@ -600,7 +600,8 @@ impl<'a> Session<'a> {
     }
 
     /// FID, precision/recall and MAUVE between `texts` and all private eval texts (both halves:
-    /// nothing is chosen on these numbers), embedded with the run's embedder.
+    /// nothing is chosen on these numbers), embedded with the run's embedder; `None` when either
+    /// side has too few texts for the k-NN balls (at most k = `DEFAULT_NEIGHBOURS`).
     fn distribution(
         &self,
         config: &RunConfig,
@@ -608,7 +609,10 @@ impl<'a> Session<'a> {
         texts: &[String],
         split: &EvalSplit,
         progress: &dyn Progress,
-    ) -> Result<DistributionResult> {
+    ) -> Result<Option<DistributionResult>> {
+        if texts.len() <= DEFAULT_NEIGHBOURS || split.all().len() <= DEFAULT_NEIGHBOURS {
+            return Ok(None);
+        }
         let embedder = load_embedder(config, &self.assets, self.device)?;
         let cache = embedding_cache_dir(&self.assets, cache_base);
         let eval_texts = split.all();
@@ -628,14 +632,14 @@ impl<'a> Session<'a> {
             "embed texts",
         )?)?;
         let pr = knn_precision_recall(&eval, &samples, DEFAULT_NEIGHBOURS)?;
-        Ok(DistributionResult {
+        Ok(Some(DistributionResult {
             fid: frechet_distance(&samples, &eval)?,
             precision: pr.precision,
             recall: pr.recall,
             mauve: mauve(&samples, &eval, &MauveOptions::default())?,
             synthetic_texts: samples.len(),
             eval_texts: eval.len(),
-        })
+        }))
     }
 }
 

@@ -46,7 +46,7 @@ use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::evaluate::MODEL_DIR;
 use crate::noise::{NoiseSource, NoiseState};
-use crate::run_dir::{write_atomic, PhaseSeconds, RoundMetrics, RunDir};
+use crate::run_dir::{read_checkpoint_state, write_atomic, PhaseSeconds, RoundMetrics, RunDir};
 use crate::sampling::ClientSampler;
 use crate::setup::{
     base_model_name, load_data, load_generator, lora_config, sampling_rate, write_statement,
@@ -202,8 +202,8 @@ pub(crate) fn run_dp_fedavg(
             generator
                 .model_mut()
                 .load_adapter(&path.join(ADAPTER_DIR))?;
-            let state = read_state(&path.join(STATE_FILE))?;
-            repair_metrics(dir, round, &state.metrics)?;
+            let state: FedAvgState = read_checkpoint_state(&path.join(STATE_FILE))?;
+            dir.repair_metrics(round, &state.metrics)?;
             let noise = match &state.noise {
                 Some(saved) => NoiseSource::restore(saved),
                 None => NoiseSource::from_os()?,
@@ -477,28 +477,6 @@ fn remove_dir_if_present(path: &Path) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ServerError::io(path, e)),
         _ => Ok(()),
     }
-}
-
-fn read_state(path: &Path) -> Result<FedAvgState> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-        path: path.to_path_buf(),
-        message: format!("the DP-FedAvg checkpoint state cannot be read ({e})"),
-    })
-}
-
-/// Makes `metrics.jsonl` end with the row of the last checkpoint (`round`): rows of rounds that
-/// were not checkpointed are dropped, a row lost to a kill is restored.
-fn repair_metrics(dir: &RunDir, round: u64, row: &RoundMetrics) -> Result<()> {
-    dir.truncate_metrics(round)?;
-    let has_row = dir
-        .read_metrics()?
-        .last()
-        .is_some_and(|last| last.round == round);
-    if !has_row {
-        dir.append_metrics(row)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

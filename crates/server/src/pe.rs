@@ -52,7 +52,9 @@ use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::noise::{NoiseSource, NoiseState};
 use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
-use crate::run_dir::{write_atomic, Histogram, PhaseSeconds, RoundMetrics, RunDir};
+use crate::run_dir::{
+    read_checkpoint_state, write_atomic, Histogram, PhaseSeconds, RoundMetrics, RunDir,
+};
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
@@ -220,8 +222,8 @@ impl<'a> PeRun<'a> {
         let config = self.config;
         match self.dir.latest_checkpoint()? {
             Some((round, path)) => {
-                let state = read_state(&path.join(STATE_FILE))?;
-                repair_metrics(self.dir, round, &state.metrics)?;
+                let state: PeState = read_checkpoint_state(&path.join(STATE_FILE))?;
+                self.dir.repair_metrics(round, &state.metrics)?;
                 if self.sft {
                     self.generator
                         .model_mut()
@@ -857,28 +859,6 @@ impl<'a> Writer<'a> {
             .map(|t| t.trim().to_string())
             .map_err(|e| ServerError::Tokenizer(e.to_string()))
     }
-}
-
-fn read_state(path: &std::path::Path) -> Result<PeState> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-        path: path.to_path_buf(),
-        message: format!("the PE checkpoint state cannot be read ({e})"),
-    })
-}
-
-/// Makes `metrics.jsonl` end with the row of the last checkpoint (`round`): rows of rounds that
-/// were not checkpointed are dropped, a row lost to a kill is restored.
-fn repair_metrics(dir: &RunDir, round: u64, row: &RoundMetrics) -> Result<()> {
-    dir.truncate_metrics(round)?;
-    let has_row = dir
-        .read_metrics()?
-        .last()
-        .is_some_and(|last| last.round == round);
-    if !has_row {
-        dir.append_metrics(row)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

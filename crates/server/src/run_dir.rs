@@ -417,6 +417,21 @@ impl RunDir {
         write_atomic(&self.metrics_path(), text.as_bytes())
     }
 
+    /// Makes `metrics.jsonl` end with the row of the last checkpoint (`round`): rows of rounds
+    /// that were not checkpointed are dropped, a row lost to a kill is restored from `row` (the
+    /// checkpoint's copy).
+    pub fn repair_metrics(&self, round: u64, row: &RoundMetrics) -> Result<()> {
+        self.truncate_metrics(round)?;
+        let has_row = self
+            .read_metrics()?
+            .last()
+            .is_some_and(|last| last.round == round);
+        if !has_row {
+            self.append_metrics(row)?;
+        }
+        Ok(())
+    }
+
     /// Starts the checkpoint of `round` in a fresh temporary folder (any partial checkpoint a
     /// crash left behind is removed). Fails if the round already has a complete checkpoint.
     pub fn begin_checkpoint(&self, round: u64) -> Result<PendingCheckpoint> {
@@ -545,6 +560,15 @@ fn flatten_into(flat: &mut BTreeMap<String, String>, prefix: &str, value: &toml:
             flat.insert(prefix.to_string(), other.to_string());
         }
     }
+}
+
+/// Reads the JSON state file a checkpoint keeps beside its adapter (each method its own type).
+pub fn read_checkpoint_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
+        path: path.to_path_buf(),
+        message: format!("the checkpoint state cannot be read ({e})"),
+    })
 }
 
 /// Replaces `path` with `bytes` atomically and durably: write a temporary file beside it, sync

@@ -31,7 +31,7 @@ use crate::engine::{
 use crate::error::{Result, ServerError};
 use crate::noise::{NoiseSource, NoiseState};
 use crate::prompts::{build_prompts_with, PromptTemplate};
-use crate::run_dir::{write_atomic, RoundMetrics, RunDir};
+use crate::run_dir::{read_checkpoint_state, write_atomic, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
@@ -160,18 +160,19 @@ impl SimulationSummary {
     }
 }
 
-/// The one-line account of a finished round that the CLI prints.
+/// The one-line account of a finished round that the CLI prints. The training loss is the
+/// round's DPO loss (POPri), SFT loss (PE+SFT) or the clients' local loss (DP-FedAvg).
 pub fn round_line(metrics: &RoundMetrics) -> String {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     format!(
-        "round {:>3}: ε {:.4} (RDP) / {:.4} (PLD), {} clients, DPO loss {}, reward acc {}, \
-         FID {} (non-private), {:.1} s (generate {:.1}, embed {:.1}, score {:.1}, dpo {:.1})",
+        "round {:>3}: ε {:.4} (RDP) / {:.4} (PLD), {} clients, train loss {}, reward acc {}, \
+         FID {} (non-private), {:.1} s (generate {:.1}, embed {:.1}, score {:.1}, train {:.1})",
         metrics.round,
         metrics.epsilon_rdp,
         metrics.epsilon_pld,
         metrics.clients,
-        opt(metrics.dpo_loss, 4),
+        opt(metrics.dpo_loss.or(metrics.local_loss), 4),
         opt(metrics.reward_accuracy, 2),
         opt(metrics.fid_nonprivate, 4),
         metrics.wall_seconds,
@@ -292,8 +293,8 @@ impl Simulation {
             Some((round, path)) => {
                 generator.model_mut().load_adapter(&path.join("adapter"))?;
                 let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
-                let state: EngineState = read_state(&path.join(STATE_FILE))?;
-                self.repair_metrics(*round, &state.metrics)?;
+                let state: EngineState = read_checkpoint_state(&path.join(STATE_FILE))?;
+                self.dir.repair_metrics(*round, &state.metrics)?;
                 let noise = match &state.noise {
                     Some(saved) => NoiseSource::restore(saved),
                     None => NoiseSource::from_os()?,
@@ -460,21 +461,6 @@ impl Simulation {
         Ok(())
     }
 
-    /// Makes `metrics.jsonl` end with the row of the last checkpoint (`round`): rows of rounds
-    /// that were not checkpointed are dropped, a row lost to a kill is restored.
-    fn repair_metrics(&self, round: u64, row: &RoundMetrics) -> Result<()> {
-        self.dir.truncate_metrics(round)?;
-        let has_row = self
-            .dir
-            .read_metrics()?
-            .last()
-            .is_some_and(|last| last.round == round);
-        if !has_row {
-            self.dir.append_metrics(row)?;
-        }
-        Ok(())
-    }
-
     /// Samples the synthetic data set and writes `synthetic.jsonl` (`{"text": …}` per line).
     fn write_synthetic(
         &self,
@@ -516,14 +502,6 @@ fn diagnostic_rows(output: &RoundOutput, all: bool) -> Result<Vec<Vec<f32>>> {
         .into_iter()
         .step_by(output.candidates.per_prompt.max(1))
         .collect())
-}
-
-fn read_state(path: &Path) -> Result<EngineState> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-        path: path.to_path_buf(),
-        message: format!("the checkpoint state cannot be read ({e})"),
-    })
 }
 
 /// Measured values of a round that the engine's report does not hold.

@@ -26,7 +26,6 @@
 //!   released (deleting its vectors) and continues with t + 1, repairing `metrics.jsonl` from
 //!   the checkpoint's copy of the row.
 
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,7 +46,7 @@ use crate::engine::{
 use crate::error::{Result, ServerError};
 use crate::noise::{NoiseSource, NoiseState};
 use crate::prompts::build_prompts_with;
-use crate::run_dir::{write_atomic, RoundMetrics, RunDir};
+use crate::run_dir::{read_checkpoint_state, write_atomic, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::serve::coordinator::{
     now_unix_ms, sampling_stream, Coordinator, RemoteTransport, RunState,
@@ -105,8 +104,8 @@ pub fn run_rounds(
         Some((round, path)) => {
             generator.model_mut().load_adapter(&path.join("adapter"))?;
             let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
-            let state = read_state(&path.join(STATE_FILE))?;
-            repair_metrics(dir, *round, &state.metrics)?;
+            let state: EngineState = read_checkpoint_state(&path.join(STATE_FILE))?;
+            dir.repair_metrics(*round, &state.metrics)?;
             let noise = match &state.noise {
                 Some(saved) => NoiseSource::restore(saved),
                 None => NoiseSource::from_os()?,
@@ -547,27 +546,6 @@ fn write_outputs(
     let ledger = coordinator.store().ledger(config.privacy.delta)?;
     dir.save_ledger(&ledger)?;
     setup::write_statement(dir, &ledger, config)
-}
-
-/// Makes `metrics.jsonl` end with the row of the last checkpoint.
-fn repair_metrics(dir: &RunDir, round: u64, row: &RoundMetrics) -> Result<()> {
-    dir.truncate_metrics(round)?;
-    let has_row = dir
-        .read_metrics()?
-        .last()
-        .is_some_and(|last| last.round == round);
-    if !has_row {
-        dir.append_metrics(row)?;
-    }
-    Ok(())
-}
-
-fn read_state(path: &Path) -> Result<EngineState> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-        path: path.to_path_buf(),
-        message: format!("the checkpoint state cannot be read ({e})"),
-    })
 }
 
 fn round_metrics(
