@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::FederatedData;
 use crate::error::{ClientsError, Result};
+use crate::population::unit_train_embeddings;
 use crate::scores::{ensure_finite, unit_candidates, unit_rows};
 
 /// Cosines this close to a text's best one count as the best too (f64 rounding of equal
@@ -166,20 +167,7 @@ impl VotingPopulation {
     /// `train_embeddings` is `[data.train_len(), d]`, its rows in
     /// [`FederatedData::train_texts`] order (client after client).
     pub fn new(data: &FederatedData, train_embeddings: &Tensor) -> Result<VotingPopulation> {
-        let size = train_embeddings.size();
-        if size.len() != 2 || size[0] != data.train_len() as i64 || size[1] < 1 {
-            return Err(ClientsError::InvalidArgument {
-                name: "training embeddings",
-                message: format!(
-                    "have shape {size:?}; expected [{}, dim], one row per training text of \
-                     FederatedData::train_texts()",
-                    data.train_len()
-                ),
-            });
-        }
-        ensure_finite(train_embeddings, "the training embeddings")?;
-        let embeddings =
-            unit_rows(&train_embeddings.f_to_device(Device::Cpu)?)?.f_to_kind(Kind::Float)?;
+        let embeddings = unit_train_embeddings(data, train_embeddings)?.f_to_kind(Kind::Float)?;
         let offsets = std::iter::once(0)
             .chain(data.clients.iter().scan(0, |end, client| {
                 *end += client.train.len();

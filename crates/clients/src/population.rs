@@ -41,25 +41,35 @@ pub struct ScoreSum {
     pub mean_pre_clip_norm: f64,
 }
 
+/// The clients' training embeddings checked (`[data.train_len(), d]`, finite) and normalised to
+/// unit rows on the CPU, as a client would use them: the one entry check of every simulated
+/// population.
+pub(crate) fn unit_train_embeddings(
+    data: &FederatedData,
+    train_embeddings: &Tensor,
+) -> Result<Tensor> {
+    let size = train_embeddings.size();
+    if size.len() != 2 || size[0] != data.train_len() as i64 || size[1] < 1 {
+        return Err(ClientsError::InvalidArgument {
+            name: "training embeddings",
+            message: format!(
+                "have shape {size:?}; expected [{}, dim], one row per training text of \
+                 FederatedData::train_texts()",
+                data.train_len()
+            ),
+        });
+    }
+    ensure_finite(train_embeddings, "the training embeddings")?;
+    unit_rows(&train_embeddings.f_to_device(Device::Cpu)?)
+}
+
 impl SimulatedPopulation {
     /// Builds the population of `data`'s clients from the embeddings of their training texts:
     /// `train_embeddings` is `[data.train_len(), d]`, its rows in
     /// [`FederatedData::train_texts`] order (client after client). Rows are normalised to unit
     /// length before summing, as a client would use them.
     pub fn new(data: &FederatedData, train_embeddings: &Tensor) -> Result<SimulatedPopulation> {
-        let size = train_embeddings.size();
-        if size.len() != 2 || size[0] != data.train_len() as i64 || size[1] < 1 {
-            return Err(ClientsError::InvalidArgument {
-                name: "training embeddings",
-                message: format!(
-                    "have shape {size:?}; expected [{}, dim], one row per training text of \
-                     FederatedData::train_texts()",
-                    data.train_len()
-                ),
-            });
-        }
-        ensure_finite(train_embeddings, "the training embeddings")?;
-        let unit = unit_rows(&train_embeddings.f_to_device(Device::Cpu)?)?;
+        let unit = unit_train_embeddings(data, train_embeddings)?;
         let text_counts: Vec<usize> = data.clients.iter().map(|c| c.train.len()).collect();
         let owners: Vec<i64> = text_counts
             .iter()
@@ -68,7 +78,7 @@ impl SimulatedPopulation {
             .collect();
         // Summed in f64, kept in f32: d floats a client.
         let sums = Tensor::f_zeros(
-            [data.num_clients() as i64, size[1]],
+            [data.num_clients() as i64, unit.size()[1]],
             (Kind::Double, Device::Cpu),
         )?
         .f_index_add(0, &Tensor::f_from_slice(&owners)?, &unit)?
