@@ -176,7 +176,10 @@ fn auto_clusters(smaller_set: usize) -> usize {
 
 /// Checks that every set has at least `min_rows` finite rows of one common dimension > 0, and
 /// returns that dimension.
-fn check_features(sets: &[(&'static str, &[Vec<f32>])], min_rows: usize) -> Result<usize> {
+pub(crate) fn check_features(
+    sets: &[(&'static str, &[Vec<f32>])],
+    min_rows: usize,
+) -> Result<usize> {
     let dim = sets
         .first()
         .and_then(|(_, set)| set.first())

@@ -9,12 +9,13 @@
 //! decomposition. Both sets read private data when one is the private eval set: the result is a
 //! non-private diagnostic.
 
+use crate::distribution::check_features;
 use crate::error::{Result, ServerError};
 
 /// The Fréchet distance between Gaussians fitted to the rows of `a` and of `b` (≥ 2 rows each,
 /// all of one dimension).
 pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> Result<f64> {
-    let dim = check_sets(a, b, 2)?;
+    let dim = check_features(&[("a", a), ("b", b)], 2)?;
     let (mean_a, cov_a) = mean_and_covariance(a, dim);
     let (mean_b, cov_b) = mean_and_covariance(b, dim);
     let sqrt_a = symmetric_sqrt(&cov_a, dim)?;
@@ -31,39 +32,8 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> Result<f64> {
 
 /// ‖mean(a) − mean(b)‖², the cheaper companion diagnostic (≥ 1 row each).
 pub fn mean_distance_sq(a: &[Vec<f32>], b: &[Vec<f32>]) -> Result<f64> {
-    let dim = check_sets(a, b, 1)?;
+    let dim = check_features(&[("a", a), ("b", b)], 1)?;
     Ok(squared_distance(&mean(a, dim), &mean(b, dim)))
-}
-
-/// Checks both sets and returns their common dimension.
-fn check_sets(a: &[Vec<f32>], b: &[Vec<f32>], min_rows: usize) -> Result<usize> {
-    let dim = a.first().map_or(0, Vec::len);
-    for (name, set) in [("a", a), ("b", b)] {
-        if set.len() < min_rows {
-            return Err(ServerError::argument(
-                name,
-                format!("{} rows", set.len()),
-                format!("at least {min_rows} embeddings per set"),
-            ));
-        }
-        for (i, row) in set.iter().enumerate() {
-            if row.len() != dim || dim == 0 {
-                return Err(ServerError::argument(
-                    name,
-                    format!("row {i} of dimension {}", row.len()),
-                    format!("every embedding of both sets must have dimension {dim} > 0"),
-                ));
-            }
-            if let Some(j) = row.iter().position(|v| !v.is_finite()) {
-                return Err(ServerError::argument(
-                    name,
-                    format!("{} at row {i}, column {j}", row[j]),
-                    "finite embeddings only",
-                ));
-            }
-        }
-    }
-    Ok(dim)
 }
 
 fn mean(rows: &[Vec<f32>], dim: usize) -> Vec<f64> {
