@@ -1,5 +1,5 @@
-//! `fedsyn simulate`: a federated POPri run with simulated clients (users call it as
-//! `fedsyn simulate --config experiments/sotu-popri.toml`).
+//! `fedsyn simulate`: a federated run (POPri, PE, PE+SFT or DP-FedAvg) with simulated clients;
+//! users call it as `fedsyn simulate --config experiments/sotu-popri.toml`.
 
 use std::cell::RefCell;
 use std::path::PathBuf;

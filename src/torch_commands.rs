@@ -27,7 +27,7 @@ pub const TORCH_COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "simulate",
-        "Run a federated POPri simulation: DP synthetic text from simulated clients' data",
+        "Run a federated simulation (POPri, PE, PE+SFT or DP-FedAvg) on simulated clients' data",
     ),
     (
         "eval",

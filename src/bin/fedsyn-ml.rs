@@ -58,7 +58,7 @@ enum Command {
     Doctor,
     /// Train a LoRA adapter on preference pairs (DPO, IPO) or completions (SFT).
     Dpo(train_cli::DpoArgs),
-    /// Run a federated POPri simulation: DP synthetic text from simulated clients' data.
+    /// Run a federated simulation (POPri, PE, PE+SFT or DP-FedAvg) on simulated clients' data.
     Simulate(simulate_cli::SimulateArgs),
     /// Measure a run's utility: downstream next-token accuracy on the private eval texts, FID,
     /// precision/recall and MAUVE (writes eval.json); or a non-private reference's.
