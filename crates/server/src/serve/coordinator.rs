@@ -19,8 +19,9 @@ use crate::serve::auth::{hex, sha256};
 use crate::serve::metrics::Metrics;
 use crate::serve::store::{RoundRecord, RoundStatus, Store, Submission};
 
-/// Relative slack on the clip bound: a vector this close to C is not scaled.
-const CLIP_SLACK: f64 = 1e-9;
+/// A scaled vector is aimed this far (relatively) below C, so that the rounding of the scaling
+/// can never leave it above C: the ledger charges sensitivity C, not C·(1 + rounding).
+const CLIP_MARGIN: f64 = 1.0 - 4.0 * f64::EPSILON;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> u64 {
@@ -551,8 +552,10 @@ fn check_vector(scores: &[f64], expected: usize) -> std::result::Result<(), Roun
 /// `scores` scaled to L2 norm ≤ `clip` (f64), its norm before, and whether it was scaled.
 pub fn reclip(scores: &[f64], clip: f64) -> (Vec<f64>, f64, bool) {
     let norm = scores.iter().map(|v| v * v).sum::<f64>().sqrt();
-    if norm > clip * (1.0 + CLIP_SLACK) {
-        let scale = clip / norm;
+    // Any excess is scaled away, however small: a slack here would let every client add up to
+    // C·(1 + slack) to the sum that is charged as sensitivity C.
+    if norm > clip {
+        let scale = clip * CLIP_MARGIN / norm;
         (scores.iter().map(|v| v * scale).collect(), norm, true)
     } else {
         (scores.to_vec(), norm, false)
