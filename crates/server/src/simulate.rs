@@ -41,7 +41,7 @@ use crate::setup::{
 use clients::SimulatedPopulation;
 
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
-const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 /// FID and ε per round, drawn after the run.
 pub(crate) const ROUNDS_PLOT_FILE: &str = "rounds.svg";
 /// The sampling stream of the final synthetic set (rounds use their number).
@@ -184,13 +184,14 @@ pub fn round_line(metrics: &RoundMetrics) -> String {
 }
 
 /// What a checkpoint holds beside the adapter and the trainer.
+/// Shared with the HTTP server's loop (serve/run.rs), which checkpoints the same engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct EngineState {
-    round: u64,
+pub(crate) struct EngineState {
+    pub(crate) round: u64,
     /// Only for test-seeded noise: an OS-seeded stream is never written to disk (whoever held
     /// it could subtract the noise); a resumed run draws a fresh OS seed.
-    noise: Option<NoiseState>,
-    metrics: RoundMetrics,
+    pub(crate) noise: Option<NoiseState>,
+    pub(crate) metrics: RoundMetrics,
 }
 
 /// A simulation bound to its run directory.
@@ -434,31 +435,14 @@ impl Simulation {
         Ok(summary)
     }
 
-    /// Writes round `metrics.round`'s checkpoint: adapter (PEFT format), trainer state, noise
-    /// state (test seeds only) and the metrics row.
+    /// Writes round `metrics.round`'s checkpoint (see [`write_engine_checkpoint`]).
     fn checkpoint(
         &self,
         engine: &PopriEngine,
         noise: &NoiseSource,
         metrics: &RoundMetrics,
     ) -> Result<()> {
-        let pending = self.dir.begin_checkpoint(metrics.round)?;
-        let base = base_model_name(&self.config);
-        engine
-            .generator()
-            .model()
-            .save_adapter(&pending.path().join("adapter"), &base)?;
-        engine.trainer().save(&pending.path().join("trainer"))?;
-        let state = EngineState {
-            round: metrics.round,
-            noise: noise.state(),
-            metrics: metrics.clone(),
-        };
-        let json = serde_json::to_string_pretty(&state)
-            .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
-        write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
-        pending.commit()?;
-        Ok(())
+        write_engine_checkpoint(&self.dir, &self.config, engine, noise, metrics)
     }
 
     /// Samples the synthetic data set and writes `synthetic.jsonl` (`{"text": …}` per line).
@@ -552,4 +536,31 @@ fn round_metrics(
         noisy_score_histogram: report.noisy_scores.clone(),
         local_loss: None,
     }
+}
+
+/// Writes round `metrics.round`'s checkpoint of a POPri engine: adapter (PEFT format), trainer
+/// state, noise state (test seeds only) and the metrics row, renamed into place when complete.
+pub(crate) fn write_engine_checkpoint(
+    dir: &RunDir,
+    config: &RunConfig,
+    engine: &PopriEngine,
+    noise: &NoiseSource,
+    metrics: &RoundMetrics,
+) -> Result<()> {
+    let pending = dir.begin_checkpoint(metrics.round)?;
+    engine
+        .generator()
+        .model()
+        .save_adapter(&pending.path().join("adapter"), &base_model_name(config))?;
+    engine.trainer().save(&pending.path().join("trainer"))?;
+    let state = EngineState {
+        round: metrics.round,
+        noise: noise.state(),
+        metrics: metrics.clone(),
+    };
+    let json = serde_json::to_string_pretty(&state)
+        .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
+    write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
+    pending.commit()?;
+    Ok(())
 }

@@ -35,7 +35,6 @@ use clients::{encode_candidates, CandidateMatrix, EmbeddingDtype};
 use models::train::PreferenceTrainer;
 use models::{Assets, DeviceChoice};
 use privacy_accounting::{LedgerEvent, Sampling};
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::budget::{plan_noise, BudgetGuard};
@@ -44,7 +43,7 @@ use crate::engine::{
     Candidates, PopriEngine, Progress, RoundReport, RoundSettings, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
-use crate::noise::{NoiseSource, NoiseState};
+use crate::noise::NoiseSource;
 use crate::prompts::build_prompts_with;
 use crate::run_dir::{read_checkpoint_state, write_atomic, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
@@ -53,22 +52,13 @@ use crate::serve::coordinator::{
 };
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
+use crate::simulate::{write_engine_checkpoint, EngineState, STATE_FILE};
 
-const STATE_FILE: &str = "state.json";
 const PROMPTS_FILE: &str = "prompts.json";
 /// The sampling stream of the final synthetic set (as in the simulation).
 const SYNTHETIC_STREAM: u64 = u64::MAX;
 /// `meta` key of the noise multiplier, planned once when round 0 opens.
 const SIGMA_KEY: &str = "sigma";
-
-/// What a checkpoint holds beside the adapter and the trainer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EngineState {
-    round: u64,
-    /// Only for test-seeded noise (an OS-seeded stream is never written to disk).
-    noise: Option<NoiseState>,
-    metrics: RoundMetrics,
-}
 
 /// Runs the remaining rounds of the run in `dir`, then writes the synthetic data and the
 /// privacy statement and marks the run finished. `on_round` sees each released round.
@@ -495,22 +485,7 @@ impl RoundLoop<'_> {
         noise: &NoiseSource,
         metrics: &RoundMetrics,
     ) -> Result<()> {
-        let pending = self.dir.begin_checkpoint(metrics.round)?;
-        engine.generator().model().save_adapter(
-            &pending.path().join("adapter"),
-            &setup::base_model_name(self.config),
-        )?;
-        engine.trainer().save(&pending.path().join("trainer"))?;
-        let state = EngineState {
-            round: metrics.round,
-            noise: noise.state(),
-            metrics: metrics.clone(),
-        };
-        let json = serde_json::to_string_pretty(&state)
-            .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
-        write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
-        pending.commit()?;
-        Ok(())
+        write_engine_checkpoint(self.dir, self.config, engine, noise, metrics)
     }
 }
 
