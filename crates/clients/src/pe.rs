@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::FederatedData;
 use crate::error::{ClientsError, Result};
-use crate::population::unit_train_embeddings;
+use crate::population::{check_sampled, unit_train_embeddings};
 use crate::scores::{ensure_finite, unit_candidates, unit_rows};
 
 /// Cosines this close to a text's best one count as the best too (f64 rounding of equal
@@ -226,7 +226,7 @@ impl VotingPopulation {
                 ),
             });
         }
-        self.check_sampled(sampled)?;
+        check_sampled(&self.ids, sampled)?;
         let device = synthetic.device();
         let mut sum = Tensor::f_zeros([bins], (Kind::Double, device))?;
         let (mut clients, mut votes) = (0, 0);
@@ -285,34 +285,6 @@ impl VotingPopulation {
 
     fn text_count(&self, client: usize) -> usize {
         self.offsets[client + 1] - self.offsets[client]
-    }
-
-    /// Errors unless every sampled index names a client and none repeats (a repeated client
-    /// would count twice, beyond the sensitivity the noise is calibrated for).
-    fn check_sampled(&self, sampled: &[usize]) -> Result<()> {
-        let mut seen = vec![false; self.len()];
-        for &index in sampled {
-            let Some(slot) = seen.get_mut(index) else {
-                return Err(ClientsError::InvalidArgument {
-                    name: "sampled clients",
-                    message: format!(
-                        "index {index} is out of range: there are {} clients",
-                        self.len()
-                    ),
-                });
-            };
-            if std::mem::replace(slot, true) {
-                return Err(ClientsError::InvalidArgument {
-                    name: "sampled clients",
-                    message: format!(
-                        "client {index} (`{}`) is listed twice; each client votes at most once \
-                         a round",
-                        self.ids[index]
-                    ),
-                });
-            }
-        }
-        Ok(())
     }
 }
 

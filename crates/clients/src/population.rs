@@ -156,7 +156,7 @@ impl SimulatedPopulation {
                 ),
             });
         }
-        self.check_sampled(sampled)?;
+        check_sampled(&self.ids, sampled)?;
         let device = candidates.device();
         let mut sum = Tensor::f_zeros([n], (Kind::Double, device))?;
         let mut tally = ScoreSum {
@@ -185,38 +185,39 @@ impl SimulatedPopulation {
         }
         Ok(tally)
     }
-
-    /// Errors unless every sampled index names a client and none repeats (a repeated client
-    /// would count twice, beyond the sensitivity the noise is calibrated for).
-    fn check_sampled(&self, sampled: &[usize]) -> Result<()> {
-        let mut seen = vec![false; self.len()];
-        for &index in sampled {
-            let Some(slot) = seen.get_mut(index) else {
-                return Err(ClientsError::InvalidArgument {
-                    name: "sampled clients",
-                    message: format!(
-                        "index {index} is out of range: there are {} clients",
-                        self.len()
-                    ),
-                });
-            };
-            if std::mem::replace(slot, true) {
-                return Err(ClientsError::InvalidArgument {
-                    name: "sampled clients",
-                    message: format!(
-                        "client {index} (`{}`) is listed twice; each client contributes at most once a round",
-                        self.ids[index]
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// How many clients' scores for `candidates` candidates fit into `budget` bytes (at least 1).
 fn clients_per_chunk(candidates: usize, budget: usize) -> usize {
     (budget / (candidates.max(1) * BYTES_PER_SCORE)).max(1)
+}
+
+/// Errors unless every sampled index names one of the clients `ids` and none repeats (a
+/// repeated client would count twice, beyond the sensitivity the noise is calibrated for).
+pub(crate) fn check_sampled(ids: &[String], sampled: &[usize]) -> Result<()> {
+    let mut seen = vec![false; ids.len()];
+    for &index in sampled {
+        let Some(slot) = seen.get_mut(index) else {
+            return Err(ClientsError::InvalidArgument {
+                name: "sampled clients",
+                message: format!(
+                    "index {index} is out of range: there are {} clients",
+                    ids.len()
+                ),
+            });
+        };
+        if std::mem::replace(slot, true) {
+            return Err(ClientsError::InvalidArgument {
+                name: "sampled clients",
+                message: format!(
+                    "client {index} (`{}`) is listed twice; each client contributes at most \
+                     once a round",
+                    ids[index]
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
