@@ -73,13 +73,21 @@ pub fn write_credentials(state_dir: &Path, credentials: &Credentials) -> Result<
     written
 }
 
-/// Creates `path` with mode 0600 (on Unix) and writes `bytes` to disk.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` (to disk) with mode 0600 on Unix. The mode given to `open` applies
+/// only when the file is created: a file left over with wider permissions (a crashed earlier
+/// write, a hand-made copy) is narrowed with `set_permissions` before any secret is written.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io_error(path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error(path))?;
+    }
     file.write_all(bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }
@@ -108,6 +116,25 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(credentials_path(&dir))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A leftover temporary file with wide permissions: the credentials still end up 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let temporary = dir.join(format!(".{CREDENTIALS_FILE}.tmp-{}", std::process::id()));
+            std::fs::write(&temporary, "old").unwrap();
+            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::set_permissions(
+                credentials_path(&dir),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+            write_credentials(&dir, &credentials).unwrap();
             let mode = std::fs::metadata(credentials_path(&dir))
                 .unwrap()
                 .permissions()

@@ -6,7 +6,7 @@
 //! small.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -182,9 +182,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
     let temporary = path.with_file_name(name);
-    let written = File::create(&temporary)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
-        .map_err(io_error(&temporary))
+    // The profile is a function of the client's private texts: owner-only, like the
+    // credentials (0600 on every write, not only when the file is created).
+    let written = crate::credentials::write_private(&temporary, bytes)
         .and_then(|()| std::fs::rename(&temporary, path).map_err(io_error(path)));
     if written.is_err() {
         // Best effort: the error that matters is the one returned.
@@ -223,6 +223,15 @@ mod tests {
             assert_eq!(
                 (hit.embedding_sum.clone(), hit.texts, hit.cached),
                 (sum.clone(), 2, true)
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let path = state.join(PROFILE_FILE);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
             );
         }
         assert_eq!(cached_profile(&texts[..1], None, &state).unwrap(), None);
