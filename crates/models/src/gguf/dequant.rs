@@ -66,7 +66,7 @@ fn check_size(tensor: &str, ggml_type: GgmlType, bytes: &[u8], n_values: usize) 
         });
     }
     let block_size = ggml_type.block_size();
-    if n_values % block_size != 0 {
+    if !n_values.is_multiple_of(block_size) {
         return Err(ModelError::PartialBlock {
             tensor: tensor.to_string(),
             ggml_type,
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn q5_k_adds_a_fifth_bit() {
         let (d, dmin) = (0.03f32, 0.5f32);
-        let fifth = |i: usize| ((i * 5 + i / 64) % 3 == 0) as u8;
+        let fifth = |i: usize| (i * 5 + i / 64).is_multiple_of(3) as u8;
         let quant = |i: usize| nibble(i) | (fifth(i) << 4);
         let mut block = f16_bytes(d).to_vec();
         block.extend(f16_bytes(dmin));

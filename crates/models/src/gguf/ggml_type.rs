@@ -136,7 +136,7 @@ impl GgmlType {
     /// blocks (ggml requires every row to be) or the product overflows.
     pub fn bytes_for(self, n_values: u64) -> Option<u64> {
         let block = self.block_size() as u64;
-        if n_values % block != 0 {
+        if !n_values.is_multiple_of(block) {
             return None;
         }
         (n_values / block).checked_mul(self.type_size() as u64)

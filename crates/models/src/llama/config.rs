@@ -95,13 +95,13 @@ impl LlamaConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, size)| *size == 0) {
             return bad(format!("{name} is 0"));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "{} query heads cannot be shared evenly by {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!(
                 "head width {} is odd; rotary embeddings turn pairs of values",
                 self.head_dim
