@@ -161,10 +161,12 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
     assert_eq!(ledger.events.len(), 2);
     let rounds: Vec<Option<u64>> = ledger.events.iter().map(|e| e.round).collect();
     assert_eq!(rounds, [Some(0), Some(1)]);
+    // The charged sensitivity is the clip bound plus the release grid's share (noise.rs).
     assert!(ledger
         .events
         .iter()
-        .all(|e| e.sampling == Sampling::Full && e.clip_bound == Some(1.0)));
+        .all(|e| e.sampling == Sampling::Full
+            && e.clip_bound.is_some_and(|c| (1.0..1.001).contains(&c))));
     let rdp = ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon;
     assert!(
         (rdp - epsilon).abs() < 1e-9,
@@ -175,8 +177,16 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
     assert_eq!(rows.len(), 2);
     for (round, row) in rows.iter().enumerate() {
         assert_eq!(row["round"], round as u64);
-        assert_eq!(row["clients"], 6);
-        assert!(row["fid_nonprivate"].as_f64().unwrap() > 0.0);
+        // Public: everyone takes part. Un-noised statistics only under `nonprivate`.
+        assert_eq!(row["cohort"], 6);
+        assert!(row.get("clients").is_none() && row.get("signal_to_noise").is_none());
+        let nonprivate = &row["nonprivate"];
+        assert_eq!(nonprivate["clients_nonprivate"], 6);
+        assert!(nonprivate["fid_nonprivate"].as_f64().unwrap() > 0.0);
+        assert!(nonprivate["signal_to_noise_nonprivate"].as_f64().is_some());
+        for key in nonprivate.as_object().unwrap().keys() {
+            assert!(key.ends_with("_nonprivate"), "{key}");
+        }
         assert!(row["dpo_loss"].as_f64().unwrap().is_finite());
         assert!(row["epsilon_pld"].as_f64().unwrap() <= row["epsilon_rdp"].as_f64().unwrap());
     }
@@ -198,9 +208,17 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
         assert!(sample["text"].is_string());
     }
     assert!(read(&run_dir.join("rounds.svg")).starts_with("<svg"));
+    // A test seed voids the guarantee, and the statement says so on its first line.
     let statement = read(&run_dir.join("privacy-statement.md"));
-    assert!(statement.contains("differential privacy"), "{statement}");
+    let first = statement.lines().next().unwrap();
+    assert!(
+        first.contains("NOT differentially private") && first.contains("privacy.noise_seed"),
+        "{statement}"
+    );
+    assert!(!statement.contains("This run satisfies"), "{statement}");
     assert!(read(&run_dir.join("config.toml")).contains("noise_seed = 42"));
+    // The round's cohort is private state, gone once the round is checkpointed.
+    assert!(!run_dir.join("private/open-cohort.json").exists());
 
     // The prompts are built from the public seeds only: no client sentence (nor any
     // distinctive fragment of one) appears in them.

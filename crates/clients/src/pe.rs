@@ -154,8 +154,9 @@ pub struct VotingPopulation {
 /// The sum of the sampled clients' normalised vote histograms, before any noise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VoteSum {
-    /// Σ over the sampled clients of their histograms, one entry per synthetic sample.
-    pub sum: Vec<f64>,
+    /// Σ over the sampled clients of their histograms, each rounded to the release grid first,
+    /// in grid units (one entry per synthetic sample): exact integers.
+    pub units: Vec<i64>,
     /// How many clients contributed.
     pub clients: usize,
     /// How many texts voted in all.
@@ -198,23 +199,32 @@ impl VotingPopulation {
 
     /// The sum of the normalised vote histograms of the `sampled` clients (distinct indices)
     /// over `synthetic` (`[M, d]`; the work runs on its device). `progress(done)` is called
-    /// with the number of clients processed so far after each chunk.
+    /// with the number of clients processed so far after each chunk. Each client's histogram
+    /// is rounded to multiples of `grid` (the server's release grid) before it is added.
     pub fn vote_sum(
         &self,
         synthetic: &Tensor,
         sampled: &[usize],
+        grid: f64,
         progress: impl FnMut(usize),
     ) -> Result<VoteSum> {
-        self.vote_sum_within(synthetic, sampled, CHUNK_MEMORY_BYTES, progress)
+        self.vote_sum_within(synthetic, sampled, grid, CHUNK_MEMORY_BYTES, progress)
     }
 
     fn vote_sum_within(
         &self,
         synthetic: &Tensor,
         sampled: &[usize],
+        grid: f64,
         budget: usize,
         mut progress: impl FnMut(usize),
     ) -> Result<VoteSum> {
+        if !(grid.is_finite() && grid > 0.0 && grid <= 1.0) {
+            return Err(ClientsError::InvalidArgument {
+                name: "grid",
+                message: format!("is {grid}; it must be in (0, 1]"),
+            });
+        }
         let synthetic = unit_candidates(synthetic)?;
         let (bins, dim) = (synthetic.size()[0], synthetic.size()[1]);
         if dim != self.dim() as i64 {
@@ -239,13 +249,18 @@ impl VotingPopulation {
                 .f_to_kind(Kind::Double)?;
             let owners = Tensor::f_from_slice(&owners)?.f_to_device(device)?;
             let histograms = vote_histograms(&texts, &owners, members.len() as i64, &synthetic)?;
-            sum = sum.f_add(&histograms.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+            // Integers in f64 add exactly below 2^53 (far above any cohort's total).
+            let on_grid = histograms.f_div_scalar(grid)?.f_round()?;
+            sum = sum.f_add(&on_grid.f_sum_dim_intlist(0, false, Kind::Double)?)?;
             clients += members.len();
             votes += rows.len();
             progress(clients);
         }
         Ok(VoteSum {
-            sum: Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?,
+            units: Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?
+                .into_iter()
+                .map(|v| v as i64)
+                .collect(),
             clients,
             votes,
         })
@@ -291,6 +306,9 @@ impl VotingPopulation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A release grid as the server uses (2^−30 of the clip bound 1).
+    const GRID: f64 = 1.0 / (1u64 << 30) as f64;
     use crate::data::ClientData;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -455,12 +473,12 @@ mod tests {
         for budget in [1, 1200, usize::MAX / 4] {
             let mut reports = Vec::new();
             let total = population
-                .vote_sum_within(&synthetic_tensor, &sampled, budget, |done| {
+                .vote_sum_within(&synthetic_tensor, &sampled, GRID, budget, |done| {
                     reports.push(done)
                 })
                 .unwrap();
             assert_eq!((total.clients, total.votes), (6, 2 + 1 + 5 + 3 + 4 + 3));
-            for (got, want) in total.sum.iter().zip(&expected) {
+            for (got, want) in total.units.iter().map(|&u| u as f64 * GRID).zip(&expected) {
                 assert!(
                     (got - want).abs() < 1e-6,
                     "budget {budget}: {got} vs {want}"
@@ -481,18 +499,18 @@ mod tests {
             VotingPopulation::new(&data, &tensor_of(&random_rows(&mut rng, 3, 4), 4)).unwrap();
         let synthetic = tensor_of(&random_rows(&mut rng, 5, 4), 4);
         let err = population
-            .vote_sum(&synthetic, &[0, 2], |_| {})
+            .vote_sum(&synthetic, &[0, 2], GRID, |_| {})
             .unwrap_err();
         assert!(err.to_string().contains("index 2 is out of range"), "{err}");
         let err = population
-            .vote_sum(&synthetic, &[1, 1], |_| {})
+            .vote_sum(&synthetic, &[1, 1], GRID, |_| {})
             .unwrap_err();
         assert!(
             err.to_string().contains("`client-01`) is listed twice"),
             "{err}"
         );
-        let none = population.vote_sum(&synthetic, &[], |_| {}).unwrap();
-        assert_eq!((none.sum, none.clients), (vec![0.0; 5], 0));
+        let none = population.vote_sum(&synthetic, &[], GRID, |_| {}).unwrap();
+        assert_eq!((none.units, none.clients), (vec![0; 5], 0));
         let wrong = VotingPopulation::new(&data, &tensor_of(&random_rows(&mut rng, 2, 4), 4));
         assert!(wrong.unwrap_err().to_string().contains("expected [3, dim]"));
     }

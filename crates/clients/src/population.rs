@@ -31,8 +31,9 @@ pub struct SimulatedPopulation {
 /// The sum of the sampled clients' clipped score vectors, before any noise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreSum {
-    /// Σ over the sampled clients of their score vectors, one entry per candidate.
-    pub sum: Vec<f64>,
+    /// Σ over the sampled clients of their score vectors, each rounded to the grid first, in
+    /// grid units (one entry per candidate): exact integers, whatever the order of the clients.
+    pub units: Vec<i64>,
     /// How many clients contributed.
     pub clients: usize,
     /// How many of them were scaled down by clipping.
@@ -123,17 +124,20 @@ impl SimulatedPopulation {
 
     /// The sum of the clipped score vectors (L2 ≤ `clip`) of the `sampled` clients (distinct
     /// indices) for `candidates` (`[N, d]`; the work runs on its device). `progress(done)` is
-    /// called with the number of clients processed so far after each chunk.
+    /// called with the number of clients processed so far after each chunk. Each client's
+    /// vector is rounded to multiples of `grid` (the server's release grid, a power of two)
+    /// before it is added, as the server does with a remote client's vector.
     pub fn score_sum(
         &self,
         candidates: &Tensor,
         sampled: &[usize],
         clip: f64,
+        grid: f64,
         progress: impl FnMut(usize),
     ) -> Result<ScoreSum> {
         let candidate_count = candidates.size().first().copied().unwrap_or(0).max(1) as usize;
         let chunk = clients_per_chunk(candidate_count, CHUNK_MEMORY_BYTES);
-        self.score_sum_in_chunks(candidates, sampled, clip, chunk, progress)
+        self.score_sum_in_chunks(candidates, sampled, clip, grid, chunk, progress)
     }
 
     fn score_sum_in_chunks(
@@ -141,10 +145,17 @@ impl SimulatedPopulation {
         candidates: &Tensor,
         sampled: &[usize],
         clip: f64,
+        grid: f64,
         chunk: usize,
         mut progress: impl FnMut(usize),
     ) -> Result<ScoreSum> {
         check_clip(clip)?;
+        if !(grid.is_finite() && grid > 0.0 && grid <= clip) {
+            return Err(ClientsError::InvalidArgument {
+                name: "grid",
+                message: format!("is {grid}; it must be in (0, clip]"),
+            });
+        }
         let candidates = unit_candidates(candidates)?;
         let (n, dim) = (candidates.size()[0], candidates.size()[1]);
         if dim != self.dim() as i64 {
@@ -160,7 +171,7 @@ impl SimulatedPopulation {
         let device = candidates.device();
         let mut sum = Tensor::f_zeros([n], (Kind::Double, device))?;
         let mut tally = ScoreSum {
-            sum: Vec::new(),
+            units: Vec::new(),
             clients: 0,
             clipped: 0,
             mean_pre_clip_norm: 0.0,
@@ -173,13 +184,22 @@ impl SimulatedPopulation {
                 .f_index_select(0, &Tensor::f_from_slice(&rows)?)?
                 .f_to_device(device)?;
             let scored = score_rows(&member_sums, &candidates, clip)?;
-            sum = sum.f_add(&scored.values.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+            // Integers in f64 add exactly below 2^53 (checked below).
+            let on_grid = scored.values.f_div_scalar(grid)?.f_round()?;
+            sum = sum.f_add(&on_grid.f_sum_dim_intlist(0, false, Kind::Double)?)?;
             tally.clients += members.len();
             tally.clipped += scored.clipped.iter().filter(|&&c| c).count();
             norm_total += scored.pre_clip_norms.iter().sum::<f64>();
             progress(tally.clients);
         }
-        tally.sum = Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?;
+        let sum = Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?;
+        if sum.iter().any(|v| v.abs() >= (1u64 << 53) as f64) {
+            return Err(ClientsError::InvalidArgument {
+                name: "score sum",
+                message: "exceeds 2^53 grid units: sample fewer clients per round".into(),
+            });
+        }
+        tally.units = sum.iter().map(|&v| v as i64).collect();
         if tally.clients > 0 {
             tally.mean_pre_clip_norm = norm_total / tally.clients as f64;
         }
@@ -223,6 +243,9 @@ pub(crate) fn check_sampled(ids: &[String], sampled: &[usize]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A release grid as the server uses (2^−30 of a clip bound of 1).
+    const GRID: f64 = 1.0 / (1u64 << 30) as f64;
     use crate::data::ClientData;
     use crate::scores::client_score_vector;
     use rand::{Rng, SeedableRng};
@@ -287,13 +310,15 @@ mod tests {
         for chunk in [1, 3, 100] {
             let mut reports = Vec::new();
             let total = population
-                .score_sum_in_chunks(&candidates, &sampled, clip, chunk, |done| {
+                .score_sum_in_chunks(&candidates, &sampled, clip, GRID, chunk, |done| {
                     reports.push(done)
                 })
                 .unwrap();
             assert_eq!((total.clients, total.clipped), (7, 7));
             assert!((total.mean_pre_clip_norm - 40f64.sqrt()).abs() < 1e-9);
-            for (got, want) in total.sum.iter().zip(&expected) {
+            // Each of the 7 vectors moved by at most half a grid step per coordinate.
+            for (&got, want) in total.units.iter().zip(&expected) {
+                let got = got as f64 * GRID;
                 assert!((got - want).abs() < 1e-6, "chunk {chunk}: {got} vs {want}");
             }
             assert_eq!(reports.last(), Some(&7));
@@ -320,18 +345,20 @@ mod tests {
         let population = SimulatedPopulation::new(&data, &random_matrix(&mut rng, 3, 4)).unwrap();
         let candidates = random_matrix(&mut rng, 5, 4);
         let err = population
-            .score_sum(&candidates, &[0, 3], 1.0, |_| {})
+            .score_sum(&candidates, &[0, 3], 1.0, GRID, |_| {})
             .unwrap_err();
         assert!(err.to_string().contains("index 3 is out of range"), "{err}");
         let err = population
-            .score_sum(&candidates, &[1, 0, 1], 1.0, |_| {})
+            .score_sum(&candidates, &[1, 0, 1], 1.0, GRID, |_| {})
             .unwrap_err();
         assert!(
             err.to_string().contains("`client-01`) is listed twice"),
             "{err}"
         );
-        let none = population.score_sum(&candidates, &[], 1.0, |_| {}).unwrap();
-        assert_eq!((none.sum, none.clients), (vec![0.0; 5], 0));
+        let none = population
+            .score_sum(&candidates, &[], 1.0, GRID, |_| {})
+            .unwrap();
+        assert_eq!((none.units, none.clients), (vec![0; 5], 0));
     }
 
     #[test]

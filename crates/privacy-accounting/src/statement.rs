@@ -22,6 +22,10 @@ pub const COVERS: &str = "every noisy aggregate released by the server, and ever
 /// A privacy statement for a ledger at one δ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrivacyStatement {
+    /// Set when the run used a test seed (noise or client sampling): why the run is NOT
+    /// differentially private, whatever the numbers below say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_differentially_private: Option<String>,
     /// Whose privacy is protected.
     pub unit_of_privacy: String,
     /// The neighbouring relation.
@@ -81,6 +85,7 @@ impl PrivacyStatement {
         };
         let caveats = caveats(ledger, &epsilons, uses_fixed_cohorts);
         Ok(Self {
+            not_differentially_private: None,
             unit_of_privacy: UNIT_OF_PRIVACY.into(),
             adjacency: ADJACENCY.into(),
             delta,
@@ -97,6 +102,14 @@ impl PrivacyStatement {
         })
     }
 
+    /// The same statement for a run whose randomness was not secret (a test seed): `why` says
+    /// which seed and what it exposes; the statement's first line says the run is NOT
+    /// differentially private.
+    pub fn voided(mut self, why: impl Into<String>) -> Self {
+        self.not_differentially_private = Some(why.into());
+        self
+    }
+
     /// The statement as pretty-printed JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a statement always serialises")
@@ -104,12 +117,21 @@ impl PrivacyStatement {
 
     /// The statement as Markdown, for a README or a paper's appendix.
     pub fn to_markdown(&self) -> String {
-        let mut md = String::from("# Privacy statement\n\n");
-        md.push_str(&format!(
-            "This run satisfies **({}, {})-differential privacy** at the user level.\n\n",
-            format_epsilon(self.epsilon),
-            self.delta
-        ));
+        let mut md = String::new();
+        if let Some(why) = &self.not_differentially_private {
+            md.push_str(&format!(
+                "**This run is NOT differentially private: {why}** The numbers below are what \
+                 the ledger would give had the randomness been secret.\n\n"
+            ));
+        }
+        md.push_str("# Privacy statement\n\n");
+        if self.not_differentially_private.is_none() {
+            md.push_str(&format!(
+                "This run satisfies **({}, {})-differential privacy** at the user level.\n\n",
+                format_epsilon(self.epsilon),
+                self.delta
+            ));
+        }
         md.push_str(&format!(
             "- **Unit of privacy:** {}\n",
             self.unit_of_privacy

@@ -85,8 +85,10 @@ pub struct RunConfig {
 pub struct RunSection {
     /// A name for the run (reports show it).
     pub name: String,
-    /// The seed every non-privacy random choice derives from (prompts, client sampling, DPO
-    /// shuffling). The DP noise never derives from it: see `privacy.noise_seed`.
+    /// The seed every non-private random choice derives from (prompts, candidate sampling, DPO
+    /// shuffling). It is public (in every config and run directory), so neither the DP noise
+    /// nor the client sampling derives from it: see `privacy.noise_seed` and
+    /// `privacy.sampling_seed`.
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
@@ -319,6 +321,13 @@ pub struct PrivacySection {
     /// seeded from the operating system's CSPRNG.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub noise_seed: Option<u64>,
+    /// ONLY for reproducible tests: seeds the choice of each round's clients. Absent (the
+    /// default), cohorts come from the operating system's CSPRNG, so that nobody can compute
+    /// which rounds held a given client (the amplification by subsampling that the ledger
+    /// charges needs the sample to be secret). A run that sets it is NOT differentially private
+    /// and its privacy statement says so; `fedsyn serve` refuses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling_seed: Option<u64>,
 }
 
 impl Default for PrivacySection {
@@ -334,11 +343,33 @@ impl Default for PrivacySection {
             cohort: None,
             accountant: AccountantKind::Rdp,
             noise_seed: None,
+            sampling_seed: None,
         }
     }
 }
 
 impl PrivacySection {
+    /// Why a run of this section is not differentially private, when a test seed makes its
+    /// randomness public (`None` for every real run).
+    pub fn test_seeds_void_the_guarantee(&self) -> Option<String> {
+        let mut reasons = Vec::new();
+        if let Some(seed) = self.noise_seed {
+            reasons.push(format!(
+                "privacy.noise_seed = {seed} makes the DP noise reproducible, so anyone who \
+                 knows the seed can subtract it"
+            ));
+        }
+        if let Some(seed) = self.sampling_seed {
+            reasons.push(format!(
+                "privacy.sampling_seed = {seed} makes the cohorts reproducible, so anyone who \
+                 knows the seed knows which rounds held each client and the amplification by \
+                 subsampling does not hold"
+            ));
+        }
+        (!reasons.is_empty())
+            .then(|| format!("{} (test seeds are for tests only).", reasons.join("; ")))
+    }
+
     /// The client-sampling scheme these keys describe.
     pub fn client_sampling(&self) -> Result<ClientSampling> {
         match self.sampling {
@@ -536,10 +567,10 @@ pub struct ServeSection {
     pub min_clients: usize,
     /// Seconds a round attempt stays open for submissions.
     pub round_deadline_seconds: u64,
-    /// Fraction of the sampled clients whose submissions close the round early.
+    /// Fraction of the sampled clients whose submissions close the round early. At the
+    /// deadline a round is released with whatever arrived (there is no minimum: see
+    /// [`REMOVED_KEYS`]).
     pub quorum: f64,
-    /// Fewer submissions at the deadline abandon the attempt (nothing charged, new sample).
-    pub min_submissions: usize,
     /// Largest request body accepted; default: ~32 bytes per score value + 4 KiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
@@ -558,7 +589,6 @@ impl Default for ServeSection {
             min_clients: 2,
             round_deadline_seconds: 120,
             quorum: 1.0,
-            min_submissions: 1,
             max_body_bytes: None,
             rate_limit_per_minute: 120,
             embedding_dtype: WireDtype::F16,
@@ -667,6 +697,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "cohort",
             "accountant",
             "noise_seed",
+            "sampling_seed",
         ],
     ),
     ("pairs", &["rejected_rank"]),
@@ -727,7 +758,6 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "min_clients",
             "round_deadline_seconds",
             "quorum",
-            "min_submissions",
             "max_body_bytes",
             "rate_limit_per_minute",
             "embedding_dtype",
@@ -942,7 +972,6 @@ impl RunConfig {
                 "a fraction in (0, 1] of the sampled clients",
             ));
         }
-        positive("serve.min_submissions", serve.min_submissions)?;
         if let Some(limit) = serve.max_body_bytes {
             if limit < 1024 {
                 return Err(value_error(
@@ -1273,6 +1302,13 @@ fn check_keys(table: &toml::Table, source_name: &str) -> Result<()> {
             });
         };
         for key in entries.keys() {
+            let dotted = format!("{section}.{key}");
+            if let Some((_, why)) = REMOVED_KEYS.iter().find(|(k, _)| *k == dotted) {
+                return Err(ServerError::ConfigSyntax {
+                    source_name: source_name.to_string(),
+                    message: format!("`{dotted}` was removed: {why}"),
+                });
+            }
             if !keys.contains(&key.as_str()) {
                 return Err(unknown_key(
                     &format!("{section}.{key}"),
@@ -1284,6 +1320,16 @@ fn check_keys(table: &toml::Table, source_name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Keys that no longer exist, with why and what to do instead (a plain "unknown key" would
+/// not tell a user with an older configuration what changed).
+pub const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "serve.min_submissions",
+    "a round whose sampled clients mostly stayed silent was abandoned and a new cohort drawn, \
+     which let whoever controls the answers choose who is released while the ledger charged \
+     one draw; a round's cohort is now drawn once and released at its deadline with what \
+     arrived. Delete the key (from DIR/config.toml too, to resume an older run)",
+)];
 
 fn section_keys(section: &str) -> Option<&'static [&'static str]> {
     SCHEMA
@@ -1410,7 +1456,6 @@ mod tests {
             ("round_deadline_seconds = 0", "serve.round_deadline_seconds"),
             ("quorum = 1.5", "serve.quorum"),
             ("quorum = 0.0", "serve.quorum"),
-            ("min_submissions = 0", "serve.min_submissions"),
             ("max_body_bytes = 10", "serve.max_body_bytes"),
             ("rate_limit_per_minute = 0", "serve.rate_limit_per_minute"),
         ] {
@@ -1419,6 +1464,13 @@ mod tests {
         }
         let unknown = config(&format!("{MINIMAL}[serve]\nport = 1\n")).unwrap_err();
         assert!(unknown.to_string().contains("serve.port"), "{unknown}");
+        let removed = config(&format!("{MINIMAL}[serve]\nmin_submissions = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            removed.contains("serve.min_submissions` was removed") && removed.contains("Delete"),
+            "{removed}"
+        );
     }
 
     #[test]
@@ -1466,6 +1518,7 @@ mod tests {
         c.privacy.q = Some(0.5);
         c.privacy.cohort = Some(3);
         c.privacy.noise_seed = Some(1);
+        c.privacy.sampling_seed = Some(1);
         c.dpo.seed = 1;
         c.data.max_texts_per_client = Some(3);
         c.dpo.total_steps = Some(10);

@@ -14,11 +14,12 @@ use models::{Generator, SamplingParams, SentenceEmbedder};
 use tch::Tensor;
 
 use crate::error::{Result, ServerError};
-use crate::noise::NoiseSource;
+use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, PlannedRelease};
 use crate::pairs::{preference_agreement, preference_pairs, RankedPair};
 use crate::prompts::clean_candidate;
-use crate::run_dir::Histogram;
 pub use crate::run_dir::PhaseSeconds;
+use crate::run_dir::{Histogram, NonPrivate, NonPrivateMetrics};
+use privacy_accounting::{LedgerEvent, Sampling};
 
 /// Bins of the per-round histogram of noisy scores in the metrics.
 const NOISY_SCORE_BINS: usize = 20;
@@ -29,6 +30,8 @@ pub struct RoundTask<'a> {
     pub round: u64,
     /// The L2 bound every client clips its score vector to.
     pub clip: f64,
+    /// The round's release: the grid every client vector is rounded to before the sum.
+    pub mechanism: &'a GaussianMechanism,
     /// Candidate embeddings, `[J·K, d]`, prompt-major (candidate `j·K + k`).
     pub candidates: &'a Tensor,
 }
@@ -36,8 +39,16 @@ pub struct RoundTask<'a> {
 /// The clients' answer to a round: the sum of their clipped score vectors.
 #[derive(Debug, Clone)]
 pub struct CollectedScores {
-    /// Σ over the contributing clients of their clipped vectors (length J·K).
-    pub sum: Vec<f64>,
+    /// Σ over the contributing clients of their clipped vectors, each on the round's grid
+    /// (length J·K). Absent clients add zero.
+    pub sum: GridSum,
+    /// Simulation only: how the clients' vectors looked before the sum.
+    pub nonprivate: Option<NonPrivate<ContributionStats>>,
+}
+
+/// Un-noised statistics of the clients' contributions (simulation diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ContributionStats {
     /// How many clients contributed.
     pub clients: usize,
     /// How many of them had to scale their vector down to the clip bound.
@@ -52,13 +63,13 @@ pub trait ScoreTransport {
     /// Number of clients that could be sampled.
     fn population(&self) -> usize;
     /// Sends `task` to the clients `sampled` (indices into the population) and returns the sum
-    /// of their clipped score vectors. Clients that do not answer are left out of the sum (the
-    /// round is still accounted for everyone sampled).
+    /// of their clipped score vectors. Clients that do not answer add zero to the sum (the
+    /// round is still accounted for everyone sampled: see `docs/privacy.md`).
     fn collect(&mut self, task: &RoundTask<'_>, sampled: &[usize]) -> Result<CollectedScores>;
-    /// Whether these are simulated clients, whose un-noised results the engine may compare
-    /// with the noisy ones (non-private diagnostics a deployment must not compute).
-    fn is_simulation(&self) -> bool {
-        false
+    /// The clients' raw data when they are simulated in this process: the witness that lets
+    /// the engine compute non-private diagnostics ([`NonPrivate`]). Remote clients: `None`.
+    fn private_data(&self) -> Option<&clients::FederatedData> {
+        None
     }
 }
 
@@ -84,15 +95,12 @@ pub struct RoundOutput {
 #[derive(Debug, Clone)]
 pub struct RoundReport {
     pub round: u64,
-    pub clients: usize,
+    /// Clients sampled (public only for full participation and fixed cohorts).
     pub sampled: usize,
-    pub clipped_fraction: f64,
-    pub mean_pre_clip_norm: f64,
     pub noise_std: f64,
-    /// ‖clean sum‖ / ‖noise‖ (expected), a run-time diagnostic of how much the noise drowns.
-    pub signal_to_noise: f64,
-    /// Simulation only: share of prompts whose noisy best candidate is the clean best one.
-    pub preference_agreement: Option<f64>,
+    /// Simulation only: the un-noised diagnostics (contributing clients, clipping, signal to
+    /// noise, agreement of the noisy and clean preferences).
+    pub nonprivate: Option<NonPrivate<NonPrivateMetrics>>,
     /// Histogram of the noisy scores (released: drawn after the cost was committed).
     pub noisy_scores: Option<Histogram>,
     pub dpo: Vec<StepMetrics>,
@@ -133,7 +141,7 @@ pub struct RoundSettings {
     pub embed_batch: usize,
     /// Per-client L2 clip bound C.
     pub clip: f64,
-    /// Noise multiplier σ (noise std σ·C).
+    /// Noise multiplier σ (noise std σ·Δ, see [`GaussianMechanism`]).
     pub noise_multiplier: f64,
     /// Rank of the rejected candidate in each pair (0 = best).
     pub rejected_rank: usize,
@@ -206,18 +214,34 @@ impl PopriEngine {
         &self.prompts
     }
 
-    /// Runs round `round` with the clients `sampled`.
+    /// The release of round `round` under `sampling`: its mechanism on the J·K scores and the
+    /// ledger event the budget rule checks and the round commits.
+    pub fn planned_release(&self, round: u64, sampling: Sampling) -> Result<PlannedRelease> {
+        popri_release(
+            self.settings.noise_multiplier,
+            self.settings.clip,
+            self.prompts.len() * self.settings.per_prompt,
+            sampling,
+            round,
+        )
+    }
+
+    /// Runs round `round` with the clients `sampled` under `release` (from
+    /// [`Self::planned_release`]).
     ///
-    /// `commit_cost` is called after the clients' vectors are summed and before any noise is
-    /// drawn or the sum is used: it must make the round's privacy cost durable (the ledger), so
-    /// that no noisy value can exist whose cost is not on disk.
+    /// `commit_cost` is given the round's ledger event after the clients' vectors are summed and
+    /// before any noise is drawn or the sum is used: it must make the cost durable (the ledger).
+    /// Noise exists only through the charge it returns, so no noisy value can exist whose cost
+    /// is not on disk.
+    #[allow(clippy::too_many_arguments)]
     pub fn run_round(
         &mut self,
         round: u64,
         sampled: &[usize],
         transport: &mut dyn ScoreTransport,
         noise: &mut NoiseSource,
-        commit_cost: &mut dyn FnMut() -> Result<()>,
+        release: PlannedRelease,
+        commit_cost: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
         progress: &dyn Progress,
     ) -> Result<RoundOutput> {
         let mut seconds = PhaseSeconds::default();
@@ -239,6 +263,7 @@ impl PopriEngine {
             sampled,
             transport,
             noise,
+            release,
             commit_cost,
             progress,
         )?;
@@ -271,51 +296,68 @@ impl PopriEngine {
         sampled: &[usize],
         transport: &mut dyn ScoreTransport,
         noise: &mut NoiseSource,
-        commit_cost: &mut dyn FnMut() -> Result<()>,
+        release: PlannedRelease,
+        commit_cost: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
         progress: &dyn Progress,
     ) -> Result<RoundOutput> {
         let mut seconds = PhaseSeconds::default();
         let clock = Instant::now();
+        let mechanism = *release.mechanism(0).ok_or_else(|| {
+            ServerError::argument("release", "(no mechanism)", "a planned POPri release")
+        })?;
         let task = RoundTask {
             round,
             clip: self.settings.clip,
+            mechanism: &mechanism,
             candidates: &embeddings,
         };
         let collected = transport.collect(&task, sampled)?;
         seconds.score = clock.elapsed().as_secs_f64();
-        if collected.sum.len() != candidates.texts.len()
-            || collected.sum.iter().any(|v| !v.is_finite())
-        {
+        if collected.sum.len() != candidates.texts.len() {
             return Err(ServerError::argument(
                 "client score sum",
                 format!("{} values", collected.sum.len()),
-                format!(
-                    "{} finite values, one per candidate",
-                    candidates.texts.len()
-                ),
+                format!("{} values, one per candidate", candidates.texts.len()),
             ));
         }
 
         let clock = Instant::now();
-        commit_cost()?;
-        let noise_std = self.settings.noise_multiplier * self.settings.clip;
-        let mut noisy = collected.sum.clone();
-        noise.add_gaussian(&mut noisy, noise_std)?;
+        let mut charge = release.commit(|event| commit_cost(event))?;
+        let noise_std = mechanism.noise_std();
+        let noisy = noise.release(&mut charge, 0, &collected.sum)?;
         let pairs = preference_pairs(
             &noisy,
             candidates.prompts,
             candidates.per_prompt,
             self.settings.rejected_rank,
         )?;
-        let agreement = if transport.is_simulation() {
-            Some(preference_agreement(
-                &noisy,
-                &collected.sum,
-                candidates.prompts,
-                candidates.per_prompt,
-            )?)
-        } else {
-            None
+        // Simulation only: how the noisy results compare with the clean ones.
+        let nonprivate = match (transport.private_data(), &collected.nonprivate) {
+            (Some(data), Some(stats)) => {
+                let stats = stats.get();
+                let clean = collected.sum.values_nonprivate();
+                let expected_noise = noise_std * (clean.len() as f64).sqrt();
+                Some(NonPrivate::measured(
+                    data,
+                    NonPrivateMetrics {
+                        clients_nonprivate: Some(stats.clients as u64),
+                        clipped_fraction_nonprivate: (stats.clients > 0)
+                            .then(|| stats.clipped as f64 / stats.clients as f64),
+                        mean_pre_clip_norm_nonprivate: (stats.clients > 0)
+                            .then_some(stats.mean_pre_clip_norm),
+                        signal_to_noise_nonprivate: Some(l2_norm(&clean) / expected_noise)
+                            .filter(|v| v.is_finite()),
+                        preference_agreement_nonprivate: Some(preference_agreement(
+                            &noisy,
+                            &clean,
+                            candidates.prompts,
+                            candidates.per_prompt,
+                        )?),
+                        ..NonPrivateMetrics::default()
+                    },
+                ))
+            }
+            _ => None,
         };
         seconds.aggregate = clock.elapsed().as_secs_f64();
 
@@ -323,25 +365,11 @@ impl PopriEngine {
         let dpo = self.train(&candidates, &pairs, progress)?;
         seconds.dpo = clock.elapsed().as_secs_f64();
 
-        let signal = collected.sum.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let expected_noise = noise_std * (collected.sum.len() as f64).sqrt();
         let report = RoundReport {
             round,
-            clients: collected.clients,
             sampled: sampled.len(),
-            clipped_fraction: if collected.clients == 0 {
-                0.0
-            } else {
-                collected.clipped as f64 / collected.clients as f64
-            },
-            mean_pre_clip_norm: collected.mean_pre_clip_norm,
             noise_std,
-            signal_to_noise: if expected_noise > 0.0 {
-                signal / expected_noise
-            } else {
-                f64::INFINITY
-            },
-            preference_agreement: agreement,
+            nonprivate,
             noisy_scores: Histogram::of(&noisy, NOISY_SCORE_BINS),
             dpo,
             seconds,
@@ -454,6 +482,23 @@ impl PopriEngine {
             .map(|t| t.trim().to_string())
             .map_err(|e| ServerError::Tokenizer(e.to_string()))
     }
+}
+
+/// The release of a POPri round: noise multiplier `sigma` on the sum of `candidates` scores
+/// per client, clipped to `clip`, under `sampling`.
+pub fn popri_release(
+    sigma: f64,
+    clip: f64,
+    candidates: usize,
+    sampling: Sampling,
+    round: u64,
+) -> Result<PlannedRelease> {
+    Ok(PlannedRelease::single(
+        GaussianMechanism::new(sigma, clip, candidates)?,
+        sampling,
+        round,
+        "popri round: noisy sum of clipped client score vectors",
+    ))
 }
 
 /// A seed for stream (`a`, `b`) of the run seed: splitmix64 of the three, so neighbouring

@@ -36,7 +36,7 @@ use clients::{local_update, LocalTraining};
 use models::train::downstream::DEFAULT_MAX_TOKENS;
 use models::train::{encode_texts, CausalLmConfig, LrSchedule};
 use models::{Assets, CausalLm, DeviceChoice};
-use privacy_accounting::{LedgerEvent, Sampling};
+use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -45,13 +45,17 @@ use crate::config::RunConfig;
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::evaluate::MODEL_DIR;
-use crate::noise::{NoiseSource, NoiseState};
-use crate::run_dir::{read_checkpoint_state, write_atomic, PhaseSeconds, RoundMetrics, RunDir};
+use crate::noise::{GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
+use crate::run_dir::{
+    read_checkpoint_state, write_atomic, NonPrivate, NonPrivateMetrics, PhaseSeconds, RoundMetrics,
+    RunDir,
+};
 use crate::sampling::ClientSampler;
 use crate::setup::{
-    base_model_name, load_data, load_generator, lora_config, sampling_rate, write_statement,
+    base_model_name, load_data, load_generator, lora_config, round_cohort, sampling_rate,
+    write_statement,
 };
-use crate::simulate::{SimulationSummary, StopReason};
+use crate::simulate::{public_cohort, SimulationSummary, StopReason};
 
 /// The round state saved in every checkpoint beside the adapter.
 const STATE_FILE: &str = "state.json";
@@ -126,14 +130,8 @@ pub fn expected_cohort(sampling: &Sampling, population: usize) -> f64 {
     }
 }
 
-/// Adds N(0, `noise_std`²) to every value of the summed updates, then divides by
-/// `denominator`: the released average update.
-pub fn noisy_average(
-    sum: &mut [f64],
-    noise: &mut NoiseSource,
-    noise_std: f64,
-    denominator: f64,
-) -> Result<()> {
+/// `noisy_sum` divided by `denominator` (the expected cohort, public): the released average.
+pub fn average(mut noisy_sum: Vec<f64>, denominator: f64) -> Result<Vec<f64>> {
     if !(denominator.is_finite() && denominator > 0.0) {
         return Err(ServerError::argument(
             "denominator",
@@ -141,24 +139,24 @@ pub fn noisy_average(
             "the expected cohort size, > 0",
         ));
     }
-    noise.add_gaussian(sum, noise_std)?;
-    for value in sum.iter_mut() {
-        *value /= denominator;
-    }
-    Ok(())
+    noisy_sum.iter_mut().for_each(|v| *v /= denominator);
+    Ok(noisy_sum)
 }
 
 /// The clients' texts as token sequences of the downstream model, in client order.
+/// The clients' raw data is returned too: it is the witness of the non-private diagnostics.
 fn client_sequences(
     config: &RunConfig,
     assets: &Assets,
     tokenizer: &models::tokenizers::Tokenizer,
-) -> Result<Vec<Vec<Vec<u32>>>> {
+) -> Result<(clients::FederatedData, Vec<Vec<Vec<u32>>>)> {
     let data = load_data(config, assets)?;
-    data.clients
+    let sequences = data
+        .clients
         .iter()
         .map(|client| Ok(encode_texts(tokenizer, &client.train, DEFAULT_MAX_TOKENS)?))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((data, sequences))
 }
 
 /// Runs the remaining DP-FedAvg rounds of the run in `dir`, then writes the final adapter
@@ -175,9 +173,12 @@ pub(crate) fn run_dp_fedavg(
     let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
     let assets = Assets::discover();
     let mut generator = load_generator(config, &assets, device)?;
-    let clients = client_sequences(config, &assets, generator.tokenizer())?;
+    let (data, clients) = client_sequences(config, &assets, generator.tokenizer())?;
 
-    let sampler = ClientSampler::new(config.privacy.client_sampling()?, config.run.seed)?;
+    let sampler = ClientSampler::new(
+        config.privacy.client_sampling()?,
+        config.privacy.sampling_seed,
+    )?;
     let accounting = sampler.accounting(clients.len())?;
     let plan = plan_noise(&config.privacy, accounting)?;
     let guard = BudgetGuard::new(&config.privacy);
@@ -223,64 +224,83 @@ pub(crate) fn run_dp_fedavg(
     };
     let model = generator.model();
     let mut global = adapter_values(model);
+    let parameters: usize = global.iter().map(|t| t.numel()).sum();
 
     let mut stop_reason = StopReason::RoundsCompleted;
     for round in first_round..config.privacy.rounds {
         let round_clock = Instant::now();
-        let sampled = sampler.sample(round, clients.len())?;
-        let event = LedgerEvent::gaussian(plan.sigma, accounting, 1)
-            .with_round(round)
-            .with_clip_bound(clip)
-            .with_label(match adaptive {
-                None => "dp-fedavg round: noisy sum of clipped client updates".to_string(),
-                Some(a) => format!(
-                    "dp-fedavg round: noisy sum of clipped client updates (σ_Δ = {update_sigma:.4}) \
-                     and noisy count of unclipped clients (σ_b = {:.4}, sensitivity ½), one \
-                     Gaussian mechanism of multiplier (σ_Δ⁻² + (2σ_b)⁻²)^(−½)",
-                    a.count_noise
-                ),
-            });
+        // The update sum, and under adaptive clipping the count Σ(bᵢ − ½) (sensitivity ½,
+        // noise σ_b = multiplier 2σ_b): one joint Gaussian mechanism of multiplier σ.
+        let update = GaussianMechanism::new(update_sigma, clip, parameters)?;
+        let count = adaptive
+            .map(|a| GaussianMechanism::new(2.0 * a.count_noise, 0.5, 1))
+            .transpose()?;
+        let label = match adaptive {
+            None => "dp-fedavg round: noisy sum of clipped client updates".to_string(),
+            Some(a) => format!(
+                "dp-fedavg round: noisy sum of clipped client updates (σ_Δ = {update_sigma:.4}) \
+                 and noisy count of unclipped clients (σ_b = {:.4}, sensitivity ½), one \
+                 Gaussian mechanism of multiplier (σ_Δ⁻² + (2σ_b)⁻²)^(−½)",
+                a.count_noise
+            ),
+        };
+        let release = PlannedRelease::joint(
+            std::iter::once(update).chain(count).collect(),
+            accounting,
+            round,
+            &label,
+        );
         // Charged but not checkpointed by a run that was killed: re-run under that charge.
         let already_charged = ledger.events.last().is_some_and(|e| e.round == Some(round));
-        if !already_charged && guard.would_exceed(&ledger, &event)? {
+        if !already_charged && guard.would_exceed(&ledger, release.event())? {
             stop_reason = StopReason::BudgetExhausted;
             break;
         }
+        let sampled = round_cohort(dir, &sampler, round, clients.len())?;
 
         let local_clock = Instant::now();
         let round_sum = client_updates(
-            model, &global, &clients, &sampled, config, round, clip, progress,
+            model,
+            &global,
+            &clients,
+            &sampled,
+            config,
+            round,
+            (&update, count.as_ref()),
+            progress,
         )?;
         let local_seconds = local_clock.elapsed().as_secs_f64();
 
         let aggregate_clock = Instant::now();
-        if !already_charged {
-            ledger.push(event)?;
-            dir.save_ledger(&ledger)?;
-        }
-        // Released from here on: drawn only after the charge is on disk.
-        let noise_std = update_sigma * clip;
-        let mut flat = flatten(&round_sum.sum)?;
-        noisy_average(&mut flat, &mut noise, noise_std, denominator)?;
-        let average = unflatten(&flat, &round_sum.sum)?;
+        // Released from here on: noise exists only through the charge, made after the cost is
+        // on disk.
+        let mut charge = release.commit(|event| {
+            if !already_charged {
+                ledger.push(event.clone())?;
+                dir.save_ledger(&ledger)?;
+            }
+            Ok(())
+        })?;
+        let noise_std = update.noise_std();
+        let noisy = noise.release(&mut charge, 0, &round_sum.sum)?;
+        let released_average = unflatten(&average(noisy, denominator)?, &global)?;
         global = global
             .iter()
-            .zip(&average)
+            .zip(&released_average)
             .map(|(g, a)| (g.to_kind(Kind::Double) + a * fedavg.server_lr).to_kind(g.kind()))
             .collect();
         set_adapter(model, &global)?;
-        let next_clip = match &adaptive {
-            Some(adaptive) => {
-                let mut count = [round_sum.unclipped_minus_half];
-                noisy_average(&mut count, &mut noise, adaptive.count_noise, denominator)?;
-                adaptive.next_clip(clip, count[0] + 0.5)
+        let next_clip = match (&adaptive, &round_sum.unclipped_minus_half) {
+            (Some(adaptive), Some(count)) => {
+                let noisy = average(noise.release(&mut charge, 1, count)?, denominator)?;
+                adaptive.next_clip(clip, noisy[0] + 0.5)
             }
-            None => clip,
+            _ => clip,
         };
         let aggregate_seconds = aggregate_clock.elapsed().as_secs_f64();
 
         let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
-        let contributed = sampled.len();
+        let contributed = round_sum.contributed;
         let metrics = RoundMetrics {
             round,
             wall_seconds: round_clock.elapsed().as_secs_f64(),
@@ -290,13 +310,23 @@ pub(crate) fn run_dp_fedavg(
             sigma: plan.sigma,
             q: sampling_rate(&accounting),
             clip,
-            clients: contributed as u64,
-            clipped_fraction: (contributed > 0)
-                .then(|| round_sum.clipped as f64 / contributed as f64),
-            mean_pre_clip_norm: (contributed > 0)
-                .then(|| round_sum.pre_clip_norms / contributed as f64),
+            cohort: public_cohort(&accounting, sampled.len()),
             noise_std,
-            local_loss: round_sum.mean_loss(),
+            nonprivate: Some(NonPrivate::measured(
+                &data,
+                NonPrivateMetrics {
+                    clients_nonprivate: Some(contributed as u64),
+                    clipped_fraction_nonprivate: (contributed > 0)
+                        .then(|| round_sum.clipped as f64 / contributed as f64),
+                    mean_pre_clip_norm_nonprivate: (contributed > 0)
+                        .then(|| round_sum.pre_clip_norms / contributed as f64),
+                    local_loss_nonprivate: round_sum.mean_loss(),
+                    update_norm_nonprivate: Some(crate::noise::l2_norm(
+                        &round_sum.sum.values_nonprivate(),
+                    )),
+                    ..NonPrivateMetrics::default()
+                },
+            )),
             seconds: PhaseSeconds {
                 score: local_seconds,
                 aggregate: aggregate_seconds,
@@ -311,6 +341,7 @@ pub(crate) fn run_dp_fedavg(
             metrics: metrics.clone(),
         };
         checkpoint(dir, config, model, &state)?;
+        dir.clear_open_cohort()?;
         dir.append_metrics(&metrics)?;
         on_round(&metrics);
         clip = next_clip;
@@ -334,7 +365,7 @@ pub(crate) fn run_dp_fedavg(
         target_epsilon: config.privacy.epsilon,
         delta: config.privacy.delta,
         sigma: plan.sigma,
-        fid_nonprivate_per_round: metrics.iter().map(|m| m.fid_nonprivate).collect(),
+        fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
         synthetic_fid_nonprivate: None,
         synthetic_samples: 0,
         // DP-FedAvg releases a model, not text: its adapter folder.
@@ -350,10 +381,12 @@ pub(crate) fn run_dp_fedavg(
 
 /// The sum of a round's clipped updates and its (non-private) statistics.
 struct RoundSum {
-    /// Σ Δᵢ per adapter tensor (f64).
-    sum: Vec<Tensor>,
-    /// Σ (bᵢ − ½), bᵢ = [‖Δᵢ‖ ≤ C] (adaptive clipping's count).
-    unclipped_minus_half: f64,
+    /// Σ Δᵢ over the adapter's parameters (flattened in order), on the release grid.
+    sum: GridSum,
+    /// Σ (bᵢ − ½), bᵢ = [‖Δᵢ‖ ≤ C] (adaptive clipping's count), on its grid.
+    unclipped_minus_half: Option<GridSum>,
+    /// Clients whose update was added (a client whose update was not finite adds zero).
+    contributed: usize,
     clipped: usize,
     pre_clip_norms: f64,
     losses: Vec<f64>,
@@ -366,8 +399,11 @@ impl RoundSum {
     }
 }
 
-/// Every sampled client's clipped update from `global`, summed. A client without a usable
-/// sequence (every text under two tokens) sends a zero update.
+/// Every sampled client's clipped update from `global`, each rounded to the grid of `update`
+/// (and its clip bit to the grid of `count`), summed. A client without a usable sequence (every
+/// text under two tokens) sends a zero update; a client whose local training diverged (a
+/// non-finite update) is dropped: it adds zero, which the sensitivity covers like any other
+/// vector of norm ≤ C.
 #[allow(clippy::too_many_arguments)]
 fn client_updates(
     model: &CausalLm,
@@ -376,25 +412,31 @@ fn client_updates(
     sampled: &[usize],
     config: &RunConfig,
     round: u64,
-    clip: f64,
+    (update, count): (&GaussianMechanism, Option<&GaussianMechanism>),
     progress: &dyn Progress,
 ) -> Result<RoundSum> {
     let fedavg = &config.fedavg;
+    let clip = update.clip();
     let mut total = RoundSum {
-        sum: global
-            .iter()
-            .map(|g| Tensor::zeros_like(g).to_kind(Kind::Double))
-            .collect(),
-        unclipped_minus_half: 0.0,
+        sum: GridSum::zeros(update),
+        unclipped_minus_half: count.map(GridSum::zeros),
+        contributed: 0,
         clipped: 0,
         pre_clip_norms: 0.0,
         losses: Vec::new(),
+    };
+    let add_bit = |total: &mut RoundSum, unclipped: bool| -> Result<()> {
+        if let (Some(sum), Some(count)) = (total.unclipped_minus_half.as_mut(), count) {
+            sum.add(count, &[if unclipped { 0.5 } else { -0.5 }])?;
+        }
+        Ok(())
     };
     progress.start("local training", sampled.len() as u64);
     for &client in sampled {
         let sequences = &clients[client];
         if sequences.is_empty() {
-            total.unclipped_minus_half += 0.5;
+            add_bit(&mut total, true)?;
+            total.contributed += 1;
             progress.advance(1);
             continue;
         }
@@ -408,11 +450,18 @@ fn client_updates(
                 ..CausalLmConfig::default()
             },
         };
-        let local = local_update(model, global, sequences, &training, clip)?;
-        for (sum, delta) in total.sum.iter_mut().zip(&local.update.delta) {
-            *sum += delta;
-        }
-        total.unclipped_minus_half += if local.update.clipped { -0.5 } else { 0.5 };
+        let local = match local_update(model, global, sequences, &training, clip) {
+            Ok(local) => local,
+            Err(clients::ClientsError::NonFinite { what }) => {
+                eprintln!("warning: round {round}: {what} of a client was not finite; dropped");
+                progress.advance(1);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        total.sum.add(update, &flatten(&local.update.delta)?)?;
+        add_bit(&mut total, !local.update.clipped)?;
+        total.contributed += 1;
         total.clipped += usize::from(local.update.clipped);
         total.pre_clip_norms += local.update.pre_clip_norm;
         total.losses.push(local.mean_loss);
@@ -483,29 +532,6 @@ fn remove_dir_if_present(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn moments(values: &[f64]) -> (f64, f64) {
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        (mean, var.sqrt())
-    }
-
-    #[test]
-    fn the_noise_on_the_sum_has_std_sigma_times_clip() {
-        // σ = 1.7, C = 0.6: over 200 000 coordinates the sample std is within 1 % of σC
-        // (its relative standard error is 1/√(2n) ≈ 0.16 %).
-        let (sigma, clip) = (1.7, 0.6);
-        let mut noise = NoiseSource::from_test_seed(11);
-        let mut sum = vec![0.0; 200_000];
-        noisy_average(&mut sum, &mut noise, sigma * clip, 1.0).unwrap();
-        let (mean, std) = moments(&sum);
-        assert!(
-            mean.abs() < 5.0 * sigma * clip / (sum.len() as f64).sqrt(),
-            "{mean}"
-        );
-        assert!((std / (sigma * clip) - 1.0).abs() < 0.01, "{std}");
-    }
-
     #[test]
     fn the_average_divides_the_noisy_sum_by_the_expected_cohort() {
         assert_eq!(expected_cohort(&Sampling::Poisson { q: 0.25 }, 40), 10.0);
@@ -514,17 +540,25 @@ mod tests {
             5.0
         );
         assert_eq!(expected_cohort(&Sampling::Full, 40), 40.0);
-        // The same noise stream with and without the division: (s + z) / m exactly.
-        let sum = vec![3.0, -1.0, 0.5, 8.0];
-        let (mut a, mut b) = (sum.clone(), sum.clone());
-        noisy_average(&mut a, &mut NoiseSource::from_test_seed(5), 0.3, 1.0).unwrap();
-        noisy_average(&mut b, &mut NoiseSource::from_test_seed(5), 0.3, 8.0).unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x / 8.0 - y).abs() < 1e-15, "{x} {y}");
-        }
-        assert!(a.iter().zip(&sum).all(|(x, s)| x != s), "noise was added");
-        let mut empty = vec![1.0];
-        assert!(noisy_average(&mut empty, &mut NoiseSource::from_test_seed(5), 0.3, 0.0).is_err());
+        assert_eq!(average(vec![8.0, -4.0], 8.0).unwrap(), vec![1.0, -0.5]);
+        assert!(average(vec![1.0], 0.0).is_err());
+    }
+
+    #[test]
+    fn the_joint_release_of_update_and_count_is_charged_at_the_planned_sigma() {
+        let adaptive = AdaptiveClip {
+            quantile: 0.5,
+            lr: 0.2,
+            count_noise: 4.0,
+        };
+        let sigma = 2.0;
+        let update =
+            GaussianMechanism::new(adaptive.update_sigma(sigma).unwrap(), 0.6, 10).unwrap();
+        let count = GaussianMechanism::new(2.0 * adaptive.count_noise, 0.5, 1).unwrap();
+        let release = PlannedRelease::joint(vec![update, count], Sampling::Full, 0, "test");
+        assert!((release.event().noise_multiplier - sigma).abs() < 1e-12);
+        // The count's noise is σ_b (up to the grid's share of its sensitivity).
+        assert!((count.noise_std() / adaptive.count_noise - 1.0).abs() < 1e-5);
     }
 
     #[test]

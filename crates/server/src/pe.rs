@@ -38,7 +38,7 @@ use std::time::Instant;
 use clients::VotingPopulation;
 use models::train::{PreferenceConfig, PreferenceLoss, PreferencePair, PreferenceTrainer};
 use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
-use privacy_accounting::{Ledger, LedgerEvent, Sampling};
+use privacy_accounting::{Ledger, Sampling};
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -50,18 +50,19 @@ use crate::config::{
 };
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
-use crate::noise::{NoiseSource, NoiseState};
+use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
 use crate::run_dir::{
-    read_checkpoint_state, write_atomic, Histogram, PhaseSeconds, RoundMetrics, RunDir,
+    read_checkpoint_state, write_atomic, Histogram, NonPrivate, NonPrivateMetrics, PhaseSeconds,
+    RoundMetrics, RunDir,
 };
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
-    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
-    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
-    SimulatedClients, EMBED_BATCH,
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
+    round_cohort, rows, sampling_params, sampling_rate, seed_pool, write_statement,
+    write_synthetic_texts, SimulatedClients, EMBED_BATCH,
 };
-use crate::simulate::{SimulationSummary, StopReason, ROUNDS_PLOT_FILE};
+use crate::simulate::{public_cohort, SimulationSummary, StopReason, ROUNDS_PLOT_FILE};
 
 /// The L2 bound of every client's vote histogram: the sensitivity of the summed histogram.
 const SENSITIVITY: f64 = 1.0;
@@ -115,6 +116,7 @@ pub(crate) fn run_pe(
             break;
         };
         run.checkpoint(&state)?;
+        dir.clear_open_cohort()?;
         dir.append_metrics(&state.metrics)?;
         on_round(&state.metrics);
         population = state.next_population;
@@ -132,6 +134,8 @@ struct PeRun<'a> {
     device: Device,
     embedder: SentenceEmbedder,
     voters: VotingPopulation,
+    /// The clients' raw data: the witness of the non-private diagnostics.
+    data: clients::FederatedData,
     /// The private eval set's embeddings, for the FID diagnostic (`eval.fid`).
     eval_rows: Option<Vec<Vec<f32>>>,
     generator: Generator,
@@ -186,7 +190,10 @@ impl<'a> PeRun<'a> {
             .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
         write_atomic(&dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
 
-        let sampler = ClientSampler::new(config.privacy.client_sampling()?, config.run.seed)?;
+        let sampler = ClientSampler::new(
+            config.privacy.client_sampling()?,
+            config.privacy.sampling_seed,
+        )?;
         let accounting = sampler.accounting(voters.len())?;
         let plan = plan_noise(&config.privacy, accounting)?;
         let mut ledger = dir.load_ledger()?;
@@ -199,6 +206,7 @@ impl<'a> PeRun<'a> {
             embedder,
             voters,
             eval_rows: clients.eval_rows,
+            data: clients.data,
             generator,
             trainer: None,
             seed_pool,
@@ -265,17 +273,20 @@ impl<'a> PeRun<'a> {
     ) -> Result<Option<PeState>> {
         let clock = Instant::now();
         let mut seconds = PhaseSeconds::default();
-        let event = LedgerEvent::gaussian(self.plan.sigma, self.accounting, 1)
-            .with_round(round)
-            .with_clip_bound(SENSITIVITY)
-            .with_label("pe round: noisy sum of L2-normalised nearest-neighbour vote histograms");
+        let mechanism = GaussianMechanism::new(self.plan.sigma, SENSITIVITY, population.len())?;
+        let release = PlannedRelease::single(
+            mechanism,
+            self.accounting,
+            round,
+            "pe round: noisy sum of L2-normalised nearest-neighbour vote histograms",
+        );
         // Charged but not checkpointed by a run that was killed: re-run under that charge.
         let already_charged = self
             .ledger
             .events
             .last()
             .is_some_and(|e| e.round == Some(round));
-        if !already_charged && self.guard.would_exceed(&self.ledger, &event)? {
+        if !already_charged && self.guard.would_exceed(&self.ledger, release.event())? {
             return Ok(None);
         }
 
@@ -284,24 +295,29 @@ impl<'a> PeRun<'a> {
         seconds.embed = phase.elapsed().as_secs_f64();
 
         let phase = Instant::now();
-        let sampled = self.sampler.sample(round, self.voters.len())?;
+        let sampled = round_cohort(self.dir, &self.sampler, round, self.voters.len())?;
         progress.start("votes", sampled.len() as u64);
         let votes = self
             .voters
-            .vote_sum(&embeddings, &sampled, |done| progress.advance(done as u64))?;
+            .vote_sum(&embeddings, &sampled, mechanism.grid(), |done| {
+                progress.advance(done as u64)
+            })?;
         progress.finish();
-        check_vote_sum(&votes.sum, population.len())?;
+        let votes_sum = GridSum::from_units(&mechanism, votes.units)?;
         seconds.score = phase.elapsed().as_secs_f64();
 
         let phase = Instant::now();
-        if !already_charged {
-            self.ledger.push(event)?;
-            self.dir.save_ledger(&self.ledger)?;
-        }
-        // Only now, with the cost on disk, may noisy values exist.
-        let noise_std = self.plan.sigma * SENSITIVITY;
-        let mut noisy = votes.sum.clone();
-        self.noise.add_gaussian(&mut noisy, noise_std)?;
+        // Noisy values exist only through the charge, made after the cost is on disk.
+        let (ledger, dir) = (&mut self.ledger, self.dir);
+        let mut charge = release.commit(|event| {
+            if !already_charged {
+                ledger.push(event.clone())?;
+                dir.save_ledger(ledger)?;
+            }
+            Ok(())
+        })?;
+        let noise_std = mechanism.noise_std();
+        let noisy = self.noise.release(&mut charge, 0, &votes_sum)?;
         let pe = &self.config.pe;
         let counts = thresholded(&noisy, pe.threshold);
         let selected = select_survivors(
@@ -326,8 +342,8 @@ impl<'a> PeRun<'a> {
 
         let (next_population, sft_loss) = self.evolve(round, chosen, &mut seconds, progress)?;
 
-        let signal = votes.sum.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let expected_noise = noise_std * (votes.sum.len() as f64).sqrt();
+        let clean = votes_sum.values_nonprivate();
+        let expected_noise = noise_std * (clean.len() as f64).sqrt();
         let (epsilon_rdp, epsilon_pld) = self.guard.spent(&self.ledger)?;
         let metrics = RoundMetrics {
             round,
@@ -338,14 +354,22 @@ impl<'a> PeRun<'a> {
             sigma: self.plan.sigma,
             q: sampling_rate(&self.accounting),
             clip: SENSITIVITY,
-            clients: votes.clients as u64,
+            cohort: public_cohort(&self.accounting, sampled.len()),
             noise_std,
-            signal_to_noise: Some(signal / expected_noise).filter(|v| v.is_finite()),
             dpo_loss: sft_loss,
-            fid_nonprivate: fid,
-            mean_distance_sq_nonprivate: mean_distance,
             seconds,
             noisy_score_histogram: Histogram::of(&noisy, NOISY_COUNT_BINS),
+            nonprivate: Some(NonPrivate::measured(
+                &self.data,
+                NonPrivateMetrics {
+                    clients_nonprivate: Some(votes.clients as u64),
+                    signal_to_noise_nonprivate: Some(l2_norm(&clean) / expected_noise)
+                        .filter(|v| v.is_finite()),
+                    fid_nonprivate: fid,
+                    mean_distance_sq_nonprivate: mean_distance,
+                    ..NonPrivateMetrics::default()
+                },
+            )),
             ..RoundMetrics::default()
         };
         Ok(Some(PeState {
@@ -471,7 +495,7 @@ impl<'a> PeRun<'a> {
             target_epsilon: config.privacy.epsilon,
             delta: config.privacy.delta,
             sigma: self.plan.sigma,
-            fid_nonprivate_per_round: metrics.iter().map(|m| m.fid_nonprivate).collect(),
+            fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
             synthetic_fid_nonprivate: synthetic_fid,
             synthetic_samples: synthetic.len(),
             synthetic_path: dir.synthetic_path(),
@@ -518,19 +542,6 @@ fn embed(
     progress.advance(texts.len() as u64);
     progress.finish();
     Ok(embeddings)
-}
-
-/// Errors unless the clients' sum has one finite value per sample.
-fn check_vote_sum(sum: &[f64], samples: usize) -> Result<()> {
-    if sum.len() == samples && sum.iter().all(|v| v.is_finite()) {
-        Ok(())
-    } else {
-        Err(ServerError::argument(
-            "client vote sum",
-            format!("{} values", sum.len()),
-            format!("{samples} finite values, one per synthetic sample"),
-        ))
-    }
 }
 
 /// max(count − `threshold`, 0) for every noisy count.
@@ -956,13 +967,6 @@ mod tests {
         for (raw, cleaned) in cases {
             assert_eq!(without_preamble(raw), cleaned, "{raw:?}");
         }
-    }
-
-    #[test]
-    fn a_vote_sum_of_the_wrong_length_or_not_finite_is_refused() {
-        assert!(check_vote_sum(&[1.0, 0.0], 2).is_ok());
-        assert!(check_vote_sum(&[1.0], 2).is_err());
-        assert!(check_vote_sum(&[1.0, f64::NAN], 2).is_err());
     }
 
     #[test]

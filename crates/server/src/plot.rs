@@ -28,7 +28,7 @@ pub fn write_rounds_svg(metrics: &[RoundMetrics], target_epsilon: f64, path: &Pa
 
     let fid: Vec<(f64, f64)> = metrics
         .iter()
-        .filter_map(|m| m.fid_nonprivate.map(|f| (m.round as f64, f)))
+        .filter_map(|m| m.fid_nonprivate().map(|f| (m.round as f64, f)))
         .collect();
     if !fid.is_empty() {
         let (low, high) = padded_range(fid.iter().map(|p| p.1));
@@ -116,7 +116,7 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run_dir::PhaseSeconds;
+    use crate::run_dir::{NonPrivate, NonPrivateMetrics, PhaseSeconds};
 
     fn row(round: u64, fid: f64, epsilon: f64) -> RoundMetrics {
         RoundMetrics {
@@ -128,20 +128,17 @@ mod tests {
             sigma: 5.0,
             q: 1.0,
             clip: 1.0,
-            clients: 10,
-            clipped_fraction: None,
-            mean_pre_clip_norm: None,
+            cohort: Some(10),
             noise_std: 5.0,
-            signal_to_noise: None,
-            preference_agreement_nonprivate: None,
             dpo_loss: None,
             reward_accuracy: None,
             reward_margin: None,
-            fid_nonprivate: Some(fid),
-            mean_distance_sq_nonprivate: None,
             seconds: PhaseSeconds::default(),
             noisy_score_histogram: None,
-            local_loss: None,
+            nonprivate: Some(NonPrivate::for_tests(NonPrivateMetrics {
+                fid_nonprivate: Some(fid),
+                ..NonPrivateMetrics::default()
+            })),
         }
     }
 

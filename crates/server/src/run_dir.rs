@@ -34,6 +34,11 @@ const STATEMENT_MD: &str = "privacy-statement.md";
 const STATEMENT_JSON: &str = "privacy-statement.json";
 const CHECKPOINT_PREFIX: &str = "round-";
 const PARTIAL_SUFFIX: &str = ".partial";
+/// Private state (mode 0700): never a released output.
+const PRIVATE_DIR: &str = "private";
+/// The cohort of the round in progress, so that a resumed run takes it up instead of drawing
+/// another (a cohort is drawn once).
+const OPEN_COHORT: &str = "open-cohort.json";
 
 /// Seconds spent in each phase of a round.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -52,14 +57,14 @@ pub struct PhaseSeconds {
     pub eval: f64,
 }
 
-/// One line of `metrics.jsonl`. The schema is stable: every field is always present (`null`
-/// when not computed).
+/// One line of `metrics.jsonl`. The schema is stable: every released field is always present
+/// (`null` when not computed).
 ///
-/// Fields ending in `_nonprivate` read private data without noise (the clean scores, the private
-/// eval set): they are diagnostics for simulations and are NOT covered by the privacy
-/// guarantee. So are `clipped_fraction`, `mean_pre_clip_norm`, `signal_to_noise` and, under
-/// Poisson sampling, `clients` (un-noised statistics of the clients' contributions); a
-/// deployment should not publish them.
+/// Every top-level field is either public configuration, ε from the ledger, or a function of
+/// released (noisy) values and public data, so it is covered by the run's guarantee.
+/// Diagnostics computed from un-noised private data live in `nonprivate`, whose every field ends
+/// in `_nonprivate`: only a simulation can make one (see [`NonPrivate`]), a served run's rows
+/// never have it, and reports label it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundMetrics {
     /// The round (0-based).
@@ -78,38 +83,99 @@ pub struct RoundMetrics {
     pub q: f64,
     /// Clip bound C.
     pub clip: f64,
-    /// Clients that contributed this round.
-    pub clients: u64,
-    /// Fraction of contributing clients whose vector was clipped.
-    pub clipped_fraction: Option<f64>,
-    /// Mean L2 norm of the client vectors before clipping.
-    pub mean_pre_clip_norm: Option<f64>,
-    /// Standard deviation of the noise added to each coordinate (σ·C).
+    /// Clients sampled when that number is public (full participation: everyone; a fixed
+    /// cohort: m); `None` under Poisson sampling, whose cohort size is private.
+    #[serde(default)]
+    pub cohort: Option<u64>,
+    /// Standard deviation of the noise added to each coordinate (σ·Δ, Δ the grid-rounded
+    /// sensitivity, see `noise.rs`).
     pub noise_std: f64,
-    /// ‖clean sum‖ / (noise_std · √N).
-    pub signal_to_noise: Option<f64>,
-    /// Fraction of prompts whose noisy winner equals the clean winner (simulation only).
-    pub preference_agreement_nonprivate: Option<f64>,
     /// Mean DPO loss of the round.
     pub dpo_loss: Option<f64>,
     /// Mean reward accuracy of the round.
     pub reward_accuracy: Option<f64>,
     /// Mean reward margin of the round.
     pub reward_margin: Option<f64>,
-    /// FID between the round's samples and the private eval set (non-private diagnostic).
-    pub fid_nonprivate: Option<f64>,
-    /// ‖mean difference‖² of the same embeddings (non-private diagnostic).
-    pub mean_distance_sq_nonprivate: Option<f64>,
     /// Seconds per phase.
     pub seconds: PhaseSeconds,
     /// Histogram of the round's noisy scores (released values, drawn after the ledger commit);
     /// `None` in rows written before it existed.
     #[serde(default)]
     pub noisy_score_histogram: Option<Histogram>,
-    /// DP-FedAvg: the mean training loss of the clients' local steps (a non-private
-    /// diagnostic); `None` for other methods and in rows written before it existed.
-    #[serde(default)]
-    pub local_loss: Option<f64>,
+    /// Simulation only: diagnostics of un-noised data, NOT covered by the privacy guarantee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonprivate: Option<NonPrivate<NonPrivateMetrics>>,
+}
+
+/// A value computed from un-noised private data. Making one takes a reference to the clients'
+/// raw data ([`clients::FederatedData`]), which only a simulation holds in its process: the HTTP
+/// server never has it, so it cannot emit one. Reading one back from a run's files is allowed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NonPrivate<T>(T);
+
+impl<T> NonPrivate<T> {
+    /// Wraps `value`, measured on the private data `held` by this (simulation) process.
+    pub fn measured(_held: &clients::FederatedData, value: T) -> Self {
+        NonPrivate(value)
+    }
+
+    /// A value made up by a unit test.
+    #[cfg(test)]
+    pub(crate) fn for_tests(value: T) -> Self {
+        NonPrivate(value)
+    }
+
+    /// The value (for diagnostics and reports that label it non-private).
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+
+    /// The value, mutably (to add diagnostics measured later in the round).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+/// The non-private diagnostics of one simulated round (every field may be absent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NonPrivateMetrics {
+    /// Clients that contributed (exact; under Poisson sampling the count itself is private).
+    pub clients_nonprivate: Option<u64>,
+    /// Fraction of contributing clients whose vector was clipped.
+    pub clipped_fraction_nonprivate: Option<f64>,
+    /// Mean L2 norm of the client vectors before clipping.
+    pub mean_pre_clip_norm_nonprivate: Option<f64>,
+    /// ‖clean sum‖ / (noise_std · √N).
+    pub signal_to_noise_nonprivate: Option<f64>,
+    /// Fraction of prompts whose noisy winner equals the clean winner.
+    pub preference_agreement_nonprivate: Option<f64>,
+    /// FID between the round's samples and the private eval set.
+    pub fid_nonprivate: Option<f64>,
+    /// ‖mean difference‖² of the same embeddings.
+    pub mean_distance_sq_nonprivate: Option<f64>,
+    /// DP-FedAvg: the mean training loss of the clients' local steps.
+    pub local_loss_nonprivate: Option<f64>,
+    /// DP-FedAvg: the L2 norm of the clean (un-noised) update sum.
+    pub update_norm_nonprivate: Option<f64>,
+}
+
+impl RoundMetrics {
+    /// The round's FID to the private eval set, when the simulation measured it.
+    pub fn fid_nonprivate(&self) -> Option<f64> {
+        self.nonprivate
+            .as_ref()
+            .and_then(|n| n.get().fid_nonprivate)
+    }
+
+    /// The non-private diagnostics, if any (`Default` when none).
+    pub fn nonprivate_or_default(&self) -> NonPrivateMetrics {
+        self.nonprivate
+            .as_ref()
+            .map(|n| n.get().clone())
+            .unwrap_or_default()
+    }
 }
 
 /// An equal-width histogram: `counts[i]` values fell in `[edges[i], edges[i + 1])` (the last bin
@@ -169,23 +235,34 @@ impl RoundMetrics {
             ("seconds.dpo", s.dpo),
             ("seconds.eval", s.eval),
         ];
+        let nonprivate = self.nonprivate_or_default();
         let optional = [
-            ("clipped_fraction", self.clipped_fraction),
-            ("mean_pre_clip_norm", self.mean_pre_clip_norm),
-            ("signal_to_noise", self.signal_to_noise),
-            (
-                "preference_agreement_nonprivate",
-                self.preference_agreement_nonprivate,
-            ),
             ("dpo_loss", self.dpo_loss),
-            ("local_loss", self.local_loss),
             ("reward_accuracy", self.reward_accuracy),
             ("reward_margin", self.reward_margin),
-            ("fid_nonprivate", self.fid_nonprivate),
+            (
+                "clipped_fraction_nonprivate",
+                nonprivate.clipped_fraction_nonprivate,
+            ),
+            (
+                "mean_pre_clip_norm_nonprivate",
+                nonprivate.mean_pre_clip_norm_nonprivate,
+            ),
+            (
+                "signal_to_noise_nonprivate",
+                nonprivate.signal_to_noise_nonprivate,
+            ),
+            (
+                "preference_agreement_nonprivate",
+                nonprivate.preference_agreement_nonprivate,
+            ),
+            ("fid_nonprivate", nonprivate.fid_nonprivate),
             (
                 "mean_distance_sq_nonprivate",
-                self.mean_distance_sq_nonprivate,
+                nonprivate.mean_distance_sq_nonprivate,
             ),
+            ("local_loss_nonprivate", nonprivate.local_loss_nonprivate),
+            ("update_norm_nonprivate", nonprivate.update_norm_nonprivate),
         ];
         let values = required
             .into_iter()
@@ -285,6 +362,43 @@ impl RunDir {
         Ok(run)
     }
 
+    /// Saves the cohort of `round`, the round in progress, as private state (0600 under a 0700
+    /// folder): which clients a round held is secret, and a resumed run must take the same
+    /// cohort up rather than draw again.
+    pub fn save_open_cohort(&self, round: u64, cohort: &[usize]) -> Result<()> {
+        let dir = self.root.join(PRIVATE_DIR);
+        fs::create_dir_all(&dir).map_err(|e| ServerError::io(&dir, e))?;
+        set_mode(&dir, 0o700)?;
+        let json = serde_json::to_vec(&OpenCohort {
+            round,
+            clients: cohort.to_vec(),
+        })
+        .map_err(|e| ServerError::argument("cohort", "(unserialisable)", e.to_string()))?;
+        write_atomic_private(&dir.join(OPEN_COHORT), &json)
+    }
+
+    /// The saved cohort of `round`, if the round was in progress when the run stopped.
+    pub fn open_cohort(&self, round: u64) -> Result<Option<Vec<usize>>> {
+        let path = self.root.join(PRIVATE_DIR).join(OPEN_COHORT);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+        let saved: OpenCohort = serde_json::from_str(&text)
+            .map_err(|e| ServerError::io(&path, std::io::Error::other(e)))?;
+        Ok((saved.round == round).then_some(saved.clients))
+    }
+
+    /// Forgets the open cohort once its round is checkpointed.
+    pub fn clear_open_cohort(&self) -> Result<()> {
+        let path = self.root.join(PRIVATE_DIR).join(OPEN_COHORT);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ServerError::io(&path, e)),
+        }
+    }
+
     /// Loads the run's resolved configuration.
     pub fn load_config(&self) -> Result<RunConfig> {
         RunConfig::load(&self.config_path(), &[])
@@ -293,6 +407,11 @@ impl RunDir {
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the directory for this process (see [`RunDirLock`]).
+    pub fn lock(&self) -> Result<RunDirLock> {
+        RunDirLock::acquire(&self.root)
     }
 
     /// `config.toml`.
@@ -593,6 +712,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// [`write_atomic`] for secrets and private state: the file is mode 0600 from its creation.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| ServerError::argument("path", path.display(), "a file path"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    {
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(|e| ServerError::io(&tmp, e))?;
+        set_mode(&tmp, 0o600)?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ServerError::io(&tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| ServerError::io(path, e))?;
+    sync_dir(dir)
+}
+
+/// Sets a path's Unix permission bits (nothing elsewhere).
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| ServerError::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// The private record of the round in progress.
+#[derive(Debug, Serialize, Deserialize)]
+struct OpenCohort {
+    round: u64,
+    clients: Vec<usize>,
+}
+
 /// Truncates a file that does not end with a newline back to its last complete line.
 fn drop_torn_tail(path: &Path) -> Result<()> {
     if !path.exists() {
@@ -616,6 +780,61 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ServerError::io(dir, e))
+}
+
+/// The lock file of a run directory; it holds the pid of the process that owns the run.
+const LOCK: &str = ".lock";
+
+/// One run directory, one process: a second `fedsyn serve` or `fedsyn simulate` on the same
+/// directory would interleave rounds, charges and checkpoints with the first (two servers
+/// sampling and charging the same round, two simulations writing one ledger). An exclusive
+/// advisory lock on `DIR/.lock`, released by the operating system when the holder exits or is
+/// killed, so a crash never leaves a stale lock behind. Keep the value for as long as the
+/// directory is in use.
+#[derive(Debug)]
+pub struct RunDirLock {
+    _file: File,
+}
+
+impl RunDirLock {
+    /// Locks `dir` for this process, writing its pid into the lock file; a directory locked by
+    /// another process is refused with that process's pid.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        use std::io::Read;
+        let path = dir.join(LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| ServerError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "unknown pid".to_string(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(ServerError::RunDir {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "is in use by another fedsyn process ({holder}); one run directory takes \
+                         one process: stop that one first (then --resume), or choose another \
+                         directory"
+                    ),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(ServerError::io(&path, e)),
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ServerError::io(&path, e))?;
+        Ok(RunDirLock { _file: file })
+    }
 }
 
 /// Syncs every file and folder under `dir`, then `dir` itself.
@@ -674,20 +893,20 @@ mod tests {
             sigma: 19.3,
             q: 1.0,
             clip: 1.0,
-            clients: 10,
-            clipped_fraction: Some(1.0),
-            mean_pre_clip_norm: Some(134.2),
+            cohort: Some(10),
             noise_std: 19.3,
-            signal_to_noise: None,
-            preference_agreement_nonprivate: Some(0.4),
             dpo_loss: Some(0.69),
             reward_accuracy: None,
             reward_margin: None,
-            fid_nonprivate: None,
-            mean_distance_sq_nonprivate: None,
             seconds: PhaseSeconds::default(),
             noisy_score_histogram: None,
-            local_loss: None,
+            nonprivate: Some(NonPrivate(NonPrivateMetrics {
+                clients_nonprivate: Some(10),
+                clipped_fraction_nonprivate: Some(1.0),
+                mean_pre_clip_norm_nonprivate: Some(134.2),
+                preference_agreement_nonprivate: Some(0.4),
+                ..NonPrivateMetrics::default()
+            })),
         }
     }
 
@@ -749,11 +968,33 @@ mod tests {
         assert_eq!(run.read_metrics().unwrap(), vec![metrics(0)]);
         // Every field is present, absent values as null.
         let line = fs::read_to_string(run.metrics_path()).unwrap();
+        assert!(line.contains("\"dpo_loss\":0.69"), "{line}");
         assert!(line.contains("\"fid_nonprivate\":null"), "{line}");
         let mut bad = metrics(3);
-        bad.fid_nonprivate = Some(f64::NAN);
+        bad.nonprivate.as_mut().unwrap().get_mut().fid_nonprivate = Some(f64::NAN);
         let message = run.append_metrics(&bad).unwrap_err().to_string();
         assert!(message.contains("fid_nonprivate"), "{message}");
+    }
+
+    #[test]
+    fn the_open_cohort_is_private_state_for_its_round_only() {
+        let tmp = TempDir::new("cohort");
+        let run = RunDir::create(&tmp.0, &config(1.0)).unwrap();
+        assert_eq!(run.open_cohort(3).unwrap(), None);
+        run.save_open_cohort(3, &[4, 1, 9]).unwrap();
+        assert_eq!(run.open_cohort(3).unwrap(), Some(vec![4, 1, 9]));
+        // Another round's cohort is never taken for this one.
+        assert_eq!(run.open_cohort(4).unwrap(), None);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&tmp.0.join("private")), 0o700);
+            assert_eq!(mode(&tmp.0.join("private/open-cohort.json")), 0o600);
+        }
+        run.clear_open_cohort().unwrap();
+        assert_eq!(run.open_cohort(3).unwrap(), None);
+        run.clear_open_cohort().unwrap();
     }
 
     #[test]
@@ -805,5 +1046,20 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_locked_run_directory_is_refused_naming_the_holder_until_released() {
+        let tmp = TempDir::new("lock");
+        let run = RunDir::create(&tmp.0, &config(1.0)).unwrap();
+        let held = run.lock().unwrap();
+        // The lock is per open file: a second taker, even in this process, is refused.
+        let message = run.lock().unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        drop(held);
+        let _again = run.lock().unwrap();
     }
 }

@@ -1,10 +1,16 @@
 //! Which clients take part in a round, and how the ledger must account for that choice.
 //!
-//! The randomness of round t is a ChaCha20 stream derived from (run seed, t) alone, so a resumed
-//! run draws exactly the cohorts an uninterrupted run would, whatever happened before.
+//! The amplification by subsampling that the ledger charges holds only if nobody can tell which
+//! rounds held a given client: the cohorts are drawn from the operating system's CSPRNG, never
+//! from `run.seed` (which is public: it is in every config and run directory). A round's cohort
+//! is drawn once; a resumed run takes the open round's cohort from private state
+//! (`RunDir::open_cohort`, the server's SQLite store), it does not draw again. Only a test seed
+//! (`privacy.sampling_seed`) makes the cohorts reproducible, and the run then states that it is
+//! not differentially private.
 
 use privacy_accounting::Sampling;
 use rand::distributions::{Bernoulli, Distribution};
+use rand::rngs::OsRng;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -29,19 +35,20 @@ pub enum ClientSampling {
     },
 }
 
-/// Draws each round's cohort from the run seed.
+/// Draws each round's cohort: from the OS's CSPRNG, or from a test seed.
 #[derive(Debug, Clone)]
 pub struct ClientSampler {
     scheme: ClientSampling,
-    seed: u64,
+    test_seed: Option<u64>,
 }
 
 /// Domain of the client-sampling streams (see [`derived_rng`]).
 const SAMPLING_DOMAIN: &str = "fedsyn/server/client-sampling";
 
 impl ClientSampler {
-    /// A sampler for `scheme` whose rounds derive from `run_seed`.
-    pub fn new(scheme: ClientSampling, run_seed: u64) -> Result<Self> {
+    /// A sampler for `scheme`: secret cohorts from the OS when `test_seed` is `None` (every
+    /// real run); reproducible, NOT private cohorts from `privacy.sampling_seed` otherwise.
+    pub fn new(scheme: ClientSampling, test_seed: Option<u64>) -> Result<Self> {
         match scheme {
             ClientSampling::Poisson { q } if !(q.is_finite() && q > 0.0 && q <= 1.0) => {
                 Err(ServerError::argument("q", q, "a sampling rate in (0, 1]"))
@@ -51,10 +58,7 @@ impl ClientSampler {
                 0,
                 "a cohort of at least 1 client",
             )),
-            _ => Ok(Self {
-                scheme,
-                seed: run_seed,
-            }),
+            _ => Ok(Self { scheme, test_seed }),
         }
     }
 
@@ -63,10 +67,25 @@ impl ClientSampler {
         self.scheme
     }
 
-    /// The indices (ascending) of the clients of `round` out of `population` clients.
+    /// True when the cohorts come from a test seed (and so are not secret).
+    pub fn is_test_seeded(&self) -> bool {
+        self.test_seed.is_some()
+    }
+
+    /// The indices (ascending) of the clients of `round` out of `population` clients. Call it
+    /// once per round and persist the result privately: with OS randomness a second call draws
+    /// another cohort.
     pub fn sample(&self, round: u64, population: usize) -> Result<Vec<usize>> {
         self.check_population(population)?;
-        let mut rng = derived_rng(self.seed, SAMPLING_DOMAIN, round);
+        let mut rng = match self.test_seed {
+            Some(seed) => derived_rng(seed, SAMPLING_DOMAIN, round),
+            None => ChaCha20Rng::from_rng(OsRng).map_err(|e| {
+                ServerError::io(
+                    "the operating system's random number generator",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?,
+        };
         Ok(match self.scheme {
             ClientSampling::Full => (0..population).collect(),
             ClientSampling::Poisson { q } => {
@@ -150,27 +169,45 @@ mod tests {
 
     #[test]
     fn full_takes_everyone() {
-        let sampler = ClientSampler::new(ClientSampling::Full, 1).unwrap();
+        let sampler = ClientSampler::new(ClientSampling::Full, None).unwrap();
         assert_eq!(sampler.sample(3, 4).unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(sampler.accounting(4).unwrap(), Sampling::Full);
     }
 
     #[test]
-    fn rounds_are_reproducible_and_independent() {
-        let sampler = ClientSampler::new(ClientSampling::Cohort { m: 10 }, 42).unwrap();
-        let again = ClientSampler::new(ClientSampling::Cohort { m: 10 }, 42).unwrap();
+    fn cohorts_are_secret_without_a_test_seed() {
+        // Two samplers configured identically (same run, same config) draw different cohorts:
+        // nothing public determines who is in a round.
+        let a = ClientSampler::new(ClientSampling::Cohort { m: 10 }, None).unwrap();
+        let b = ClientSampler::new(ClientSampling::Cohort { m: 10 }, None).unwrap();
+        assert!(!a.is_test_seeded());
+        let (x, y) = (a.sample(0, 1000).unwrap(), b.sample(0, 1000).unwrap());
+        assert_ne!(x, y);
+        // Nor does the same sampler repeat itself for the same round.
+        assert_ne!(a.sample(0, 1000).unwrap(), x);
+        let poisson = ClientSampler::new(ClientSampling::Poisson { q: 0.5 }, None).unwrap();
+        assert_ne!(
+            poisson.sample(3, 200).unwrap(),
+            poisson.sample(3, 200).unwrap()
+        );
+    }
+
+    #[test]
+    fn test_seeded_rounds_are_reproducible_and_independent() {
+        let sampler = ClientSampler::new(ClientSampling::Cohort { m: 10 }, Some(42)).unwrap();
+        let again = ClientSampler::new(ClientSampling::Cohort { m: 10 }, Some(42)).unwrap();
         // Round 7 alone (as after a resume) equals round 7 after rounds 0..7.
         let late = again.sample(7, 100).unwrap();
         let rounds: Vec<Vec<usize>> = (0..8).map(|t| sampler.sample(t, 100).unwrap()).collect();
         assert_eq!(rounds[7], late);
         assert_ne!(rounds[0], rounds[1]);
-        let other_seed = ClientSampler::new(ClientSampling::Cohort { m: 10 }, 43).unwrap();
+        let other_seed = ClientSampler::new(ClientSampling::Cohort { m: 10 }, Some(43)).unwrap();
         assert_ne!(other_seed.sample(7, 100).unwrap(), late);
     }
 
     #[test]
     fn cohorts_have_exactly_m_distinct_clients() {
-        let sampler = ClientSampler::new(ClientSampling::Cohort { m: 30 }, 5).unwrap();
+        let sampler = ClientSampler::new(ClientSampling::Cohort { m: 30 }, None).unwrap();
         let mut counts = vec![0u32; 60];
         for round in 0..400 {
             let cohort = sampler.sample(round, 60).unwrap();
@@ -196,7 +233,7 @@ mod tests {
 
     #[test]
     fn poisson_cohorts_vary_with_mean_qn() {
-        let sampler = ClientSampler::new(ClientSampling::Poisson { q: 0.1 }, 9).unwrap();
+        let sampler = ClientSampler::new(ClientSampling::Poisson { q: 0.1 }, None).unwrap();
         let sizes: Vec<usize> = (0..500)
             .map(|t| sampler.sample(t, 200).unwrap().len())
             .collect();
@@ -205,7 +242,7 @@ mod tests {
         assert!((mean - 20.0).abs() < 1.0, "{mean}");
         assert!(sizes.iter().min() < sizes.iter().max(), "sizes vary");
         // A tiny rate gives empty cohorts, which is allowed.
-        let rare = ClientSampler::new(ClientSampling::Poisson { q: 1e-6 }, 9).unwrap();
+        let rare = ClientSampler::new(ClientSampling::Poisson { q: 1e-6 }, Some(9)).unwrap();
         assert!(rare.sample(0, 10).unwrap().is_empty());
         assert_eq!(
             sampler.accounting(200).unwrap(),
@@ -215,12 +252,12 @@ mod tests {
 
     #[test]
     fn impossible_requests_are_errors() {
-        assert!(ClientSampler::new(ClientSampling::Poisson { q: 0.0 }, 0).is_err());
-        assert!(ClientSampler::new(ClientSampling::Cohort { m: 0 }, 0).is_err());
-        let sampler = ClientSampler::new(ClientSampling::Cohort { m: 5 }, 0).unwrap();
+        assert!(ClientSampler::new(ClientSampling::Poisson { q: 0.0 }, None).is_err());
+        assert!(ClientSampler::new(ClientSampling::Cohort { m: 0 }, None).is_err());
+        let sampler = ClientSampler::new(ClientSampling::Cohort { m: 5 }, None).unwrap();
         assert!(sampler.sample(0, 4).is_err());
         assert!(sampler.accounting(4).is_err());
-        assert!(ClientSampler::new(ClientSampling::Full, 0)
+        assert!(ClientSampler::new(ClientSampling::Full, None)
             .unwrap()
             .sample(0, 0)
             .is_err());

@@ -20,6 +20,7 @@ use crate::error::{Result, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
 use crate::prompts::{clean_candidate, seed_pool_from_file, PromptTemplate};
 use crate::run_dir::{write_atomic, RunDir};
+use crate::sampling::ClientSampler;
 
 /// Texts per embedding batch.
 pub const EMBED_BATCH: usize = 64;
@@ -27,6 +28,24 @@ pub const EMBED_BATCH: usize = 64;
 const SEED_POOL_FILE: &str = "seed-pool.json";
 /// The sampling stream of the seed pool (rounds use their number; the synthetic set its own).
 const SEED_POOL_STREAM: u64 = u64::MAX - 1;
+
+/// The cohort of `round`: the one saved when the round began (a resumed run takes it up: a
+/// cohort is drawn once), or a fresh draw from `sampler`, saved as private state before any
+/// client is asked. Every method's simulation calls this; the caller clears it with
+/// [`RunDir::clear_open_cohort`] once the round is checkpointed.
+pub fn round_cohort(
+    dir: &RunDir,
+    sampler: &ClientSampler,
+    round: u64,
+    population: usize,
+) -> Result<Vec<usize>> {
+    if let Some(saved) = dir.open_cohort(round)? {
+        return Ok(saved);
+    }
+    let cohort = sampler.sample(round, population)?;
+    dir.save_open_cohort(round, &cohort)?;
+    Ok(cohort)
+}
 
 /// The simulated clients of a run: their data, their training texts' embeddings (one row per
 /// text, in `data.train_texts()` order), the population that scores with them, and the private
@@ -295,11 +314,14 @@ pub fn write_synthetic_texts(dir: &RunDir, texts: &[String]) -> Result<()> {
 
 /// Writes the privacy statement of `ledger` (Markdown and JSON) under both accountants.
 pub fn write_statement(dir: &RunDir, ledger: &Ledger, config: &RunConfig) -> Result<()> {
-    let statement = PrivacyStatement::from_ledger(
+    let mut statement = PrivacyStatement::from_ledger(
         ledger,
         config.privacy.delta,
         &[AccountantKind::Rdp, AccountantKind::Pld],
     )?;
+    if let Some(why) = config.privacy.test_seeds_void_the_guarantee() {
+        statement = statement.voided(why);
+    }
     write_atomic(&dir.statement_md_path(), statement.to_markdown().as_bytes())?;
     write_atomic(&dir.statement_json_path(), statement.to_json().as_bytes())
 }

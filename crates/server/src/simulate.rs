@@ -22,23 +22,23 @@ use privacy_accounting::LedgerEvent;
 use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
+use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Method, RunConfig, SyntheticPrompts};
 use crate::engine::{
-    Candidates, CollectedScores, PopriEngine, Progress, RoundOutput, RoundReport, RoundSettings,
-    RoundTask, ScoreTransport,
+    Candidates, CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput,
+    RoundReport, RoundSettings, RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
-use crate::noise::{NoiseSource, NoiseState};
+use crate::noise::{GridSum, NoiseSource, NoiseState};
 use crate::prompts::{build_prompts_with, PromptTemplate};
-use crate::run_dir::{read_checkpoint_state, write_atomic, RoundMetrics, RunDir};
+use crate::run_dir::{read_checkpoint_state, write_atomic, NonPrivate, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
-    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
-    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
-    SimulatedClients, EMBED_BATCH,
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
+    round_cohort, rows, sampling_params, sampling_rate, seed_pool, write_statement,
+    write_synthetic_texts, SimulatedClients, EMBED_BATCH,
 };
-use clients::SimulatedPopulation;
+use clients::{FederatedData, SimulatedPopulation};
 
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -53,6 +53,8 @@ const PROMPTS_FILE: &str = "prompts.json";
 /// against its own texts in this process, with the clients' code (`clients::scores`).
 pub struct SimulatedTransport<'a> {
     population: &'a SimulatedPopulation,
+    /// The clients' raw data: the witness of the non-private diagnostics.
+    data: &'a FederatedData,
     progress: &'a dyn Progress,
 }
 
@@ -61,24 +63,31 @@ impl ScoreTransport for SimulatedTransport<'_> {
         self.population.len()
     }
 
-    fn is_simulation(&self) -> bool {
-        true
+    fn private_data(&self) -> Option<&FederatedData> {
+        Some(self.data)
     }
 
     fn collect(&mut self, task: &RoundTask<'_>, sampled: &[usize]) -> Result<CollectedScores> {
         self.progress.start("score", sampled.len() as u64);
         let progress = self.progress;
-        let sum = self
-            .population
-            .score_sum(task.candidates, sampled, task.clip, |done| {
-                progress.advance(done as u64)
-            })?;
+        let sum = self.population.score_sum(
+            task.candidates,
+            sampled,
+            task.clip,
+            task.mechanism.grid(),
+            |done| progress.advance(done as u64),
+        )?;
         self.progress.finish();
         Ok(CollectedScores {
-            sum: sum.sum,
-            clients: sum.clients,
-            clipped: sum.clipped,
-            mean_pre_clip_norm: sum.mean_pre_clip_norm,
+            sum: GridSum::from_units(task.mechanism, sum.units)?,
+            nonprivate: Some(NonPrivate::measured(
+                self.data,
+                ContributionStats {
+                    clients: sum.clients,
+                    clipped: sum.clipped,
+                    mean_pre_clip_norm: sum.mean_pre_clip_norm,
+                },
+            )),
         })
     }
 }
@@ -163,18 +172,24 @@ impl SimulationSummary {
 /// The one-line account of a finished round that the CLI prints. The training loss is the
 /// round's DPO loss (POPri), SFT loss (PE+SFT) or the clients' local loss (DP-FedAvg).
 pub fn round_line(metrics: &RoundMetrics) -> String {
+    let nonprivate = metrics.nonprivate_or_default();
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     format!(
-        "round {:>3}: ε {:.4} (RDP) / {:.4} (PLD), {} clients, train loss {}, reward acc {}, \
+        "round {:>3}: ε {:.4} (RDP) / {:.4} (PLD), cohort {}, train loss {}{}, reward acc {}, \
          FID {} (non-private), {:.1} s (generate {:.1}, embed {:.1}, score {:.1}, train {:.1})",
         metrics.round,
         metrics.epsilon_rdp,
         metrics.epsilon_pld,
-        metrics.clients,
-        opt(metrics.dpo_loss.or(metrics.local_loss), 4),
+        metrics.cohort.map_or("private".into(), |n| n.to_string()),
+        opt(metrics.dpo_loss.or(nonprivate.local_loss_nonprivate), 4),
+        if metrics.dpo_loss.is_none() && nonprivate.local_loss_nonprivate.is_some() {
+            " (non-private)"
+        } else {
+            ""
+        },
         opt(metrics.reward_accuracy, 2),
-        opt(metrics.fid_nonprivate, 4),
+        opt(metrics.fid_nonprivate(), 4),
         metrics.wall_seconds,
         metrics.seconds.generate,
         metrics.seconds.embed,
@@ -198,6 +213,8 @@ pub(crate) struct EngineState {
 pub struct Simulation {
     dir: RunDir,
     config: RunConfig,
+    /// This process owns the run directory while the simulation exists.
+    _lock: crate::run_dir::RunDirLock,
 }
 
 impl Simulation {
@@ -206,15 +223,17 @@ impl Simulation {
     pub fn create(config: RunConfig, dir: &Path) -> Result<Simulation> {
         config.validate()?;
         let dir = RunDir::create(dir, &config)?;
-        Ok(Simulation { dir, config })
+        let _lock = dir.lock()?;
+        Ok(Simulation { dir, config, _lock })
     }
 
     /// The run in `dir`, to be continued from its last checkpoint with its saved configuration.
     pub fn resume(dir: &Path) -> Result<Simulation> {
         let dir = RunDir::open(dir)?;
+        let _lock = dir.lock()?;
         let config = dir.load_config()?;
         config.validate()?;
-        Ok(Simulation { dir, config })
+        Ok(Simulation { dir, config, _lock })
     }
 
     /// The resolved configuration.
@@ -281,7 +300,10 @@ impl Simulation {
             .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
         write_atomic(&self.dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
 
-        let sampler = ClientSampler::new(config.privacy.client_sampling()?, config.run.seed)?;
+        let sampler = ClientSampler::new(
+            config.privacy.client_sampling()?,
+            config.privacy.sampling_seed,
+        )?;
         let accounting = sampler.accounting(population.len())?;
         let plan = plan_noise(&config.privacy, accounting)?;
         let guard = BudgetGuard::new(&config.privacy);
@@ -329,26 +351,24 @@ impl Simulation {
         let mut engine = PopriEngine::new(generator, embedder, trainer, prompts, settings)?;
         let mut transport = SimulatedTransport {
             population,
+            data: &clients.data,
             progress,
         };
 
         let mut stop_reason = StopReason::RoundsCompleted;
         for round in first_round..config.privacy.rounds {
             let round_clock = Instant::now();
-            let sampled = sampler.sample(round, population.len())?;
-            let event = LedgerEvent::gaussian(plan.sigma, accounting, 1)
-                .with_round(round)
-                .with_clip_bound(config.privacy.clip)
-                .with_label("popri round: noisy sum of clipped client score vectors");
+            let release = engine.planned_release(round, accounting)?;
             // Charged but not checkpointed by a run that was killed: re-run under that charge.
             let already_charged = ledger.events.last().is_some_and(|e| e.round == Some(round));
-            if !already_charged && guard.would_exceed(&ledger, &event)? {
+            if !already_charged && guard.would_exceed(&ledger, release.event())? {
                 stop_reason = StopReason::BudgetExhausted;
                 break;
             }
+            let sampled = round_cohort(&self.dir, &sampler, round, population.len())?;
             let dir = &self.dir;
             let ledger_ref = &mut ledger;
-            let mut commit_cost = move || -> Result<()> {
+            let mut commit_cost = move |event: &LedgerEvent| -> Result<()> {
                 if !already_charged {
                     ledger_ref.push(event.clone())?;
                     dir.save_ledger(ledger_ref)?;
@@ -360,6 +380,7 @@ impl Simulation {
                 &sampled,
                 &mut transport,
                 &mut noise,
+                release,
                 &mut commit_cost,
                 progress,
             )?;
@@ -373,21 +394,24 @@ impl Simulation {
             };
             let mut report = output.report;
             report.seconds.eval = eval_clock.elapsed().as_secs_f64();
+            if let Some(nonprivate) = report.nonprivate.as_mut() {
+                nonprivate.get_mut().fid_nonprivate = fid;
+                nonprivate.get_mut().mean_distance_sq_nonprivate = mean_distance;
+            }
             let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
             let metrics = round_metrics(
                 config,
-                &plan,
+                plan.sigma,
                 &accounting,
                 &report,
                 RoundNumbers {
                     epsilon_rdp,
                     epsilon_pld,
-                    fid,
-                    mean_distance,
                     wall_seconds: round_clock.elapsed().as_secs_f64(),
                 },
             );
             self.checkpoint(&engine, &noise, &metrics)?;
+            self.dir.clear_open_cohort()?;
             self.dir.append_metrics(&metrics)?;
             on_round(&metrics);
         }
@@ -417,7 +441,7 @@ impl Simulation {
             target_epsilon: config.privacy.epsilon,
             delta: config.privacy.delta,
             sigma: plan.sigma,
-            fid_nonprivate_per_round: metrics.iter().map(|m| m.fid_nonprivate).collect(),
+            fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
             synthetic_fid_nonprivate: synthetic_fid,
             synthetic_samples: synthetic.texts.len(),
             synthetic_path: self.dir.synthetic_path(),
@@ -489,17 +513,27 @@ fn diagnostic_rows(output: &RoundOutput, all: bool) -> Result<Vec<Vec<f32>>> {
 }
 
 /// Measured values of a round that the engine's report does not hold.
-struct RoundNumbers {
-    epsilon_rdp: f64,
-    epsilon_pld: f64,
-    fid: Option<f64>,
-    mean_distance: Option<f64>,
-    wall_seconds: f64,
+pub(crate) struct RoundNumbers {
+    pub epsilon_rdp: f64,
+    pub epsilon_pld: f64,
+    pub wall_seconds: f64,
 }
 
-fn round_metrics(
+/// How many clients a round sampled, when that number is public: everyone under full
+/// participation, m for a fixed cohort; under Poisson sampling the cohort's size is private.
+pub(crate) fn public_cohort(accounting: &Sampling, sampled: usize) -> Option<u64> {
+    match accounting {
+        Sampling::Full => Some(sampled as u64),
+        Sampling::FixedCohort { m, .. } => Some(*m),
+        _ => None,
+    }
+}
+
+/// The metrics row of a POPri round (simulated or served: the report's `nonprivate` part is
+/// present only in a simulation).
+pub(crate) fn round_metrics(
     config: &RunConfig,
-    plan: &NoisePlan,
+    sigma: f64,
     accounting: &Sampling,
     report: &RoundReport,
     numbers: RoundNumbers,
@@ -515,26 +549,17 @@ fn round_metrics(
         epsilon_rdp: numbers.epsilon_rdp,
         epsilon_pld: numbers.epsilon_pld,
         delta: config.privacy.delta,
-        sigma: plan.sigma,
+        sigma,
         q: sampling_rate(accounting),
         clip: config.privacy.clip,
-        clients: report.clients as u64,
-        clipped_fraction: Some(report.clipped_fraction),
-        mean_pre_clip_norm: Some(report.mean_pre_clip_norm),
+        cohort: public_cohort(accounting, report.sampled),
         noise_std: report.noise_std,
-        signal_to_noise: report
-            .signal_to_noise
-            .is_finite()
-            .then_some(report.signal_to_noise),
-        preference_agreement_nonprivate: report.preference_agreement,
         dpo_loss: mean(&|m| Some(m.loss)).or(last.map(|m| m.loss)),
         reward_accuracy: mean(&|m| m.rewards_accuracies),
         reward_margin: mean(&|m| m.rewards_margins),
-        fid_nonprivate: numbers.fid,
-        mean_distance_sq_nonprivate: numbers.mean_distance,
         seconds: report.seconds,
         noisy_score_histogram: report.noisy_scores.clone(),
-        local_loss: None,
+        nonprivate: report.nonprivate.clone(),
     }
 }
 

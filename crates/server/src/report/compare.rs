@@ -100,7 +100,7 @@ pub fn compare_runs(dirs: &[PathBuf]) -> Result<Comparison> {
             let points = record
                 .metrics
                 .iter()
-                .filter_map(|m| m.fid_nonprivate.map(|fid| (m.round as f64, fid)))
+                .filter_map(|m| m.fid_nonprivate().map(|fid| (m.round as f64, fid)))
                 .collect();
             (record.label(), points)
         })

@@ -143,7 +143,7 @@ const OPTIONAL_COLUMNS: &[Column] = &[
         header: "FID",
         file: "fid",
         nonprivate: true,
-        value: |m| m.fid_nonprivate,
+        value: RoundMetrics::fid_nonprivate,
     },
     Column {
         header: "DPO loss",
@@ -161,25 +161,35 @@ const OPTIONAL_COLUMNS: &[Column] = &[
         header: "local loss",
         file: "local-loss",
         nonprivate: true,
-        value: |m| m.local_loss,
+        value: |m| m.nonprivate_or_default().local_loss_nonprivate,
     },
     Column {
         header: "clipped fraction",
         file: "clipped-fraction",
         nonprivate: true,
-        value: |m| m.clipped_fraction,
+        value: |m| m.nonprivate_or_default().clipped_fraction_nonprivate,
     },
     Column {
         header: "signal/noise",
         file: "signal-to-noise",
         nonprivate: true,
-        value: |m| m.signal_to_noise,
+        value: |m| m.nonprivate_or_default().signal_to_noise_nonprivate,
     },
     Column {
         header: "preference agreement",
         file: "preference-agreement",
         nonprivate: true,
-        value: |m| m.preference_agreement_nonprivate,
+        value: |m| m.nonprivate_or_default().preference_agreement_nonprivate,
+    },
+    Column {
+        header: "contributing clients",
+        file: "contributing-clients",
+        nonprivate: true,
+        value: |m| {
+            m.nonprivate_or_default()
+                .clients_nonprivate
+                .map(|n| n as f64)
+        },
     },
 ];
 
@@ -231,7 +241,7 @@ fn rounds(record: &RunRecord, doc: &mut Document) -> Result<()> {
         .iter()
         .filter(|c| metrics.iter().any(|m| (c.value)(m).is_some()))
         .collect();
-    let mut header: Vec<String> = ["round", "ε RDP", "ε PLD", "clients", "σ"]
+    let mut header: Vec<String> = ["round", "ε RDP", "ε PLD", "cohort", "σ"]
         .map(String::from)
         .to_vec();
     header.extend(present.iter().map(|c| c.title()));
@@ -242,7 +252,7 @@ fn rounds(record: &RunRecord, doc: &mut Document) -> Result<()> {
                 m.round.to_string(),
                 format!("{:.4}", m.epsilon_rdp),
                 format!("{:.4}", m.epsilon_pld),
-                m.clients.to_string(),
+                m.cohort.map_or("private".into(), |n| n.to_string()),
                 format!("{:.4}", m.sigma),
             ];
             row.extend(

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::engine::{CollectedScores, RoundTask, ScoreTransport};
 use crate::error::{Result, ServerError};
-use crate::sampling::ClientSampler;
+use crate::noise::GridSum;
 use crate::serve::auth::{hex, sha256};
 use crate::serve::metrics::Metrics;
 use crate::serve::store::{RoundRecord, RoundStatus, Store, Submission};
@@ -51,9 +51,7 @@ pub struct CollectionRules {
     pub clip: f64,
     /// Fraction of the sampled clients whose submissions close the round early.
     pub quorum: f64,
-    /// Fewer submissions at the deadline abandon the attempt.
-    pub min_submissions: usize,
-    /// How long an attempt stays open.
+    /// How long a round stays open; at the deadline it is released with what arrived.
     pub deadline: Duration,
 }
 
@@ -117,7 +115,7 @@ pub enum NextTask {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
     /// Stored now (202).
-    New { receipt: String, reclipped: bool },
+    New { receipt: String },
     /// The same vector was stored before (200, same receipt).
     Replay { receipt: String },
 }
@@ -354,8 +352,8 @@ impl Coordinator {
             }
             let needed = quorum_count(open.sampled_count, self.rules.quorum);
             let now = now_unix_ms();
-            // A stop closes the attempt at once: no further rounds, and this one is released
-            // only if it already has enough submissions.
+            // A stop closes the attempt at once: no further rounds, and this one is not
+            // released (see `RemoteTransport::collect`).
             if open.submitted >= needed || now >= open.deadline_unix_ms || shared.stop {
                 self.store
                     .set_status(open.round, open.attempt, RoundStatus::Closed)?;
@@ -372,7 +370,7 @@ impl Coordinator {
         }
     }
 
-    /// Retires the held attempt (released or abandoned): its vectors are deleted.
+    /// Retires the held round (released, or abandoned by a stop): its client data is erased.
     pub fn retire(&self, round: u64, attempt: u32, status: RoundStatus) -> Result<()> {
         self.store.retire_round(round, attempt, status)?;
         let mut shared = self.lock();
@@ -475,23 +473,18 @@ impl Coordinator {
         if open.closed {
             return Err(RoundError::Closed(round));
         }
-        let (vector, pre_clip_norm, reclipped) = reclip(scores, self.rules.clip);
+        // Re-clipped, but not counted anywhere: how many vectors were over the bound is a
+        // statistic of the un-noised scores.
+        let vector = reclip(scores, self.rules.clip);
         let submission = Submission {
             receipt: receipt.clone(),
-            reclipped,
-            pre_clip_norm,
         };
         self.store
             .insert_submission(round, open.attempt, client_id, &submission, &vector)?;
         open.submitted += 1;
         drop(shared);
         self.changed.notify_all();
-        let ordering = std::sync::atomic::Ordering::Relaxed;
-        self.metrics.submissions_accepted.fetch_add(1, ordering);
-        if reclipped {
-            self.metrics.submissions_reclipped.fetch_add(1, ordering);
-        }
-        Ok(Accepted::New { receipt, reclipped })
+        Ok(Accepted::New { receipt })
     }
 
     /// A submission to a round that is not the held one: unknown, or over.
@@ -549,44 +542,60 @@ fn check_vector(scores: &[f64], expected: usize) -> std::result::Result<(), Roun
     Ok(())
 }
 
-/// `scores` scaled to L2 norm ≤ `clip` (f64), its norm before, and whether it was scaled.
-pub fn reclip(scores: &[f64], clip: f64) -> (Vec<f64>, f64, bool) {
+/// `scores` scaled to L2 norm ≤ `clip` (f64).
+pub fn reclip(scores: &[f64], clip: f64) -> Vec<f64> {
     let norm = scores.iter().map(|v| v * v).sum::<f64>().sqrt();
     // Any excess is scaled away, however small: a slack here would let every client add up to
     // C·(1 + slack) to the sum that is charged as sensitivity C.
     if norm > clip {
         let scale = clip * CLIP_MARGIN / norm;
-        (scores.iter().map(|v| v * scale).collect(), norm, true)
+        scores.iter().map(|v| v * scale).collect()
     } else {
-        (scores.to_vec(), norm, false)
+        scores.to_vec()
     }
 }
 
-/// The engine's transport to remote clients. The run loop opens the attempt (persisted) before
-/// the engine calls [`ScoreTransport::collect`]; collect waits for quorum or the deadline,
-/// abandons attempts with too few submissions (nothing charged; a fresh sample of the same
-/// population is opened), and returns the f64 sum of the stored vectors.
+/// The engine's transport to remote clients. The run loop opens the round (its cohort drawn
+/// once, persisted) before the engine calls [`ScoreTransport::collect`]; collect waits for the
+/// quorum or the deadline and returns the f64 sum of the vectors that arrived.
+///
+/// # Why a round is released with whoever answered, and never sampled again
+///
+/// The ledger charges each round as one subsampled Gaussian mechanism: every client is in the
+/// round's cohort with probability q (Poisson) or as one of a uniformly drawn cohort, once, and
+/// the release is the sum of the cohort's clipped vectors plus N(0, σ²C²). A sampled client
+/// that does not answer adds the zero vector. Zero is a vector of norm ≤ C, so "absent" is just
+/// one of the contributions the analysis already allows: whatever the absent clients, the
+/// sum's sensitivity to any one client is still C, each client is still included with at most
+/// the charged probability (absence only removes), and the release is the charged mechanism
+/// run on a dataset where some clients sent zeros. The accounting stays valid whoever stays
+/// silent, including an adversary who silences clients on purpose.
+///
+/// Drawing a new cohort when too few answered does not: the decision to redraw depends on who
+/// answered, and every redraw gives each client another chance of inclusion. An adversary who
+/// controls the other clients (or the network) can stay silent until a cohort holding the
+/// target is drawn, so the target's inclusion probability becomes about 1 instead of q while
+/// the ledger charges q: the amplification by subsampling that σ was planned with is lost (ε
+/// ≈ 80 instead of 1 in the example). So a round's cohort is drawn once; at the
+/// deadline the round is released and charged with what arrived, even nothing.
+///
+/// The one exception is the admin's stop: the open round is then abandoned (nothing released,
+/// nothing charged) and no round follows, so no cohort is ever drawn again.
 pub struct RemoteTransport {
     coordinator: Arc<Coordinator>,
-    sampler: ClientSampler,
-    /// Ids of the population (clients enrolled when the round opened, enrolment order).
-    population: Vec<String>,
-    /// The last attempt's sampled count, for the ledger row.
+    /// How many clients the round samples from (clients enrolled when it opened).
+    population: usize,
+    /// The round's sampled count, for the ledger row.
     sampled: usize,
     /// The round was abandoned because the admin stopped the run (not a failure).
     stopped: bool,
 }
 
 impl RemoteTransport {
-    /// A transport for one round over `population`.
-    pub fn new(
-        coordinator: Arc<Coordinator>,
-        sampler: ClientSampler,
-        population: Vec<String>,
-    ) -> RemoteTransport {
+    /// A transport for one round over a population of `population` clients.
+    pub fn new(coordinator: Arc<Coordinator>, population: usize) -> RemoteTransport {
         RemoteTransport {
             coordinator,
-            sampler,
             population,
             sampled: 0,
             stopped: false,
@@ -598,98 +607,64 @@ impl RemoteTransport {
         self.stopped
     }
 
-    /// How many clients the attempt that produced the sum sampled.
+    /// How many clients the round sampled.
     pub fn sampled(&self) -> usize {
         self.sampled
-    }
-
-    fn reopen(&self, closed: &OpenRound) -> Result<()> {
-        let store = self.coordinator.store();
-        let previous = store
-            .latest_attempt(closed.round)?
-            .ok_or_else(|| ServerError::Http("the abandoned attempt vanished".into()))?;
-        let attempt = closed.attempt + 1;
-        let indices = self.sampler.sample(
-            sampling_stream(closed.round, attempt),
-            self.population.len(),
-        )?;
-        let record = RoundRecord {
-            attempt,
-            status: RoundStatus::Open,
-            sampled: indices
-                .iter()
-                .map(|&i| self.population[i].clone())
-                .collect(),
-            deadline_unix_ms: now_unix_ms() + self.coordinator.rules().deadline.as_millis() as u64,
-            ..previous
-        };
-        self.coordinator.open_attempt(&record)
-    }
-}
-
-/// The sampling stream of attempt `attempt` of `round`: the round itself for the first
-/// attempt (the cohort an uninterrupted simulation would draw), a separate stream per retry.
-pub fn sampling_stream(round: u64, attempt: u32) -> u64 {
-    if attempt == 0 {
-        round
-    } else {
-        crate::engine::derive_seed(round, u64::from(attempt), 0x5EED)
     }
 }
 
 impl ScoreTransport for RemoteTransport {
     fn population(&self) -> usize {
-        self.population.len()
+        self.population
     }
 
     fn collect(&mut self, task: &RoundTask<'_>, _sampled: &[usize]) -> Result<CollectedScores> {
-        let rules = self.coordinator.rules().clone();
-        let closed = loop {
-            let closed = self.coordinator.wait_and_close()?;
-            if closed.round != task.round {
-                return Err(ServerError::Http(format!(
-                    "the open round is {}, the engine runs {} (a bug in the server)",
-                    closed.round, task.round
-                )));
-            }
-            if closed.sampled_count == 0 || closed.submitted >= rules.min_submissions {
-                break closed;
-            }
-            // Too few answers: release nothing, charge nothing, sample again (unless stopped).
+        let closed = self.coordinator.wait_and_close()?;
+        if closed.round != task.round {
+            return Err(ServerError::Http(format!(
+                "the open round is {}, the engine runs {} (a bug in the server)",
+                closed.round, task.round
+            )));
+        }
+        let store = self.coordinator.store();
+        let charged = store.ledger_rows()?.iter().any(|r| r.round == closed.round);
+        if self.coordinator.stop_requested() && !charged {
             self.coordinator
                 .retire(closed.round, closed.attempt, RoundStatus::Abandoned)?;
-            self.coordinator
-                .metrics()
-                .rounds_abandoned
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if self.coordinator.stop_requested() {
-                self.stopped = true;
-                return Err(ServerError::Http(format!(
-                    "round {} abandoned: the run was stopped",
-                    closed.round
-                )));
-            }
-            self.reopen(&closed)?;
-        };
+            self.stopped = true;
+            return Err(ServerError::Http(format!(
+                "round {} abandoned: the run was stopped",
+                closed.round
+            )));
+        }
         self.sampled = closed.sampled_count;
-        let stored =
-            self.coordinator
-                .store()
-                .sum_submissions(closed.round, closed.attempt, closed.rows)?;
+        let units = store.sum_submissions(
+            closed.round,
+            closed.attempt,
+            closed.rows,
+            task.mechanism.grid(),
+        )?;
         Ok(CollectedScores {
-            sum: stored.sum,
-            clients: stored.clients,
-            clipped: stored.reclipped,
-            mean_pre_clip_norm: stored.mean_pre_clip_norm,
+            sum: GridSum::from_units(task.mechanism, units.iter().map(|&u| u as i64).collect())?,
+            nonprivate: None,
         })
     }
 }
 
+// The transport's answer is the sum only: how many clients answered, how many vectors were
+// re-clipped and their norms are statistics of un-noised data that a served run never computes
+// (`CollectedScores::nonprivate` is `None`: there is no client data here to witness one).
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampling::ClientSampling;
+    use crate::noise::GaussianMechanism;
+
+    /// The release of the tests' two-candidate rounds (σ 1, C 1: grid 2^−20).
+    static MECHANISM: std::sync::LazyLock<GaussianMechanism> =
+        std::sync::LazyLock::new(|| GaussianMechanism::new(1.0, 1.0, 2).unwrap());
     use crate::serve::store::DATABASE_FILE;
+    use privacy_accounting::{LedgerEvent, Sampling};
 
     fn coordinator(name: &str, rules: CollectionRules) -> Arc<Coordinator> {
         let dir = std::env::temp_dir().join(format!("fedsyn-coord-{name}-{}", std::process::id()));
@@ -699,11 +674,10 @@ mod tests {
         Arc::new(Coordinator::new(store, rules, Arc::new(Metrics::default())).unwrap())
     }
 
-    fn rules(deadline_ms: u64, min_submissions: usize) -> CollectionRules {
+    fn rules(deadline_ms: u64) -> CollectionRules {
         CollectionRules {
             clip: 1.0,
             quorum: 1.0,
-            min_submissions,
             deadline: Duration::from_millis(deadline_ms),
         }
     }
@@ -730,14 +704,12 @@ mod tests {
     }
 
     fn transport(coordinator: &Arc<Coordinator>) -> RemoteTransport {
-        let population = vec!["a".into(), "b".into(), "c".into()];
-        let sampler = ClientSampler::new(ClientSampling::Full, 0).unwrap();
-        RemoteTransport::new(coordinator.clone(), sampler, population)
+        RemoteTransport::new(coordinator.clone(), 3)
     }
 
     #[test]
     fn quorum_closes_the_round_before_the_deadline() {
-        let coordinator = coordinator("quorum", rules(600_000, 1));
+        let coordinator = coordinator("quorum", rules(600_000));
         coordinator
             .open_attempt(&record(0, &["a", "b"], 600_000))
             .unwrap();
@@ -749,14 +721,14 @@ mod tests {
         let task = RoundTask {
             round: 0,
             clip: 1.0,
+            mechanism: &MECHANISM,
             candidates: &embeddings,
         };
         let collected = transport(&coordinator).collect(&task, &[0, 1]).unwrap();
-        assert_eq!(collected.clients, 2);
-        // b's vector (norm 5) was re-clipped to norm 1 on the server.
-        assert!((collected.sum[0] - 1.2).abs() < 1e-12);
-        assert!((collected.sum[1] - 1.6).abs() < 1e-12);
-        assert_eq!(collected.clipped, 1);
+        // b's vector (norm 5) was re-clipped to norm 1 on the server (and counted nowhere).
+        assert!((collected.sum.values_nonprivate()[0] - 1.2).abs() < 1e-5);
+        assert!((collected.sum.values_nonprivate()[1] - 1.6).abs() < 1e-5);
+        assert!(collected.nonprivate.is_none());
         // Closed: a late submission is refused, a replay still gets its receipt.
         assert!(matches!(
             coordinator.submit(0, "c", &[0.0, 0.0]),
@@ -772,7 +744,7 @@ mod tests {
 
     #[test]
     fn the_deadline_closes_the_round_and_late_submissions_are_gone() {
-        let coordinator = coordinator("deadline", rules(50, 1));
+        let coordinator = coordinator("deadline", rules(50));
         coordinator
             .open_attempt(&record(0, &["a", "b"], 50))
             .unwrap();
@@ -781,11 +753,11 @@ mod tests {
         let task = RoundTask {
             round: 0,
             clip: 1.0,
+            mechanism: &MECHANISM,
             candidates: &embeddings,
         };
         let collected = transport(&coordinator).collect(&task, &[0, 1]).unwrap();
-        assert_eq!(collected.clients, 1);
-        assert_eq!(collected.sum, vec![0.0, 1.0]);
+        assert_eq!(collected.sum.values_nonprivate(), vec![0.0, 1.0]);
         assert!(matches!(
             coordinator.submit(0, "b", &[0.0, 1.0]),
             Err(RoundError::Closed(0))
@@ -801,50 +773,74 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_attempt_charges_nothing_and_samples_again() {
-        let coordinator = coordinator("abandon", rules(50, 1));
+    fn a_mostly_silent_cohort_is_released_at_the_deadline_and_never_sampled_again() {
+        let coordinator = coordinator("silent", rules(50));
         coordinator
-            .open_attempt(&record(3, &["a", "b"], 50))
+            .open_attempt(&record(3, &["a", "b", "c"], 50))
             .unwrap();
+        coordinator.submit(3, "c", &[1.0, 0.0]).unwrap();
         let embeddings = task_tensor();
         let task = RoundTask {
             round: 3,
             clip: 1.0,
+            mechanism: &MECHANISM,
             candidates: &embeddings,
         };
-        let coordinator_for_client = coordinator.clone();
-        let client = std::thread::spawn(move || {
-            // Wait for the second attempt, then answer it.
-            loop {
-                if let Some(open) = coordinator_for_client.current_attempt() {
-                    if open.attempt == 1 && !open.closed {
-                        coordinator_for_client.submit(3, "c", &[1.0, 0.0]).unwrap();
-                        return;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
         let mut transport = transport(&coordinator);
-        let collected = transport.collect(&task, &[0, 1]).unwrap();
-        client.join().unwrap();
-        assert_eq!(collected.clients, 1);
+        let collected = transport.collect(&task, &[0, 1, 2]).unwrap();
+        // Two of three silent: released with the one vector (the others add zero), the same
+        // cohort, no second attempt.
+        assert_eq!(collected.sum.values_nonprivate(), vec![1.0, 0.0]);
+        assert!(!transport.stopped());
         assert_eq!(transport.sampled(), 3);
         let store = coordinator.store();
+        let round = store.latest_attempt(3).unwrap().unwrap();
+        assert_eq!((round.attempt, round.sampled.len()), (0, 3));
+        let event = LedgerEvent::gaussian(1.0, Sampling::Full, 1).with_round(3);
+        assert!(store
+            .commit_round(&event, 0, 2, MECHANISM.grid(), 3, 1)
+            .unwrap());
+        coordinator.retire(3, 0, RoundStatus::Released).unwrap();
+        assert_eq!(store.ledger_rows().unwrap().len(), 1);
+        assert!(coordinator.current_attempt().is_none());
+
+        // Nobody answers at all: still released (a sum of zeros), still one cohort.
+        coordinator
+            .open_attempt(&record(4, &["a", "b"], 50))
+            .unwrap();
+        let task = RoundTask { round: 4, ..task };
+        let collected = transport.collect(&task, &[0, 1]).unwrap();
+        assert_eq!(collected.sum.values_nonprivate(), vec![0.0, 0.0]);
+        assert_eq!(store.latest_attempt(4).unwrap().unwrap().attempt, 0);
+    }
+
+    #[test]
+    fn a_stop_abandons_the_open_round_without_a_charge() {
+        let coordinator = coordinator("stop", rules(600_000));
+        coordinator
+            .open_attempt(&record(1, &["a", "b"], 600_000))
+            .unwrap();
+        coordinator.submit(1, "a", &[0.5, 0.5]).unwrap();
+        coordinator.stop().unwrap();
+        let embeddings = task_tensor();
+        let task = RoundTask {
+            round: 1,
+            clip: 1.0,
+            mechanism: &MECHANISM,
+            candidates: &embeddings,
+        };
+        let mut transport = transport(&coordinator);
+        assert!(transport.collect(&task, &[0, 1]).is_err());
+        assert!(transport.stopped());
+        let store = coordinator.store();
         assert!(store.ledger_rows().unwrap().is_empty());
-        assert_eq!(store.latest_attempt(3).unwrap().unwrap().attempt, 1);
-        assert_eq!(
-            coordinator
-                .metrics()
-                .rounds_abandoned
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        let round = store.latest_attempt(1).unwrap().unwrap();
+        assert_eq!((round.attempt, round.status), (0, RoundStatus::Abandoned));
     }
 
     #[test]
     fn invalid_vectors_are_refused_before_anything_is_stored() {
-        let coordinator = coordinator("invalid", rules(600_000, 1));
+        let coordinator = coordinator("invalid", rules(600_000));
         coordinator
             .open_attempt(&record(0, &["a"], 600_000))
             .unwrap();
@@ -867,11 +863,10 @@ mod tests {
 
     #[test]
     fn reclip_scales_only_long_vectors() {
-        let (v, norm, scaled) = reclip(&[3.0, 4.0], 1.0);
-        assert!(scaled && norm == 5.0);
+        let v = reclip(&[3.0, 4.0], 1.0);
         assert!((v[0] - 0.6).abs() < 1e-15 && (v[1] - 0.8).abs() < 1e-15);
-        let (v, _, scaled) = reclip(&[0.6, 0.8], 1.0);
-        assert!(!scaled && v == vec![0.6, 0.8]);
+        assert!(v.iter().map(|x| x * x).sum::<f64>() <= 1.0);
+        assert_eq!(reclip(&[0.6, 0.8], 1.0), vec![0.6, 0.8]);
         assert_eq!(quorum_count(0, 1.0), 0);
         assert_eq!(quorum_count(10, 0.5), 5);
         assert_eq!(quorum_count(3, 0.01), 1);
@@ -886,13 +881,12 @@ mod tests {
         {
             let store = Arc::new(Store::open(&path).unwrap());
             let first =
-                Coordinator::new(store, rules(600_000, 1), Arc::new(Metrics::default())).unwrap();
+                Coordinator::new(store, rules(600_000), Arc::new(Metrics::default())).unwrap();
             first.open_attempt(&record(2, &["a", "b"], 10)).unwrap();
             first.submit(2, "a", &[0.5, 0.5]).unwrap();
         }
         let store = Arc::new(Store::open(&path).unwrap());
-        let second =
-            Coordinator::new(store, rules(600_000, 1), Arc::new(Metrics::default())).unwrap();
+        let second = Coordinator::new(store, rules(600_000), Arc::new(Metrics::default())).unwrap();
         let open = second.current_attempt().unwrap();
         assert_eq!((open.round, open.submitted, open.closed), (2, 1, false));
         // The deadline was moved past the restart.

@@ -1,29 +1,32 @@
 //! The server's round loop around [`PopriEngine`], on its own (blocking) thread.
 //!
 //! Durable writes of round t, in this order:
-//! 1. the attempt opens: round, attempt, sampled client ids, deadline, candidate texts and the
-//!    encoded candidate bytes (SQLite);
+//! 1. the round opens: round, sampled client ids (drawn once: the cohort never changes, see
+//!    [`crate::serve::coordinator::RemoteTransport`] for why), deadline, candidate texts and
+//!    the encoded candidate bytes (SQLite; the `attempt` column is always 0);
 //! 2. each submission, in its own transaction (receipt = SHA-256 of the vector's bytes);
-//! 3. the attempt closes (later submissions → 410); an attempt with too few submissions is
-//!    abandoned instead (its vectors deleted, nothing released, nothing charged) and a new
-//!    attempt samples again;
-//! 4. the ledger row of round t (SQLite, primary key = round; the engine's `commit_cost`,
-//!    before any noise exists), mirrored to `ledger.json`;
+//! 3. the round closes at quorum or deadline (later submissions → 410), with whatever
+//!    arrived; only the admin's stop abandons it instead (nothing released, nothing charged,
+//!    no further round);
+//! 4. the ledger row of round t, the kept sum and the erasure of the client vectors, in one
+//!    SQLite transaction (primary key = round; the engine's `commit_cost`, before any noise
+//!    exists), mirrored to `ledger.json`;
 //! 5. noise, DPO, then the checkpoint of round t (adapter, trainer, state) renamed into place;
-//! 6. the metrics row; the attempt is marked released and its client vectors deleted.
+//! 6. the metrics row; the round is marked released and its kept sum erased.
 //!
 //! Why a `kill -9` anywhere, then `fedsyn serve --resume`, neither loses nor double-counts
 //! budget nor releases a round twice:
-//! - before 3: the attempt is still open; the restarted server takes it up (same round id,
-//!   same candidates, the stored submissions count, the deadline moves past the restart);
-//! - between 3 and 4: the attempt is closed and uncharged; the sum of its stored vectors is
+//! - before 3: the round is still open; the restarted server takes it up (same round id,
+//!   same cohort, same candidates, the stored submissions count, the deadline moves past the
+//!   restart);
+//! - between 3 and 4: the round is closed and uncharged; the sum of its stored vectors is
 //!   charged and used exactly as without the kill;
 //! - between 4 and 5: round t is charged but nothing noisy left the process (the noise and the
-//!   adapter died with it). The resumed run draws fresh noise for the same stored sum under the
+//!   adapter died with it). The resumed run draws fresh noise for the same kept sum under the
 //!   one charge already committed: one charge, one release — the argument of `simulate.rs`;
 //!   the ledger's primary key makes a second charge impossible anyway;
 //! - between 5 and 6: the checkpoint exists, so round t is done: the resumed run marks it
-//!   released (deleting its vectors) and continues with t + 1, repairing `metrics.jsonl` from
+//!   released (erasing its sum) and continues with t + 1, repairing `metrics.jsonl` from
 //!   the checkpoint's copy of the row.
 
 use std::str::FromStr;
@@ -40,19 +43,19 @@ use tch::Tensor;
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{RunConfig, SyntheticPrompts, WireDtype};
 use crate::engine::{
-    Candidates, PopriEngine, Progress, RoundReport, RoundSettings, ScoreTransport,
+    popri_release, Candidates, PopriEngine, Progress, RoundSettings, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
-use crate::noise::NoiseSource;
+use crate::noise::{NoiseSource, PlannedRelease};
 use crate::prompts::build_prompts_with;
 use crate::run_dir::{read_checkpoint_state, write_atomic, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
-use crate::serve::coordinator::{
-    now_unix_ms, sampling_stream, Coordinator, RemoteTransport, RunState,
-};
+use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunState};
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
-use crate::simulate::{write_engine_checkpoint, EngineState, STATE_FILE};
+use crate::simulate::{
+    round_metrics, write_engine_checkpoint, EngineState, RoundNumbers, STATE_FILE,
+};
 
 const PROMPTS_FILE: &str = "prompts.json";
 /// The sampling stream of the final synthetic set (as in the simulation).
@@ -119,7 +122,8 @@ pub fn run_rounds(
         .spent(&coordinator.store().ledger(config.privacy.delta)?)?;
     coordinator.metrics().set_epsilon(rdp, pld);
 
-    let sampler = ClientSampler::new(config.privacy.client_sampling()?, config.run.seed)?;
+    // Secret cohorts from the OS, always: `fedsyn serve` refuses `privacy.sampling_seed`.
+    let sampler = ClientSampler::new(config.privacy.client_sampling()?, None)?;
     let sigma = coordinator
         .store()
         .meta(SIGMA_KEY)?
@@ -212,7 +216,8 @@ struct Opened {
     population: Vec<String>,
     candidates: Candidates,
     embeddings: Tensor,
-    event: LedgerEvent,
+    /// The round's release (its ledger event and noise), planned when the round opened.
+    release: PlannedRelease,
     sampling: Sampling,
     /// Seconds spent generating and embedding the candidates (or re-embedding stored ones).
     prepare_seconds: f64,
@@ -254,16 +259,28 @@ impl RoundLoop<'_> {
                 None => return Ok(None),
             },
         };
+        // The population is known only now (clients enrol while the server runs): warned
+        // about once per process, at the first round that has the problem.
+        static DELTA_WARNED: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        if let Some(warning) = delta_warning(self.config.privacy.delta, population.len()) {
+            if !DELTA_WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!("warning: {warning}");
+            }
+        }
         let sampling = self.sampler.accounting(population.len())?;
         let sigma = self.sigma(sampling)?;
         self.settings.noise_multiplier = sigma;
-        let event = LedgerEvent::gaussian(sigma, sampling, 1)
-            .with_round(round)
-            .with_clip_bound(self.config.privacy.clip)
-            .with_label("popri round: noisy sum of clipped client score vectors (fedsyn serve)");
+        let release = popri_release(
+            sigma,
+            self.config.privacy.clip,
+            self.config.prompts.num_prompts * self.config.generation.candidates_per_prompt,
+            sampling,
+            round,
+        )?;
         let charged = store.ledger_rows()?.iter().any(|row| row.round == round);
         let ledger = store.ledger(self.config.privacy.delta)?;
-        if !charged && held.is_none() && self.guard.would_exceed(&ledger, &event)? {
+        if !charged && held.is_none() && self.guard.would_exceed(&ledger, release.event())? {
             return Ok(None);
         }
         if engine.is_none() {
@@ -281,10 +298,20 @@ impl RoundLoop<'_> {
         let clock = Instant::now();
         let (candidates, embeddings) = match (held, previous) {
             (Some(_), Some(record)) => self.recorded(engine, &record, progress)?,
-            (None, Some(abandoned)) => {
-                // Killed after abandoning an attempt, before opening the next: same candidates.
-                self.open_attempt(round, abandoned.attempt + 1, &population, &abandoned)?;
-                self.recorded(engine, &abandoned, progress)?
+            (None, Some(record)) => {
+                // A round opened before and no longer held: abandoned by an older fedsyn with
+                // too few submissions. Opening it again would draw a second cohort for the same
+                // round, which the ledger cannot account for (see `RemoteTransport`).
+                return Err(ServerError::RunDir {
+                    path: self.dir.root().to_path_buf(),
+                    message: format!(
+                        "round {round} was abandoned ({:?}) by an earlier fedsyn that sampled \
+                         again after too few submissions; this version never draws a second \
+                         cohort for a round: start a new run with `fedsyn serve --config FILE \
+                         --out NEW_DIR`",
+                        record.status
+                    ),
+                });
             }
             _ => {
                 let prompts = engine.prompts().to_vec();
@@ -292,7 +319,7 @@ impl RoundLoop<'_> {
                 let candidates = engine.sample_candidates(&prompts, per_prompt, round, progress)?;
                 let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
                 let record = self.first_record(round, &candidates, &embeddings)?;
-                self.open_attempt(round, 0, &population, &record)?;
+                self.open_round(round, &population, &record)?;
                 (candidates, embeddings)
             }
         };
@@ -302,7 +329,7 @@ impl RoundLoop<'_> {
             population,
             candidates,
             embeddings,
-            event,
+            release,
             sampling,
             prepare_seconds,
         }))
@@ -374,20 +401,13 @@ impl RoundLoop<'_> {
         })
     }
 
-    /// Samples attempt `attempt` of `round` from `population` and opens it (persisted).
-    fn open_attempt(
-        &self,
-        round: u64,
-        attempt: u32,
-        population: &[String],
-        template: &RoundRecord,
-    ) -> Result<()> {
-        let indices = self
-            .sampler
-            .sample(sampling_stream(round, attempt), population.len())?;
+    /// Samples the cohort of `round` from `population` (once: the round's own sampling stream,
+    /// the cohort an uninterrupted simulation would draw) and opens the round (persisted).
+    fn open_round(&self, round: u64, population: &[String], template: &RoundRecord) -> Result<()> {
+        let indices = self.sampler.sample(round, population.len())?;
         let deadline = self.config.serve.round_deadline_seconds * 1000;
         let record = RoundRecord {
-            attempt,
+            attempt: 0,
             status: RoundStatus::Open,
             population: population.len(),
             sampled: indices.iter().map(|&i| population[i].clone()).collect(),
@@ -410,24 +430,27 @@ impl RoundLoop<'_> {
         let store = self.coordinator.store();
         let round = opened.round;
         let prepare_seconds = opened.prepare_seconds;
-        let mut transport = RemoteTransport::new(
-            self.coordinator.clone(),
-            self.sampler.clone(),
-            opened.population.clone(),
-        );
+        let mut transport = RemoteTransport::new(self.coordinator.clone(), opened.population.len());
         let population_indices: Vec<usize> = (0..transport.population()).collect();
         let coordinator = self.coordinator;
         let (dir, delta) = (self.dir, self.config.privacy.delta);
-        let event = opened.event.clone();
+        let grid = opened
+            .release
+            .mechanism(0)
+            .map(|m| m.grid())
+            .ok_or_else(|| ServerError::Http("a round without a release (a bug)".into()))?;
         let guard = &self.guard;
-        let mut commit_cost = move || -> Result<()> {
-            let attempt = coordinator
+        let mut commit_cost = move |event: &LedgerEvent| -> Result<()> {
+            let open = coordinator
                 .current_attempt()
-                .ok_or_else(|| ServerError::Http("no attempt at the ledger commit".into()))?;
-            store.commit_ledger(
-                &event,
-                attempt.sampled_count,
-                attempt.submitted,
+                .ok_or_else(|| ServerError::Http("no round at the ledger commit".into()))?;
+            // The charge, the kept sum and the erasure of the client vectors: one transaction.
+            store.commit_round(
+                event,
+                open.attempt,
+                open.rows,
+                grid,
+                open.sampled_count,
                 now_unix_ms(),
             )?;
             // ledger.json mirrors the SQLite ledger for the tools that read run directories.
@@ -443,6 +466,7 @@ impl RoundLoop<'_> {
             &population_indices,
             &mut transport,
             noise,
+            opened.release,
             &mut commit_cost,
             progress,
         ) {
@@ -461,8 +485,11 @@ impl RoundLoop<'_> {
             self.settings.noise_multiplier,
             &opened.sampling,
             &report,
-            (epsilon_rdp, epsilon_pld),
-            prepare_seconds + clock.elapsed().as_secs_f64(),
+            RoundNumbers {
+                epsilon_rdp,
+                epsilon_pld,
+                wall_seconds: prepare_seconds + clock.elapsed().as_secs_f64(),
+            },
         );
         self.checkpoint(engine, noise, &metrics)?;
         self.dir.append_metrics(&metrics)?;
@@ -523,43 +550,33 @@ fn write_outputs(
     setup::write_statement(dir, &ledger, config)
 }
 
-fn round_metrics(
-    config: &RunConfig,
-    sigma: f64,
-    sampling: &Sampling,
-    report: &RoundReport,
-    (epsilon_rdp, epsilon_pld): (f64, f64),
-    wall_seconds: f64,
-) -> RoundMetrics {
-    let mean = |f: &dyn Fn(&models::train::StepMetrics) -> Option<f64>| {
-        let values: Vec<f64> = report.dpo.iter().filter_map(f).collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-    };
-    RoundMetrics {
-        round: report.round,
-        wall_seconds,
-        epsilon_rdp,
-        epsilon_pld,
-        delta: config.privacy.delta,
-        sigma,
-        q: setup::sampling_rate(sampling),
-        clip: config.privacy.clip,
-        clients: report.clients as u64,
-        clipped_fraction: Some(report.clipped_fraction),
-        mean_pre_clip_norm: Some(report.mean_pre_clip_norm),
-        noise_std: report.noise_std,
-        signal_to_noise: report
-            .signal_to_noise
-            .is_finite()
-            .then_some(report.signal_to_noise),
-        preference_agreement_nonprivate: None,
-        dpo_loss: mean(&|m| Some(m.loss)),
-        reward_accuracy: mean(&|m| m.rewards_accuracies),
-        reward_margin: mean(&|m| m.rewards_margins),
-        fid_nonprivate: None,
-        mean_distance_sq_nonprivate: None,
-        noisy_score_histogram: report.noisy_scores.clone(),
-        local_loss: None,
-        seconds: report.seconds,
+/// The warning when δ is not small against the population: with δ ≥ 1/n a mechanism that
+/// publishes one random client's data in full satisfies (0, δ)-DP, so the guarantee says
+/// little. `None` when δ < 1/n.
+pub fn delta_warning(delta: f64, population: usize) -> Option<String> {
+    (population > 0 && delta * population as f64 >= 1.0).then(|| {
+        format!(
+            "privacy.delta = {delta:e} is at least 1/n for the n = {population} clients \
+             sampled from: (ε, δ)-DP with δ ≥ 1/n allows publishing some client's data \
+             outright; choose delta well below 1/{population} (e.g. 1/n² or smaller) for a new run"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delta_warning;
+
+    #[test]
+    fn delta_at_or_above_one_over_n_is_warned_about() {
+        assert!(delta_warning(1e-5, 1000).is_none());
+        assert!(delta_warning(0.01, 99).is_none());
+        let warning = delta_warning(0.01, 100).unwrap();
+        assert!(
+            warning.contains("privacy.delta") && warning.contains("n = 100"),
+            "{warning}"
+        );
+        assert!(delta_warning(0.5, 3).is_some());
+        assert!(delta_warning(0.5, 0).is_none());
     }
 }

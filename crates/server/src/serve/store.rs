@@ -3,7 +3,14 @@
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a transaction that returned is on
 //! disk, so a `kill -9` right after it loses nothing. Every multi-row change (enrolment, a
-//! submission, closing, releasing) is one transaction.
+//! submission, closing, charging, releasing) is one transaction.
+//!
+//! The files (`server.sqlite`, `-wal`, `-shm`) are owner-only (0600): they hold the clients'
+//! token hashes and, while a round is open, their score vectors. A vector lives only until its
+//! round is charged: the transaction that commits the ledger row keeps the sum and erases the
+//! vectors, with `secure_delete` (freed content overwritten with zeros) and a truncating WAL
+//! checkpoint afterwards, so no copy of a client's vector stays in either file. The sum is
+//! erased the same way when the round is released. Receipts (SHA-256) stay.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,6 +43,7 @@ CREATE TABLE IF NOT EXISTS submissions (
 CREATE TABLE IF NOT EXISTS ledger (
     round INTEGER PRIMARY KEY, event TEXT NOT NULL, clients_sampled INTEGER NOT NULL,
     clients_submitted INTEGER NOT NULL, committed_unix_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS round_sums (round INTEGER PRIMARY KEY, sum BLOB NOT NULL);
 ";
 
 /// Where a round attempt is in its life.
@@ -47,7 +55,9 @@ pub enum RoundStatus {
     Closed,
     /// Noise, DPO and the checkpoint are done; the client vectors are deleted.
     Released,
-    /// Too few submissions at the deadline: nothing used, nothing charged, vectors deleted.
+    /// The run was stopped while the round was open: nothing released, nothing charged,
+    /// vectors deleted, and no round ever follows (a stopped run only writes its outputs). No
+    /// round is abandoned for any other reason: see `coordinator::RemoteTransport`.
     Abandoned,
 }
 
@@ -95,21 +105,12 @@ pub struct RoundRecord {
     pub candidates: Vec<u8>,
 }
 
-/// A stored submission's receipt and whether its vector was scaled down to the clip bound.
+/// A stored submission's receipt. Nothing else about the vector is kept: whether it was
+/// re-clipped or how long it was would be statistics of un-noised data outliving the round
+/// (the `reclipped` and `pre_clip_norm` columns of older databases are written as 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {
     pub receipt: String,
-    pub reclipped: bool,
-    pub pre_clip_norm: f64,
-}
-
-/// The sum of a round attempt's stored vectors.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredSum {
-    pub sum: Vec<f64>,
-    pub clients: usize,
-    pub reclipped: usize,
-    pub mean_pre_clip_norm: f64,
 }
 
 /// One committed ledger row.
@@ -118,7 +119,6 @@ pub struct LedgerRow {
     pub round: u64,
     pub event: LedgerEvent,
     pub clients_sampled: usize,
-    pub clients_submitted: usize,
     pub committed_unix_ms: u64,
 }
 
@@ -130,8 +130,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when absent) the database at `path`.
+    /// Opens (creating when absent) the database at `path`, owner-only.
     pub fn open(path: &Path) -> Result<Store> {
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
+        // the database file, and nothing is ever written to a file others can read.
+        owner_only(path, true).map_err(|e| ServerError::io(path, e))?;
         let connection = Connection::open(path).map_err(|e| sql_error(path, e))?;
         let store = Store {
             path: path.to_path_buf(),
@@ -141,10 +144,33 @@ impl Store {
             // WAL: readers do not block the writer; FULL: a commit is on disk when it returns.
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
+            // Deleted content (client vectors, round sums) is overwritten with zeros.
+            c.pragma_update(None, "secure_delete", "ON")?;
             c.busy_timeout(std::time::Duration::from_secs(10))?;
             c.execute_batch(SCHEMA)
         })?;
+        // Files of an older fedsyn (or made under a lax umask) are narrowed too.
+        for file in store.files() {
+            owner_only(&file, false).map_err(|e| ServerError::io(&file, e))?;
+        }
         Ok(store)
+    }
+
+    /// The database file and its WAL and shared-memory files.
+    pub fn files(&self) -> [PathBuf; 3] {
+        let with_suffix = |suffix: &str| {
+            let mut name = self.path.as_os_str().to_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        [self.path.clone(), with_suffix("-wal"), with_suffix("-shm")]
+    }
+
+    /// Copies every WAL frame into the database and truncates the WAL to zero bytes, so that
+    /// pages holding erased data (already zeroed by `secure_delete` in their latest version)
+    /// leave no older copy in the WAL file.
+    fn truncate_wal(&self) -> Result<()> {
+        self.with(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
     }
 
     /// The database file.
@@ -356,8 +382,9 @@ impl Store {
         })
     }
 
-    /// Sets the status of a round attempt to released or abandoned and deletes its client
-    /// vectors (the receipts stay), in one transaction: no individual vector outlives its round.
+    /// Sets the status of a round attempt to released or abandoned and erases what is left of
+    /// its client data (vectors not yet erased at the charge, the kept sum), in one
+    /// transaction; the receipts stay.
     pub fn retire_round(&self, round: u64, attempt: u32, status: RoundStatus) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -369,8 +396,10 @@ impl Store {
                 "UPDATE submissions SET vector = NULL WHERE round = ?1 AND attempt = ?2",
                 params![round as i64, attempt],
             )?;
+            tx.execute("DELETE FROM round_sums WHERE round = ?1", [round as i64])?;
             tx.commit()
-        })
+        })?;
+        self.truncate_wal()
     }
 
     /// The submission of `client_id` to a round attempt.
@@ -382,16 +411,10 @@ impl Store {
     ) -> Result<Option<Submission>> {
         self.with(|c| {
             c.query_row(
-                "SELECT receipt, reclipped, pre_clip_norm FROM submissions \
+                "SELECT receipt FROM submissions \
                  WHERE round = ?1 AND attempt = ?2 AND client_id = ?3",
                 params![round as i64, attempt, client_id],
-                |r| {
-                    Ok(Submission {
-                        receipt: r.get(0)?,
-                        reclipped: r.get::<_, i64>(1)? != 0,
-                        pre_clip_norm: r.get(2)?,
-                    })
-                },
+                |r| Ok(Submission { receipt: r.get(0)? }),
             )
             .optional()
         })
@@ -410,16 +433,8 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "INSERT INTO submissions (round, attempt, client_id, receipt, vector, reclipped, \
-                 pre_clip_norm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    round as i64,
-                    attempt,
-                    client_id,
-                    submission.receipt,
-                    bytes,
-                    submission.reclipped as i64,
-                    submission.pre_clip_norm,
-                ],
+                 pre_clip_norm) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)",
+                params![round as i64, attempt, client_id, submission.receipt, bytes],
             )
             .map(drop)
         })
@@ -437,70 +452,33 @@ impl Store {
         })
     }
 
-    /// The f64 sum of the stored vectors of a round attempt (each of length `len`).
-    pub fn sum_submissions(&self, round: u64, attempt: u32, len: usize) -> Result<StoredSum> {
-        let rows = self.with(|c| {
-            let mut query = c.prepare(
-                "SELECT vector, reclipped, pre_clip_norm FROM submissions \
-                 WHERE round = ?1 AND attempt = ?2 ORDER BY client_id",
-            )?;
-            let rows = query
-                .query_map(params![round as i64, attempt], |r| {
-                    Ok((
-                        r.get::<_, Option<Vec<u8>>>(0)?,
-                        r.get::<_, i64>(1)? != 0,
-                        r.get::<_, f64>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
-        let mut sum = vec![0.0f64; len];
-        let (mut reclipped, mut norms) = (0, 0.0);
-        for (vector, was_reclipped, norm) in &rows {
-            let vector = vector.as_ref().ok_or_else(|| ServerError::Store {
-                path: self.path.clone(),
-                message: format!(
-                    "round {round} attempt {attempt}: a submission's vector was already deleted \
-                     (the round was released or abandoned)"
-                ),
-            })?;
-            if vector.len() != len * 8 {
-                return Err(ServerError::Store {
-                    path: self.path.clone(),
-                    message: format!(
-                        "round {round}: a stored vector has {} bytes, expected {}",
-                        vector.len(),
-                        len * 8
-                    ),
-                });
-            }
-            for (total, chunk) in sum.iter_mut().zip(vector.chunks_exact(8)) {
-                let bytes: [u8; 8] = chunk.try_into().expect("chunks_exact(8)");
-                *total += f64::from_le_bytes(bytes);
-            }
-            reclipped += usize::from(*was_reclipped);
-            norms += norm;
-        }
-        Ok(StoredSum {
-            sum,
-            clients: rows.len(),
-            reclipped,
-            mean_pre_clip_norm: if rows.is_empty() {
-                0.0
-            } else {
-                norms / rows.len() as f64
-            },
-        })
+    /// The sum of the stored vectors of a round attempt (each of length `len`), each rounded to
+    /// multiples of `grid` first, in grid units (exact integers held in f64), or the kept sum
+    /// once the round is charged (its vectors are erased then).
+    pub fn sum_submissions(
+        &self,
+        round: u64,
+        attempt: u32,
+        len: usize,
+        grid: f64,
+    ) -> Result<Vec<f64>> {
+        let path = self.path.clone();
+        self.with(|c| stored_sum(c, round, attempt, len, grid))?
+            .map_err(|message| ServerError::Store { path, message })
     }
 
-    /// Commits the ledger event of `round` (one transaction); false when the round was charged
-    /// already (the primary key makes a second charge of a round impossible).
-    pub fn commit_ledger(
+    /// Charges round `event.round` (attempt `attempt`, vectors of length `len`) in one
+    /// transaction: the ledger row, the sum of the stored vectors kept for a restart before the
+    /// release, and the vectors erased; then the WAL is truncated. False when the round was
+    /// charged already (the primary key makes a second charge impossible; nothing changes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_round(
         &self,
         event: &LedgerEvent,
+        attempt: u32,
+        len: usize,
+        grid: f64,
         clients_sampled: usize,
-        clients_submitted: usize,
         now_unix_ms: u64,
     ) -> Result<bool> {
         let round = event.round.ok_or_else(|| ServerError::Store {
@@ -511,27 +489,48 @@ impl Store {
             path: self.path.clone(),
             message: format!("the ledger event cannot be serialised: {e}"),
         })?;
-        self.with(|c| {
-            c.execute(
+        let path = self.path.clone();
+        let committed = self
+            .with(|c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // `clients_submitted` (a column of older databases) is not recorded: the exact
+                // number of clients who answered is a statistic of the un-noised data.
+                let inserted = tx.execute(
                 "INSERT OR IGNORE INTO ledger (round, event, clients_sampled, clients_submitted, \
-                 committed_unix_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    round as i64,
-                    text,
-                    clients_sampled as i64,
-                    clients_submitted as i64,
-                    now_unix_ms as i64
-                ],
-            )
-            .map(|inserted| inserted == 1)
-        })
+                 committed_unix_ms) VALUES (?1, ?2, ?3, 0, ?4)",
+                params![round as i64, text, clients_sampled as i64, now_unix_ms as i64],
+            )? == 1;
+                if !inserted {
+                    return Ok(Ok(false));
+                }
+                let sum = match stored_sum(&tx, round, attempt, len, grid)? {
+                    Ok(sum) => sum,
+                    Err(message) => return Ok(Err(message)),
+                };
+                let bytes: Vec<u8> = sum.iter().flat_map(|v| v.to_le_bytes()).collect();
+                tx.execute(
+                    "INSERT OR REPLACE INTO round_sums (round, sum) VALUES (?1, ?2)",
+                    params![round as i64, bytes],
+                )?;
+                tx.execute(
+                    "UPDATE submissions SET vector = NULL WHERE round = ?1 AND attempt = ?2",
+                    params![round as i64, attempt],
+                )?;
+                tx.commit()?;
+                Ok(Ok(true))
+            })?
+            .map_err(|message| ServerError::Store { path, message })?;
+        if committed {
+            self.truncate_wal()?;
+        }
+        Ok(committed)
     }
 
     /// Every committed ledger row, by round.
     pub fn ledger_rows(&self) -> Result<Vec<LedgerRow>> {
         let raw = self.with(|c| {
             let mut query = c.prepare(
-                "SELECT round, event, clients_sampled, clients_submitted, committed_unix_ms \
+                "SELECT round, event, clients_sampled, committed_unix_ms \
                  FROM ledger ORDER BY round",
             )?;
             let rows = query
@@ -541,14 +540,13 @@ impl Store {
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })?;
         raw.into_iter()
-            .map(|(round, event, sampled, submitted, committed)| {
+            .map(|(round, event, sampled, committed)| {
                 let event = serde_json::from_str(&event).map_err(|e| ServerError::Store {
                     path: self.path.clone(),
                     message: format!("the ledger event of round {round} is corrupt: {e}"),
@@ -557,7 +555,6 @@ impl Store {
                     round: round as u64,
                     event,
                     clients_sampled: sampled as usize,
-                    clients_submitted: submitted as usize,
                     committed_unix_ms: committed as u64,
                 })
             })
@@ -614,6 +611,93 @@ impl RawRound {
     }
 }
 
+/// The sum of round `round`: the kept one once charged, else that of the stored vectors of
+/// `attempt`; `Err(message)` when the data is inconsistent.
+fn stored_sum(
+    c: &Connection,
+    round: u64,
+    attempt: u32,
+    len: usize,
+    grid: f64,
+) -> rusqlite::Result<std::result::Result<Vec<f64>, String>> {
+    let kept: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT sum FROM round_sums WHERE round = ?1",
+            [round as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    // The kept sum is already in grid units; client vectors are rounded to the grid one by one
+    // (the release's sensitivity is that of one rounded vector, see noise.rs).
+    let scale = if kept.is_some() { None } else { Some(grid) };
+    let vectors = match kept {
+        Some(bytes) => vec![Some(bytes)],
+        None => {
+            let mut query = c.prepare(
+                "SELECT vector FROM submissions WHERE round = ?1 AND attempt = ?2 \
+                 ORDER BY client_id",
+            )?;
+            let rows = query
+                .query_map(params![round as i64, attempt], |r| {
+                    r.get::<_, Option<Vec<u8>>>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        }
+    };
+    let mut sum = vec![0.0f64; len];
+    for vector in &vectors {
+        let Some(vector) = vector else {
+            return Ok(Err(format!(
+                "round {round} attempt {attempt}: a submission's vector was already erased \
+                 (the round was released or abandoned)"
+            )));
+        };
+        if vector.len() != len * 8 {
+            return Ok(Err(format!(
+                "round {round}: a stored vector has {} bytes, expected {}",
+                vector.len(),
+                len * 8
+            )));
+        }
+        for (total, chunk) in sum.iter_mut().zip(vector.chunks_exact(8)) {
+            let bytes: [u8; 8] = chunk.try_into().expect("chunks_exact(8)");
+            let value = f64::from_le_bytes(bytes);
+            *total += match scale {
+                Some(grid) => (value / grid).round(),
+                None => value,
+            };
+        }
+    }
+    Ok(Ok(sum))
+}
+
+/// Makes `path` readable and writable by its owner only (Unix), creating it empty when
+/// `create` and it is absent; a file that is absent and not to be created is left alone.
+fn owner_only(path: &Path, create: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if create {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)?;
+        }
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(()),
+            other => other,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, create);
+        Ok(())
+    }
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("lists of strings serialise")
 }
@@ -628,6 +712,9 @@ fn sql_error(path: &Path, error: rusqlite::Error) -> ServerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A release grid (2^−20, that of a clip bound in [1, 2)).
+    const GRID: f64 = 1.0 / (1u64 << 20) as f64;
     use privacy_accounting::Sampling;
 
     fn scratch(name: &str) -> PathBuf {
@@ -654,52 +741,66 @@ mod tests {
         }
     }
 
+    fn submission(receipt: &str) -> Submission {
+        Submission {
+            receipt: receipt.into(),
+        }
+    }
+
     #[test]
     fn rounds_submissions_and_ledger_survive_reopening() {
         let path = scratch("reopen");
+        let event = LedgerEvent::gaussian(1.0, Sampling::Full, 1).with_round(0);
         {
             let store = Store::open(&path).unwrap();
             store.insert_round(&record(0, 0), 1).unwrap();
-            let submission = Submission {
-                receipt: "r1".into(),
-                reclipped: true,
-                pre_clip_norm: 2.0,
-            };
             store
-                .insert_submission(0, 0, "a", &submission, &[1.0, -0.5])
+                .insert_submission(0, 0, "a", &submission("r1"), &[1.0, -0.5])
                 .unwrap();
-            let event = LedgerEvent::gaussian(1.0, Sampling::Full, 1).with_round(0);
-            assert!(store.commit_ledger(&event, 2, 1, 5).unwrap());
-            // A second charge of the same round is refused by the primary key.
-            assert!(!store.commit_ledger(&event, 2, 1, 6).unwrap());
+            store
+                .insert_submission(0, 0, "b", &submission("r2"), &[0.5, 0.25])
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.latest_round().unwrap(), Some(record(0, 0)));
         assert_eq!(store.submission(0, 0, "a").unwrap().unwrap().receipt, "r1");
-        assert!(store.submission(0, 0, "b").unwrap().is_none());
-        let sum = store.sum_submissions(0, 0, 2).unwrap();
-        assert_eq!(sum.sum, vec![1.0, -0.5]);
-        assert_eq!((sum.clients, sum.reclipped), (1, 1));
+        assert!(store.submission(0, 0, "c").unwrap().is_none());
+        assert_eq!(
+            store.sum_submissions(0, 0, 2, 0.25).unwrap(),
+            vec![6.0, -1.0]
+        );
+        assert!(store.commit_round(&event, 0, 2, 0.25, 2, 5).unwrap());
+        // A second charge of the same round is refused by the primary key.
+        assert!(!store.commit_round(&event, 0, 2, 0.25, 2, 6).unwrap());
+        // Charged: the vectors are gone, the sum is kept for a restart before the release.
+        assert_eq!(
+            store.sum_submissions(0, 0, 2, 0.25).unwrap(),
+            vec![6.0, -1.0]
+        );
         let rows = store.ledger_rows().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].committed_unix_ms, 5);
+        assert_eq!((rows[0].committed_unix_ms, rows[0].clients_sampled), (5, 2));
         assert_eq!(store.ledger(1e-5).unwrap().events.len(), 1);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.sum_submissions(0, 0, 2, 0.25).unwrap(),
+            vec![6.0, -1.0]
+        );
+        store.retire_round(0, 0, RoundStatus::Released).unwrap();
+        assert!(store.sum_submissions(0, 0, 2, 0.25).is_err());
+        assert_eq!(store.submission(0, 0, "b").unwrap().unwrap().receipt, "r2");
     }
 
     #[test]
     fn a_second_submission_of_a_client_is_refused() {
         let store = Store::open(&scratch("duplicate")).unwrap();
         store.insert_round(&record(0, 0), 1).unwrap();
-        let submission = Submission {
-            receipt: "r".into(),
-            reclipped: false,
-            pre_clip_norm: 1.0,
-        };
         store
-            .insert_submission(0, 0, "a", &submission, &[0.0, 0.0])
+            .insert_submission(0, 0, "a", &submission("r"), &[0.0, 0.0])
             .unwrap();
         assert!(store
-            .insert_submission(0, 0, "a", &submission, &[0.0, 0.0])
+            .insert_submission(0, 0, "a", &submission("r"), &[0.0, 0.0])
             .is_err());
         assert_eq!(store.submission_count(0, 0).unwrap(), 1);
     }
@@ -708,19 +809,81 @@ mod tests {
     fn retiring_a_round_deletes_its_vectors_but_keeps_receipts() {
         let store = Store::open(&scratch("retire")).unwrap();
         store.insert_round(&record(4, 1), 1).unwrap();
-        let submission = Submission {
-            receipt: "r".into(),
-            reclipped: false,
-            pre_clip_norm: 1.0,
-        };
         store
-            .insert_submission(4, 1, "b", &submission, &[1.0, 1.0])
+            .insert_submission(4, 1, "b", &submission("r"), &[1.0, 1.0])
             .unwrap();
         store.retire_round(4, 1, RoundStatus::Released).unwrap();
         let latest = store.latest_attempt(4).unwrap().unwrap();
         assert_eq!(latest.status, RoundStatus::Released);
-        assert!(store.sum_submissions(4, 1, 2).is_err());
+        assert!(store.sum_submissions(4, 1, 2, 0.25).is_err());
         assert!(store.submission(4, 1, "b").unwrap().is_some());
+    }
+
+    /// Whether `needle` occurs in the database file or its WAL.
+    fn files_contain(store: &Store, needle: &[u8]) -> bool {
+        store.files()[..2].iter().any(|file| {
+            std::fs::read(file)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+    }
+
+    #[test]
+    fn no_vector_bytes_stay_on_disk_once_the_round_is_charged_and_the_files_are_private() {
+        let path = scratch("erase");
+        let store = Store::open(&path).unwrap();
+        let mut round = record(0, 0);
+        round.rows = 16;
+        store.insert_round(&round, 1).unwrap();
+        // Two planted vectors whose bytes cannot occur by chance.
+        let planted: Vec<Vec<f64>> = (0..2)
+            .map(|c| {
+                (0..16)
+                    .map(|i| 0.1234567 + c as f64 * 0.01 + i as f64 * 1e-3)
+                    .collect()
+            })
+            .collect();
+        let bytes = |v: &[f64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        for (client, vector) in ["a", "b"].iter().zip(&planted) {
+            store
+                .insert_submission(0, 0, client, &submission(client), vector)
+                .unwrap();
+        }
+        assert!(
+            files_contain(&store, &bytes(&planted[0])),
+            "the test plants nothing"
+        );
+        let event = LedgerEvent::gaussian(1.0, Sampling::Full, 1).with_round(0);
+        assert!(store.commit_round(&event, 0, 16, GRID, 2, 5).unwrap());
+        for vector in &planted {
+            assert!(
+                !files_contain(&store, &bytes(vector)),
+                "a vector outlived the charge"
+            );
+        }
+        // The kept sum is in grid units: each vector rounded to the grid, then added.
+        let sum: Vec<f64> = planted[0]
+            .iter()
+            .zip(&planted[1])
+            .map(|(a, b)| (a / GRID).round() + (b / GRID).round())
+            .collect();
+        assert_eq!(store.sum_submissions(0, 0, 16, GRID).unwrap(), sum);
+        store.retire_round(0, 0, RoundStatus::Released).unwrap();
+        assert!(
+            !files_contain(&store, &bytes(&sum)),
+            "the sum outlived the release"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for file in store.files() {
+                if let Ok(metadata) = std::fs::metadata(&file) {
+                    assert_eq!(metadata.permissions().mode() & 0o777, 0o600, "{file:?}");
+                }
+            }
+            assert!(store.files()[1].exists() || store.files()[2].exists());
+        }
     }
 
     #[test]
