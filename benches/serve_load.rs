@@ -64,7 +64,6 @@ fn run_server(dir: &Path, clients: usize) {
     let rules = CollectionRules {
         clip: CLIP,
         quorum: 1.0,
-        min_submissions: 1,
         deadline: Duration::from_secs(3600),
     };
     let coordinator =
@@ -91,6 +90,7 @@ fn run_server(dir: &Path, clients: usize) {
         coordinator,
         config: config.clone(),
         limiter: limits::RateLimiter::new(config.serve.rate_limit_per_minute),
+        address_limiter: limits::RateLimiter::new(config.serve.rate_limit_per_minute),
         openapi: openapi::document(),
     });
     let app = http::router(state, config.serve.body_limit(values));

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (refused without this flag: tokens
+    /// and score vectors would cross the network unencrypted; prefer --tls-cert/--tls-key).
+    #[arg(long)]
+    pub insecure_http: bool,
     /// Create N one-time enrolment tokens, written to DIR/enrolment-tokens.txt (mode 0600).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub enrolment_tokens: usize,
@@ -60,6 +64,7 @@ pub fn run(args: &ServeArgs, json: bool) -> Result<()> {
         config,
         bind: args.bind.clone(),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        insecure_http: args.insecure_http,
         enrolment_tokens: args.enrolment_tokens,
         exit_when_finished: args.exit_when_finished,
     };

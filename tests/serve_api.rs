@@ -532,16 +532,19 @@ fn malformed_inputs_are_refused_and_change_nothing_and_the_api_matches_its_docum
     let privacy = server.get("/v1/privacy", Some(first)).json();
     let row = &privacy["rounds"][0];
     assert_eq!(row["round"], 0);
-    assert_eq!(row["clients_sampled"], 2);
-    assert_eq!(row["clients_submitted"], 1);
     assert_eq!(row["sampling"]["kind"], "fixed_cohort", "{row}");
+    // No count of who answered (nor of who was sampled) on a route clients can read.
+    assert!(row.get("clients_submitted").is_none(), "{row}");
+    assert!(row.get("clients_sampled").is_none(), "{row}");
     eprintln!("closed: {closed}\nafter round 0: {ledger_round_0}");
 
     let metrics = server.get("/metrics", None);
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
+    for private in ["accepted", "reclipped", "clipped", "norm"] {
+        assert!(!text.contains(private), "{private} in\n{text}");
+    }
     for line in [
-        "fedsyn_submissions_accepted_total 1",
         "fedsyn_enrolments_total 3",
         "fedsyn_submissions_rejected_total{reason=\"late\"} 1",
         "fedsyn_submissions_rejected_total{reason=\"conflict\"} 1",
@@ -703,15 +706,18 @@ fn a_server_killed_during_an_open_round_continues_it_after_resume() {
     assert!(status.success(), "{status:?}");
 
     // Exactly one ledger event per released round; no client vector outlived its round.
+    for seed in [0.0, 1.0, 5.0, 6.0] {
+        assert_no_vector_bytes(&out, &vector(seed));
+    }
     let db = rusqlite::Connection::open(out.join("server.sqlite")).unwrap();
-    let ledger: Vec<(i64, i64)> = db
-        .prepare("SELECT round, clients_submitted FROM ledger ORDER BY round")
+    let ledger: Vec<i64> = db
+        .prepare("SELECT round FROM ledger ORDER BY round")
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(ledger, vec![(0, 2), (1, 2)]);
+    assert_eq!(ledger, vec![0, 1]);
     let rounds: Vec<(i64, i64, String)> = db
         .prepare("SELECT round, attempt, status FROM rounds ORDER BY round, attempt")
         .unwrap()
@@ -823,7 +829,7 @@ fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
         "[serve]\nrate_limit_per_minute = 2",
     );
     let out = dir.join("run");
-    let admin = "operator-chosen-admin-secret";
+    let admin = "3f9a0c5e7b21d4f86a0e9c3b5d7f1a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f";
     let mut command = fedsyn_command(&[
         "serve",
         "--bind",
@@ -853,7 +859,10 @@ fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     assert!(!out.join("admin-token").exists());
     assert_eq!(server.get("/v1/admin/run", Some(admin)).status, 200);
     server
-        .get("/v1/admin/run", Some("operator-chosen-admin-secreT"))
+        .get(
+            "/v1/admin/run",
+            Some("3f9a0c5e7b21d4f86a0e9c3b5d7f1a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4e"),
+        )
         .assert_problem(401);
 
     let client = server.enrol(&server.enrolment_tokens()[0]);
@@ -868,4 +877,274 @@ fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
         .as_str()
         .unwrap()
         .contains("2 requests a minute"));
+
+    // Routes without a client token are limited per source address (10 × the client rate:
+    // 20 a minute here); 3 requests were made from this address so far.
+    let mut limited = None;
+    for _ in 0..30 {
+        let reply = server.get("/v1/health", None);
+        if reply.status != 200 {
+            limited = Some(reply);
+            break;
+        }
+    }
+    let limited = limited.expect("the per-address limit never answered 429");
+    let problem = limited.assert_problem(429);
+    assert!(limited.headers["retry-after"].parse::<u64>().unwrap() >= 1);
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("from this address"));
+    // The enrolment and admin routes share that address's bucket.
+    server
+        .post_json("/v1/enrol", None, &json!({ "enrolment_token": "e1.guess" }))
+        .assert_problem(429);
+    server.get("/v1/admin/run", Some(admin)).assert_problem(429);
+}
+
+/// Asserts that no stored file of the run (the database and its WAL) holds `vector`'s bytes
+/// (f64 little-endian, as stored; the test vectors are within the clip bound, so unscaled).
+fn assert_no_vector_bytes(out: &Path, vector: &[f64]) {
+    let needle: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+    for file in ["server.sqlite", "server.sqlite-wal"] {
+        let bytes = std::fs::read(out.join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "{file} still holds a client's vector"
+        );
+    }
+}
+
+/// `fedsyn serve ARGS` expected to refuse at start: exit status 2; its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = fedsyn_command(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn serve_refuses_test_seeds_weak_admin_tokens_and_plain_http_off_loopback() {
+    let dir = scratch_dir("serve-refusals");
+    for key in ["noise_seed", "sampling_seed"] {
+        let config = write_config(
+            &dir,
+            &format!("[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1\n{key} = 3"),
+            "",
+        );
+        let out = dir.join(format!("run-{key}"));
+        let stderr = refused(
+            &[
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--config",
+                config.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(stderr.contains(&format!("privacy.{key}")), "{stderr}");
+        assert!(stderr.contains("remove"), "{stderr}");
+        assert!(!out.exists(), "a refused start created {}", out.display());
+    }
+
+    let config = write_config(
+        &dir,
+        "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1",
+        "",
+    );
+    let out = dir.join("run");
+    let start = |bind: &str| {
+        vec![
+            "serve".to_string(),
+            "--bind".to_string(),
+            bind.to_string(),
+            "--config".to_string(),
+            config.to_str().unwrap().to_string(),
+            "--out".to_string(),
+            out.to_str().unwrap().to_string(),
+        ]
+    };
+    let args = start("127.0.0.1:0");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused(
+        &args,
+        &[("FEDSYN_ADMIN_TOKEN", "operator-chosen-admin-secret")],
+    );
+    assert!(
+        stderr.contains("FEDSYN_ADMIN_TOKEN") && stderr.contains("256 bits"),
+        "{stderr}"
+    );
+
+    let args = start("0.0.0.0:0");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = refused(&args, &[]);
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("--insecure-http"),
+        "{stderr}"
+    );
+    assert!(!out.join("server.sqlite").exists());
+
+    // With --insecure-http it serves, and says what that means.
+    let mut all = args.clone();
+    all.push("--insecure-http");
+    let mut child = fedsyn_command(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(line.starts_with("listening on http://0.0.0.0:"), "{line:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: --insecure-http") && stderr.contains("unencrypted"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_process_on_a_run_directory_exits_2_naming_the_holders_pid() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = scratch_dir("serve-lock");
+    let config = write_config(
+        &dir,
+        "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1",
+        "[serve]\nmin_clients = 5",
+    );
+    let out = dir.join("run");
+    let server = Server::start(
+        &out,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let holder = format!("pid {}", server.child.id());
+    let out_arg = out.to_str().unwrap();
+    for args in [
+        vec!["serve", "--bind", "127.0.0.1:0", "--resume", out_arg],
+        vec![
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out_arg,
+        ],
+        vec!["simulate", "--resume", out_arg],
+    ] {
+        let stderr = refused(&args, &[]);
+        assert!(stderr.contains(&holder), "{args:?}: {stderr}");
+        assert!(stderr.contains("in use"), "{stderr}");
+    }
+    // The first server is unaffected.
+    assert_eq!(server.get("/v1/health", None).status, 200);
+}
+
+#[test]
+fn a_mostly_silent_cohort_is_released_at_the_deadline_without_a_second_cohort() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = scratch_dir("serve-silent");
+    let config = write_config(
+        &dir,
+        "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2",
+        "[serve]\nmin_clients = 3\nround_deadline_seconds = 3",
+    );
+    let out = dir.join("run");
+    let mut server = Server::start(
+        &out,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--enrolment-tokens",
+            "3",
+            "--exit-when-finished",
+        ],
+    );
+    let clients: Vec<String> = server
+        .enrolment_tokens()
+        .iter()
+        .map(|t| server.enrol(t))
+        .collect();
+    // Round 0: every client is sampled, one answers, two stay silent. Round 1: nobody answers.
+    // Each round is released at its deadline with the one cohort it drew.
+    let planted: Vec<f64> = (0..CANDIDATES).map(|i| 0.01 * i as f64 + 0.0123).collect();
+    let status = server.wait_for_open_round(0);
+    assert_eq!(status["sampled"], 3, "{status}");
+    let reply = server.post_json("/v1/rounds/0/scores", Some(&clients[0]), &scores(&planted));
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    server.wait_until_told_finished(&clients);
+    let status = server.wait_for_exit();
+    assert!(status.success(), "{status:?}");
+
+    let db = rusqlite::Connection::open(out.join("server.sqlite")).unwrap();
+    let rounds: Vec<(i64, i64, String)> = db
+        .prepare("SELECT round, attempt, status FROM rounds ORDER BY round, attempt")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rounds,
+        vec![
+            (0, 0, "released".to_string()),
+            (1, 0, "released".to_string())
+        ]
+    );
+    let ledger: Vec<i64> = db
+        .prepare("SELECT round FROM ledger ORDER BY round")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ledger, vec![0, 1]);
+    drop(db);
+    assert_no_vector_bytes(&out, &planted);
+
+    // Nothing measured on the un-noised vectors in the run's outputs.
+    for file in ["metrics.jsonl", "ledger.json", "privacy-statement.md"] {
+        let text = std::fs::read_to_string(out.join(file)).unwrap();
+        for private in [
+            "pre_clip_norm",
+            "clipped_fraction",
+            "signal_to_noise",
+            "\"clients\"",
+            "clients_submitted",
+        ] {
+            assert!(!text.contains(private), "{private} in {file}:\n{text}");
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["server.sqlite", "admin-token", "enrolment-tokens.txt"] {
+            let mode = std::fs::metadata(out.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+    }
 }

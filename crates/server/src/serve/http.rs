@@ -2,13 +2,14 @@
 //! OpenAPI document are built, so the two cannot drift; the handlers; and the layers (body
 //! limit, request timeout, latency metrics, problem+json for every error, axum's own included).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -110,7 +111,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Health,
         "Liveness and the run's state",
         200,
-        &[],
+        &[429],
     ),
     route(
         Method::GET,
@@ -119,7 +120,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::OpenApi,
         "This OpenAPI 3.1 document",
         200,
-        &[],
+        &[429],
     ),
     route(
         Method::GET,
@@ -128,7 +129,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Metrics,
         "Prometheus metrics (aggregates only)",
         200,
-        &[],
+        &[429],
     ),
     route(
         Method::POST,
@@ -137,7 +138,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Enrol,
         "Enrol with a one-time enrolment token; returns the client's bearer token",
         201,
-        &[401, 413, 422],
+        &[401, 413, 422, 429],
     ),
     route(
         Method::GET,
@@ -182,7 +183,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::EnrolmentTokens,
         "Create one-time enrolment tokens",
         201,
-        &[401, 413, 422],
+        &[401, 413, 422, 429],
     ),
     route(
         Method::GET,
@@ -191,7 +192,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::RunStatus,
         "The run's status",
         200,
-        &[401],
+        &[401, 429],
     ),
     route(
         Method::POST,
@@ -200,7 +201,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Pause,
         "Open no new round until resumed",
         200,
-        &[401],
+        &[401, 429],
     ),
     route(
         Method::POST,
@@ -209,7 +210,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Resume,
         "Resume a paused run",
         200,
-        &[401],
+        &[401, 429],
     ),
     route(
         Method::POST,
@@ -218,7 +219,7 @@ pub const ROUTES: &[Route] = &[
         Endpoint::Stop,
         "No further rounds; the outputs are written after the current round",
         200,
-        &[401],
+        &[401, 429],
     ),
 ];
 
@@ -226,7 +227,10 @@ pub const ROUTES: &[Route] = &[
 pub struct AppState {
     pub coordinator: Arc<Coordinator>,
     pub config: RunConfig,
+    /// Per client token (client routes).
     pub limiter: RateLimiter,
+    /// Per source address (every route without a client token).
+    pub address_limiter: RateLimiter,
     pub openapi: Value,
 }
 
@@ -253,8 +257,43 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_by_address,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Whether `path` is a route that clients call with their token (limited per token instead).
+fn is_client_route(path: &str) -> bool {
+    path == "/v1/tasks/next" || path == "/v1/privacy" || path.starts_with("/v1/rounds/")
+}
+
+/// Rate-limits every request that carries no client token per source address: enrolment
+/// (guessing enrolment tokens), admin (guessing the admin token), the public routes and
+/// unknown paths (flooding). Without the peer address (a router not served over TCP) nothing
+/// is limited here.
+async fn limit_by_address(State(state): Shared, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip());
+    if let Some(ip) = peer.filter(|_| !is_client_route(request.uri().path())) {
+        if let Err(seconds) = state.address_limiter.check(&ip.to_string(), Instant::now()) {
+            return Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                format!(
+                    "more than {} requests a minute from this address; retry after {seconds} s",
+                    state.address_limiter.per_minute()
+                ),
+            )
+            .retry_after(seconds)
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// The method router of `endpoint` for `filter`.
@@ -702,12 +741,13 @@ fn privacy_report(state: &AppState) -> Result<Value, Problem> {
                 .map(|e| e.epsilon)
                 .map_err(crate::error::ServerError::from)
         };
+        // No count of the clients who answered (nor of those sampled, which under Poisson
+        // sampling is random and not covered by the noise either): every field here is a
+        // function of the configuration and of released, noised results only.
         rounds.push(json!({
             "round": row.round,
             "sigma": row.event.noise_multiplier,
             "sampling": row.event.sampling,
-            "clients_sampled": row.clients_sampled,
-            "clients_submitted": row.clients_submitted,
             "epsilon_rdp": epsilon(privacy_accounting::AccountantKind::Rdp)?,
             "epsilon_pld": epsilon(privacy_accounting::AccountantKind::Pld)?,
             "committed_unix_ms": row.committed_unix_ms,
@@ -764,7 +804,9 @@ async fn run_status(State(state): Shared, headers: HeaderMap) -> Result<Json<Val
     Ok(Json(status_report(&state)?))
 }
 
-/// The admin's view of the run.
+/// The admin's view of the run. It holds the open round's sampled and submitted counts: the
+/// operator is trusted (in plain mode the server sees every submitted vector anyway), and these
+/// counts appear on no public route, in no log line and no file of the run directory.
 fn status_report(state: &AppState) -> Result<Value, Problem> {
     let (run_state, open) = state.coordinator.snapshot();
     let store = state.coordinator.store();
@@ -816,7 +858,7 @@ async fn stop(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, P
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

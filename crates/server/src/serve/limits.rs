@@ -1,9 +1,17 @@
-//! Per-client rate limits: a token bucket per bearer identity, refilled continuously at
-//! `rate_limit_per_minute / 60` tokens a second, holding at most one minute's worth.
+//! Rate limits: a token bucket per identity, refilled continuously at `per_minute / 60` tokens
+//! a second, holding at most one minute's worth. Client routes are limited per bearer token
+//! (`serve.rate_limit_per_minute`); the routes without a client token (health, metrics, the
+//! OpenAPI document, enrolment, admin, unknown paths) per source address, at
+//! [`PER_ADDRESS_FACTOR`] times that rate, since several clients and the operator may share one
+//! address (NAT, a reverse proxy).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
+
+/// The per-address limit of the routes without a client token, in multiples of
+/// `serve.rate_limit_per_minute`.
+pub const PER_ADDRESS_FACTOR: u32 = 10;
 
 /// Buckets for every identity seen.
 pub struct RateLimiter {
@@ -17,6 +25,11 @@ struct Bucket {
 }
 
 impl RateLimiter {
+    /// Requests per identity and minute.
+    pub fn per_minute(&self) -> f64 {
+        self.per_minute
+    }
+
     /// A limiter allowing `per_minute` requests per identity and minute (bursts up to that).
     pub fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {

@@ -1,5 +1,11 @@
-//! `/metrics` in the Prometheus text format, written by hand: aggregates only (counts, ε spent,
-//! request latencies), never anything about one client.
+//! `/metrics` in the Prometheus text format, written by hand: aggregates only (enrolments,
+//! released rounds, refused requests, ε spent, request latencies), never anything about one
+//! client.
+//!
+//! `/metrics` is public, so it carries no statistic of the un-noised client data: not how many
+//! vectors were accepted (per round, the difference of a counter of accepted submissions is
+//! the exact number of sampled clients who answered, a count the noise does not cover), not
+//! how many had to be re-clipped (a function of the clients' scores), not their norms.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,12 +56,9 @@ const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 /// The server's counters and gauges.
 #[derive(Default)]
 pub struct Metrics {
-    pub submissions_accepted: AtomicU64,
-    pub submissions_reclipped: AtomicU64,
     rejected: [AtomicU64; 8],
     pub enrolments: AtomicU64,
     pub rounds_released: AtomicU64,
-    pub rounds_abandoned: AtomicU64,
     pub enrolled_clients: AtomicU64,
     /// The open (or last) round, +1 (0: none yet).
     pub current_round_plus_one: AtomicU64,
@@ -106,16 +109,6 @@ impl Metrics {
             );
         };
         counter(
-            "fedsyn_submissions_accepted_total",
-            "Score vectors accepted.",
-            load(&self.submissions_accepted),
-        );
-        counter(
-            "fedsyn_submissions_reclipped_total",
-            "Accepted score vectors the server scaled down to the clip bound.",
-            load(&self.submissions_reclipped),
-        );
-        counter(
             "fedsyn_enrolments_total",
             "Clients enrolled.",
             load(&self.enrolments),
@@ -124,11 +117,6 @@ impl Metrics {
             "fedsyn_rounds_released_total",
             "Rounds released (noise added, DPO done, checkpoint written).",
             load(&self.rounds_released),
-        );
-        counter(
-            "fedsyn_rounds_abandoned_total",
-            "Round attempts abandoned with too few submissions (nothing charged).",
-            load(&self.rounds_abandoned),
         );
         let name = "fedsyn_submissions_rejected_total";
         let _ = writeln!(
@@ -188,12 +176,16 @@ mod tests {
     #[test]
     fn the_exposition_holds_every_series() {
         let metrics = Metrics::default();
-        metrics.submissions_accepted.fetch_add(2, Ordering::Relaxed);
+        metrics.rounds_released.fetch_add(2, Ordering::Relaxed);
         metrics.reject(Rejection::Late);
         metrics.set_epsilon(0.5, 0.4);
         metrics.observe_latency(0.003);
         let text = metrics.render();
-        assert!(text.contains("fedsyn_submissions_accepted_total 2\n"));
+        assert!(text.contains("fedsyn_rounds_released_total 2\n"));
+        // Nothing that counts or measures the clients' un-noised vectors.
+        for private in ["accepted", "reclipped", "clipped", "norm", "abandoned"] {
+            assert!(!text.contains(private), "{private} in\n{text}");
+        }
         assert!(text.contains("fedsyn_submissions_rejected_total{reason=\"late\"} 1\n"));
         assert!(text.contains("fedsyn_submissions_rejected_total{reason=\"conflict\"} 0\n"));
         assert!(text.contains("fedsyn_epsilon_spent{accountant=\"rdp\"} 0.5\n"));

@@ -42,6 +42,9 @@ pub struct ServeOptions {
     pub bind: Option<String>,
     /// PEM certificate chain and key: serve HTTPS (rustls, ring provider).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Allow plain HTTP on an address other than loopback (tokens and score vectors then cross
+    /// the network unencrypted).
+    pub insecure_http: bool,
     /// Enrolment tokens to create now (written to `DIR/enrolment-tokens.txt`).
     pub enrolment_tokens: usize,
     /// Exit once the run is finished (otherwise keep answering until interrupted).
@@ -57,14 +60,30 @@ pub fn serve(
     on_listening: &dyn Fn(&str),
     on_round: Arc<dyn Fn(&RoundMetrics) + Send + Sync>,
 ) -> Result<()> {
+    // Everything a user can get wrong on the command line is refused before the run directory
+    // is created or touched.
+    let admin_token = admin_token_from_env()?;
+    if let Some(config) = &options.config {
+        bind_address(options, config)?;
+    }
     let (dir, config) = open_run_dir(options)?;
+    let address = bind_address(options, &config)?;
+    if options.tls.is_none() && !address.ip().is_loopback() {
+        eprintln!(
+            "warning: --insecure-http: serving plain HTTP on {address}; bearer tokens, \
+             enrolment tokens and the clients' score vectors cross the network unencrypted \
+             (give --tls-cert/--tls-key to serve HTTPS)"
+        );
+    }
+    // One process per run directory: a second server (or simulation) on the same state would
+    // interleave rounds and charges. Held until this function returns.
+    let _lock = dir.lock()?;
     let store = Arc::new(Store::open(&dir.root().join(DATABASE_FILE))?);
-    set_up_admin_token(&store, dir.root())?;
+    set_up_admin_token(&store, dir.root(), admin_token.as_deref())?;
     let metrics = Arc::new(metrics::Metrics::default());
     let rules = CollectionRules {
         clip: config.privacy.clip,
         quorum: config.serve.quorum,
-        min_submissions: config.serve.min_submissions,
         deadline: Duration::from_secs(config.serve.round_deadline_seconds),
     };
     let coordinator = Arc::new(Coordinator::new(store, rules, metrics)?);
@@ -80,18 +99,16 @@ pub fn serve(
         coordinator: coordinator.clone(),
         config: config.clone(),
         limiter: limits::RateLimiter::new(config.serve.rate_limit_per_minute),
+        address_limiter: limits::RateLimiter::new(
+            config
+                .serve
+                .rate_limit_per_minute
+                .saturating_mul(limits::PER_ADDRESS_FACTOR),
+        ),
         openapi: openapi::document(),
     });
     let app = http::router(state, config.serve.body_limit(values));
 
-    let bind = options.bind.as_deref().unwrap_or(&config.serve.bind);
-    let address: SocketAddr = bind.parse().map_err(|_| {
-        ServerError::argument(
-            "--bind",
-            bind,
-            "an IP address and port, e.g. 127.0.0.1:8080",
-        )
-    })?;
     let listener = std::net::TcpListener::bind(address)
         .map_err(|e| ServerError::Http(format!("cannot listen on {address}: {e}")))?;
     listener
@@ -137,7 +154,9 @@ pub fn serve(
     let shutdown = handle.clone();
     runtime.block_on(async move {
         let server = async {
-            let service = app.into_make_service();
+            // The peer address feeds the per-address rate limit of the routes without a client
+            // token.
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
             match tls {
                 Some(tls) => {
                     axum_server::from_tcp_rustls(listener, tls)
@@ -194,12 +213,61 @@ async fn linger_until_clients_know(coordinator: &Coordinator) {
 /// The longest a finished server (`--exit-when-finished`) waits for its clients to learn it.
 const LINGER: Duration = Duration::from_secs(15);
 
+/// The address to listen on. Plain HTTP is refused on anything but loopback unless the
+/// operator says `--insecure-http` (and [`serve`] warns then): client tokens, enrolment tokens
+/// and every score vector would cross the network in clear text.
+fn bind_address(options: &ServeOptions, config: &RunConfig) -> Result<SocketAddr> {
+    let bind = options.bind.as_deref().unwrap_or(&config.serve.bind);
+    let address: SocketAddr = bind.parse().map_err(|_| {
+        ServerError::argument(
+            "--bind",
+            bind,
+            "an IP address and port, e.g. 127.0.0.1:8080",
+        )
+    })?;
+    if options.tls.is_none() && !address.ip().is_loopback() && !options.insecure_http {
+        return Err(ServerError::argument(
+            "--bind",
+            address,
+            "a loopback address for plain HTTP; to listen on other addresses give \
+             --tls-cert PEM --tls-key PEM (HTTPS), or --insecure-http to send tokens and \
+             score vectors unencrypted anyway",
+        ));
+    }
+    Ok(address)
+}
+
+/// Refuses the test-only seeds: a fixed `privacy.noise_seed` makes the noise reproducible (and
+/// so subtractable by anyone who knows the seed), a fixed `privacy.sampling_seed` makes the
+/// cohorts predictable, and either voids the guarantee the ledger states.
+fn refuse_test_seeds(config: &RunConfig) -> Result<()> {
+    let seeds = [
+        ("privacy.noise_seed", config.privacy.noise_seed),
+        ("privacy.sampling_seed", config.privacy.sampling_seed),
+    ];
+    for (key, seed) in seeds {
+        if let Some(seed) = seed {
+            return Err(ServerError::ConfigValue {
+                key: key.to_string(),
+                value: seed.to_string(),
+                fix: format!(
+                    "no fixed seed: seeds are for tests and simulations only, and `fedsyn \
+                     serve` releases to real people; remove `{key}` from the configuration \
+                     (fresh OS randomness is then used)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The run directory and its configuration: created from `options.config` on first start,
 /// reopened with its saved configuration afterwards.
 fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
     match &options.config {
         Some(config) if !options.dir.join(DATABASE_FILE).exists() => {
             config.validate()?;
+            refuse_test_seeds(config)?;
             let dir = RunDir::create(&options.dir, config)?;
             Ok((dir, config.clone()))
         }
@@ -207,6 +275,7 @@ fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
             let dir = RunDir::open(&options.dir)?;
             let config = dir.load_config()?;
             config.validate()?;
+            refuse_test_seeds(&config)?;
             if let Some(given) = &options.config {
                 if given != &config {
                     return Err(ServerError::RunDir {
@@ -222,18 +291,68 @@ fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
     }
 }
 
-/// Stores the admin token's hash: `FEDSYN_ADMIN_TOKEN` when set (every start), else a fresh
-/// token written once to `DIR/admin-token` (0600).
-fn set_up_admin_token(store: &Store, dir: &Path) -> Result<()> {
-    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
-        if token.trim().len() < 16 {
-            return Err(ServerError::argument(
-                "FEDSYN_ADMIN_TOKEN",
-                "(too short)",
-                "a secret of at least 16 characters",
-            ));
-        }
-        let hash = auth::hex(&auth::sha256(token.trim().as_bytes()));
+/// The admin token of `FEDSYN_ADMIN_TOKEN`, if set, once it is strong enough.
+fn admin_token_from_env() -> Result<Option<String>> {
+    let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) else {
+        return Ok(None);
+    };
+    let token = token.trim().to_string();
+    let bits = estimated_entropy_bits(&token);
+    if bits < MIN_ADMIN_TOKEN_BITS {
+        return Err(ServerError::argument(
+            "FEDSYN_ADMIN_TOKEN",
+            format!("(a secret of about {bits:.0} bits)"),
+            format!(
+                "a random secret of at least {MIN_ADMIN_TOKEN_BITS:.0} bits (32 bytes), e.g. \
+                 64 hex characters from `openssl rand -hex 32`; or unset it and use the \
+                 generated DIR/{ADMIN_TOKEN_FILE}"
+            ),
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// The least entropy an operator-chosen admin token must have: that of the generated tokens.
+const MIN_ADMIN_TOKEN_BITS: f64 = 256.0;
+
+/// An upper estimate of a secret's entropy: length × log2(alphabet), where the alphabet is
+/// the union of the character classes it uses (digits only: 10, hex: 16, base64url: 64, …).
+/// Secrets of fewer than 8 distinct characters ("aaaa…") count as their distinct characters.
+fn estimated_entropy_bits(secret: &str) -> f64 {
+    let chars: Vec<char> = secret.chars().collect();
+    let distinct = chars.iter().collect::<std::collections::HashSet<_>>().len();
+    let has = |f: fn(&char) -> bool| chars.iter().any(f);
+    let alphabet = if chars.iter().all(char::is_ascii_digit) {
+        10
+    } else if chars.iter().all(char::is_ascii_hexdigit) {
+        16
+    } else {
+        let mut size = 0;
+        size += if has(char::is_ascii_lowercase) { 26 } else { 0 };
+        size += if has(char::is_ascii_uppercase) { 26 } else { 0 };
+        size += if has(char::is_ascii_digit) { 10 } else { 0 };
+        size += if has(|c| *c == '-' || *c == '_') {
+            2
+        } else {
+            0
+        };
+        size += if has(|c| !c.is_ascii_alphanumeric() && *c != '-' && *c != '_') {
+            32
+        } else {
+            0
+        };
+        size
+    };
+    // A random secret of 43+ characters uses far more than 8 distinct ones.
+    let alphabet = if distinct < 8 { distinct } else { alphabet }.max(1);
+    chars.len() as f64 * (alphabet as f64).log2()
+}
+
+/// Stores the admin token's hash: `token` (from `FEDSYN_ADMIN_TOKEN`) when given (every
+/// start), else a fresh token written once to `DIR/admin-token` (0600).
+fn set_up_admin_token(store: &Store, dir: &Path, token: Option<&str>) -> Result<()> {
+    if let Some(token) = token {
+        let hash = auth::hex(&auth::sha256(token.as_bytes()));
         return store.set_meta(http::ADMIN_HASH_KEY, &hash);
     }
     if store.meta(http::ADMIN_HASH_KEY)?.is_some() {
@@ -247,8 +366,10 @@ fn set_up_admin_token(store: &Store, dir: &Path) -> Result<()> {
     )
 }
 
-/// Writes a file only its owner can read.
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+/// Writes a file only its owner can read. The mode given to `open` applies only when the file
+/// is created; an existing file (an earlier `--enrolment-tokens`, a copy made by hand) is
+/// narrowed to 0600 before the secret is written into it.
+pub fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -258,6 +379,12 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(|e| ServerError::io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServerError::io(path, e))?;
+    }
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| ServerError::io(path, e))
@@ -277,4 +404,50 @@ async fn tls_config(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::
                 key.display()
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_need_256_bits() {
+        let hex64 = "3f9a0c5e7b21d4f86a0e9c3b5d7f1a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f";
+        assert!(estimated_entropy_bits(hex64) >= MIN_ADMIN_TOKEN_BITS);
+        assert!(estimated_entropy_bits(&hex64[..60]) < MIN_ADMIN_TOKEN_BITS);
+        let base64url = "Zq3_x9Lr-T0bW8vKp2mNc7YhJd5sFg1eAo4uRi6QkE0";
+        assert_eq!(base64url.len(), 43);
+        assert!(estimated_entropy_bits(base64url) >= MIN_ADMIN_TOKEN_BITS);
+        for weak in [
+            "operator-chosen-admin-secret",
+            "correct horse battery staple",
+            &"a".repeat(100),
+            &"ab".repeat(60),
+            &"1".repeat(70),
+        ] {
+            assert!(
+                estimated_entropy_bits(weak) < MIN_ADMIN_TOKEN_BITS,
+                "{weak}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_owner_only_on_every_write() {
+        let dir = std::env::temp_dir().join(format!("fedsyn-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(ENROLMENT_TOKENS_FILE);
+        std::fs::write(&path, "old\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            write_secret(&path, "e1.secret\n").unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "e1.secret\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -56,9 +56,22 @@ impl Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", detail)
     }
 
-    /// 500: the server failed; the detail says what (never a secret).
-    pub fn internal(detail: impl Into<String>) -> Problem {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    /// 500: the server failed. The cause goes to the server's log (stderr) only: its text can
+    /// name paths, SQL, or state of other clients' rounds, none of which is the caller's
+    /// business. The caller gets a generic detail and an incident number the operator can
+    /// find in the log.
+    pub fn internal(cause: impl std::fmt::Display) -> Problem {
+        static INCIDENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let incident = INCIDENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("internal error (incident {incident}): {cause}");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!(
+                "the server failed (incident {incident}); retry later, or give the operator the \
+                 incident number"
+            ),
+        )
     }
 
     /// Adds a `Retry-After`.
@@ -90,6 +103,25 @@ impl IntoResponse for Problem {
 
 impl From<crate::error::ServerError> for Problem {
     fn from(error: crate::error::ServerError) -> Problem {
-        Problem::internal(format!("the server failed: {error}"))
+        Problem::internal(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_tells_the_client_nothing_about_its_cause() {
+        let error = crate::error::ServerError::Store {
+            path: "/srv/secret-run/server.sqlite".into(),
+            message: "UNIQUE constraint failed: submissions.client_id c42".into(),
+        };
+        let problem = Problem::from(error);
+        assert_eq!(problem.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for leaked in ["secret-run", "sqlite", "UNIQUE", "c42"] {
+            assert!(!problem.detail.contains(leaked), "{}", problem.detail);
+        }
+        assert!(problem.detail.contains("incident"), "{}", problem.detail);
     }
 }
