@@ -36,12 +36,13 @@ use clients::{local_update, LocalTraining};
 use models::train::downstream::DEFAULT_MAX_TOKENS;
 use models::train::{encode_texts, CausalLmConfig, LrSchedule};
 use models::{Assets, CausalLm, DeviceChoice};
-use privacy_accounting::Sampling;
+use privacy_accounting::{LedgerEvent, Sampling};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::RunConfig;
+use crate::driver::{Driver, JsonLedger, LedgerStore, RoundMethod};
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::evaluate::MODEL_DIR;
@@ -52,10 +53,9 @@ use crate::run_dir::{
 };
 use crate::sampling::ClientSampler;
 use crate::setup::{
-    base_model_name, load_data, load_generator, lora_config, round_cohort, sampling_rate,
-    write_statement,
+    base_model_name, load_data, load_generator, lora_config, sampling_rate, write_statement,
 };
-use crate::simulate::{public_cohort, SimulationSummary, StopReason};
+use crate::simulate::{public_cohort, SimulationSummary};
 
 /// The round state saved in every checkpoint beside the adapter.
 const STATE_FILE: &str = "state.json";
@@ -195,10 +195,7 @@ pub(crate) fn run_dp_fedavg(
         Some(adaptive) => adaptive.update_sigma(plan.sigma)?,
         None => plan.sigma,
     };
-    let mut ledger = dir.load_ledger()?;
-    ledger.delta.get_or_insert(config.privacy.delta);
-
-    let (mut noise, mut clip, first_round) = match dir.latest_checkpoint()? {
+    let (mut noise, clip, first_round) = match dir.latest_checkpoint()? {
         Some((round, path)) => {
             generator
                 .model_mut()
@@ -223,133 +220,42 @@ pub(crate) fn run_dp_fedavg(
         }
     };
     let model = generator.model();
-    let mut global = adapter_values(model);
-    let parameters: usize = global.iter().map(|t| t.numel()).sum();
-
-    let mut stop_reason = StopReason::RoundsCompleted;
-    for round in first_round..config.privacy.rounds {
-        let round_clock = Instant::now();
-        // The update sum, and under adaptive clipping the count Σ(bᵢ − ½) (sensitivity ½,
-        // noise σ_b = multiplier 2σ_b): one joint Gaussian mechanism of multiplier σ.
-        let update = GaussianMechanism::new(update_sigma, clip, parameters)?;
-        let count = adaptive
-            .map(|a| GaussianMechanism::new(2.0 * a.count_noise, 0.5, 1))
-            .transpose()?;
-        let label = match adaptive {
-            None => "dp-fedavg round: noisy sum of clipped client updates".to_string(),
-            Some(a) => format!(
-                "dp-fedavg round: noisy sum of clipped client updates (σ_Δ = {update_sigma:.4}) \
-                 and noisy count of unclipped clients (σ_b = {:.4}, sensitivity ½), one \
-                 Gaussian mechanism of multiplier (σ_Δ⁻² + (2σ_b)⁻²)^(−½)",
-                a.count_noise
-            ),
-        };
-        let release = PlannedRelease::joint(
-            std::iter::once(update).chain(count).collect(),
-            accounting,
-            round,
-            &label,
-        );
-        // Charged but not checkpointed by a run that was killed: re-run under that charge.
-        let already_charged = ledger.events.last().is_some_and(|e| e.round == Some(round));
-        if !already_charged && guard.would_exceed(&ledger, release.event())? {
-            stop_reason = StopReason::BudgetExhausted;
-            break;
-        }
-        let sampled = round_cohort(dir, &sampler, round, clients.len())?;
-
-        let local_clock = Instant::now();
-        let round_sum = client_updates(
-            model,
-            &global,
-            &clients,
-            &sampled,
-            config,
-            round,
-            (&update, count.as_ref()),
-            progress,
-        )?;
-        let local_seconds = local_clock.elapsed().as_secs_f64();
-
-        let aggregate_clock = Instant::now();
-        // Released from here on: noise exists only through the charge, made after the cost is
-        // on disk.
-        let mut charge = release.commit(|event| {
-            if !already_charged {
-                ledger.push(event.clone())?;
-                dir.save_ledger(&ledger)?;
-            }
-            Ok(())
-        })?;
-        let noise_std = update.noise_std();
-        let noisy = noise.release(&mut charge, 0, &round_sum.sum)?;
-        let released_average = unflatten(&average(noisy, denominator)?, &global)?;
-        global = global
-            .iter()
-            .zip(&released_average)
-            .map(|(g, a)| (g.to_kind(Kind::Double) + a * fedavg.server_lr).to_kind(g.kind()))
-            .collect();
-        set_adapter(model, &global)?;
-        let next_clip = match (&adaptive, &round_sum.unclipped_minus_half) {
-            (Some(adaptive), Some(count)) => {
-                let noisy = average(noise.release(&mut charge, 1, count)?, denominator)?;
-                adaptive.next_clip(clip, noisy[0] + 0.5)
-            }
-            _ => clip,
-        };
-        let aggregate_seconds = aggregate_clock.elapsed().as_secs_f64();
-
-        let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
-        let contributed = round_sum.contributed;
-        let metrics = RoundMetrics {
-            round,
-            wall_seconds: round_clock.elapsed().as_secs_f64(),
-            epsilon_rdp,
-            epsilon_pld,
-            delta: config.privacy.delta,
-            sigma: plan.sigma,
-            q: sampling_rate(&accounting),
-            clip,
-            cohort: public_cohort(&accounting, sampled.len()),
-            noise_std,
-            nonprivate: Some(NonPrivate::measured(
-                &data,
-                NonPrivateMetrics {
-                    clients_nonprivate: Some(contributed as u64),
-                    clipped_fraction_nonprivate: (contributed > 0)
-                        .then(|| round_sum.clipped as f64 / contributed as f64),
-                    mean_pre_clip_norm_nonprivate: (contributed > 0)
-                        .then(|| round_sum.pre_clip_norms / contributed as f64),
-                    local_loss_nonprivate: round_sum.mean_loss(),
-                    update_norm_nonprivate: Some(crate::noise::l2_norm(
-                        &round_sum.sum.values_nonprivate(),
-                    )),
-                    ..NonPrivateMetrics::default()
-                },
-            )),
-            seconds: PhaseSeconds {
-                score: local_seconds,
-                aggregate: aggregate_seconds,
-                ..PhaseSeconds::default()
-            },
-            ..RoundMetrics::default()
-        };
-        let state = FedAvgState {
-            round,
-            next_clip,
-            noise: noise.state(),
-            metrics: metrics.clone(),
-        };
-        checkpoint(dir, config, model, &state)?;
-        dir.clear_open_cohort()?;
-        dir.append_metrics(&metrics)?;
-        on_round(&metrics);
-        clip = next_clip;
+    let global = adapter_values(model);
+    let mut method = FedAvgRounds {
+        dir,
+        config,
+        model,
+        parameters: global.iter().map(|t| t.numel()).sum(),
+        global,
+        clients: &clients,
+        data: &data,
+        sigma: plan.sigma,
+        update_sigma,
+        adaptive,
+        accounting,
+        denominator,
+        clip,
+        next_clip: clip,
+    };
+    let mut ledger = JsonLedger::open(dir, config.privacy.delta)?;
+    let stop_reason = Driver {
+        sampler: &sampler,
+        guard: &guard,
+        noise: &mut noise,
+        progress,
+        on_round,
     }
+    .run(
+        &mut method,
+        &mut ledger,
+        &mut &*dir,
+        first_round..config.privacy.rounds,
+    )?;
+    let ledger = ledger.ledger();
 
     save_model(dir, config, model)?;
-    write_statement(dir, &ledger, config)?;
-    let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
+    write_statement(dir, ledger, config)?;
+    let (epsilon_rdp, epsilon_pld) = guard.spent(ledger)?;
     let metrics = dir.read_metrics()?;
     crate::plot::write_rounds_svg(
         &metrics,
@@ -377,6 +283,155 @@ pub(crate) fn run_dp_fedavg(
         .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
     write_atomic(&dir.root().join("summary.json"), json.as_bytes())?;
     Ok(summary)
+}
+
+/// A DP-FedAvg round of the simulation, for the [`Driver`]: the global adapter, the clients'
+/// token sequences and the (possibly adaptive) clip bound.
+struct FedAvgRounds<'a> {
+    dir: &'a RunDir,
+    config: &'a RunConfig,
+    model: &'a CausalLm,
+    /// The global adapter's values (in the order of `CausalLm::lora_parameters`).
+    global: Vec<Tensor>,
+    /// Their number: the dimension of the released update.
+    parameters: usize,
+    clients: &'a [Vec<Vec<u32>>],
+    /// The clients' raw data: the witness of the non-private diagnostics.
+    data: &'a clients::FederatedData,
+    sigma: f64,
+    update_sigma: f64,
+    adaptive: Option<AdaptiveClip>,
+    accounting: Sampling,
+    denominator: f64,
+    /// This round's clip bound.
+    clip: f64,
+    /// The next round's (moved by adaptive clipping), taken up at the checkpoint.
+    next_clip: f64,
+}
+
+impl RoundMethod for FedAvgRounds<'_> {
+    fn population(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The update sum, and under adaptive clipping the count Σ(bᵢ − ½) (sensitivity ½, noise
+    /// σ_b = multiplier 2σ_b): one joint Gaussian mechanism of multiplier σ.
+    fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+        let update = GaussianMechanism::new(self.update_sigma, self.clip, self.parameters)?;
+        let count = self
+            .adaptive
+            .map(|a| GaussianMechanism::new(2.0 * a.count_noise, 0.5, 1))
+            .transpose()?;
+        let label = match self.adaptive {
+            None => "dp-fedavg round: noisy sum of clipped client updates".to_string(),
+            Some(a) => format!(
+                "dp-fedavg round: noisy sum of clipped client updates (σ_Δ = {:.4}) and noisy \
+                 count of unclipped clients (σ_b = {:.4}, sensitivity ½), one Gaussian \
+                 mechanism of multiplier (σ_Δ⁻² + (2σ_b)⁻²)^(−½)",
+                self.update_sigma, a.count_noise
+            ),
+        };
+        Ok(PlannedRelease::joint(
+            std::iter::once(update).chain(count).collect(),
+            self.accounting,
+            round,
+            &label,
+        ))
+    }
+
+    fn run_round(
+        &mut self,
+        round: u64,
+        sampled: &[usize],
+        release: PlannedRelease,
+        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+        noise: &mut NoiseSource,
+        progress: &dyn Progress,
+    ) -> Result<RoundMetrics> {
+        let config = self.config;
+        let update = *release.mechanism(0).ok_or_else(|| {
+            ServerError::argument("release", "(no mechanism)", "a planned DP-FedAvg release")
+        })?;
+        let count = release.mechanism(1).copied();
+        let local_clock = Instant::now();
+        let round_sum = client_updates(
+            self.model,
+            &self.global,
+            self.clients,
+            sampled,
+            config,
+            round,
+            (&update, count.as_ref()),
+            progress,
+        )?;
+        let local_seconds = local_clock.elapsed().as_secs_f64();
+
+        let aggregate_clock = Instant::now();
+        // Released from here on: noise exists only through the charge, made after the cost is
+        // on disk.
+        let mut charge = release.commit(|event| commit(event))?;
+        let noisy = noise.release(&mut charge, 0, &round_sum.sum)?;
+        let released_average = unflatten(&average(noisy, self.denominator)?, &self.global)?;
+        self.global = self
+            .global
+            .iter()
+            .zip(&released_average)
+            .map(|(g, a)| (g.to_kind(Kind::Double) + a * config.fedavg.server_lr).to_kind(g.kind()))
+            .collect();
+        set_adapter(self.model, &self.global)?;
+        self.next_clip = match (&self.adaptive, &round_sum.unclipped_minus_half) {
+            (Some(adaptive), Some(count)) => {
+                let noisy = average(noise.release(&mut charge, 1, count)?, self.denominator)?;
+                adaptive.next_clip(self.clip, noisy[0] + 0.5)
+            }
+            _ => self.clip,
+        };
+        let aggregate_seconds = aggregate_clock.elapsed().as_secs_f64();
+
+        let contributed = round_sum.contributed;
+        Ok(RoundMetrics {
+            round,
+            delta: config.privacy.delta,
+            sigma: self.sigma,
+            q: sampling_rate(&self.accounting),
+            clip: self.clip,
+            cohort: public_cohort(&self.accounting, sampled.len()),
+            noise_std: update.noise_std(),
+            nonprivate: Some(NonPrivate::measured(
+                self.data,
+                NonPrivateMetrics {
+                    clients_nonprivate: Some(contributed as u64),
+                    clipped_fraction_nonprivate: (contributed > 0)
+                        .then(|| round_sum.clipped as f64 / contributed as f64),
+                    mean_pre_clip_norm_nonprivate: (contributed > 0)
+                        .then(|| round_sum.pre_clip_norms / contributed as f64),
+                    local_loss_nonprivate: round_sum.mean_loss(),
+                    update_norm_nonprivate: Some(crate::noise::l2_norm(
+                        &round_sum.sum.values_nonprivate(),
+                    )),
+                    ..NonPrivateMetrics::default()
+                },
+            )),
+            seconds: PhaseSeconds {
+                score: local_seconds,
+                aggregate: aggregate_seconds,
+                ..PhaseSeconds::default()
+            },
+            ..RoundMetrics::default()
+        })
+    }
+
+    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {
+        let state = FedAvgState {
+            round: metrics.round,
+            next_clip: self.next_clip,
+            noise: noise.state(),
+            metrics: metrics.clone(),
+        };
+        checkpoint(self.dir, self.config, self.model, &state)?;
+        self.clip = self.next_clip;
+        Ok(())
+    }
 }
 
 /// The sum of a round's clipped updates and its (non-private) statistics.

@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod config;
 pub mod distribution;
+pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod evaluate;

@@ -38,7 +38,7 @@ use std::time::Instant;
 use clients::VotingPopulation;
 use models::train::{PreferenceConfig, PreferenceLoss, PreferencePair, PreferenceTrainer};
 use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
-use privacy_accounting::{Ledger, Sampling};
+use privacy_accounting::{Ledger, LedgerEvent, Sampling};
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,7 @@ use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
 use crate::config::{
     Method, PeSection, PeSelection, RunConfig, SyntheticPrompts, REPHRASE_PLACEHOLDER,
 };
+use crate::driver::{Driver, JsonLedger, LedgerStore, RoundMethod};
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
@@ -58,9 +59,9 @@ use crate::run_dir::{
 };
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
-    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    round_cohort, rows, sampling_params, sampling_rate, seed_pool, write_statement,
-    write_synthetic_texts, SimulatedClients, EMBED_BATCH,
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
+    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
+    SimulatedClients, EMBED_BATCH,
 };
 use crate::simulate::{public_cohort, SimulationSummary, StopReason, ROUNDS_PLOT_FILE};
 
@@ -107,22 +108,29 @@ pub(crate) fn run_pe(
     on_round: &dyn Fn(&RoundMetrics),
 ) -> Result<SimulationSummary> {
     let clock = Instant::now();
-    let mut run = PeRun::open(dir, config, progress)?;
-    let (mut population, mut survivors, first_round) = run.resume_or_start(progress)?;
-    let mut stop_reason = StopReason::RoundsCompleted;
-    for round in first_round..config.privacy.rounds {
-        let Some(state) = run.round(round, &population, progress)? else {
-            stop_reason = StopReason::BudgetExhausted;
-            break;
-        };
-        run.checkpoint(&state)?;
-        dir.clear_open_cohort()?;
-        dir.append_metrics(&state.metrics)?;
-        on_round(&state.metrics);
-        population = state.next_population;
-        survivors = state.survivors;
+    let (mut run, sampler) = PeRun::open(dir, config, progress)?;
+    let (saved_noise, first_round) = run.resume_or_start(progress)?;
+    // An OS-seeded stream is never saved: a resumed run draws a fresh OS seed.
+    let mut noise = match saved_noise {
+        Some(saved) => NoiseSource::restore(&saved),
+        None => NoiseSource::from_config(config.privacy.noise_seed)?,
+    };
+    let guard = BudgetGuard::new(&config.privacy);
+    let mut ledger = JsonLedger::open(dir, config.privacy.delta)?;
+    let stop_reason = Driver {
+        sampler: &sampler,
+        guard: &guard,
+        noise: &mut noise,
+        progress,
+        on_round,
     }
-    run.finish(&survivors, &population, stop_reason, clock, progress)
+    .run(
+        &mut run,
+        &mut ledger,
+        &mut &*dir,
+        first_round..config.privacy.rounds,
+    )?;
+    run.finish(ledger.ledger(), &guard, stop_reason, clock, progress)
 }
 
 /// Everything a PE run holds between rounds.
@@ -145,18 +153,24 @@ struct PeRun<'a> {
     template: PromptTemplate,
     /// The J public prompts.
     prompts: Vec<String>,
-    sampler: ClientSampler,
     accounting: Sampling,
     plan: NoisePlan,
-    guard: BudgetGuard,
-    ledger: Ledger,
-    noise: NoiseSource,
+    /// The population the next round votes on.
+    population: Vec<Sample>,
+    /// The last round's survivors.
+    survivors: Vec<Sample>,
+    /// The state of the round that ran and is not yet checkpointed.
+    pending: Option<PeState>,
 }
 
 impl<'a> PeRun<'a> {
     /// Loads the clients (embedded once, cached), the generator, the public prompts and the
     /// ledger, and plans the noise.
-    fn open(dir: &'a RunDir, config: &'a RunConfig, progress: &dyn Progress) -> Result<Self> {
+    fn open(
+        dir: &'a RunDir,
+        config: &'a RunConfig,
+        progress: &dyn Progress,
+    ) -> Result<(Self, ClientSampler)> {
         let sft = match config.run.method {
             Method::Pe => false,
             Method::PeSft => true,
@@ -196,9 +210,7 @@ impl<'a> PeRun<'a> {
         )?;
         let accounting = sampler.accounting(voters.len())?;
         let plan = plan_noise(&config.privacy, accounting)?;
-        let mut ledger = dir.load_ledger()?;
-        ledger.delta.get_or_insert(config.privacy.delta);
-        Ok(PeRun {
+        let run = PeRun {
             dir,
             config,
             sft,
@@ -212,21 +224,19 @@ impl<'a> PeRun<'a> {
             seed_pool,
             template,
             prompts,
-            sampler,
             accounting,
             plan,
-            guard: BudgetGuard::new(&config.privacy),
-            ledger,
-            noise: NoiseSource::from_config(config.privacy.noise_seed)?,
-        })
+            population: Vec::new(),
+            survivors: Vec::new(),
+            pending: None,
+        };
+        Ok((run, sampler))
     }
 
-    /// The population the next round votes on, the last survivors and that round's number:
-    /// from the last checkpoint, or the public model's samples before round 0.
-    fn resume_or_start(
-        &mut self,
-        progress: &dyn Progress,
-    ) -> Result<(Vec<Sample>, Vec<Sample>, u64)> {
+    /// Sets the population the next round votes on and the last survivors, from the last
+    /// checkpoint or the public model's samples before round 0; returns the saved state of a
+    /// test-seeded noise stream and the next round's number.
+    fn resume_or_start(&mut self, progress: &dyn Progress) -> Result<(Option<NoiseState>, u64)> {
         let config = self.config;
         match self.dir.latest_checkpoint()? {
             Some((round, path)) => {
@@ -239,11 +249,9 @@ impl<'a> PeRun<'a> {
                     self.trainer =
                         Some(PreferenceTrainer::load(&path.join("trainer"), self.device)?);
                 }
-                // An OS-seeded stream is never saved: the resumed run draws a fresh OS seed.
-                if let Some(saved) = &state.noise {
-                    self.noise = NoiseSource::restore(saved);
-                }
-                Ok((state.next_population, state.survivors, round + 1))
+                self.population = state.next_population;
+                self.survivors = state.survivors;
+                Ok((state.noise, round + 1))
             }
             None => {
                 if self.sft {
@@ -258,48 +266,54 @@ impl<'a> PeRun<'a> {
                     0,
                     progress,
                 )?;
-                Ok((initial, Vec::new(), 0))
+                self.population = initial;
+                Ok((None, 0))
             }
         }
     }
+}
 
-    /// Round `round` over `population`; `None` when its release would exceed the budget (then
-    /// nothing is charged or computed).
-    fn round(
-        &mut self,
-        round: u64,
-        population: &[Sample],
-        progress: &dyn Progress,
-    ) -> Result<Option<PeState>> {
-        let clock = Instant::now();
-        let mut seconds = PhaseSeconds::default();
-        let mechanism = GaussianMechanism::new(self.plan.sigma, SENSITIVITY, population.len())?;
-        let release = PlannedRelease::single(
+impl RoundMethod for PeRun<'_> {
+    fn population(&self) -> usize {
+        self.voters.len()
+    }
+
+    fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+        let mechanism =
+            GaussianMechanism::new(self.plan.sigma, SENSITIVITY, self.population.len())?;
+        Ok(PlannedRelease::single(
             mechanism,
             self.accounting,
             round,
             "pe round: noisy sum of L2-normalised nearest-neighbour vote histograms",
-        );
-        // Charged but not checkpointed by a run that was killed: re-run under that charge.
-        let already_charged = self
-            .ledger
-            .events
-            .last()
-            .is_some_and(|e| e.round == Some(round));
-        if !already_charged && self.guard.would_exceed(&self.ledger, release.event())? {
-            return Ok(None);
-        }
+        ))
+    }
+
+    /// Round `round` over the current population: votes, noise, survivors, the next population.
+    fn run_round(
+        &mut self,
+        round: u64,
+        sampled: &[usize],
+        release: PlannedRelease,
+        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+        noise: &mut NoiseSource,
+        progress: &dyn Progress,
+    ) -> Result<RoundMetrics> {
+        let mut seconds = PhaseSeconds::default();
+        let population = std::mem::take(&mut self.population);
+        let mechanism = *release.mechanism(0).ok_or_else(|| {
+            ServerError::argument("release", "(no mechanism)", "a planned PE release")
+        })?;
 
         let phase = Instant::now();
-        let embeddings = embed(&self.embedder, population, progress)?;
+        let embeddings = embed(&self.embedder, &population, progress)?;
         seconds.embed = phase.elapsed().as_secs_f64();
 
         let phase = Instant::now();
-        let sampled = round_cohort(self.dir, &self.sampler, round, self.voters.len())?;
         progress.start("votes", sampled.len() as u64);
         let votes = self
             .voters
-            .vote_sum(&embeddings, &sampled, mechanism.grid(), |done| {
+            .vote_sum(&embeddings, sampled, mechanism.grid(), |done| {
                 progress.advance(done as u64)
             })?;
         progress.finish();
@@ -308,16 +322,9 @@ impl<'a> PeRun<'a> {
 
         let phase = Instant::now();
         // Noisy values exist only through the charge, made after the cost is on disk.
-        let (ledger, dir) = (&mut self.ledger, self.dir);
-        let mut charge = release.commit(|event| {
-            if !already_charged {
-                ledger.push(event.clone())?;
-                dir.save_ledger(ledger)?;
-            }
-            Ok(())
-        })?;
+        let mut charge = release.commit(|event| commit(event))?;
         let noise_std = mechanism.noise_std();
-        let noisy = self.noise.release(&mut charge, 0, &votes_sum)?;
+        let noisy = noise.release(&mut charge, 0, &votes_sum)?;
         let pe = &self.config.pe;
         let counts = thresholded(&noisy, pe.threshold);
         let selected = select_survivors(
@@ -344,12 +351,8 @@ impl<'a> PeRun<'a> {
 
         let clean = votes_sum.values_nonprivate();
         let expected_noise = noise_std * (clean.len() as f64).sqrt();
-        let (epsilon_rdp, epsilon_pld) = self.guard.spent(&self.ledger)?;
         let metrics = RoundMetrics {
             round,
-            wall_seconds: clock.elapsed().as_secs_f64(),
-            epsilon_rdp,
-            epsilon_pld,
             delta: self.config.privacy.delta,
             sigma: self.plan.sigma,
             q: sampling_rate(&self.accounting),
@@ -372,15 +375,43 @@ impl<'a> PeRun<'a> {
             )),
             ..RoundMetrics::default()
         };
-        Ok(Some(PeState {
+        self.pending = Some(PeState {
             round,
-            noise: self.noise.state(),
-            metrics,
+            noise: None,
+            metrics: metrics.clone(),
             survivors,
             next_population,
-        }))
+        });
+        Ok(metrics)
     }
 
+    /// Writes round `metrics.round`'s checkpoint: the state and, for PE+SFT, the adapter (PEFT
+    /// format) and the trainer; then the round's next population becomes the current one.
+    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {
+        let mut state = self.pending.take().ok_or_else(|| {
+            ServerError::argument("checkpoint", metrics.round, "a round that ran (a bug)")
+        })?;
+        state.metrics = metrics.clone();
+        state.noise = noise.state();
+        let pending = self.dir.begin_checkpoint(state.round)?;
+        if let Some(trainer) = &self.trainer {
+            self.generator.model().save_adapter(
+                &pending.path().join("adapter"),
+                &base_model_name(self.config),
+            )?;
+            trainer.save(&pending.path().join("trainer"))?;
+        }
+        let json = serde_json::to_string(&state)
+            .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
+        write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
+        pending.commit()?;
+        self.population = state.next_population;
+        self.survivors = state.survivors;
+        Ok(())
+    }
+}
+
+impl PeRun<'_> {
     /// The next population from round `round`'s `chosen` survivors (and, for PE+SFT, the mean
     /// SFT loss): PE rephrases them; PE+SFT fine-tunes on them, then samples afresh (nothing
     /// after the last planned round, whose population would never be voted on).
@@ -435,30 +466,12 @@ impl<'a> PeRun<'a> {
         Ok((next, loss))
     }
 
-    /// Writes round `state.round`'s checkpoint: the state and, for PE+SFT, the adapter (PEFT
-    /// format) and the trainer.
-    fn checkpoint(&self, state: &PeState) -> Result<()> {
-        let pending = self.dir.begin_checkpoint(state.round)?;
-        if let Some(trainer) = &self.trainer {
-            self.generator.model().save_adapter(
-                &pending.path().join("adapter"),
-                &base_model_name(self.config),
-            )?;
-            trainer.save(&pending.path().join("trainer"))?;
-        }
-        let json = serde_json::to_string(state)
-            .map_err(|e| ServerError::argument("state", "(unserialisable)", e.to_string()))?;
-        write_atomic(&pending.path().join(STATE_FILE), json.as_bytes())?;
-        pending.commit()?;
-        Ok(())
-    }
-
     /// Writes the released outputs (post-processing of noisy results: no further privacy cost),
     /// the statement, `rounds.svg` and `summary.json`.
     fn finish(
         mut self,
-        survivors: &[Sample],
-        population: &[Sample],
+        ledger: &Ledger,
+        guard: &BudgetGuard,
         stop_reason: StopReason,
         clock: Instant,
         progress: &dyn Progress,
@@ -472,7 +485,11 @@ impl<'a> PeRun<'a> {
                 progress,
             )?
         } else {
-            final_population(survivors, population, config.output.synthetic_samples)
+            final_population(
+                &self.survivors,
+                &self.population,
+                config.output.synthetic_samples,
+            )
         };
         write_synthetic_texts(dir, &synthetic)?;
         let synthetic_fid = match &self.eval_rows {
@@ -482,9 +499,9 @@ impl<'a> PeRun<'a> {
             }
             _ => None,
         };
-        write_statement(dir, &self.ledger, config)?;
+        write_statement(dir, ledger, config)?;
 
-        let (epsilon_rdp, epsilon_pld) = self.guard.spent(&self.ledger)?;
+        let (epsilon_rdp, epsilon_pld) = guard.spent(ledger)?;
         let metrics = dir.read_metrics()?;
         let summary = SimulationSummary {
             run_dir: dir.root().to_path_buf(),

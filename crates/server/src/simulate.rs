@@ -24,19 +24,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Method, RunConfig, SyntheticPrompts};
+use crate::driver::{Driver, JsonLedger, LedgerStore, RoundMethod};
 use crate::engine::{
     Candidates, CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput,
     RoundReport, RoundSettings, RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
-use crate::noise::{GridSum, NoiseSource, NoiseState};
+use crate::noise::{GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::prompts::{build_prompts_with, PromptTemplate};
 use crate::run_dir::{read_checkpoint_state, write_atomic, NonPrivate, RoundMetrics, RunDir};
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
-    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    round_cohort, rows, sampling_params, sampling_rate, seed_pool, write_statement,
-    write_synthetic_texts, SimulatedClients, EMBED_BATCH,
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
+    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
+    SimulatedClients, EMBED_BATCH,
 };
 use clients::{FederatedData, SimulatedPopulation};
 
@@ -307,8 +308,7 @@ impl Simulation {
         let accounting = sampler.accounting(population.len())?;
         let plan = plan_noise(&config.privacy, accounting)?;
         let guard = BudgetGuard::new(&config.privacy);
-        let mut ledger = self.dir.load_ledger()?;
-        ledger.delta.get_or_insert(config.privacy.delta);
+        let mut ledger = JsonLedger::open(&self.dir, config.privacy.delta)?;
 
         // Resume from the last checkpoint, or start fresh.
         let checkpoint = self.dir.latest_checkpoint()?;
@@ -348,73 +348,34 @@ impl Simulation {
             rejected_rank: config.pairs.rejected_rank,
             seed: config.run.seed,
         };
-        let mut engine = PopriEngine::new(generator, embedder, trainer, prompts, settings)?;
-        let mut transport = SimulatedTransport {
-            population,
-            data: &clients.data,
-            progress,
-        };
-
-        let mut stop_reason = StopReason::RoundsCompleted;
-        for round in first_round..config.privacy.rounds {
-            let round_clock = Instant::now();
-            let release = engine.planned_release(round, accounting)?;
-            // Charged but not checkpointed by a run that was killed: re-run under that charge.
-            let already_charged = ledger.events.last().is_some_and(|e| e.round == Some(round));
-            if !already_charged && guard.would_exceed(&ledger, release.event())? {
-                stop_reason = StopReason::BudgetExhausted;
-                break;
-            }
-            let sampled = round_cohort(&self.dir, &sampler, round, population.len())?;
-            let dir = &self.dir;
-            let ledger_ref = &mut ledger;
-            let mut commit_cost = move |event: &LedgerEvent| -> Result<()> {
-                if !already_charged {
-                    ledger_ref.push(event.clone())?;
-                    dir.save_ledger(ledger_ref)?;
-                }
-                Ok(())
-            };
-            let output = engine.run_round(
-                round,
-                &sampled,
-                &mut transport,
-                &mut noise,
-                release,
-                &mut commit_cost,
+        let mut method = PopriRounds {
+            engine: PopriEngine::new(generator, embedder, trainer, prompts, settings)?,
+            transport: SimulatedTransport {
+                population,
+                data: &clients.data,
                 progress,
-            )?;
-            let eval_clock = Instant::now();
-            let (fid, mean_distance) = match eval_embeddings {
-                Some(eval) => fid_to(
-                    eval,
-                    &diagnostic_rows(&output, config.eval.fid_all_candidates)?,
-                )?,
-                None => (None, None),
-            };
-            let mut report = output.report;
-            report.seconds.eval = eval_clock.elapsed().as_secs_f64();
-            if let Some(nonprivate) = report.nonprivate.as_mut() {
-                nonprivate.get_mut().fid_nonprivate = fid;
-                nonprivate.get_mut().mean_distance_sq_nonprivate = mean_distance;
-            }
-            let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
-            let metrics = round_metrics(
-                config,
-                plan.sigma,
-                &accounting,
-                &report,
-                RoundNumbers {
-                    epsilon_rdp,
-                    epsilon_pld,
-                    wall_seconds: round_clock.elapsed().as_secs_f64(),
-                },
-            );
-            self.checkpoint(&engine, &noise, &metrics)?;
-            self.dir.clear_open_cohort()?;
-            self.dir.append_metrics(&metrics)?;
-            on_round(&metrics);
+            },
+            dir: &self.dir,
+            config,
+            sigma: plan.sigma,
+            accounting,
+            eval_embeddings,
+        };
+        let stop_reason = Driver {
+            sampler: &sampler,
+            guard: &guard,
+            noise: &mut noise,
+            progress,
+            on_round,
         }
+        .run(
+            &mut method,
+            &mut ledger,
+            &mut &self.dir,
+            first_round..config.privacy.rounds,
+        )?;
+        let mut engine = method.engine;
+        let ledger = ledger.ledger();
 
         // The released outputs: synthetic data from the final adapter (post-processing of
         // noisy results, no further privacy cost) and the statement.
@@ -428,9 +389,9 @@ impl Simulation {
             }
             _ => None,
         };
-        write_statement(&self.dir, &ledger, config)?;
+        write_statement(&self.dir, ledger, config)?;
 
-        let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
+        let (epsilon_rdp, epsilon_pld) = guard.spent(ledger)?;
         let metrics = self.dir.read_metrics()?;
         let summary = SimulationSummary {
             run_dir: self.dir.root().to_path_buf(),
@@ -457,16 +418,6 @@ impl Simulation {
             .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
         write_atomic(&self.dir.root().join("summary.json"), json.as_bytes())?;
         Ok(summary)
-    }
-
-    /// Writes round `metrics.round`'s checkpoint (see [`write_engine_checkpoint`]).
-    fn checkpoint(
-        &self,
-        engine: &PopriEngine,
-        noise: &NoiseSource,
-        metrics: &RoundMetrics,
-    ) -> Result<()> {
-        write_engine_checkpoint(&self.dir, &self.config, engine, noise, metrics)
     }
 
     /// Samples the synthetic data set and writes `synthetic.jsonl` (`{"text": …}` per line).
@@ -499,6 +450,72 @@ impl Simulation {
     }
 }
 
+/// A POPri round of the simulation, for the [`Driver`]: the engine with the simulated clients,
+/// and the non-private FID diagnostic.
+struct PopriRounds<'a> {
+    engine: PopriEngine,
+    transport: SimulatedTransport<'a>,
+    dir: &'a RunDir,
+    config: &'a RunConfig,
+    sigma: f64,
+    accounting: Sampling,
+    eval_embeddings: Option<&'a Vec<Vec<f32>>>,
+}
+
+impl RoundMethod for PopriRounds<'_> {
+    fn population(&self) -> usize {
+        self.transport.population()
+    }
+
+    fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+        self.engine.planned_release(round, self.accounting)
+    }
+
+    fn run_round(
+        &mut self,
+        round: u64,
+        cohort: &[usize],
+        release: PlannedRelease,
+        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+        noise: &mut NoiseSource,
+        progress: &dyn Progress,
+    ) -> Result<RoundMetrics> {
+        let output = self.engine.run_round(
+            round,
+            cohort,
+            &mut self.transport,
+            noise,
+            release,
+            commit,
+            progress,
+        )?;
+        let eval_clock = Instant::now();
+        let (fid, mean_distance) = match self.eval_embeddings {
+            Some(eval) => fid_to(
+                eval,
+                &diagnostic_rows(&output, self.config.eval.fid_all_candidates)?,
+            )?,
+            None => (None, None),
+        };
+        let mut report = output.report;
+        report.seconds.eval = eval_clock.elapsed().as_secs_f64();
+        if let Some(nonprivate) = report.nonprivate.as_mut() {
+            nonprivate.get_mut().fid_nonprivate = fid;
+            nonprivate.get_mut().mean_distance_sq_nonprivate = mean_distance;
+        }
+        Ok(round_metrics(
+            self.config,
+            self.sigma,
+            &self.accounting,
+            &report,
+        ))
+    }
+
+    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {
+        write_engine_checkpoint(self.dir, self.config, &self.engine, noise, metrics)
+    }
+}
+
 /// The candidates the FID diagnostic uses: the first sample of each prompt (the reference's
 /// choice), or all of them (`eval.fid_all_candidates`, for small demo runs).
 fn diagnostic_rows(output: &RoundOutput, all: bool) -> Result<Vec<Vec<f32>>> {
@@ -512,13 +529,6 @@ fn diagnostic_rows(output: &RoundOutput, all: bool) -> Result<Vec<Vec<f32>>> {
         .collect())
 }
 
-/// Measured values of a round that the engine's report does not hold.
-pub(crate) struct RoundNumbers {
-    pub epsilon_rdp: f64,
-    pub epsilon_pld: f64,
-    pub wall_seconds: f64,
-}
-
 /// How many clients a round sampled, when that number is public: everyone under full
 /// participation, m for a fixed cohort; under Poisson sampling the cohort's size is private.
 pub(crate) fn public_cohort(accounting: &Sampling, sampled: usize) -> Option<u64> {
@@ -530,13 +540,12 @@ pub(crate) fn public_cohort(accounting: &Sampling, sampled: usize) -> Option<u64
 }
 
 /// The metrics row of a POPri round (simulated or served: the report's `nonprivate` part is
-/// present only in a simulation).
+/// present only in a simulation), without ε and the wall time, which the caller fills in.
 pub(crate) fn round_metrics(
     config: &RunConfig,
     sigma: f64,
     accounting: &Sampling,
     report: &RoundReport,
-    numbers: RoundNumbers,
 ) -> RoundMetrics {
     let last = report.dpo.last();
     let mean = |f: &dyn Fn(&models::train::StepMetrics) -> Option<f64>| {
@@ -545,9 +554,9 @@ pub(crate) fn round_metrics(
     };
     RoundMetrics {
         round: report.round,
-        wall_seconds: numbers.wall_seconds,
-        epsilon_rdp: numbers.epsilon_rdp,
-        epsilon_pld: numbers.epsilon_pld,
+        wall_seconds: 0.0,
+        epsilon_rdp: 0.0,
+        epsilon_pld: 0.0,
         delta: config.privacy.delta,
         sigma,
         q: sampling_rate(accounting),

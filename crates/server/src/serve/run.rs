@@ -53,9 +53,7 @@ use crate::sampling::{derived_rng, ClientSampler};
 use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunState};
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
-use crate::simulate::{
-    round_metrics, write_engine_checkpoint, EngineState, RoundNumbers, STATE_FILE,
-};
+use crate::simulate::{round_metrics, write_engine_checkpoint, EngineState, STATE_FILE};
 
 const PROMPTS_FILE: &str = "prompts.json";
 /// The sampling stream of the final synthetic set (as in the simulation).
@@ -480,17 +478,17 @@ impl RoundLoop<'_> {
         report.sampled = transport.sampled();
         // Generation and embedding happened when the round opened.
         report.seconds.generate = prepare_seconds;
-        let metrics = round_metrics(
-            self.config,
-            self.settings.noise_multiplier,
-            &opened.sampling,
-            &report,
-            RoundNumbers {
-                epsilon_rdp,
-                epsilon_pld,
-                wall_seconds: prepare_seconds + clock.elapsed().as_secs_f64(),
-            },
-        );
+        let metrics = RoundMetrics {
+            epsilon_rdp,
+            epsilon_pld,
+            wall_seconds: prepare_seconds + clock.elapsed().as_secs_f64(),
+            ..round_metrics(
+                self.config,
+                self.settings.noise_multiplier,
+                &opened.sampling,
+                &report,
+            )
+        };
         self.checkpoint(engine, noise, &metrics)?;
         self.dir.append_metrics(&metrics)?;
         let attempt = self

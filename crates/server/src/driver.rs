@@ -1,0 +1,442 @@
+//! The one round loop of every simulated method (POPri, PE, PE+SFT, DP-FedAvg): it owns each
+//! DP step, and a method only says what its round computes.
+//!
+//! Round t, in this order:
+//! 1. the method plans its release ([`RoundMethod::plan`]: mechanisms and the ledger event);
+//! 2. **budget rule**: unless round t is already charged (a run killed after its commit), the
+//!    run stops when the event would take ε past the target;
+//! 3. **cohort**: drawn once, from the OS ([`crate::sampling`]), kept as private state until
+//!    the round is checkpointed, so that a resumed run takes the same cohort up;
+//! 4. the method collects the clients' contributions and releases them
+//!    ([`RoundMethod::run_round`]); the only way it can obtain noise is the charge that the
+//!    driver's commit hands back after the ledger write (**commit → noise → release**, see
+//!    [`crate::noise`]);
+//! 5. the row gets ε from the ledger; the method writes its checkpoint (atomically), the cohort
+//!    is forgotten, the metrics row is appended.
+//!
+//! A kill between 4's commit and 5's checkpoint re-runs round t under the charge already in the
+//! ledger (nothing the lost attempt computed left the process: one charge, one release); a kill
+//! between the checkpoint and the metrics row is repaired from the checkpoint's copy of the row.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use privacy_accounting::{Ledger, LedgerEvent};
+
+use crate::budget::BudgetGuard;
+use crate::engine::Progress;
+use crate::error::Result;
+use crate::noise::{NoiseSource, PlannedRelease};
+use crate::run_dir::{RoundMetrics, RunDir};
+use crate::sampling::ClientSampler;
+use crate::simulate::StopReason;
+
+/// Where the ledger lives: a store that makes one round's event durable.
+pub trait LedgerStore {
+    /// The ledger as committed so far.
+    fn ledger(&self) -> &Ledger;
+    /// Appends `event` and makes it durable before returning.
+    fn commit(&mut self, event: &LedgerEvent) -> Result<()>;
+}
+
+/// The ledger of a run directory: `ledger.json`, replaced atomically on every commit.
+pub struct JsonLedger<'a> {
+    dir: &'a RunDir,
+    ledger: Ledger,
+}
+
+impl<'a> JsonLedger<'a> {
+    /// The ledger of `dir` (empty for a new run), at the run's δ.
+    pub fn open(dir: &'a RunDir, delta: f64) -> Result<Self> {
+        let mut ledger = dir.load_ledger()?;
+        ledger.delta.get_or_insert(delta);
+        Ok(Self { dir, ledger })
+    }
+}
+
+impl LedgerStore for JsonLedger<'_> {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn commit(&mut self, event: &LedgerEvent) -> Result<()> {
+        self.ledger.push(event.clone())?;
+        self.dir.save_ledger(&self.ledger)
+    }
+}
+
+/// Where the driver keeps a round's cohort and its metrics rows.
+pub trait RoundLog {
+    /// The saved cohort of `round` if it was in progress, else a fresh draw (then saved).
+    fn cohort(
+        &mut self,
+        round: u64,
+        sampler: &ClientSampler,
+        population: usize,
+    ) -> Result<Vec<usize>>;
+    /// Forgets the cohort once the round is checkpointed.
+    fn close_round(&mut self) -> Result<()>;
+    /// Appends a finished round's row.
+    fn append(&mut self, metrics: &RoundMetrics) -> Result<()>;
+}
+
+impl RoundLog for &RunDir {
+    fn cohort(
+        &mut self,
+        round: u64,
+        sampler: &ClientSampler,
+        population: usize,
+    ) -> Result<Vec<usize>> {
+        crate::setup::round_cohort(self, sampler, round, population)
+    }
+
+    fn close_round(&mut self) -> Result<()> {
+        self.clear_open_cohort()
+    }
+
+    fn append(&mut self, metrics: &RoundMetrics) -> Result<()> {
+        self.append_metrics(metrics)
+    }
+}
+
+/// What a method's round computes; the driver does the rest.
+pub trait RoundMethod {
+    /// The number of clients the cohorts are drawn from.
+    fn population(&self) -> usize;
+
+    /// The release round `round` will make: its mechanisms and the ledger event covering them.
+    fn plan(&mut self, round: u64) -> Result<PlannedRelease>;
+
+    /// Runs round `round` with the clients `cohort`: collect their contributions, commit the
+    /// release with `commit` (which returns only once the cost is durable) to get the charge,
+    /// draw the noise from `noise` against it, and use the released values. Returns the round's
+    /// metrics row (the driver fills in ε and the wall time).
+    fn run_round(
+        &mut self,
+        round: u64,
+        cohort: &[usize],
+        release: PlannedRelease,
+        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+        noise: &mut NoiseSource,
+        progress: &dyn Progress,
+    ) -> Result<RoundMetrics>;
+
+    /// Writes round `metrics.round`'s checkpoint, complete or not at all, with `metrics` (and the
+    /// state of a test-seeded `noise`) in it.
+    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()>;
+}
+
+/// Everything the loop needs besides the method.
+pub struct Driver<'a> {
+    pub sampler: &'a ClientSampler,
+    pub guard: &'a BudgetGuard,
+    pub noise: &'a mut NoiseSource,
+    pub progress: &'a dyn Progress,
+    pub on_round: &'a dyn Fn(&RoundMetrics),
+}
+
+impl Driver<'_> {
+    /// Runs `rounds` of `method`; stops early, before anything of the round is computed or
+    /// charged, when the next release would exceed the budget.
+    pub fn run(
+        &mut self,
+        method: &mut dyn RoundMethod,
+        ledger: &mut dyn LedgerStore,
+        log: &mut dyn RoundLog,
+        rounds: Range<u64>,
+    ) -> Result<StopReason> {
+        for round in rounds {
+            let clock = Instant::now();
+            let release = method.plan(round)?;
+            // Charged but not checkpointed by a run that was killed: re-run under that charge.
+            let already_charged = ledger
+                .ledger()
+                .events
+                .last()
+                .is_some_and(|e| e.round == Some(round));
+            if !already_charged && self.guard.would_exceed(ledger.ledger(), release.event())? {
+                return Ok(StopReason::BudgetExhausted);
+            }
+            let cohort = log.cohort(round, self.sampler, method.population())?;
+            let mut metrics = {
+                let ledger = &mut *ledger;
+                let mut commit = |event: &LedgerEvent| -> Result<()> {
+                    if already_charged {
+                        Ok(())
+                    } else {
+                        ledger.commit(event)
+                    }
+                };
+                method.run_round(
+                    round,
+                    &cohort,
+                    release,
+                    &mut commit,
+                    self.noise,
+                    self.progress,
+                )?
+            };
+            let (epsilon_rdp, epsilon_pld) = self.guard.spent(ledger.ledger())?;
+            metrics.round = round;
+            metrics.epsilon_rdp = epsilon_rdp;
+            metrics.epsilon_pld = epsilon_pld;
+            metrics.wall_seconds = clock.elapsed().as_secs_f64();
+            method.checkpoint(&metrics, self.noise)?;
+            log.close_round()?;
+            log.append(&metrics)?;
+            (self.on_round)(&metrics);
+        }
+        Ok(StopReason::RoundsCompleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use privacy_accounting::Sampling;
+
+    use super::*;
+    use crate::config::PrivacySection;
+    use crate::engine::Silent;
+    use crate::error::ServerError;
+    use crate::noise::{GaussianMechanism, GridSum};
+    use crate::sampling::ClientSampling;
+
+    /// What happened, in order, across the fakes.
+    type Journal = Rc<RefCell<Vec<String>>>;
+
+    struct FakeLedger {
+        ledger: Ledger,
+        journal: Journal,
+        fail: bool,
+    }
+
+    impl LedgerStore for FakeLedger {
+        fn ledger(&self) -> &Ledger {
+            &self.ledger
+        }
+
+        fn commit(&mut self, event: &LedgerEvent) -> Result<()> {
+            if self.fail {
+                return Err(ServerError::argument("disk", "full", "free space"));
+            }
+            self.ledger.push(event.clone())?;
+            self.journal
+                .borrow_mut()
+                .push(format!("commit {}", event.round.unwrap()));
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeLog {
+        open: Option<(u64, Vec<usize>)>,
+        rows: Vec<RoundMetrics>,
+        draws: usize,
+    }
+
+    impl RoundLog for FakeLog {
+        fn cohort(
+            &mut self,
+            round: u64,
+            sampler: &ClientSampler,
+            population: usize,
+        ) -> Result<Vec<usize>> {
+            if let Some((open, cohort)) = &self.open {
+                if *open == round {
+                    return Ok(cohort.clone());
+                }
+            }
+            self.draws += 1;
+            let cohort = sampler.sample(round, population)?;
+            self.open = Some((round, cohort.clone()));
+            Ok(cohort)
+        }
+
+        fn close_round(&mut self) -> Result<()> {
+            self.open = None;
+            Ok(())
+        }
+
+        fn append(&mut self, metrics: &RoundMetrics) -> Result<()> {
+            self.rows.push(metrics.clone());
+            Ok(())
+        }
+    }
+
+    /// A method whose clients each contribute a unit vector; it records what it did.
+    struct FakeMethod {
+        journal: Journal,
+        /// Fail the round with this number right after its commit (a simulated kill).
+        crash_after_commit: Option<u64>,
+        released: Vec<Vec<f64>>,
+        cohorts: Vec<Vec<usize>>,
+    }
+
+    impl RoundMethod for FakeMethod {
+        fn population(&self) -> usize {
+            10
+        }
+
+        fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+            let mechanism = GaussianMechanism::new(2.0, 1.0, 3)?;
+            Ok(PlannedRelease::single(
+                mechanism,
+                Sampling::Poisson { q: 0.5 },
+                round,
+                "fake",
+            ))
+        }
+
+        fn run_round(
+            &mut self,
+            round: u64,
+            cohort: &[usize],
+            release: PlannedRelease,
+            commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+            noise: &mut NoiseSource,
+            _: &dyn Progress,
+        ) -> Result<RoundMetrics> {
+            let mechanism = *release.mechanism(0).unwrap();
+            let mut sum = GridSum::zeros(&mechanism);
+            for _ in cohort {
+                sum.add(&mechanism, &[1.0, 0.0, 0.0])?;
+            }
+            self.journal.borrow_mut().push(format!("collect {round}"));
+            self.cohorts.push(cohort.to_vec());
+            let mut charge = release.commit(|event| commit(event))?;
+            if self.crash_after_commit == Some(round) {
+                self.crash_after_commit = None;
+                return Err(ServerError::argument("process", "killed", "resume"));
+            }
+            self.released.push(noise.release(&mut charge, 0, &sum)?);
+            self.journal.borrow_mut().push(format!("release {round}"));
+            Ok(RoundMetrics::default())
+        }
+
+        fn checkpoint(&mut self, metrics: &RoundMetrics, _: &NoiseSource) -> Result<()> {
+            self.journal
+                .borrow_mut()
+                .push(format!("checkpoint {}", metrics.round));
+            Ok(())
+        }
+    }
+
+    fn fakes(journal: &Journal) -> (FakeMethod, FakeLedger, FakeLog) {
+        (
+            FakeMethod {
+                journal: journal.clone(),
+                crash_after_commit: None,
+                released: Vec::new(),
+                cohorts: Vec::new(),
+            },
+            FakeLedger {
+                ledger: Ledger::new(),
+                journal: journal.clone(),
+                fail: false,
+            },
+            FakeLog::default(),
+        )
+    }
+
+    fn privacy(epsilon: f64) -> PrivacySection {
+        PrivacySection {
+            epsilon,
+            delta: 1e-5,
+            ..PrivacySection::default()
+        }
+    }
+
+    fn run(
+        method: &mut FakeMethod,
+        ledger: &mut FakeLedger,
+        log: &mut FakeLog,
+        epsilon: f64,
+        rounds: Range<u64>,
+    ) -> Result<StopReason> {
+        let sampler = ClientSampler::new(ClientSampling::Poisson { q: 0.5 }, None).unwrap();
+        let guard = BudgetGuard::new(&privacy(epsilon));
+        let mut noise = NoiseSource::from_os().unwrap();
+        Driver {
+            sampler: &sampler,
+            guard: &guard,
+            noise: &mut noise,
+            progress: &Silent,
+            on_round: &|_| {},
+        }
+        .run(method, ledger, log, rounds)
+    }
+
+    #[test]
+    fn each_round_commits_before_it_releases_then_checkpoints() {
+        let journal = Journal::default();
+        let (mut method, mut ledger, mut log) = fakes(&journal);
+        let stop = run(&mut method, &mut ledger, &mut log, 100.0, 0..2).unwrap();
+        assert_eq!(stop, StopReason::RoundsCompleted);
+        assert_eq!(
+            *journal.borrow(),
+            [
+                "collect 0",
+                "commit 0",
+                "release 0",
+                "checkpoint 0",
+                "collect 1",
+                "commit 1",
+                "release 1",
+                "checkpoint 1"
+            ]
+        );
+        assert_eq!(ledger.ledger.events.len(), 2);
+        let rows: Vec<u64> = log.rows.iter().map(|m| m.round).collect();
+        assert_eq!(rows, [0, 1]);
+        assert!(log.rows[1].epsilon_rdp > log.rows[0].epsilon_rdp);
+        assert!(
+            log.open.is_none(),
+            "the cohort is forgotten after the checkpoint"
+        );
+    }
+
+    #[test]
+    fn a_failed_ledger_write_releases_nothing() {
+        let journal = Journal::default();
+        let (mut method, mut ledger, mut log) = fakes(&journal);
+        ledger.fail = true;
+        assert!(run(&mut method, &mut ledger, &mut log, 100.0, 0..1).is_err());
+        assert_eq!(*journal.borrow(), ["collect 0"]);
+        assert!(method.released.is_empty() && log.rows.is_empty());
+    }
+
+    #[test]
+    fn the_budget_stops_the_run_before_the_round_is_computed() {
+        let journal = Journal::default();
+        let (mut method, mut ledger, mut log) = fakes(&journal);
+        // One round of σ = 2 at q = 0.5 costs more than ε = 0.05 at δ = 1e-5.
+        let stop = run(&mut method, &mut ledger, &mut log, 0.05, 0..3).unwrap();
+        assert_eq!(stop, StopReason::BudgetExhausted);
+        assert!(journal.borrow().is_empty(), "{:?}", journal.borrow());
+        assert_eq!((log.draws, ledger.ledger.events.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_round_killed_after_its_commit_reruns_with_its_cohort_under_one_charge() {
+        let journal = Journal::default();
+        let (mut method, mut ledger, mut log) = fakes(&journal);
+        method.crash_after_commit = Some(1);
+        assert!(run(&mut method, &mut ledger, &mut log, 100.0, 0..3).is_err());
+        assert_eq!(ledger.ledger.events.len(), 2, "rounds 0 and 1 are charged");
+        assert_eq!(log.rows.len(), 1, "only round 0 finished");
+        // Resume at round 1: no second charge, the same cohort (drawn once), then round 2.
+        let stop = run(&mut method, &mut ledger, &mut log, 100.0, 1..3).unwrap();
+        assert_eq!(stop, StopReason::RoundsCompleted);
+        let rounds: Vec<Option<u64>> = ledger.ledger.events.iter().map(|e| e.round).collect();
+        assert_eq!(rounds, [Some(0), Some(1), Some(2)]);
+        assert_eq!(
+            method.cohorts[1], method.cohorts[2],
+            "round 1 kept its cohort"
+        );
+        assert_eq!(log.draws, 3, "one draw per round");
+        assert_eq!(method.released.len(), 3, "one release per round");
+    }
+}
