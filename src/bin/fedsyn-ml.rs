@@ -94,7 +94,9 @@ fn main() -> ExitCode {
 /// Bad input: a problem the user can fix in what they typed or gave us.
 fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        cause.downcast_ref::<models::ModelError>().is_some()
+        cause
+            .downcast_ref::<models::ModelError>()
+            .is_some_and(models::ModelError::is_bad_input)
             || cause.downcast_ref::<jsonl_input::InputError>().is_some()
             || cause
                 .downcast_ref::<clients::ClientsError>()

@@ -227,3 +227,11 @@ pub enum ModelError {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl ModelError {
+    /// Whether the user can fix this in what they gave (a model file, a device, an argument):
+    /// a libtorch failure or an adapter state the code should never reach is not bad input.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ModelError::Torch(_) | ModelError::LoraState(_))
+    }
+}

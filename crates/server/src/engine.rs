@@ -302,9 +302,9 @@ impl PopriEngine {
     ) -> Result<RoundOutput> {
         let mut seconds = PhaseSeconds::default();
         let clock = Instant::now();
-        let mechanism = *release.mechanism(0).ok_or_else(|| {
-            ServerError::argument("release", "(no mechanism)", "a planned POPri release")
-        })?;
+        let mechanism = *release
+            .mechanism(0)
+            .ok_or_else(|| ServerError::internal("a POPri release without a mechanism"))?;
         let task = RoundTask {
             round,
             clip: self.settings.clip,

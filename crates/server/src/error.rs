@@ -92,6 +92,9 @@ pub enum ServerError {
     /// The HTTP server failed (binding, TLS set-up, serving).
     #[error("http server: {0}")]
     Http(String),
+    /// A state the code should never reach: a bug in fedsyn, not a problem of the input.
+    #[error("internal error (a bug in fedsyn; please report it): {0}")]
+    Internal(String),
 }
 
 /// Result alias for this crate.
@@ -107,15 +110,21 @@ impl ServerError {
             | ServerError::InvalidArgument { .. }
             | ServerError::Data { .. }
             | ServerError::RunDir { .. }
-            | ServerError::Accounting(_)
-            | ServerError::Model(_) => true,
+            | ServerError::Accounting(_) => true,
+            ServerError::Model(e) => e.is_bad_input(),
             ServerError::Clients(e) => e.is_bad_input(),
             ServerError::Io { .. }
             | ServerError::Tokenizer(_)
             | ServerError::Plot { .. }
             | ServerError::Store { .. }
-            | ServerError::Http(_) => false,
+            | ServerError::Http(_)
+            | ServerError::Internal(_) => false,
         }
+    }
+
+    /// A bug: a state the code should never reach (exit 1, never "bad input").
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        ServerError::Internal(message.into())
     }
 
     /// An I/O error on `path`.
@@ -137,5 +146,22 @@ impl ServerError {
             value: value.to_string(),
             expected: expected.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bugs_and_libtorch_failures_are_not_bad_input() {
+        assert!(!ServerError::internal("unreachable").is_bad_input());
+        let torch = models::ModelError::Torch(tch::TchError::Torch("out of memory".into()));
+        assert!(!ServerError::Model(torch).is_bad_input());
+        let lora = models::ModelError::LoraState("merged twice".into());
+        assert!(!ServerError::Model(lora).is_bad_input());
+        assert!(ServerError::argument("privacy.q", 2, "a rate in (0, 1]").is_bad_input());
+        let device = models::ModelError::UnknownDevice("tpu".into());
+        assert!(ServerError::Model(device).is_bad_input());
     }
 }

@@ -349,9 +349,9 @@ impl RoundMethod for FedAvgRounds<'_> {
         progress: &dyn Progress,
     ) -> Result<RoundMetrics> {
         let config = self.config;
-        let update = *release.mechanism(0).ok_or_else(|| {
-            ServerError::argument("release", "(no mechanism)", "a planned DP-FedAvg release")
-        })?;
+        let update = *release
+            .mechanism(0)
+            .ok_or_else(|| ServerError::internal("a DP-FedAvg release without a mechanism"))?;
         let count = release.mechanism(1).copied();
         let local_clock = Instant::now();
         let round_sum = client_updates(

@@ -193,11 +193,9 @@ pub fn clip_in_place(values: &mut [f64], clip: f64) -> Result<f64> {
         values.iter_mut().for_each(|v| *v *= scale);
         let after = l2_norm(values);
         if after > clip {
-            return Err(ServerError::argument(
-                "clipped vector norm",
-                after,
-                format!("at most the clip bound {clip} (a bug in clipping)"),
-            ));
+            return Err(ServerError::internal(format!(
+                "a clipped vector has norm {after} > the clip bound {clip}"
+            )));
         }
     }
     Ok(norm)
@@ -422,11 +420,9 @@ impl NoiseSource {
             .get_mut(component)
             .and_then(Option::take)
             .ok_or_else(|| {
-                ServerError::argument(
-                    "release",
-                    component,
-                    "a component of the charge that was not released yet (a bug)",
-                )
+                ServerError::internal(format!(
+                    "component {component} of a charge released twice, or never planned"
+                ))
             })?;
         if sum.grid != mechanism.grid || sum.len() != mechanism.dim {
             return Err(ServerError::argument(

@@ -301,9 +301,9 @@ impl RoundMethod for PeRun<'_> {
     ) -> Result<RoundMetrics> {
         let mut seconds = PhaseSeconds::default();
         let population = std::mem::take(&mut self.population);
-        let mechanism = *release.mechanism(0).ok_or_else(|| {
-            ServerError::argument("release", "(no mechanism)", "a planned PE release")
-        })?;
+        let mechanism = *release
+            .mechanism(0)
+            .ok_or_else(|| ServerError::internal("a PE release without a mechanism"))?;
 
         let phase = Instant::now();
         let embeddings = embed(&self.embedder, &population, progress)?;
@@ -389,7 +389,10 @@ impl RoundMethod for PeRun<'_> {
     /// format) and the trainer; then the round's next population becomes the current one.
     fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {
         let mut state = self.pending.take().ok_or_else(|| {
-            ServerError::argument("checkpoint", metrics.round, "a round that ran (a bug)")
+            ServerError::internal(format!(
+                "checkpoint of round {} that did not run",
+                metrics.round
+            ))
         })?;
         state.metrics = metrics.clone();
         state.noise = noise.state();

@@ -344,9 +344,10 @@ impl Coordinator {
     pub fn wait_and_close(&self) -> Result<OpenRound> {
         let mut shared = self.lock();
         loop {
-            let open = shared.open.as_ref().ok_or_else(|| {
-                ServerError::Http("no round attempt is open (a bug in the server)".into())
-            })?;
+            let open = shared
+                .open
+                .as_ref()
+                .ok_or_else(|| ServerError::internal("no round attempt is open"))?;
             if open.closed {
                 return Ok(open.clone());
             }
@@ -433,11 +434,9 @@ impl Coordinator {
             Some(open) => Ok(open.candidates.clone()),
             None => {
                 drop(shared);
+                // A round no longer held is over for everyone (its cohort was erased with it).
                 match self.store.latest_attempt(round)? {
                     None => Err(RoundError::UnknownRound(round)),
-                    Some(record) if !record.sampled.iter().any(|c| c == client_id) => {
-                        Err(RoundError::NotSampled(round))
-                    }
                     Some(_) => Err(RoundError::Closed(round)),
                 }
             }
@@ -487,7 +486,9 @@ impl Coordinator {
         Ok(Accepted::New { receipt })
     }
 
-    /// A submission to a round that is not the held one: unknown, or over.
+    /// A submission to a round that is not the held one: unknown, or over. A released round
+    /// keeps no record of its cohort (see [`Store::retire_round`]), so it is over for every
+    /// client alike: 410, whether or not the client was sampled.
     fn submit_to_held_round(
         &self,
         round: u64,
@@ -497,9 +498,6 @@ impl Coordinator {
         let Some(record) = self.store.latest_attempt(round)? else {
             return Err(RoundError::UnknownRound(round));
         };
-        if !record.sampled.iter().any(|c| c == client_id) {
-            return Err(RoundError::NotSampled(round));
-        }
         check_vector(scores, record.rows)?;
         match self.store.submission(round, record.attempt, client_id)? {
             Some(previous) if previous.receipt == receipt(scores) => Ok(Accepted::Replay {
@@ -803,6 +801,18 @@ mod tests {
         coordinator.retire(3, 0, RoundStatus::Released).unwrap();
         assert_eq!(store.ledger_rows().unwrap().len(), 1);
         assert!(coordinator.current_attempt().is_none());
+        // Released: over for everyone alike, and nobody's membership is on record.
+        for client in ["a", "c", "z"] {
+            assert!(matches!(
+                coordinator.submit(3, client, &[1.0, 0.0]),
+                Err(RoundError::Closed(3))
+            ));
+            assert!(matches!(
+                coordinator.candidates(3, client),
+                Err(RoundError::Closed(3))
+            ));
+        }
+        assert!(store.latest_attempt(3).unwrap().unwrap().sampled.is_empty());
 
         // Nobody answers at all: still released (a sum of zeros), still one cohort.
         coordinator

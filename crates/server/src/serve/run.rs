@@ -436,7 +436,7 @@ impl RoundLoop<'_> {
             .release
             .mechanism(0)
             .map(|m| m.grid())
-            .ok_or_else(|| ServerError::Http("a round without a release (a bug)".into()))?;
+            .ok_or_else(|| ServerError::internal("a served round without a release"))?;
         let guard = &self.guard;
         let mut commit_cost = move |event: &LedgerEvent| -> Result<()> {
             let open = coordinator
