@@ -1120,6 +1120,24 @@ fn a_mostly_silent_cohort_is_released_at_the_deadline_without_a_second_cohort() 
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(ledger, vec![0, 1]);
+    // Released rounds keep their receipts but no record of who was sampled or who answered.
+    let cohorts: Vec<String> = db
+        .prepare("SELECT sampled FROM rounds")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(cohorts, vec!["[]", "[]"]);
+    let (receipts, linked): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), COUNT(c.id) FROM submissions s LEFT JOIN clients c \
+             ON s.client_id = c.id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((receipts, linked), (1, 0));
     drop(db);
     assert_no_vector_bytes(&out, &planted);
 

@@ -383,17 +383,21 @@ impl Store {
     }
 
     /// Sets the status of a round attempt to released or abandoned and erases what is left of
-    /// its client data (vectors not yet erased at the charge, the kept sum), in one
-    /// transaction; the receipts stay.
+    /// its client data, in one transaction: vectors not yet erased at the charge, the kept sum,
+    /// and who was in the cohort (the sampled ids, and the client id of each receipt). The
+    /// amplification by subsampling the ledger charges needs the cohorts to stay secret, so no
+    /// record of who was sampled or who answered outlives the round; the receipts (SHA-256)
+    /// stay, as the round's set of contributions.
     pub fn retire_round(&self, round: u64, attempt: u32, status: RoundStatus) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
-                "UPDATE rounds SET status = ?3 WHERE round = ?1 AND attempt = ?2",
+                "UPDATE rounds SET status = ?3, sampled = '[]' WHERE round = ?1 AND attempt = ?2",
                 params![round as i64, attempt, status.as_str()],
             )?;
             tx.execute(
-                "UPDATE submissions SET vector = NULL WHERE round = ?1 AND attempt = ?2",
+                "UPDATE submissions SET vector = NULL, client_id = 'erased-' || rowid \
+                 WHERE round = ?1 AND attempt = ?2",
                 params![round as i64, attempt],
             )?;
             tx.execute("DELETE FROM round_sums WHERE round = ?1", [round as i64])?;
@@ -437,6 +441,20 @@ impl Store {
                 params![round as i64, attempt, client_id, submission.receipt, bytes],
             )
             .map(drop)
+        })
+    }
+
+    /// The receipts of a round attempt (sorted; after the release, unlinked from the clients).
+    pub fn receipts(&self, round: u64, attempt: u32) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut query = c.prepare(
+                "SELECT receipt FROM submissions WHERE round = ?1 AND attempt = ?2 \
+                 ORDER BY receipt",
+            )?;
+            let receipts = query
+                .query_map(params![round as i64, attempt], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(receipts)
         })
     }
 
@@ -789,7 +807,8 @@ mod tests {
         );
         store.retire_round(0, 0, RoundStatus::Released).unwrap();
         assert!(store.sum_submissions(0, 0, 2, 0.25).is_err());
-        assert_eq!(store.submission(0, 0, "b").unwrap().unwrap().receipt, "r2");
+        assert!(store.submission(0, 0, "b").unwrap().is_none());
+        assert_eq!(store.receipts(0, 0).unwrap(), vec!["r1", "r2"]);
     }
 
     #[test]
@@ -806,17 +825,24 @@ mod tests {
     }
 
     #[test]
-    fn retiring_a_round_deletes_its_vectors_but_keeps_receipts() {
+    fn retiring_a_round_erases_its_vectors_and_its_cohort_but_keeps_receipts() {
         let store = Store::open(&scratch("retire")).unwrap();
         store.insert_round(&record(4, 1), 1).unwrap();
-        store
-            .insert_submission(4, 1, "b", &submission("r"), &[1.0, 1.0])
-            .unwrap();
+        for (client, receipt) in [("a", "r"), ("b", "r")] {
+            store
+                .insert_submission(4, 1, client, &submission(receipt), &[1.0, 1.0])
+                .unwrap();
+        }
         store.retire_round(4, 1, RoundStatus::Released).unwrap();
         let latest = store.latest_attempt(4).unwrap().unwrap();
         assert_eq!(latest.status, RoundStatus::Released);
         assert!(store.sum_submissions(4, 1, 2, 0.25).is_err());
-        assert!(store.submission(4, 1, "b").unwrap().is_some());
+        // Who was sampled and who answered is gone; the receipts stay (two identical vectors
+        // give two identical receipts).
+        assert!(latest.sampled.is_empty());
+        assert!(store.submission(4, 1, "a").unwrap().is_none());
+        assert!(store.submission(4, 1, "b").unwrap().is_none());
+        assert_eq!(store.receipts(4, 1).unwrap(), vec!["r", "r"]);
     }
 
     /// Whether `needle` occurs in the database file or its WAL.
