@@ -230,7 +230,6 @@ fid = false
 epsilon = 2.0
 delta = 1e-5
 rounds = 2
-noise_seed = 42
 
 [serve]
 min_clients = {clients}
