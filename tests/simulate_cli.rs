@@ -187,7 +187,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
         for key in nonprivate.as_object().unwrap().keys() {
             assert!(key.ends_with("_nonprivate"), "{key}");
         }
-        assert!(row["dpo_loss"].as_f64().unwrap().is_finite());
+        assert!(row["train_loss"].as_f64().unwrap().is_finite());
         assert!(row["epsilon_pld"].as_f64().unwrap() <= row["epsilon_rdp"].as_f64().unwrap());
     }
     for round in ["round-0000", "round-0001"] {

@@ -250,7 +250,7 @@ fn pe_writes_a_complete_run_within_the_budget() {
     assert!(!run_dir.join("checkpoints/round-0000/adapter").exists());
     assert!(metrics(&run_dir)
         .iter()
-        .all(|row| row["dpo_loss"].is_null()));
+        .all(|row| row["train_loss"].is_null()));
     // The synthetic set is the last survivors first: they are in the last round's population.
     let state: Value =
         serde_json::from_str(&read(&run_dir.join("checkpoints/round-0001/state.json"))).unwrap();
@@ -277,7 +277,7 @@ fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
         ],
     );
     for row in metrics(&run_dir) {
-        let loss = row["dpo_loss"].as_f64().expect("the SFT loss of the round");
+        let loss = row["train_loss"].as_f64().expect("the SFT loss of the round");
         assert!(loss.is_finite() && loss > 0.0, "SFT loss {loss}");
     }
     // Every survivor trained on was written by a public prompt.

@@ -408,7 +408,7 @@ def fedsyn_round(run_dir: Path, peak_rss_kib: int) -> None:
         "eval_seconds": row["seconds"]["eval"],
         "wall_seconds": row["wall_seconds"],
         "total_seconds": row["wall_seconds"] - row["seconds"]["eval"],
-        "dpo": {"mean_loss": row["dpo_loss"], "reward_accuracy": row["reward_accuracy"]},
+        "dpo": {"mean_loss": row["train_loss"], "reward_accuracy": row["reward_accuracy"]},
         "peak_rss_mib": peak_rss_kib / 1024,
     }))
 

@@ -24,9 +24,10 @@ use std::time::Instant;
 use privacy_accounting::{Ledger, LedgerEvent};
 
 use crate::budget::BudgetGuard;
+use crate::config::PrivacySection;
 use crate::engine::Progress;
 use crate::error::Result;
-use crate::noise::{NoiseSource, PlannedRelease};
+use crate::noise::{NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{RoundMetrics, RunDir};
 use crate::sampling::ClientSampler;
 use crate::simulate::StopReason;
@@ -190,6 +191,35 @@ impl Driver<'_> {
     }
 }
 
+/// Runs the simulation rounds `first_round..privacy.rounds` of `method` in `dir` (its
+/// `ledger.json`, its private cohort file, its metrics), with the noise stream `saved_noise` of
+/// the last checkpoint (test seeds only) or a fresh one. Returns why the rounds ended and the
+/// ledger, for the privacy statement.
+#[allow(clippy::too_many_arguments)]
+pub fn simulate_rounds(
+    method: &mut dyn RoundMethod,
+    dir: &RunDir,
+    privacy: &PrivacySection,
+    sampler: &ClientSampler,
+    saved_noise: Option<&NoiseState>,
+    first_round: u64,
+    progress: &dyn Progress,
+    on_round: &dyn Fn(&RoundMetrics),
+) -> Result<(StopReason, Ledger)> {
+    let mut noise = NoiseSource::resume(saved_noise, privacy.noise_seed)?;
+    let guard = BudgetGuard::new(privacy);
+    let mut ledger = JsonLedger::open(dir, privacy.delta)?;
+    let stop = Driver {
+        sampler,
+        guard: &guard,
+        noise: &mut noise,
+        progress,
+        on_round,
+    }
+    .run(method, &mut ledger, &mut &*dir, first_round..privacy.rounds)?;
+    Ok((stop, ledger.ledger))
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -198,7 +228,6 @@ mod tests {
     use privacy_accounting::Sampling;
 
     use super::*;
-    use crate::config::PrivacySection;
     use crate::engine::Silent;
     use crate::error::ServerError;
     use crate::noise::{GaussianMechanism, GridSum};

@@ -42,7 +42,7 @@ use tch::{Kind, Tensor};
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::RunConfig;
-use crate::driver::{Driver, JsonLedger, LedgerStore, RoundMethod};
+use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::evaluate::MODEL_DIR;
@@ -195,28 +195,20 @@ pub(crate) fn run_dp_fedavg(
         Some(adaptive) => adaptive.update_sigma(plan.sigma)?,
         None => plan.sigma,
     };
-    let (mut noise, clip, first_round) = match dir.latest_checkpoint()? {
+    let (saved_noise, clip, first_round) = match dir.latest_checkpoint()? {
         Some((round, path)) => {
             generator
                 .model_mut()
                 .load_adapter(&path.join(ADAPTER_DIR))?;
             let state: FedAvgState = read_checkpoint_state(&path.join(STATE_FILE))?;
             dir.repair_metrics(round, &state.metrics)?;
-            let noise = match &state.noise {
-                Some(saved) => NoiseSource::restore(saved),
-                None => NoiseSource::from_os()?,
-            };
-            (noise, state.next_clip, round + 1)
+            (state.noise, state.next_clip, round + 1)
         }
         None => {
             generator
                 .model_mut()
                 .add_lora(&lora_config(config)?, config.run.seed)?;
-            (
-                NoiseSource::from_config(config.privacy.noise_seed)?,
-                config.privacy.clip,
-                0,
-            )
+            (None, config.privacy.clip, 0)
         }
     };
     let model = generator.model();
@@ -237,25 +229,20 @@ pub(crate) fn run_dp_fedavg(
         clip,
         next_clip: clip,
     };
-    let mut ledger = JsonLedger::open(dir, config.privacy.delta)?;
-    let stop_reason = Driver {
-        sampler: &sampler,
-        guard: &guard,
-        noise: &mut noise,
+    let (stop_reason, ledger) = simulate_rounds(
+        &mut method,
+        dir,
+        &config.privacy,
+        &sampler,
+        saved_noise.as_ref(),
+        first_round,
         progress,
         on_round,
-    }
-    .run(
-        &mut method,
-        &mut ledger,
-        &mut &*dir,
-        first_round..config.privacy.rounds,
     )?;
-    let ledger = ledger.ledger();
 
     save_model(dir, config, model)?;
-    write_statement(dir, ledger, config)?;
-    let (epsilon_rdp, epsilon_pld) = guard.spent(ledger)?;
+    write_statement(dir, &ledger, config)?;
+    let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
     let metrics = dir.read_metrics()?;
     crate::plot::write_rounds_svg(
         &metrics,

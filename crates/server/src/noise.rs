@@ -401,6 +401,16 @@ impl NoiseSource {
         }
     }
 
+    /// The stream of a resumed run: the saved state of a test-seeded stream, or else a fresh
+    /// one (`privacy.noise_seed`'s for a new test run, the OS's otherwise; an OS-keyed stream is
+    /// never saved, and a fresh OS key is exactly as private).
+    pub fn resume(saved: Option<&NoiseState>, noise_seed: Option<u64>) -> Result<Self> {
+        match saved {
+            Some(state) => Ok(Self::restore(state)),
+            None => Self::from_config(noise_seed),
+        }
+    }
+
     /// True when the stream is reproducible from a test seed (and so not private).
     pub fn is_test_seeded(&self) -> bool {
         matches!(self.origin, Origin::TestSeed(_))

@@ -48,7 +48,7 @@ use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
 use crate::config::{
     Method, PeSection, PeSelection, RunConfig, SyntheticPrompts, REPHRASE_PLACEHOLDER,
 };
-use crate::driver::{Driver, JsonLedger, LedgerStore, RoundMethod};
+use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
@@ -110,27 +110,17 @@ pub(crate) fn run_pe(
     let clock = Instant::now();
     let (mut run, sampler) = PeRun::open(dir, config, progress)?;
     let (saved_noise, first_round) = run.resume_or_start(progress)?;
-    // An OS-seeded stream is never saved: a resumed run draws a fresh OS seed.
-    let mut noise = match saved_noise {
-        Some(saved) => NoiseSource::restore(&saved),
-        None => NoiseSource::from_config(config.privacy.noise_seed)?,
-    };
-    let guard = BudgetGuard::new(&config.privacy);
-    let mut ledger = JsonLedger::open(dir, config.privacy.delta)?;
-    let stop_reason = Driver {
-        sampler: &sampler,
-        guard: &guard,
-        noise: &mut noise,
+    let (stop_reason, ledger) = simulate_rounds(
+        &mut run,
+        dir,
+        &config.privacy,
+        &sampler,
+        saved_noise.as_ref(),
+        first_round,
         progress,
         on_round,
-    }
-    .run(
-        &mut run,
-        &mut ledger,
-        &mut &*dir,
-        first_round..config.privacy.rounds,
     )?;
-    run.finish(ledger.ledger(), &guard, stop_reason, clock, progress)
+    run.finish(&ledger, stop_reason, clock, progress)
 }
 
 /// Everything a PE run holds between rounds.
@@ -359,7 +349,7 @@ impl RoundMethod for PeRun<'_> {
             clip: SENSITIVITY,
             cohort: public_cohort(&self.accounting, sampled.len()),
             noise_std,
-            dpo_loss: sft_loss,
+            train_loss: sft_loss,
             seconds,
             noisy_score_histogram: Histogram::of(&noisy, NOISY_COUNT_BINS),
             nonprivate: Some(NonPrivate::measured(
@@ -474,7 +464,6 @@ impl PeRun<'_> {
     fn finish(
         mut self,
         ledger: &Ledger,
-        guard: &BudgetGuard,
         stop_reason: StopReason,
         clock: Instant,
         progress: &dyn Progress,
@@ -504,7 +493,7 @@ impl PeRun<'_> {
         };
         write_statement(dir, ledger, config)?;
 
-        let (epsilon_rdp, epsilon_pld) = guard.spent(ledger)?;
+        let (epsilon_rdp, epsilon_pld) = BudgetGuard::new(&config.privacy).spent(ledger)?;
         let metrics = dir.read_metrics()?;
         let summary = SimulationSummary {
             run_dir: dir.root().to_path_buf(),

@@ -130,7 +130,7 @@ mod tests {
             clip: 1.0,
             cohort: Some(10),
             noise_std: 5.0,
-            dpo_loss: None,
+            train_loss: None,
             reward_accuracy: None,
             reward_margin: None,
             seconds: PhaseSeconds::default(),

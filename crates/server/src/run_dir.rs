@@ -90,8 +90,11 @@ pub struct RoundMetrics {
     /// Standard deviation of the noise added to each coordinate (σ·Δ, Δ the grid-rounded
     /// sensitivity, see `noise.rs`).
     pub noise_std: f64,
-    /// Mean DPO loss of the round.
-    pub dpo_loss: Option<f64>,
+    /// Mean training loss of the round's server-side training on released values: DPO (POPri)
+    /// or SFT (PE+SFT); `None` for methods that train nothing on the server. Read from older rows
+    /// under its former name `dpo_loss`.
+    #[serde(alias = "dpo_loss")]
+    pub train_loss: Option<f64>,
     /// Mean reward accuracy of the round.
     pub reward_accuracy: Option<f64>,
     /// Mean reward margin of the round.
@@ -237,7 +240,7 @@ impl RoundMetrics {
         ];
         let nonprivate = self.nonprivate_or_default();
         let optional = [
-            ("dpo_loss", self.dpo_loss),
+            ("train_loss", self.train_loss),
             ("reward_accuracy", self.reward_accuracy),
             ("reward_margin", self.reward_margin),
             (
@@ -895,7 +898,7 @@ mod tests {
             clip: 1.0,
             cohort: Some(10),
             noise_std: 19.3,
-            dpo_loss: Some(0.69),
+            train_loss: Some(0.69),
             reward_accuracy: None,
             reward_margin: None,
             seconds: PhaseSeconds::default(),
@@ -968,7 +971,7 @@ mod tests {
         assert_eq!(run.read_metrics().unwrap(), vec![metrics(0)]);
         // Every field is present, absent values as null.
         let line = fs::read_to_string(run.metrics_path()).unwrap();
-        assert!(line.contains("\"dpo_loss\":0.69"), "{line}");
+        assert!(line.contains("\"train_loss\":0.69"), "{line}");
         assert!(line.contains("\"fid_nonprivate\":null"), "{line}");
         let mut bad = metrics(3);
         bad.nonprivate.as_mut().unwrap().get_mut().fid_nonprivate = Some(f64::NAN);

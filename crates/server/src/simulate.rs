@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Method, RunConfig, SyntheticPrompts};
-use crate::driver::{Driver, JsonLedger, LedgerStore, RoundMethod};
+use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{
     Candidates, CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput,
     RoundReport, RoundSettings, RoundTask, ScoreTransport,
@@ -183,8 +183,8 @@ pub fn round_line(metrics: &RoundMetrics) -> String {
         metrics.epsilon_rdp,
         metrics.epsilon_pld,
         metrics.cohort.map_or("private".into(), |n| n.to_string()),
-        opt(metrics.dpo_loss.or(nonprivate.local_loss_nonprivate), 4),
-        if metrics.dpo_loss.is_none() && nonprivate.local_loss_nonprivate.is_some() {
+        opt(metrics.train_loss.or(nonprivate.local_loss_nonprivate), 4),
+        if metrics.train_loss.is_none() && nonprivate.local_loss_nonprivate.is_some() {
             " (non-private)"
         } else {
             ""
@@ -308,32 +308,22 @@ impl Simulation {
         let accounting = sampler.accounting(population.len())?;
         let plan = plan_noise(&config.privacy, accounting)?;
         let guard = BudgetGuard::new(&config.privacy);
-        let mut ledger = JsonLedger::open(&self.dir, config.privacy.delta)?;
 
         // Resume from the last checkpoint, or start fresh.
         let checkpoint = self.dir.latest_checkpoint()?;
-        let (trainer, mut noise, first_round) = match &checkpoint {
+        let (trainer, saved_noise, first_round) = match &checkpoint {
             Some((round, path)) => {
                 generator.model_mut().load_adapter(&path.join("adapter"))?;
                 let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
                 let state: EngineState = read_checkpoint_state(&path.join(STATE_FILE))?;
                 self.dir.repair_metrics(*round, &state.metrics)?;
-                let noise = match &state.noise {
-                    Some(saved) => NoiseSource::restore(saved),
-                    None => NoiseSource::from_os()?,
-                };
-                (trainer, noise, round + 1)
+                (trainer, state.noise, round + 1)
             }
             None => {
                 generator
                     .model_mut()
                     .add_lora(&lora_config(config)?, config.run.seed)?;
-                let trainer = PreferenceTrainer::new(config.dpo.clone())?;
-                (
-                    trainer,
-                    NoiseSource::from_config(config.privacy.noise_seed)?,
-                    0,
-                )
+                (PreferenceTrainer::new(config.dpo.clone())?, None, 0)
             }
         };
 
@@ -361,21 +351,17 @@ impl Simulation {
             accounting,
             eval_embeddings,
         };
-        let stop_reason = Driver {
-            sampler: &sampler,
-            guard: &guard,
-            noise: &mut noise,
+        let (stop_reason, ledger) = simulate_rounds(
+            &mut method,
+            &self.dir,
+            &config.privacy,
+            &sampler,
+            saved_noise.as_ref(),
+            first_round,
             progress,
             on_round,
-        }
-        .run(
-            &mut method,
-            &mut ledger,
-            &mut &self.dir,
-            first_round..config.privacy.rounds,
         )?;
         let mut engine = method.engine;
-        let ledger = ledger.ledger();
 
         // The released outputs: synthetic data from the final adapter (post-processing of
         // noisy results, no further privacy cost) and the statement.
@@ -389,9 +375,9 @@ impl Simulation {
             }
             _ => None,
         };
-        write_statement(&self.dir, ledger, config)?;
+        write_statement(&self.dir, &ledger, config)?;
 
-        let (epsilon_rdp, epsilon_pld) = guard.spent(ledger)?;
+        let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
         let metrics = self.dir.read_metrics()?;
         let summary = SimulationSummary {
             run_dir: self.dir.root().to_path_buf(),
@@ -563,7 +549,7 @@ pub(crate) fn round_metrics(
         clip: config.privacy.clip,
         cohort: public_cohort(accounting, report.sampled),
         noise_std: report.noise_std,
-        dpo_loss: mean(&|m| Some(m.loss)).or(last.map(|m| m.loss)),
+        train_loss: mean(&|m| Some(m.loss)).or(last.map(|m| m.loss)),
         reward_accuracy: mean(&|m| m.rewards_accuracies),
         reward_margin: mean(&|m| m.rewards_margins),
         seconds: report.seconds,

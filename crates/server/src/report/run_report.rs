@@ -146,10 +146,10 @@ const OPTIONAL_COLUMNS: &[Column] = &[
         value: RoundMetrics::fid_nonprivate,
     },
     Column {
-        header: "DPO loss",
-        file: "dpo-loss",
+        header: "train loss (DPO or SFT)",
+        file: "train-loss",
         nonprivate: false,
-        value: |m| m.dpo_loss,
+        value: |m| m.train_loss,
     },
     Column {
         header: "reward accuracy",
