@@ -150,6 +150,22 @@ fn smollm2_matches_transformers() {
     for (case, row) in reference.cases.iter().zip(&generated) {
         assert_eq!(row.ids, case.greedy_ids, "{:?}", case.text);
     }
+
+    // Rows with the same prompt share one prefill (its cache rows and logits are copied):
+    // every row still continues exactly as transformers does from that prompt alone.
+    let order = [0, 0, 1, 0, 2, 1, 1];
+    let repeated: Vec<Vec<u32>> = order
+        .iter()
+        .map(|&i| reference.cases[i].prompt_ids.clone())
+        .collect();
+    let generated = generate_ids(model, &repeated, &params, generator.eos_ids(), 2, |_, _| {
+        false
+    })
+    .unwrap();
+    for (&i, row) in order.iter().zip(&generated) {
+        let case = &reference.cases[i];
+        assert_eq!(row.ids, case.greedy_ids, "shared prefill: {:?}", case.text);
+    }
     let completions = generator
         .generate(&[reference.cases[2].text.clone()], false, &params)
         .unwrap();

@@ -67,22 +67,37 @@ pub fn generate_ids(
 ) -> Result<Vec<GeneratedIds>> {
     params.validate()?;
     let _no_grad = tch::no_grad_guard();
+    // Rows with the same prompt (POPri and PE sample K completions of each) share one
+    // prefill: its keys, values and next-token logits are computed once, then copied.
+    let (distinct, row_of) = distinct_prompts(prompts);
     let batch = LeftPadded::new(
-        prompts,
+        &distinct,
         pad_id,
         params.max_new_tokens,
         model.max_positions(),
     )?;
     let device = model.device();
     let rows = prompts.len();
-    let mut cache = model.new_cache(rows, batch.width as usize + params.max_new_tokens)?;
+    let mut cache =
+        model.new_cache(distinct.len(), batch.width as usize + params.max_new_tokens)?;
+    let mut logits = prefill(model, &batch, &mut cache)?;
+    let (mask, positions) = if distinct.len() < rows {
+        let expand = Tensor::from_slice(&row_of);
+        cache.keep_rows(&expand.to_device(device));
+        logits = logits.index_select(0, &expand.to_device(logits.device()));
+        (
+            batch.mask.index_select(0, &expand),
+            batch.positions.index_select(0, &expand),
+        )
+    } else {
+        (batch.mask.shallow_clone(), batch.positions.shallow_clone())
+    };
     let mut sampler = Sampler::new(params, rows);
     // One mask for every slot the run can fill: prompt padding 0, everything else 1.
     let mut slot_mask = Tensor::ones([rows as i64, cache.capacity()], (Kind::Int64, device));
-    slot_mask.narrow(1, 0, batch.width).copy_(&batch.mask);
-    let mut next_position = batch.positions.select(1, batch.width - 1).to_device(device) + 1;
+    slot_mask.narrow(1, 0, batch.width).copy_(&mask);
+    let mut next_position = positions.select(1, batch.width - 1).to_device(device) + 1;
 
-    let mut logits = prefill(model, &batch, &mut cache)?;
     // slot_rows[i]: the original row computed in batch slot i.
     let mut slot_rows: Vec<usize> = (0..rows).collect();
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows];
@@ -143,6 +158,23 @@ pub fn generate_ids(
             finish: finish.unwrap_or(FinishReason::Length),
         })
         .collect())
+}
+
+/// The distinct prompts, in order of first appearance, and for every row the index of its
+/// prompt among them.
+fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<i64>) {
+    let mut index: std::collections::HashMap<&[u32], i64> = std::collections::HashMap::new();
+    let mut distinct = Vec::new();
+    let row_of = prompts
+        .iter()
+        .map(|prompt| {
+            *index.entry(prompt.as_slice()).or_insert_with(|| {
+                distinct.push(prompt.clone());
+                distinct.len() as i64 - 1
+            })
+        })
+        .collect();
+    (distinct, row_of)
 }
 
 /// Rows of the prompt batch that are prefilled together. Prefill rows are independent, so a
