@@ -492,14 +492,11 @@ fn client_updates(
                 ..CausalLmConfig::default()
             },
         };
-        let local = match local_update(model, global, sequences, &training, clip) {
-            Ok(local) => local,
-            Err(clients::ClientsError::NonFinite { what }) => {
-                eprintln!("warning: round {round}: {what} of a client was not finite; dropped");
-                progress.advance(1);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        let Some(local) = usable_update(local_update(model, global, sequences, &training, clip))?
+        else {
+            eprintln!("warning: round {round}: a client's local update was not finite; dropped");
+            progress.advance(1);
+            continue;
         };
         total.sum.add(update, &flatten(&local.update.delta)?)?;
         add_bit(&mut total, !local.update.clipped)?;
@@ -511,6 +508,19 @@ fn client_updates(
     }
     progress.finish();
     Ok(total)
+}
+
+/// A client's local update, or `None` when its training diverged (a non-finite update): that
+/// client adds zero, a vector the sensitivity covers like any other, instead of aborting the
+/// run. Every other error still ends the run.
+fn usable_update(
+    update: clients::Result<clients::LocalUpdate>,
+) -> Result<Option<clients::LocalUpdate>> {
+    match update {
+        Ok(local) => Ok(Some(local)),
+        Err(clients::ClientsError::NonFinite { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The values of `tensors` (f64), one after another.
@@ -573,6 +583,25 @@ fn remove_dir_if_present(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diverged_client_is_dropped_and_other_errors_end_the_run() {
+        let diverged = clients::ClientsError::NonFinite {
+            what: "the local model update",
+        };
+        assert!(usable_update(Err(diverged)).unwrap().is_none());
+        let other = clients::ClientsError::InvalidArgument {
+            name: "clip",
+            message: "NaN".into(),
+        };
+        assert!(usable_update(Err(other)).is_err());
+        let update = clients::clip_update(vec![Tensor::from_slice(&[3.0f64, 4.0])], 1.0).unwrap();
+        let local = clients::LocalUpdate {
+            update,
+            mean_loss: 0.5,
+        };
+        assert!(usable_update(Ok(local)).unwrap().is_some());
+    }
 
     #[test]
     fn the_average_divides_the_noisy_sum_by_the_expected_cohort() {
