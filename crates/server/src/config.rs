@@ -569,7 +569,8 @@ pub struct ServeSection {
     pub round_deadline_seconds: u64,
     /// Fraction of the sampled clients whose submissions close the round early. At the
     /// deadline a round is released with whatever arrived (there is no minimum: see
-    /// [`REMOVED_KEYS`]).
+    /// [`REMOVED_KEYS`]). Below 1, one client's answer can push another's out of the sum, so
+    /// rounds are charged with sensitivity 2C (`serve::run::release_clip`): twice the noise.
     pub quorum: f64,
     /// Largest request body accepted; default: ~32 bytes per score value + 4 KiB.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -261,6 +261,23 @@ fn refuse_test_seeds(config: &RunConfig) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a method `fedsyn serve` does not run yet: the server's round loop is POPri's, and
+/// running it under a PE or DP-FedAvg configuration would label the run by a method it did not
+/// run.
+fn refuse_unserved_method(config: &RunConfig) -> Result<()> {
+    match config.run.method {
+        crate::config::Method::Popri => Ok(()),
+        other => Err(ServerError::ConfigValue {
+            key: "run.method".into(),
+            value: other.to_string(),
+            fix: format!(
+                "`fedsyn serve` runs POPri only; `{other}` runs in simulation (`fedsyn simulate \
+                 --config FILE`); set run.method = \"popri\" to serve"
+            ),
+        }),
+    }
+}
+
 /// The run directory and its configuration: created from `options.config` on first start,
 /// reopened with its saved configuration afterwards.
 fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
@@ -268,6 +285,7 @@ fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
         Some(config) if !options.dir.join(DATABASE_FILE).exists() => {
             config.validate()?;
             refuse_test_seeds(config)?;
+            refuse_unserved_method(config)?;
             let dir = RunDir::create(&options.dir, config)?;
             Ok((dir, config.clone()))
         }
@@ -276,6 +294,7 @@ fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
             let config = dir.load_config()?;
             config.validate()?;
             refuse_test_seeds(&config)?;
+            refuse_unserved_method(&config)?;
             if let Some(given) = &options.config {
                 if given != &config {
                     return Err(ServerError::RunDir {
@@ -409,6 +428,27 @@ async fn tls_config(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_serve_does_not_run_is_refused_by_name() {
+        let text = "[data]\ntrain = \"sotu\"\n[prompts]\ntopics = [\"taxes\"]\n";
+        let mut config = RunConfig::from_toml(text, std::path::Path::new("/base")).unwrap();
+        assert!(refuse_unserved_method(&config).is_ok());
+        for method in [
+            crate::config::Method::Pe,
+            crate::config::Method::PeSft,
+            crate::config::Method::DpFedavg,
+        ] {
+            config.run.method = method;
+            let error = refuse_unserved_method(&config).unwrap_err();
+            assert!(error.is_bad_input());
+            let message = error.to_string();
+            assert!(
+                message.contains("run.method") && message.contains(method.as_str()),
+                "{message}"
+            );
+        }
+    }
 
     #[test]
     fn admin_tokens_need_256_bits() {

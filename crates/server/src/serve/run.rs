@@ -271,7 +271,7 @@ impl RoundLoop<'_> {
         self.settings.noise_multiplier = sigma;
         let release = popri_release(
             sigma,
-            self.config.privacy.clip,
+            release_clip(self.config.privacy.clip, self.config.serve.quorum),
             self.config.prompts.num_prompts * self.config.generation.candidates_per_prompt,
             sampling,
             round,
@@ -548,6 +548,20 @@ fn write_outputs(
     setup::write_statement(dir, &ledger, config)
 }
 
+/// The per-client bound a served round is charged with. With `serve.quorum` = 1 a round closes
+/// at its deadline or once every sampled client answered, so a client's answer never changes
+/// which other answers are counted: the sensitivity is C. With a quorum below 1 it closes as soon
+/// as a fraction answered, and one client's (early) answer can push another's out of the sum:
+/// between neighbouring populations the sum then moves by up to ‖x − y‖ ≤ 2C, so the round is
+/// charged with 2C (twice the noise for the same ε).
+pub fn release_clip(clip: f64, quorum: f64) -> f64 {
+    if quorum < 1.0 {
+        2.0 * clip
+    } else {
+        clip
+    }
+}
+
 /// The warning when δ is not small against the population: with δ ≥ 1/n a mechanism that
 /// publishes one random client's data in full satisfies (0, δ)-DP, so the guarantee says
 /// little. `None` when δ < 1/n.
@@ -563,7 +577,13 @@ pub fn delta_warning(delta: f64, population: usize) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::delta_warning;
+    use super::{delta_warning, release_clip};
+
+    #[test]
+    fn an_early_quorum_doubles_the_charged_sensitivity() {
+        assert_eq!(release_clip(0.5, 1.0), 0.5);
+        assert_eq!(release_clip(0.5, 0.8), 1.0);
+    }
 
     #[test]
     fn delta_at_or_above_one_over_n_is_warned_about() {
