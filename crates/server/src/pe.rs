@@ -59,9 +59,9 @@ use crate::run_dir::{
 };
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
-    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
-    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
-    SimulatedClients, EMBED_BATCH,
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
+    public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_statement,
+    write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
 use crate::simulate::{public_cohort, SimulationSummary, StopReason, ROUNDS_PLOT_FILE};
 
@@ -69,11 +69,6 @@ use crate::simulate::{public_cohort, SimulationSummary, StopReason, ROUNDS_PLOT_
 const SENSITIVITY: f64 = 1.0;
 /// The round state saved in every checkpoint (beside the adapter and trainer of PE+SFT).
 const STATE_FILE: &str = "state.json";
-/// The J public prompts (saved so anyone can check that no private text is in them).
-const PROMPTS_FILE: &str = "prompts.json";
-/// The sampling stream of the final PE+SFT synthetic set (the population of round t comes from
-/// stream t).
-const SYNTHETIC_STREAM: u64 = u64::MAX;
 /// Bins of the per-round histogram of noisy counts in the metrics.
 const NOISY_COUNT_BINS: usize = 20;
 
@@ -183,16 +178,7 @@ impl<'a> PeRun<'a> {
         let generator = load_generator(config, &assets, device)?;
         let seed_pool = seed_pool(config, dir, &generator, progress)?;
         let template = prompt_template(config)?;
-        let prompts = build_prompts_with(
-            &template,
-            &seed_pool,
-            config.prompts.num_prompts,
-            &mut derived_rng(config.run.seed, "prompts", 0),
-        )?;
-        // Public by construction; saved so anyone can check that no private text is in them.
-        let prompts_json = serde_json::to_string_pretty(&prompts)
-            .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
-        write_atomic(&dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
+        let prompts = public_prompts(config, dir, &template, &seed_pool)?;
 
         let sampler = ClientSampler::new(
             config.privacy.client_sampling()?,
@@ -810,6 +796,7 @@ impl<'a> Writer<'a> {
                 .cloned()
                 .collect(),
         };
+        // Stream u64::MAX: the population of round t comes from stream t.
         self.sample(&requests, Task::Continue, SYNTHETIC_STREAM, progress)
     }
 

@@ -14,13 +14,13 @@ use privacy_accounting::statement::PrivacyStatement;
 use privacy_accounting::{AccountantKind, Ledger, Sampling};
 use tch::{Device, Tensor};
 
-use crate::config::{RunConfig, TrainData};
-use crate::engine::{derive_seed, Progress};
+use crate::config::{RunConfig, SyntheticPrompts, TrainData};
+use crate::engine::{derive_seed, Candidates, PopriEngine, Progress};
 use crate::error::{Result, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
-use crate::prompts::{clean_candidate, seed_pool_from_file, PromptTemplate};
+use crate::prompts::{build_prompts_with, clean_candidate, seed_pool_from_file, PromptTemplate};
 use crate::run_dir::{write_atomic, RunDir};
-use crate::sampling::ClientSampler;
+use crate::sampling::{derived_rng, ClientSampler};
 
 /// Texts per embedding batch.
 pub const EMBED_BATCH: usize = 64;
@@ -28,6 +28,63 @@ pub const EMBED_BATCH: usize = 64;
 const SEED_POOL_FILE: &str = "seed-pool.json";
 /// The sampling stream of the seed pool (rounds use their number; the synthetic set its own).
 const SEED_POOL_STREAM: u64 = u64::MAX - 1;
+
+/// The file of the J public prompts in a run directory.
+const PROMPTS_FILE: &str = "prompts.json";
+/// The sampling stream of the final synthetic set (rounds use their number).
+pub const SYNTHETIC_STREAM: u64 = u64::MAX;
+
+/// The run's J public prompts, built from the public seed pool with the run's (public) seed,
+/// and saved to `prompts.json` so that anyone can check that no private text is in them.
+pub fn public_prompts(
+    config: &RunConfig,
+    dir: &RunDir,
+    template: &PromptTemplate,
+    seed_pool: &[String],
+) -> Result<Vec<String>> {
+    let prompts = build_prompts_with(
+        template,
+        seed_pool,
+        config.prompts.num_prompts,
+        &mut derived_rng(config.run.seed, "prompts", 0),
+    )?;
+    let json = serde_json::to_string_pretty(&prompts)
+        .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
+    write_atomic(&dir.root().join(PROMPTS_FILE), json.as_bytes())?;
+    Ok(prompts)
+}
+
+/// POPri's synthetic set: one sample of the final generator per prompt (fresh prompts from the
+/// seed pool, or the rounds' prompts again: `output.synthetic_prompts`), written to
+/// `synthetic.jsonl`. Post-processing of released values: no privacy cost.
+pub fn write_popri_synthetic(
+    engine: &mut PopriEngine,
+    config: &RunConfig,
+    dir: &RunDir,
+    template: &PromptTemplate,
+    seed_pool: &[String],
+    progress: &dyn Progress,
+) -> Result<Candidates> {
+    let output = &config.output;
+    let prompts = match output.synthetic_prompts {
+        SyntheticPrompts::Fresh => build_prompts_with(
+            template,
+            seed_pool,
+            output.synthetic_samples,
+            &mut derived_rng(config.run.seed, "synthetic prompts", 0),
+        )?,
+        SyntheticPrompts::Reuse => engine
+            .prompts()
+            .iter()
+            .cycle()
+            .take(output.synthetic_samples)
+            .cloned()
+            .collect(),
+    };
+    let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
+    write_synthetic_texts(dir, &synthetic.texts)?;
+    Ok(synthetic)
+}
 
 /// The cohort of `round`: the one saved when the round began (a resumed run takes it up: a
 /// cohort is drawn once), or a fresh draw from `sampler`, saved as private state before any

@@ -23,21 +23,20 @@ use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{plan_noise, BudgetGuard};
-use crate::config::{Method, RunConfig, SyntheticPrompts};
+use crate::config::{Method, RunConfig};
 use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{
-    Candidates, CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput,
-    RoundReport, RoundSettings, RoundTask, ScoreTransport,
+    CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput, RoundReport,
+    RoundSettings, RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
 use crate::noise::{GridSum, NoiseSource, NoiseState, PlannedRelease};
-use crate::prompts::{build_prompts_with, PromptTemplate};
 use crate::run_dir::{read_checkpoint_state, write_atomic, NonPrivate, RoundMetrics, RunDir};
-use crate::sampling::{derived_rng, ClientSampler};
+use crate::sampling::ClientSampler;
 use crate::setup::{
-    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template, rows,
-    sampling_params, sampling_rate, seed_pool, write_statement, write_synthetic_texts,
-    SimulatedClients, EMBED_BATCH,
+    base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
+    public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_popri_synthetic,
+    write_statement, SimulatedClients, EMBED_BATCH,
 };
 use clients::{FederatedData, SimulatedPopulation};
 
@@ -45,10 +44,6 @@ use clients::{FederatedData, SimulatedPopulation};
 pub(crate) const STATE_FILE: &str = "state.json";
 /// FID and ε per round, drawn after the run.
 pub(crate) const ROUNDS_PLOT_FILE: &str = "rounds.svg";
-/// The sampling stream of the final synthetic set (rounds use their number).
-const SYNTHETIC_STREAM: u64 = u64::MAX;
-/// The J public prompts of every round.
-const PROMPTS_FILE: &str = "prompts.json";
 
 /// The simulated clients as a [`ScoreTransport`]: each sampled client scores the candidates
 /// against its own texts in this process, with the clients' code (`clients::scores`).
@@ -289,17 +284,7 @@ impl Simulation {
         let mut generator = load_generator(config, &assets, device)?;
         let seed_pool = seed_pool(config, &self.dir, &generator, progress)?;
         let template = prompt_template(config)?;
-        let prompts = build_prompts_with(
-            &template,
-            &seed_pool,
-            config.prompts.num_prompts,
-            &mut derived_rng(config.run.seed, "prompts", 0),
-        )?;
-
-        // Public by construction; saved so anyone can check that no private text is in them.
-        let prompts_json = serde_json::to_string_pretty(&prompts)
-            .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
-        write_atomic(&self.dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
+        let prompts = public_prompts(config, &self.dir, &template, &seed_pool)?;
 
         let sampler = ClientSampler::new(
             config.privacy.client_sampling()?,
@@ -365,7 +350,14 @@ impl Simulation {
 
         // The released outputs: synthetic data from the final adapter (post-processing of
         // noisy results, no further privacy cost) and the statement.
-        let synthetic = self.write_synthetic(&mut engine, &seed_pool, &template, progress)?;
+        let synthetic = write_popri_synthetic(
+            &mut engine,
+            config,
+            &self.dir,
+            &template,
+            &seed_pool,
+            progress,
+        )?;
         let synthetic_fid = match eval_embeddings {
             Some(eval) if synthetic.texts.len() >= 2 => {
                 let embeddings = engine
@@ -404,35 +396,6 @@ impl Simulation {
             .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
         write_atomic(&self.dir.root().join("summary.json"), json.as_bytes())?;
         Ok(summary)
-    }
-
-    /// Samples the synthetic data set and writes `synthetic.jsonl` (`{"text": …}` per line).
-    fn write_synthetic(
-        &self,
-        engine: &mut PopriEngine,
-        seed_pool: &[String],
-        template: &PromptTemplate,
-        progress: &dyn Progress,
-    ) -> Result<Candidates> {
-        let output = &self.config.output;
-        let prompts = match output.synthetic_prompts {
-            SyntheticPrompts::Fresh => build_prompts_with(
-                template,
-                seed_pool,
-                output.synthetic_samples,
-                &mut derived_rng(self.config.run.seed, "synthetic prompts", 0),
-            )?,
-            SyntheticPrompts::Reuse => engine
-                .prompts()
-                .iter()
-                .cycle()
-                .take(output.synthetic_samples)
-                .cloned()
-                .collect(),
-        };
-        let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
-        write_synthetic_texts(&self.dir, &synthetic.texts)?;
-        Ok(synthetic)
     }
 }
 

@@ -41,23 +41,19 @@ use privacy_accounting::{LedgerEvent, Sampling};
 use tch::Tensor;
 
 use crate::budget::{plan_noise, BudgetGuard};
-use crate::config::{RunConfig, SyntheticPrompts, WireDtype};
+use crate::config::{RunConfig, WireDtype};
 use crate::engine::{
     popri_release, Candidates, PopriEngine, Progress, RoundSettings, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
 use crate::noise::{NoiseSource, PlannedRelease};
-use crate::prompts::build_prompts_with;
-use crate::run_dir::{read_checkpoint_state, write_atomic, RoundMetrics, RunDir};
-use crate::sampling::{derived_rng, ClientSampler};
+use crate::run_dir::{read_checkpoint_state, RoundMetrics, RunDir};
+use crate::sampling::ClientSampler;
 use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunState};
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
 use crate::simulate::{round_metrics, write_engine_checkpoint, EngineState, STATE_FILE};
 
-const PROMPTS_FILE: &str = "prompts.json";
-/// The sampling stream of the final synthetic set (as in the simulation).
-const SYNTHETIC_STREAM: u64 = u64::MAX;
 /// `meta` key of the noise multiplier, planned once when round 0 opens.
 const SIGMA_KEY: &str = "sigma";
 
@@ -80,15 +76,7 @@ pub fn run_rounds(
     let mut generator = setup::load_generator(config, &assets, device)?;
     let seed_pool = setup::seed_pool(config, dir, &generator, progress)?;
     let template = setup::prompt_template(config)?;
-    let prompts = build_prompts_with(
-        &template,
-        &seed_pool,
-        config.prompts.num_prompts,
-        &mut derived_rng(config.run.seed, "prompts", 0),
-    )?;
-    let prompts_json = serde_json::to_string_pretty(&prompts)
-        .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
-    write_atomic(&dir.root().join(PROMPTS_FILE), prompts_json.as_bytes())?;
+    let prompts = setup::public_prompts(config, dir, &template, &seed_pool)?;
 
     let checkpoint = dir.latest_checkpoint()?;
     let (trainer, mut noise, first_round) = match &checkpoint {
@@ -525,24 +513,7 @@ fn write_outputs(
     template: &crate::prompts::PromptTemplate,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let output = &config.output;
-    let prompts = match output.synthetic_prompts {
-        SyntheticPrompts::Fresh => build_prompts_with(
-            template,
-            seed_pool,
-            output.synthetic_samples,
-            &mut derived_rng(config.run.seed, "synthetic prompts", 0),
-        )?,
-        SyntheticPrompts::Reuse => engine
-            .prompts()
-            .iter()
-            .cycle()
-            .take(output.synthetic_samples)
-            .cloned()
-            .collect(),
-    };
-    let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
-    setup::write_synthetic_texts(dir, &synthetic.texts)?;
+    setup::write_popri_synthetic(&mut engine, config, dir, template, seed_pool, progress)?;
     let ledger = coordinator.store().ledger(config.privacy.delta)?;
     dir.save_ledger(&ledger)?;
     setup::write_statement(dir, &ledger, config)
