@@ -401,7 +401,7 @@ def fedsyn_round(run_dir: Path, peak_rss_kib: int) -> None:
         "prompts": len(prompts),
         "per_prompt": generation["candidates_per_prompt"],
         "max_new_tokens": generation["max_new_tokens"],
-        "clients": row["clients"],
+        "clients": row["cohort"],
         "sigma": row["sigma"],
         "threads": config["run"]["threads"],
         "seconds": {phase: row["seconds"][phase] for phase in PHASES},
