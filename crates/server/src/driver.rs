@@ -105,13 +105,15 @@ pub trait RoundMethod {
     /// The number of clients the cohorts are drawn from.
     fn population(&self) -> usize;
 
-    /// The release round `round` will make: its mechanisms and the ledger event covering them.
-    fn plan(&mut self, round: u64) -> Result<PlannedRelease>;
+    /// The release round `round` will make: its mechanisms and the ledger event covering them;
+    /// `None` to end the run here (a served run that was stopped, or has no clients).
+    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>>;
 
     /// Runs round `round` with the clients `cohort`: collect their contributions, commit the
     /// release with `commit` (which returns only once the cost is durable) to get the charge,
     /// draw the noise from `noise` against it, and use the released values. Returns the round's
-    /// metrics row (the driver fills in ε and the wall time).
+    /// metrics row (the driver fills in ε and the wall time), or `None` when the run was
+    /// stopped before the commit (nothing charged, nothing released).
     fn run_round(
         &mut self,
         round: u64,
@@ -120,7 +122,7 @@ pub trait RoundMethod {
         commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
         noise: &mut NoiseSource,
         progress: &dyn Progress,
-    ) -> Result<RoundMetrics>;
+    ) -> Result<Option<RoundMetrics>>;
 
     /// Writes round `metrics.round`'s checkpoint, complete or not at all, with `metrics` (and the
     /// state of a test-seeded `noise`) in it.
@@ -148,7 +150,9 @@ impl Driver<'_> {
     ) -> Result<StopReason> {
         for round in rounds {
             let clock = Instant::now();
-            let release = method.plan(round)?;
+            let Some(release) = method.plan(round)? else {
+                return Ok(StopReason::Stopped);
+            };
             // Charged but not checkpointed by a run that was killed: re-run under that charge.
             let already_charged = ledger
                 .ledger()
@@ -159,7 +163,7 @@ impl Driver<'_> {
                 return Ok(StopReason::BudgetExhausted);
             }
             let cohort = log.cohort(round, self.sampler, method.population())?;
-            let mut metrics = {
+            let metrics = {
                 let ledger = &mut *ledger;
                 let mut commit = |event: &LedgerEvent| -> Result<()> {
                     if already_charged {
@@ -176,6 +180,9 @@ impl Driver<'_> {
                     self.noise,
                     self.progress,
                 )?
+            };
+            let Some(mut metrics) = metrics else {
+                return Ok(StopReason::Stopped);
             };
             let (epsilon_rdp, epsilon_pld) = self.guard.spent(ledger.ledger())?;
             metrics.round = round;
@@ -309,14 +316,14 @@ mod tests {
             10
         }
 
-        fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+        fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>> {
             let mechanism = GaussianMechanism::new(2.0, 1.0, 3)?;
-            Ok(PlannedRelease::single(
+            Ok(Some(PlannedRelease::single(
                 mechanism,
                 Sampling::Poisson { q: 0.5 },
                 round,
                 "fake",
-            ))
+            )))
         }
 
         fn run_round(
@@ -327,7 +334,7 @@ mod tests {
             commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
             noise: &mut NoiseSource,
             _: &dyn Progress,
-        ) -> Result<RoundMetrics> {
+        ) -> Result<Option<RoundMetrics>> {
             let mechanism = *release.mechanism(0).unwrap();
             let mut sum = GridSum::zeros(&mechanism);
             for _ in cohort {
@@ -342,7 +349,7 @@ mod tests {
             }
             self.released.push(noise.release(&mut charge, 0, &sum)?);
             self.journal.borrow_mut().push(format!("release {round}"));
-            Ok(RoundMetrics::default())
+            Ok(Some(RoundMetrics::default()))
         }
 
         fn checkpoint(&mut self, metrics: &RoundMetrics, _: &NoiseSource) -> Result<()> {

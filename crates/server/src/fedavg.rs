@@ -303,7 +303,7 @@ impl RoundMethod for FedAvgRounds<'_> {
 
     /// The update sum, and under adaptive clipping the count Σ(bᵢ − ½) (sensitivity ½, noise
     /// σ_b = multiplier 2σ_b): one joint Gaussian mechanism of multiplier σ.
-    fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>> {
         let update = GaussianMechanism::new(self.update_sigma, self.clip, self.parameters)?;
         let count = self
             .adaptive
@@ -318,12 +318,12 @@ impl RoundMethod for FedAvgRounds<'_> {
                 self.update_sigma, a.count_noise
             ),
         };
-        Ok(PlannedRelease::joint(
+        Ok(Some(PlannedRelease::joint(
             std::iter::once(update).chain(count).collect(),
             self.accounting,
             round,
             &label,
-        ))
+        )))
     }
 
     fn run_round(
@@ -334,7 +334,7 @@ impl RoundMethod for FedAvgRounds<'_> {
         commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
         noise: &mut NoiseSource,
         progress: &dyn Progress,
-    ) -> Result<RoundMetrics> {
+    ) -> Result<Option<RoundMetrics>> {
         let config = self.config;
         let update = *release
             .mechanism(0)
@@ -376,7 +376,7 @@ impl RoundMethod for FedAvgRounds<'_> {
         let aggregate_seconds = aggregate_clock.elapsed().as_secs_f64();
 
         let contributed = round_sum.contributed;
-        Ok(RoundMetrics {
+        Ok(Some(RoundMetrics {
             round,
             delta: config.privacy.delta,
             sigma: self.sigma,
@@ -405,7 +405,7 @@ impl RoundMethod for FedAvgRounds<'_> {
                 ..PhaseSeconds::default()
             },
             ..RoundMetrics::default()
-        })
+        }))
     }
 
     fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {

@@ -98,7 +98,7 @@ impl GaussianMechanism {
                 "at least one released coordinate",
             ));
         }
-        let grid = 2f64.powi(clip.log2().floor() as i32 - GRID_BITS);
+        let grid = grid_for(clip);
         Ok(Self {
             sigma,
             clip,
@@ -166,6 +166,11 @@ impl GaussianMechanism {
             .map(|v| (v / self.grid).round() as i64)
             .collect())
     }
+}
+
+/// γ = 2^⌊log₂ C⌋ · 2^−[`GRID_BITS`]: the grid of every mechanism with clip bound `clip`.
+pub fn grid_for(clip: f64) -> f64 {
+    2f64.powi(clip.log2().floor() as i32 - GRID_BITS)
 }
 
 /// The L2 norm, accumulated in f64.

@@ -254,15 +254,15 @@ impl RoundMethod for PeRun<'_> {
         self.voters.len()
     }
 
-    fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
+    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>> {
         let mechanism =
             GaussianMechanism::new(self.plan.sigma, SENSITIVITY, self.population.len())?;
-        Ok(PlannedRelease::single(
+        Ok(Some(PlannedRelease::single(
             mechanism,
             self.accounting,
             round,
             "pe round: noisy sum of L2-normalised nearest-neighbour vote histograms",
-        ))
+        )))
     }
 
     /// Round `round` over the current population: votes, noise, survivors, the next population.
@@ -274,7 +274,7 @@ impl RoundMethod for PeRun<'_> {
         commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
         noise: &mut NoiseSource,
         progress: &dyn Progress,
-    ) -> Result<RoundMetrics> {
+    ) -> Result<Option<RoundMetrics>> {
         let mut seconds = PhaseSeconds::default();
         let population = std::mem::take(&mut self.population);
         let mechanism = *release
@@ -358,7 +358,7 @@ impl RoundMethod for PeRun<'_> {
             survivors,
             next_population,
         });
-        Ok(metrics)
+        Ok(Some(metrics))
     }
 
     /// Writes round `metrics.round`'s checkpoint: the state and, for PE+SFT, the adapter (PEFT

@@ -96,6 +96,9 @@ pub enum StopReason {
     RoundsCompleted,
     /// The next round would have spent more than the target ε.
     BudgetExhausted,
+    /// The run was stopped from outside (`fedsyn serve`'s admin stop, or no clients to serve):
+    /// the open round, if any, was abandoned before its charge.
+    Stopped,
 }
 
 /// What `fedsyn simulate` prints at the end (and writes as `summary.json`).
@@ -150,6 +153,7 @@ impl SimulationSummary {
             match self.stop_reason {
                 StopReason::RoundsCompleted => "all planned rounds done",
                 StopReason::BudgetExhausted => "stopped: the next round would exceed the budget",
+                StopReason::Stopped => "stopped from outside",
             },
             self.epsilon_rdp,
             self.epsilon_pld,
@@ -416,8 +420,10 @@ impl RoundMethod for PopriRounds<'_> {
         self.transport.population()
     }
 
-    fn plan(&mut self, round: u64) -> Result<PlannedRelease> {
-        self.engine.planned_release(round, self.accounting)
+    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>> {
+        self.engine
+            .planned_release(round, self.accounting)
+            .map(Some)
     }
 
     fn run_round(
@@ -428,7 +434,7 @@ impl RoundMethod for PopriRounds<'_> {
         commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
         noise: &mut NoiseSource,
         progress: &dyn Progress,
-    ) -> Result<RoundMetrics> {
+    ) -> Result<Option<RoundMetrics>> {
         let output = self.engine.run_round(
             round,
             cohort,
@@ -452,12 +458,12 @@ impl RoundMethod for PopriRounds<'_> {
             nonprivate.get_mut().fid_nonprivate = fid;
             nonprivate.get_mut().mean_distance_sq_nonprivate = mean_distance;
         }
-        Ok(round_metrics(
+        Ok(Some(round_metrics(
             self.config,
             self.sigma,
             &self.accounting,
             &report,
-        ))
+        )))
     }
 
     fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {

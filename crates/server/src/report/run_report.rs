@@ -112,6 +112,7 @@ fn overview(record: &RunRecord, doc: &mut Document) {
                     crate::simulate::StopReason::RoundsCompleted => "all planned rounds ran",
                     crate::simulate::StopReason::BudgetExhausted =>
                         "stopped: the next round would have exceeded the target ε",
+                    crate::simulate::StopReason::Stopped => "stopped from outside",
                 },
                 summary.sigma
             ));

@@ -1,4 +1,6 @@
-//! The server's round loop around [`PopriEngine`], on its own (blocking) thread.
+//! The server's rounds, on their own (blocking) thread: [`PopriEngine`] with remote clients,
+//! run by the same [`Driver`] as every simulation (budget rule, cohort, commit, noise,
+//! checkpoint), with a SQLite ledger ([`SqliteLedger`]) and round log ([`ServedLog`]).
 //!
 //! Durable writes of round t, in this order:
 //! 1. the round opens: round, sampled client ids (drawn once: the cohort never changes, see
@@ -12,7 +14,8 @@
 //!    SQLite transaction (primary key = round; the engine's `commit_cost`, before any noise
 //!    exists), mirrored to `ledger.json`;
 //! 5. noise, DPO, then the checkpoint of round t (adapter, trainer, state) renamed into place;
-//! 6. the metrics row; the round is marked released and its kept sum erased.
+//! 6. the round is marked released (its kept sum and its cohort record erased), then the
+//!    metrics row.
 //!
 //! Why a `kill -9` anywhere, then `fedsyn serve --resume`, neither loses nor double-counts
 //! budget nor releases a round twice:
@@ -25,8 +28,8 @@
 //!   adapter died with it). The resumed run draws fresh noise for the same kept sum under the
 //!   one charge already committed: one charge, one release — the argument of `simulate.rs`;
 //!   the ledger's primary key makes a second charge impossible anyway;
-//! - between 5 and 6: the checkpoint exists, so round t is done: the resumed run marks it
-//!   released (erasing its sum) and continues with t + 1, repairing `metrics.jsonl` from
+//! - after 5: the checkpoint exists, so round t is done: the resumed run marks it released
+//!   if it was not (erasing its sum) and continues with t + 1, repairing `metrics.jsonl` from
 //!   the checkpoint's copy of the row.
 
 use std::str::FromStr;
@@ -37,16 +40,17 @@ use std::time::Instant;
 use clients::{encode_candidates, CandidateMatrix, EmbeddingDtype};
 use models::train::PreferenceTrainer;
 use models::{Assets, DeviceChoice};
-use privacy_accounting::{LedgerEvent, Sampling};
+use privacy_accounting::{Ledger, LedgerEvent, Sampling};
 use tch::Tensor;
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{RunConfig, WireDtype};
+use crate::driver::{Driver, LedgerStore, RoundLog, RoundMethod};
 use crate::engine::{
     popri_release, Candidates, PopriEngine, Progress, RoundSettings, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
-use crate::noise::{NoiseSource, PlannedRelease};
+use crate::noise::{grid_for, NoiseSource, PlannedRelease};
 use crate::run_dir::{read_checkpoint_state, RoundMetrics, RunDir};
 use crate::sampling::ClientSampler;
 use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunState};
@@ -126,43 +130,39 @@ pub fn run_rounds(
         rejected_rank: config.pairs.rejected_rank,
         seed: config.run.seed,
     };
-    let mut rounds = RoundLoop {
+    let guard = BudgetGuard::new(&config.privacy);
+    let mut rounds = ServedRounds {
         config,
         dir,
         coordinator,
-        sampler,
-        guard: BudgetGuard::new(&config.privacy),
         sigma,
         settings,
+        engine: None,
+        parts: Some((generator, embedder, trainer, prompts)),
+        prepared: None,
     };
-    let mut engine: Option<PopriEngine> = None;
-    let mut parts = Some((generator, embedder, trainer, prompts));
-    for round in first_round..config.privacy.rounds {
-        if coordinator.stop_requested() {
-            break;
-        }
-        let Some(opened) = rounds.open(round, &mut engine, &mut parts, progress)? else {
-            break;
-        };
-        let engine = engine.as_mut().expect("opened rounds have an engine");
-        match rounds.run(engine, opened, &mut noise, progress)? {
-            Some(metrics) => on_round(&metrics),
-            None => break,
-        }
+    let mut ledger = SqliteLedger::open(config, dir, coordinator, &guard)?;
+    let mut log = ServedLog { dir, coordinator };
+    Driver {
+        sampler: &sampler,
+        guard: &guard,
+        noise: &mut noise,
+        progress,
+        on_round,
     }
+    .run(
+        &mut rounds,
+        &mut ledger,
+        &mut log,
+        first_round..config.privacy.rounds,
+    )?;
 
-    let engine = match engine {
+    let engine = match rounds.engine {
         Some(engine) => engine,
         None => {
             let (generator, embedder, trainer, prompts) =
-                parts.take().expect("the engine parts are unused");
-            PopriEngine::new(
-                generator,
-                embedder,
-                trainer,
-                prompts,
-                rounds.settings.clone(),
-            )?
+                rounds.parts.take().expect("the engine parts are unused");
+            PopriEngine::new(generator, embedder, trainer, prompts, rounds.settings)?
         }
     };
     write_outputs(
@@ -196,94 +196,47 @@ type EngineParts = (
     Vec<String>,
 );
 
-/// A round attempt ready to be collected.
-struct Opened {
-    round: u64,
+/// What [`RoundMethod::plan`] learnt about the round it planned.
+struct Prepared {
+    /// The clients the cohort is drawn from, in enrolment order.
     population: Vec<String>,
-    candidates: Candidates,
-    embeddings: Tensor,
-    /// The round's release (its ledger event and noise), planned when the round opened.
-    release: PlannedRelease,
     sampling: Sampling,
-    /// Seconds spent generating and embedding the candidates (or re-embedding stored ones).
-    prepare_seconds: f64,
+    /// The round's record when it was opened before a restart (its cohort and candidates).
+    held: Option<RoundRecord>,
 }
 
-struct RoundLoop<'a> {
+/// `fedsyn serve`'s POPri rounds for the [`Driver`]: remote clients through
+/// [`RemoteTransport`], the engine built once the first round's σ is planned.
+struct ServedRounds<'a> {
     config: &'a RunConfig,
     dir: &'a RunDir,
     coordinator: &'a Arc<Coordinator>,
-    sampler: ClientSampler,
-    guard: BudgetGuard,
     sigma: Option<f64>,
     settings: RoundSettings,
+    engine: Option<PopriEngine>,
+    parts: Option<EngineParts>,
+    prepared: Option<Prepared>,
 }
 
-impl RoundLoop<'_> {
-    /// Opens round `round` (or takes up its attempt held from before a restart); `None` when
-    /// the run should stop (stop requested, or the round would exceed the budget).
-    fn open(
-        &mut self,
-        round: u64,
-        engine: &mut Option<PopriEngine>,
-        parts: &mut Option<EngineParts>,
-        progress: &dyn Progress,
-    ) -> Result<Option<Opened>> {
+impl RoundMethod for ServedRounds<'_> {
+    fn population(&self) -> usize {
+        self.prepared.as_ref().map_or(0, |p| p.population.len())
+    }
+
+    /// Waits for the clients (the population is known only now: clients enrol while the server
+    /// runs), plans σ once, and the round's release; `None` when the run was stopped.
+    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>> {
+        if self.coordinator.stop_requested() {
+            return Ok(None);
+        }
         let store = self.coordinator.store();
         let held = self
             .coordinator
             .current_attempt()
             .filter(|open| open.round == round);
         let previous = store.latest_attempt(round)?;
-        let population = match (&held, &previous) {
-            (Some(_), Some(record)) => store.clients_in_order(record.population)?,
-            _ => match self
-                .coordinator
-                .wait_until_ready(self.config.serve.min_clients)?
-            {
-                Some(enrolled) => store.clients_in_order(enrolled)?,
-                None => return Ok(None),
-            },
-        };
-        // The population is known only now (clients enrol while the server runs): warned
-        // about once per process, at the first round that has the problem.
-        static DELTA_WARNED: std::sync::atomic::AtomicBool =
-            std::sync::atomic::AtomicBool::new(false);
-        if let Some(warning) = delta_warning(self.config.privacy.delta, population.len()) {
-            if !DELTA_WARNED.swap(true, Ordering::Relaxed) {
-                eprintln!("warning: {warning}");
-            }
-        }
-        let sampling = self.sampler.accounting(population.len())?;
-        let sigma = self.sigma(sampling)?;
-        self.settings.noise_multiplier = sigma;
-        let release = popri_release(
-            sigma,
-            release_clip(self.config.privacy.clip, self.config.serve.quorum),
-            self.config.prompts.num_prompts * self.config.generation.candidates_per_prompt,
-            sampling,
-            round,
-        )?;
-        let charged = store.ledger_rows()?.iter().any(|row| row.round == round);
-        let ledger = store.ledger(self.config.privacy.delta)?;
-        if !charged && held.is_none() && self.guard.would_exceed(&ledger, release.event())? {
-            return Ok(None);
-        }
-        if engine.is_none() {
-            let (generator, embedder, trainer, prompts) =
-                parts.take().expect("the engine is built once");
-            *engine = Some(PopriEngine::new(
-                generator,
-                embedder,
-                trainer,
-                prompts,
-                self.settings.clone(),
-            )?);
-        }
-        let engine = engine.as_mut().expect("built above");
-        let clock = Instant::now();
-        let (candidates, embeddings) = match (held, previous) {
-            (Some(_), Some(record)) => self.recorded(engine, &record, progress)?,
+        let (population, held) = match (held, previous) {
+            (Some(_), Some(record)) => (store.clients_in_order(record.population)?, Some(record)),
             (None, Some(record)) => {
                 // A round opened before and no longer held: abandoned by an older fedsyn with
                 // too few submissions. Opening it again would draw a second cohort for the same
@@ -299,45 +252,135 @@ impl RoundLoop<'_> {
                     ),
                 });
             }
-            _ => {
+            _ => match self
+                .coordinator
+                .wait_until_ready(self.config.serve.min_clients)?
+            {
+                Some(enrolled) => (store.clients_in_order(enrolled)?, None),
+                None => return Ok(None),
+            },
+        };
+        // Warned about once per process, at the first round that has the problem.
+        static DELTA_WARNED: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        if let Some(warning) = delta_warning(self.config.privacy.delta, population.len()) {
+            if !DELTA_WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!("warning: {warning}");
+            }
+        }
+        let sampler = ClientSampler::new(self.config.privacy.client_sampling()?, None)?;
+        let sampling = sampler.accounting(population.len())?;
+        let sigma = self.sigma(sampling)?;
+        self.settings.noise_multiplier = sigma;
+        let release = popri_release(
+            sigma,
+            release_clip(self.config.privacy.clip, self.config.serve.quorum),
+            self.config.prompts.num_prompts * self.config.generation.candidates_per_prompt,
+            sampling,
+            round,
+        )?;
+        self.prepared = Some(Prepared {
+            population,
+            sampling,
+            held,
+        });
+        Ok(Some(release))
+    }
+
+    /// Opens the round with `cohort` (or takes up its record held from before a restart),
+    /// collects, charges, adds noise and trains; `None` when a stop abandoned it (nothing
+    /// charged).
+    fn run_round(
+        &mut self,
+        round: u64,
+        cohort: &[usize],
+        release: PlannedRelease,
+        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+        noise: &mut NoiseSource,
+        progress: &dyn Progress,
+    ) -> Result<Option<RoundMetrics>> {
+        let prepared = self
+            .prepared
+            .take()
+            .ok_or_else(|| ServerError::internal("a served round ran without its plan"))?;
+        if self.engine.is_none() {
+            let (generator, embedder, trainer, prompts) =
+                self.parts.take().expect("the engine is built once");
+            self.engine = Some(PopriEngine::new(
+                generator,
+                embedder,
+                trainer,
+                prompts,
+                self.settings.clone(),
+            )?);
+        }
+        let engine = self.engine.as_mut().expect("built above");
+        let clock = Instant::now();
+        let (candidates, embeddings) = match &prepared.held {
+            Some(record) => recorded(engine, record, progress)?,
+            None => {
                 let prompts = engine.prompts().to_vec();
                 let per_prompt = self.config.generation.candidates_per_prompt;
                 let candidates = engine.sample_candidates(&prompts, per_prompt, round, progress)?;
                 let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
-                let record = self.first_record(round, &candidates, &embeddings)?;
-                self.open_round(round, &population, &record)?;
+                let record = first_record(self.config, round, &candidates, &embeddings)?;
+                let deadline = self.config.serve.round_deadline_seconds * 1000;
+                self.coordinator.open_attempt(&RoundRecord {
+                    attempt: 0,
+                    status: RoundStatus::Open,
+                    population: prepared.population.len(),
+                    sampled: cohort
+                        .iter()
+                        .map(|&i| prepared.population[i].clone())
+                        .collect(),
+                    deadline_unix_ms: now_unix_ms() + deadline,
+                    ..record
+                })?;
                 (candidates, embeddings)
             }
         };
         let prepare_seconds = clock.elapsed().as_secs_f64();
-        Ok(Some(Opened {
+
+        let mut transport =
+            RemoteTransport::new(self.coordinator.clone(), prepared.population.len());
+        let population_indices: Vec<usize> = (0..transport.population()).collect();
+        let output = match engine.run_round_with_candidates(
             round,
-            population,
             candidates,
             embeddings,
+            &population_indices,
+            &mut transport,
+            noise,
             release,
-            sampling,
-            prepare_seconds,
-        }))
-    }
-
-    /// The stored candidates of an attempt and their embeddings (recomputed from the texts:
-    /// the embedder is deterministic, and the clients keep the bytes they were sent).
-    fn recorded(
-        &self,
-        engine: &PopriEngine,
-        record: &RoundRecord,
-        progress: &dyn Progress,
-    ) -> Result<(Candidates, Tensor)> {
-        let candidates = Candidates {
-            texts: record.texts.clone(),
-            prompts: record.prompts,
-            per_prompt: record.per_prompt,
+            commit,
+            progress,
+        ) {
+            Ok(output) => output,
+            Err(_) if transport.stopped() => return Ok(None),
+            Err(error) => return Err(error),
         };
-        let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
-        Ok((candidates, embeddings))
+        let mut report = output.report;
+        report.sampled = transport.sampled();
+        // Generation and embedding happened when the round opened.
+        report.seconds.generate = prepare_seconds;
+        Ok(Some(round_metrics(
+            self.config,
+            self.settings.noise_multiplier,
+            &prepared.sampling,
+            &report,
+        )))
     }
 
+    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()> {
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| ServerError::internal("a served checkpoint without an engine"))?;
+        write_engine_checkpoint(self.dir, self.config, engine, noise, metrics)
+    }
+}
+
+impl ServedRounds<'_> {
     /// σ: the persisted one, or planned now (once) for the population of round 0.
     fn sigma(&mut self, sampling: Sampling) -> Result<f64> {
         if let Some(sigma) = self.sigma {
@@ -350,155 +393,170 @@ impl RoundLoop<'_> {
         self.sigma = Some(sigma);
         Ok(sigma)
     }
+}
 
-    /// The record of round `round`'s candidates (encoded once, served to every client).
-    fn first_record(
-        &self,
-        round: u64,
-        candidates: &Candidates,
-        embeddings: &Tensor,
-    ) -> Result<RoundRecord> {
-        let rows = setup::rows(embeddings)?;
-        let dim = rows.first().map_or(0, Vec::len);
-        let matrix = CandidateMatrix {
-            round,
-            clip: self.config.privacy.clip,
-            rows: rows.len(),
-            dim,
-            values: rows.into_iter().flatten().collect(),
-        };
-        let dtype = match self.config.serve.embedding_dtype {
-            WireDtype::F16 => EmbeddingDtype::F16,
-            WireDtype::F32 => EmbeddingDtype::F32,
-        };
-        Ok(RoundRecord {
-            round,
-            attempt: 0,
-            status: RoundStatus::Open,
-            population: 0,
-            sampled: Vec::new(),
-            deadline_unix_ms: 0,
-            texts: candidates.texts.clone(),
-            prompts: candidates.prompts,
-            per_prompt: candidates.per_prompt,
-            rows: matrix.rows,
-            dim,
-            candidates: encode_candidates(&matrix, dtype, self.config.serve.compress),
+/// The stored candidates of a round and their embeddings (recomputed from the texts: the
+/// embedder is deterministic, and the clients keep the bytes they were sent).
+fn recorded(
+    engine: &PopriEngine,
+    record: &RoundRecord,
+    progress: &dyn Progress,
+) -> Result<(Candidates, Tensor)> {
+    let candidates = Candidates {
+        texts: record.texts.clone(),
+        prompts: record.prompts,
+        per_prompt: record.per_prompt,
+    };
+    let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
+    Ok((candidates, embeddings))
+}
+
+/// The record of round `round`'s candidates (encoded once, served to every client); its cohort
+/// and deadline are filled in when the round opens.
+fn first_record(
+    config: &RunConfig,
+    round: u64,
+    candidates: &Candidates,
+    embeddings: &Tensor,
+) -> Result<RoundRecord> {
+    let rows = setup::rows(embeddings)?;
+    let dim = rows.first().map_or(0, Vec::len);
+    let matrix = CandidateMatrix {
+        round,
+        clip: config.privacy.clip,
+        rows: rows.len(),
+        dim,
+        values: rows.into_iter().flatten().collect(),
+    };
+    let dtype = match config.serve.embedding_dtype {
+        WireDtype::F16 => EmbeddingDtype::F16,
+        WireDtype::F32 => EmbeddingDtype::F32,
+    };
+    Ok(RoundRecord {
+        round,
+        attempt: 0,
+        status: RoundStatus::Open,
+        population: 0,
+        sampled: Vec::new(),
+        deadline_unix_ms: 0,
+        texts: candidates.texts.clone(),
+        prompts: candidates.prompts,
+        per_prompt: candidates.per_prompt,
+        rows: matrix.rows,
+        dim,
+        candidates: encode_candidates(&matrix, dtype, config.serve.compress),
+    })
+}
+
+/// The SQLite ledger of a served run: a round's charge, its kept sum and the erasure of its
+/// client vectors in one transaction, mirrored to `ledger.json` and the ε gauges.
+struct SqliteLedger<'a> {
+    dir: &'a RunDir,
+    coordinator: &'a Arc<Coordinator>,
+    guard: &'a BudgetGuard,
+    delta: f64,
+    /// The grid the stored vectors are rounded to when they are summed.
+    grid: f64,
+    ledger: Ledger,
+}
+
+impl<'a> SqliteLedger<'a> {
+    fn open(
+        config: &RunConfig,
+        dir: &'a RunDir,
+        coordinator: &'a Arc<Coordinator>,
+        guard: &'a BudgetGuard,
+    ) -> Result<Self> {
+        let delta = config.privacy.delta;
+        Ok(Self {
+            dir,
+            coordinator,
+            guard,
+            delta,
+            grid: grid_for(release_clip(config.privacy.clip, config.serve.quorum)),
+            ledger: coordinator.store().ledger(delta)?,
         })
     }
+}
 
-    /// Samples the cohort of `round` from `population` (once: the round's own sampling stream,
-    /// the cohort an uninterrupted simulation would draw) and opens the round (persisted).
-    fn open_round(&self, round: u64, population: &[String], template: &RoundRecord) -> Result<()> {
-        let indices = self.sampler.sample(round, population.len())?;
-        let deadline = self.config.serve.round_deadline_seconds * 1000;
-        let record = RoundRecord {
-            attempt: 0,
-            status: RoundStatus::Open,
-            population: population.len(),
-            sampled: indices.iter().map(|&i| population[i].clone()).collect(),
-            deadline_unix_ms: now_unix_ms() + deadline,
-            ..template.clone()
-        };
-        self.coordinator.open_attempt(&record)
+impl LedgerStore for SqliteLedger<'_> {
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// Collects, charges, adds noise, trains, checkpoints and releases an opened round;
-    /// `None` when a stop abandoned it (nothing charged).
-    fn run(
-        &self,
-        engine: &mut PopriEngine,
-        opened: Opened,
-        noise: &mut NoiseSource,
-        progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>> {
-        let clock = Instant::now();
+    fn commit(&mut self, event: &LedgerEvent) -> Result<()> {
         let store = self.coordinator.store();
-        let round = opened.round;
-        let prepare_seconds = opened.prepare_seconds;
-        let mut transport = RemoteTransport::new(self.coordinator.clone(), opened.population.len());
-        let population_indices: Vec<usize> = (0..transport.population()).collect();
-        let coordinator = self.coordinator;
-        let (dir, delta) = (self.dir, self.config.privacy.delta);
-        let grid = opened
-            .release
-            .mechanism(0)
-            .map(|m| m.grid())
-            .ok_or_else(|| ServerError::internal("a served round without a release"))?;
-        let guard = &self.guard;
-        let mut commit_cost = move |event: &LedgerEvent| -> Result<()> {
-            let open = coordinator
-                .current_attempt()
-                .ok_or_else(|| ServerError::Http("no round at the ledger commit".into()))?;
-            // The charge, the kept sum and the erasure of the client vectors: one transaction.
-            store.commit_round(
-                event,
-                open.attempt,
-                open.rows,
-                grid,
-                open.sampled_count,
-                now_unix_ms(),
-            )?;
-            // ledger.json mirrors the SQLite ledger for the tools that read run directories.
-            let ledger = store.ledger(delta)?;
-            let (rdp, pld) = guard.spent(&ledger)?;
-            coordinator.metrics().set_epsilon(rdp, pld);
-            dir.save_ledger(&ledger)
-        };
-        let output = match engine.run_round_with_candidates(
-            round,
-            opened.candidates,
-            opened.embeddings,
-            &population_indices,
-            &mut transport,
-            noise,
-            opened.release,
-            &mut commit_cost,
-            progress,
-        ) {
-            Ok(output) => output,
-            Err(_) if transport.stopped() => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        let ledger = store.ledger(delta)?;
-        let (epsilon_rdp, epsilon_pld) = self.guard.spent(&ledger)?;
-        let mut report = output.report;
-        report.sampled = transport.sampled();
-        // Generation and embedding happened when the round opened.
-        report.seconds.generate = prepare_seconds;
-        let metrics = RoundMetrics {
-            epsilon_rdp,
-            epsilon_pld,
-            wall_seconds: prepare_seconds + clock.elapsed().as_secs_f64(),
-            ..round_metrics(
-                self.config,
-                self.settings.noise_multiplier,
-                &opened.sampling,
-                &report,
-            )
-        };
-        self.checkpoint(engine, noise, &metrics)?;
-        self.dir.append_metrics(&metrics)?;
-        let attempt = self
+        let open = self
             .coordinator
             .current_attempt()
-            .ok_or_else(|| ServerError::Http("no attempt to release".into()))?;
+            .ok_or_else(|| ServerError::internal("no round is open at the ledger commit"))?;
+        store.commit_round(
+            event,
+            open.attempt,
+            open.rows,
+            self.grid,
+            open.sampled_count,
+            now_unix_ms(),
+        )?;
+        self.ledger = store.ledger(self.delta)?;
+        let (rdp, pld) = self.guard.spent(&self.ledger)?;
+        self.coordinator.metrics().set_epsilon(rdp, pld);
+        // ledger.json mirrors the SQLite ledger for the tools that read run directories.
+        self.dir.save_ledger(&self.ledger)
+    }
+}
+
+/// A served run's round log: the cohort of a round held from before a restart is its record's;
+/// a released round is marked so in SQLite (its vectors and cohort record erased).
+struct ServedLog<'a> {
+    dir: &'a RunDir,
+    coordinator: &'a Arc<Coordinator>,
+}
+
+impl RoundLog for ServedLog<'_> {
+    fn cohort(
+        &mut self,
+        round: u64,
+        sampler: &ClientSampler,
+        population: usize,
+    ) -> Result<Vec<usize>> {
+        let store = self.coordinator.store();
+        let held = self
+            .coordinator
+            .current_attempt()
+            .filter(|open| open.round == round);
+        if held.is_some() {
+            if let Some(record) = store.latest_attempt(round)? {
+                let clients = store.clients_in_order(record.population)?;
+                return Ok(clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| record.sampled.contains(id))
+                    .map(|(i, _)| i)
+                    .collect());
+            }
+        }
+        // Drawn here and persisted with the round's candidates when it opens: nothing has been
+        // sent to any client before then, so a crash in between redraws a cohort nobody saw.
+        sampler.sample(round, population)
+    }
+
+    fn close_round(&mut self) -> Result<()> {
+        let open = self
+            .coordinator
+            .current_attempt()
+            .ok_or_else(|| ServerError::internal("no round to release"))?;
         self.coordinator
-            .retire(round, attempt.attempt, RoundStatus::Released)?;
+            .retire(open.round, open.attempt, RoundStatus::Released)?;
         self.coordinator
             .metrics()
             .rounds_released
             .fetch_add(1, Ordering::Relaxed);
-        Ok(Some(metrics))
+        Ok(())
     }
 
-    fn checkpoint(
-        &self,
-        engine: &PopriEngine,
-        noise: &NoiseSource,
-        metrics: &RoundMetrics,
-    ) -> Result<()> {
-        write_engine_checkpoint(self.dir, self.config, engine, noise, metrics)
+    fn append(&mut self, metrics: &RoundMetrics) -> Result<()> {
+        self.dir.append_metrics(metrics)
     }
 }
 
