@@ -17,13 +17,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::credentials::{read_credentials, write_credentials, Credentials};
 use crate::error::{RemoteError, Result};
 use crate::http::{jittered, normalise_server_url, Http, Reply, Retry};
+use crate::protocol::{EnrolRequest, Enrolment, NextTask, Receipt, ScoresRequest, Task};
 use crate::score::score_candidates;
-use crate::wire::{decode_candidates, CandidateMatrix, EmbeddingDtype, HEADER_LEN, MAX_VALUES};
+use crate::wire::{decode_candidates, CandidateMatrix, HEADER_LEN, MAX_VALUES};
 
 /// The shortest and longest wait the client accepts from a "wait" answer.
 const MIN_POLL: Duration = Duration::from_millis(20);
@@ -104,39 +105,6 @@ pub struct RunSummary {
     pub rounds_refused: Vec<u64>,
     /// Requests tried again after a failure.
     pub retries: u32,
-}
-
-/// The server's answer to `GET /v1/tasks/next`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-enum NextTask {
-    Task(Task),
-    Wait { retry_after_ms: u64 },
-    Finished,
-}
-
-/// A round the client is sampled in.
-#[derive(Debug, Deserialize)]
-struct Task {
-    round: u64,
-    attempt: u64,
-    clip: f64,
-    candidates: usize,
-    dim: usize,
-    dtype: EmbeddingDtype,
-    candidates_url: String,
-}
-
-#[derive(Deserialize)]
-struct Enrolment {
-    client_id: String,
-    token: String,
-}
-
-#[derive(Deserialize)]
-struct Receipt {
-    round: u64,
-    receipt: String,
 }
 
 /// How a round's work ended.
@@ -223,7 +191,10 @@ impl RemoteClient {
 
     /// `POST /v1/enrol`: trades the one-time `token` for this client's id and bearer token.
     fn enrol(&mut self, token: &str, on_event: &mut dyn FnMut(ClientEvent)) -> Result<()> {
-        let body = serde_json::json!({ "enrolment_token": token }).to_string();
+        let body = serde_json::to_string(&EnrolRequest {
+            enrolment_token: token.to_string(),
+        })
+        .expect("a string serialises");
         let reply = self.post("/v1/enrol", false, body.as_bytes(), on_event)?;
         if reply.status != 201 && reply.status != 200 {
             return Err(match reply.status {
@@ -481,7 +452,7 @@ impl RemoteClient {
 /// `{"scores":[…]}`: the f32 values written as the f64 numbers they are exactly.
 fn score_body(scores: &[f32]) -> Vec<u8> {
     let scores: Vec<f64> = scores.iter().map(|&v| f64::from(v)).collect();
-    serde_json::to_vec(&serde_json::json!({ "scores": scores })).expect("finite f64 serialise")
+    serde_json::to_vec(&ScoresRequest { scores }).expect("finite f64 serialise")
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(request: &str, reply: &Reply) -> Result<T> {

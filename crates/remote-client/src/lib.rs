@@ -2,7 +2,7 @@
 //! candidate embeddings ([`wire`]), the client's credentials and data ([`credentials`],
 //! [`data`]), its embedding profile as stored in its state folder ([`profile`]), POPri scoring
 //! in plain Rust ([`score`]) and the HTTP client that enrols, polls, scores and submits
-//! ([`client`]).
+//! ([`client`]), and the JSON messages both ends of the HTTP API share ([`protocol`]).
 //!
 //! Only two request bodies ever leave a client: the enrolment token and the clipped score
 //! vector. Computing a profile needs the sentence embedder and lives in the `clients` crate
@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 mod http;
 pub mod profile;
+pub mod protocol;
 pub mod score;
 pub mod wire;
 

@@ -25,6 +25,10 @@ use crate::serve::coordinator::{now_unix_ms, Accepted, Coordinator, NextTask, Ro
 use crate::serve::limits::RateLimiter;
 use crate::serve::metrics::Rejection;
 use crate::serve::problem::{Problem, PROBLEM_JSON};
+use remote_client::protocol::{
+    self, EnrolRequest, Enrolment, Receipt, ScoresRequest, Tokens, TokensRequest,
+};
+use remote_client::EmbeddingDtype;
 
 /// `meta` key of the SHA-256 (hex) of the admin token.
 pub const ADMIN_HASH_KEY: &str = "admin_token_hash";
@@ -485,12 +489,6 @@ fn body_problem(rejection: BytesRejection) -> Problem {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnrolRequest {
-    enrolment_token: String,
-}
-
 /// Runs a handler body that touches SQLite (and may wait for its fsync) on this worker thread,
 /// telling tokio to move its other tasks elsewhere meanwhile.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -527,20 +525,29 @@ fn enrol_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
     state.coordinator.notify();
     Ok((
         StatusCode::CREATED,
-        Json(json!({"client_id": issued.id, "token": issued.token})),
+        Json(Enrolment {
+            client_id: issued.id,
+            token: issued.token,
+        }),
     )
         .into_response())
 }
 
-async fn next_task(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn next_task(
+    State(state): Shared,
+    headers: HeaderMap,
+) -> Result<Json<protocol::NextTask>, Problem> {
     blocking(|| next_task_inner(&state, &headers))
 }
 
-fn next_task_inner(state: &AppState, headers: &HeaderMap) -> Result<Json<Value>, Problem> {
+fn next_task_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Json<protocol::NextTask>, Problem> {
     let id = client_id(state, headers)?;
     let dtype = match state.config.serve.embedding_dtype {
-        crate::config::WireDtype::F16 => "f16",
-        crate::config::WireDtype::F32 => "f32",
+        crate::config::WireDtype::F16 => EmbeddingDtype::F16,
+        crate::config::WireDtype::F32 => EmbeddingDtype::F32,
     };
     Ok(Json(match state.coordinator.next_task(&id)? {
         NextTask::Task {
@@ -549,21 +556,18 @@ fn next_task_inner(state: &AppState, headers: &HeaderMap) -> Result<Json<Value>,
             rows,
             dim,
             deadline_unix_ms,
-        } => json!({
-            "state": "task",
-            "round": round,
-            "attempt": attempt,
-            "clip": state.config.privacy.clip,
-            "candidates": rows,
-            "dim": dim,
-            "dtype": dtype,
-            "deadline_unix_ms": deadline_unix_ms,
-            "candidates_url": format!("/v1/rounds/{round}/candidates"),
+        } => protocol::NextTask::Task(protocol::Task {
+            round,
+            attempt: u64::from(attempt),
+            clip: state.config.privacy.clip,
+            candidates: rows,
+            dim,
+            dtype,
+            deadline_unix_ms,
+            candidates_url: format!("/v1/rounds/{round}/candidates"),
         }),
-        NextTask::Wait { retry_after_ms } => {
-            json!({"state": "wait", "retry_after_ms": retry_after_ms})
-        }
-        NextTask::Finished => json!({"state": "finished"}),
+        NextTask::Wait { retry_after_ms } => protocol::NextTask::Wait { retry_after_ms },
+        NextTask::Finished => protocol::NextTask::Finished,
     }))
 }
 
@@ -607,12 +611,6 @@ fn candidates_inner(
         .into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScoresRequest {
-    scores: Vec<f64>,
-}
-
 async fn scores(
     State(state): Shared,
     Path(round): Path<String>,
@@ -654,16 +652,12 @@ fn submit_scores(
         Err(problem) => return problem.into_response(),
     };
     match state.coordinator.submit(round, &id, &request.scores) {
-        Ok(Accepted::New { receipt, .. }) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"round": round, "receipt": receipt})),
-        )
-            .into_response(),
-        Ok(Accepted::Replay { receipt }) => (
-            StatusCode::OK,
-            Json(json!({"round": round, "receipt": receipt})),
-        )
-            .into_response(),
+        Ok(Accepted::New { receipt, .. }) => {
+            (StatusCode::ACCEPTED, Json(Receipt { round, receipt })).into_response()
+        }
+        Ok(Accepted::Replay { receipt }) => {
+            (StatusCode::OK, Json(Receipt { round, receipt })).into_response()
+        }
         Err(error) => {
             let (why, problem) = round_problem(error);
             if let Some(why) = why {
@@ -762,12 +756,6 @@ fn privacy_report(state: &AppState) -> Result<Value, Problem> {
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokensRequest {
-    count: usize,
-}
-
 async fn enrolment_tokens(
     State(state): Shared,
     headers: HeaderMap,
@@ -782,7 +770,7 @@ async fn enrolment_tokens(
         )));
     }
     let tokens = create_enrolment_tokens(&state.coordinator, request.count)?;
-    Ok((StatusCode::CREATED, Json(json!({"tokens": tokens}))).into_response())
+    Ok((StatusCode::CREATED, Json(Tokens { tokens })).into_response())
 }
 
 /// Makes `count` enrolment tokens (stored hashed) and returns them in plain text.
