@@ -161,7 +161,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
     assert_eq!(ledger.events.len(), 2);
     let rounds: Vec<Option<u64>> = ledger.events.iter().map(|e| e.round).collect();
     assert_eq!(rounds, [Some(0), Some(1)]);
-    // The charged sensitivity is the clip bound plus the release grid's share (noise.rs).
+    // The charged sensitivity is the clip bound plus the release grid's share (dp_mechanics::release).
     assert!(ledger
         .events
         .iter()

@@ -178,7 +178,7 @@ fn check_complete_run(run_dir: &Path, summary: &Value, checkpoint_files: &[&str]
     assert_eq!(rounds, [Some(0), Some(1)]);
     for event in &ledger.events {
         assert_eq!(event.sampling, Sampling::Full);
-        // Histograms have L2 norm ≤ 1; the release grid adds its share (noise.rs).
+        // Histograms have L2 norm ≤ 1; the release grid adds its share (dp_mechanics::release).
         let bound = event.clip_bound.unwrap();
         assert!((1.0..1.0001).contains(&bound), "{bound}");
         assert!(event.label.starts_with("pe round"), "{}", event.label);
@@ -277,7 +277,9 @@ fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
         ],
     );
     for row in metrics(&run_dir) {
-        let loss = row["train_loss"].as_f64().expect("the SFT loss of the round");
+        let loss = row["train_loss"]
+            .as_f64()
+            .expect("the SFT loss of the round");
         assert!(loss.is_finite() && loss > 0.0, "SFT loss {loss}");
     }
     // Every survivor trained on was written by a public prompt.

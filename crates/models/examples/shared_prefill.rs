@@ -9,14 +9,19 @@ use models::Assets;
 use tch::Device;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let (j, k, new_tokens) = (
         *args.first().unwrap_or(&4),
         *args.get(1).unwrap_or(&4),
         *args.get(2).unwrap_or(&32),
     );
     tch::set_num_threads(2);
-    let path = Assets::discover().smollm2_gguf().expect("scripts/setup.sh installs SmolLM2");
+    let path = Assets::discover()
+        .smollm2_gguf()
+        .expect("scripts/setup.sh installs SmolLM2");
     let generator = Generator::from_gguf(&path, Device::Cpu).unwrap();
     // A demo-like prompt: a few hundred tokens of instructions and examples.
     let base = "Here are examples of State of the Union addresses. Write one more paragraph in \

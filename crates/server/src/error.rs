@@ -67,6 +67,9 @@ pub enum ServerError {
     /// The generator, the embedder or the trainer failed.
     #[error(transparent)]
     Model(#[from] models::ModelError),
+    /// Client sampling or the DP release failed.
+    #[error(transparent)]
+    Dp(#[from] dp_mechanics::DpError),
     /// Client-side work failed (data, embeddings, scores).
     #[error(transparent)]
     Clients(#[from] clients::ClientsError),
@@ -113,6 +116,7 @@ impl ServerError {
             | ServerError::Accounting(_) => true,
             ServerError::Model(e) => e.is_bad_input(),
             ServerError::Clients(e) => e.is_bad_input(),
+            ServerError::Dp(e) => e.is_bad_input(),
             ServerError::Io { .. }
             | ServerError::Tokenizer(_)
             | ServerError::Plot { .. }

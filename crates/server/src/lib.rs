@@ -12,14 +12,16 @@ pub mod error;
 pub mod evaluate;
 mod fedavg;
 pub mod fid;
-pub mod noise;
+/// The DP release of a round (from `dp-mechanics`).
+pub use dp_mechanics::release as noise;
 pub mod pairs;
 mod pe;
 pub mod plot;
 pub mod prompts;
 pub mod report;
 pub mod run_dir;
-pub mod sampling;
+/// Client sampling (from `dp-mechanics`).
+pub use dp_mechanics::sampling;
 pub mod serve;
 pub mod setup;
 pub mod simulate;

@@ -88,7 +88,7 @@ pub struct RoundMetrics {
     #[serde(default)]
     pub cohort: Option<u64>,
     /// Standard deviation of the noise added to each coordinate (σ·Δ, Δ the grid-rounded
-    /// sensitivity, see `noise.rs`).
+    /// sensitivity, see `dp_mechanics::release`).
     pub noise_std: f64,
     /// Mean training loss of the round's server-side training on released values: DPO (POPri)
     /// or SFT (PE+SFT); `None` for methods that train nothing on the server. Read from older rows

@@ -538,7 +538,7 @@ impl RoundLog for ServedLog<'_> {
         }
         // Drawn here and persisted with the round's candidates when it opens: nothing has been
         // sent to any client before then, so a crash in between redraws a cohort nobody saw.
-        sampler.sample(round, population)
+        Ok(sampler.sample(round, population)?)
     }
 
     fn close_round(&mut self) -> Result<()> {

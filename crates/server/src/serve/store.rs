@@ -646,7 +646,7 @@ fn stored_sum(
         )
         .optional()?;
     // The kept sum is already in grid units; client vectors are rounded to the grid one by one
-    // (the release's sensitivity is that of one rounded vector, see noise.rs).
+    // (the release's sensitivity is that of one rounded vector, see dp_mechanics::release).
     let scale = if kept.is_some() { None } else { Some(grid) };
     let vectors = match kept {
         Some(bytes) => vec![Some(bytes)],

@@ -42,7 +42,7 @@ use rand::{Rng, RngCore};
 use rand_core_010::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, ServerError};
+use crate::error::{DpError, Result};
 use crate::sampling::derived_rng;
 
 /// Domain of the test-seeded noise stream (see [`derived_rng`]).
@@ -78,21 +78,21 @@ impl GaussianMechanism {
     /// coordinates.
     pub fn new(sigma: f64, clip: f64, dim: usize) -> Result<Self> {
         if !(sigma.is_finite() && sigma >= MIN_SIGMA) {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "noise multiplier",
                 sigma,
                 format!("a finite noise multiplier >= {MIN_SIGMA}"),
             ));
         }
         if !(clip.is_finite() && clip > 0.0 && clip < 1e12) {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "clip",
                 clip,
                 "a finite clip bound in (0, 1e12)",
             ));
         }
         if dim == 0 {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "released dimension",
                 0,
                 "at least one released coordinate",
@@ -144,7 +144,7 @@ impl GaussianMechanism {
     /// would not cover it).
     pub fn to_grid(&self, values: &[f64]) -> Result<Vec<i64>> {
         if values.len() != self.dim {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "client vector",
                 format!("{} values", values.len()),
                 format!("{} values, one per released coordinate", self.dim),
@@ -152,7 +152,7 @@ impl GaussianMechanism {
         }
         let norm = l2_norm(values);
         if !(norm.is_finite() && norm <= self.clip * (1.0 + NORM_SLACK)) {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "client vector norm",
                 norm,
                 format!(
@@ -187,7 +187,7 @@ pub fn clip_in_place(values: &mut [f64], clip: f64) -> Result<f64> {
     const MARGIN: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
     let norm = l2_norm(values);
     if !norm.is_finite() {
-        return Err(ServerError::argument(
+        return Err(DpError::argument(
             "vector",
             "(non-finite values)",
             "finite values",
@@ -198,7 +198,7 @@ pub fn clip_in_place(values: &mut [f64], clip: f64) -> Result<f64> {
         values.iter_mut().for_each(|v| *v *= scale);
         let after = l2_norm(values);
         if after > clip {
-            return Err(ServerError::internal(format!(
+            return Err(DpError::internal(format!(
                 "a clipped vector has norm {after} > the clip bound {clip}"
             )));
         }
@@ -227,7 +227,7 @@ impl GridSum {
     /// rounds each client's vector to the same grid before adding).
     pub fn from_units(mechanism: &GaussianMechanism, units: Vec<i64>) -> Result<Self> {
         if units.len() != mechanism.dim {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "sum",
                 format!("{} values", units.len()),
                 format!("{} values, one per released coordinate", mechanism.dim),
@@ -242,7 +242,7 @@ impl GridSum {
     /// Adds one client's clipped vector (rounded to the grid).
     pub fn add(&mut self, mechanism: &GaussianMechanism, values: &[f64]) -> Result<()> {
         if mechanism.grid != self.grid {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "grid",
                 mechanism.grid,
                 format!("the grid of the sum, {}", self.grid),
@@ -250,9 +250,9 @@ impl GridSum {
         }
         let client = mechanism.to_grid(values)?;
         for (total, unit) in self.units.iter_mut().zip(client) {
-            *total = total.checked_add(unit).ok_or_else(|| {
-                ServerError::argument("sum", "(overflow)", "fewer clients per round")
-            })?;
+            *total = total
+                .checked_add(unit)
+                .ok_or_else(|| DpError::argument("sum", "(overflow)", "fewer clients per round"))?;
         }
         Ok(())
     }
@@ -331,7 +331,10 @@ impl PlannedRelease {
     /// Makes the cost durable with `persist` (which must write the event to the ledger on
     /// disk, or confirm that an earlier process already did), and only then returns the charge
     /// that noise can be drawn against.
-    pub fn commit(self, persist: impl FnOnce(&LedgerEvent) -> Result<()>) -> Result<Charge> {
+    pub fn commit<E>(
+        self,
+        persist: impl FnOnce(&LedgerEvent) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Charge, E> {
         persist(&self.event)?;
         Ok(Charge {
             components: self.components.into_iter().map(Some).collect(),
@@ -376,12 +379,9 @@ impl NoiseSource {
     /// A source keyed from the operating system's CSPRNG (the default for every real run).
     pub fn from_os() -> Result<Self> {
         let mut key = [0u8; 32];
-        OsRng.try_fill_bytes(&mut key).map_err(|e| {
-            ServerError::io(
-                "the operating system's random number generator",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+        OsRng
+            .try_fill_bytes(&mut key)
+            .map_err(|e| DpError::Rng(e.to_string()))?;
         Ok(Self {
             rng: ChaCha20Rng::from_seed(key),
             origin: Origin::Os,
@@ -435,12 +435,12 @@ impl NoiseSource {
             .get_mut(component)
             .and_then(Option::take)
             .ok_or_else(|| {
-                ServerError::internal(format!(
+                DpError::internal(format!(
                     "component {component} of a charge released twice, or never planned"
                 ))
             })?;
         if sum.grid != mechanism.grid || sum.len() != mechanism.dim {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "released sum",
                 format!("{} values on grid {}", sum.len(), sum.grid),
                 format!(
@@ -456,7 +456,7 @@ impl NoiseSource {
                 .checked_add(discrete_gaussian::draw(&sampler, &mut self.rng)?)
                 .filter(|v| v.abs() < MAX_EXACT)
                 .ok_or_else(|| {
-                    ServerError::argument("noisy sum", "(beyond 2^53 grid units)", "a smaller sum")
+                    DpError::argument("noisy sum", "(beyond 2^53 grid units)", "a smaller sum")
                 })?;
             released.push(noisy as f64 * mechanism.grid);
         }
@@ -490,7 +490,7 @@ mod discrete_gaussian {
     use prio::dp::Rational;
     use rand_010::distr::Distribution;
 
-    use crate::error::{Result, ServerError};
+    use crate::error::{DpError, Result};
 
     /// Denominator of the rational scale handed to the sampler: the scale is rounded UP to a
     /// multiple of 2^−20, so the noise is never smaller than the accounted σ·Δ.
@@ -500,24 +500,23 @@ mod discrete_gaussian {
     pub fn sampler(scale: f64) -> Result<DiscreteGaussian> {
         let numerator = (scale * SCALE_DENOMINATOR as f64).ceil();
         if !(numerator.is_finite() && numerator >= SCALE_DENOMINATOR as f64 && numerator < 1e30) {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "noise scale",
                 scale,
                 "between 1 and 1e24 grid units",
             ));
         }
         let std = Rational::from_unsigned(numerator as u128, SCALE_DENOMINATOR)
-            .map_err(|e| ServerError::argument("noise scale", scale, e.to_string()))?;
+            .map_err(|e| DpError::argument("noise scale", scale, e.to_string()))?;
         DiscreteGaussian::new(std)
-            .map_err(|e| ServerError::argument("noise scale", scale, e.to_string()))
+            .map_err(|e| DpError::argument("noise scale", scale, e.to_string()))
     }
 
     /// One draw.
     pub fn draw(sampler: &DiscreteGaussian, rng: &mut chacha20::ChaCha20Rng) -> Result<i64> {
         let value = sampler.sample(rng);
-        i64::try_from(&value).map_err(|_| {
-            ServerError::argument("noise draw", value.to_string(), "a draw within i64")
-        })
+        i64::try_from(&value)
+            .map_err(|_| DpError::argument("noise draw", value.to_string(), "a draw within i64"))
     }
 }
 
@@ -538,7 +537,7 @@ mod tests {
         let mut charge = plan
             .commit(|event| {
                 ledger.push(event.clone());
-                Ok(())
+                Ok::<(), DpError>(())
             })
             .unwrap();
         assert_eq!(ledger.len(), 1);
@@ -653,9 +652,9 @@ mod tests {
         // A failed durable write gives no charge.
         assert!(plan
             .clone()
-            .commit(|_| Err(ServerError::argument("disk", "full", "space")))
+            .commit(|_| Err(DpError::argument("disk", "full", "space")))
             .is_err());
-        let mut charge = plan.commit(|_| Ok(())).unwrap();
+        let mut charge = plan.commit(|_| Ok::<(), DpError>(())).unwrap();
         let mut source = NoiseSource::from_test_seed(1);
         let sum = GridSum::zeros(&mechanism);
         source.release(&mut charge, 0, &sum).unwrap();

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, ServerError};
+use crate::error::{DpError, Result};
 
 /// The client-sampling scheme of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -51,9 +51,9 @@ impl ClientSampler {
     pub fn new(scheme: ClientSampling, test_seed: Option<u64>) -> Result<Self> {
         match scheme {
             ClientSampling::Poisson { q } if !(q.is_finite() && q > 0.0 && q <= 1.0) => {
-                Err(ServerError::argument("q", q, "a sampling rate in (0, 1]"))
+                Err(DpError::argument("q", q, "a sampling rate in (0, 1]"))
             }
-            ClientSampling::Cohort { m: 0 } => Err(ServerError::argument(
+            ClientSampling::Cohort { m: 0 } => Err(DpError::argument(
                 "cohort",
                 0,
                 "a cohort of at least 1 client",
@@ -79,18 +79,13 @@ impl ClientSampler {
         self.check_population(population)?;
         let mut rng = match self.test_seed {
             Some(seed) => derived_rng(seed, SAMPLING_DOMAIN, round),
-            None => ChaCha20Rng::from_rng(OsRng).map_err(|e| {
-                ServerError::io(
-                    "the operating system's random number generator",
-                    std::io::Error::other(e.to_string()),
-                )
-            })?,
+            None => ChaCha20Rng::from_rng(OsRng).map_err(|e| DpError::Rng(e.to_string()))?,
         };
         Ok(match self.scheme {
             ClientSampling::Full => (0..population).collect(),
             ClientSampling::Poisson { q } => {
                 let coin = Bernoulli::new(q)
-                    .map_err(|_| ServerError::argument("q", q, "a sampling rate in (0, 1]"))?;
+                    .map_err(|_| DpError::argument("q", q, "a sampling rate in (0, 1]"))?;
                 (0..population).filter(|_| coin.sample(&mut rng)).collect()
             }
             ClientSampling::Cohort { m } => {
@@ -120,7 +115,7 @@ impl ClientSampler {
 
     fn check_population(&self, population: usize) -> Result<()> {
         if population == 0 {
-            return Err(ServerError::argument(
+            return Err(DpError::argument(
                 "population",
                 0,
                 "at least one client (check the training data and data.max_clients)",
@@ -128,7 +123,7 @@ impl ClientSampler {
         }
         if let ClientSampling::Cohort { m } = self.scheme {
             if m > population as u64 {
-                return Err(ServerError::argument(
+                return Err(DpError::argument(
                     "cohort",
                     m,
                     format!(
