@@ -97,6 +97,23 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// A new run in a fresh scratch folder `name`: the config of `privacy` and `serve`, then
+    /// `fedsyn serve --config … --out DIR/run` with `extra` arguments. Returns the server and
+    /// the run directory.
+    fn new_run(name: &str, privacy: &str, serve: &str, extra: &[&str]) -> (Server, PathBuf) {
+        let dir = scratch_dir(name);
+        let config = write_config(&dir, privacy, serve);
+        let out = dir.join("run");
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        (Server::start(&out, &args), out)
+    }
+
     /// Starts `fedsyn serve ARGS --bind 127.0.0.1:0` and waits for its listening line.
     fn start(dir: &Path, args: &[&str]) -> Server {
         let mut all = vec!["serve", "--bind", "127.0.0.1:0"];
@@ -358,24 +375,11 @@ fn malformed_inputs_are_refused_and_change_nothing_and_the_api_matches_its_docum
     if !have_default_models() {
         return;
     }
-    let dir = scratch_dir("serve-api");
-    let config = write_config(
-        &dir,
+    let (mut server, out) = Server::new_run(
+        "serve-api",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2\nsampling = \"cohort\"\ncohort = 2",
         "[serve]\nmin_clients = 3\nround_deadline_seconds = 15\nrate_limit_per_minute = 100000",
-    );
-    let out = dir.join("run");
-    let mut server = Server::start(
-        &out,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--enrolment-tokens",
-            "4",
-            "--exit-when-finished",
-        ],
+        &["--enrolment-tokens", "4", "--exit-when-finished"],
     );
     let health = server.get("/v1/health", None).json();
     assert_eq!(health["status"], "ok");
@@ -631,23 +635,11 @@ fn a_server_killed_during_an_open_round_continues_it_after_resume() {
     if !have_default_models() {
         return;
     }
-    let dir = scratch_dir("serve-kill");
-    let config = write_config(
-        &dir,
+    let (mut server, out) = Server::new_run(
+        "serve-kill",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2",
         "[serve]\nmin_clients = 2\nround_deadline_seconds = 600",
-    );
-    let out = dir.join("run");
-    let mut server = Server::start(
-        &out,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--enrolment-tokens",
-            "2",
-        ],
+        &["--enrolment-tokens", "2"],
     );
     let clients: Vec<String> = server
         .enrolment_tokens()
@@ -1018,24 +1010,15 @@ fn a_second_process_on_a_run_directory_exits_2_naming_the_holders_pid() {
     if !have_default_models() {
         return;
     }
-    let dir = scratch_dir("serve-lock");
-    let config = write_config(
-        &dir,
+    let (server, out) = Server::new_run(
+        "serve-lock",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1",
         "[serve]\nmin_clients = 5",
-    );
-    let out = dir.join("run");
-    let server = Server::start(
-        &out,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        &[],
     );
     let holder = format!("pid {}", server.child.id());
     let out_arg = out.to_str().unwrap();
+    let config = out.parent().unwrap().join("config.toml");
     for args in [
         vec!["serve", "--bind", "127.0.0.1:0", "--resume", out_arg],
         vec![
@@ -1062,24 +1045,11 @@ fn a_mostly_silent_cohort_is_released_at_the_deadline_without_a_second_cohort() 
     if !have_default_models() {
         return;
     }
-    let dir = scratch_dir("serve-silent");
-    let config = write_config(
-        &dir,
+    let (mut server, out) = Server::new_run(
+        "serve-silent",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2",
         "[serve]\nmin_clients = 3\nround_deadline_seconds = 3",
-    );
-    let out = dir.join("run");
-    let mut server = Server::start(
-        &out,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--enrolment-tokens",
-            "3",
-            "--exit-when-finished",
-        ],
+        &["--enrolment-tokens", "3", "--exit-when-finished"],
     );
     let clients: Vec<String> = server
         .enrolment_tokens()
