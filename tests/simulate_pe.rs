@@ -3,11 +3,9 @@
 //! directory, the ledger within the target ε, the synthetic set, and resume after `kill -9`.
 
 mod common;
-use common::{fedsyn, fedsyn_command, have_default_models, scratch_dir};
+use common::{fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, scratch_dir};
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use privacy_accounting::{AccountantKind, Ledger, Sampling};
 use serde_json::Value;
@@ -367,46 +365,16 @@ fn pe_resume_after_kill_gives_the_uninterrupted_result() {
     // The same run, killed (SIGKILL) once round 0 is checkpointed, then resumed.
     let config = dir.join("config.toml");
     let killed = dir.join("killed");
-    let mut child = fedsyn_command(&[
-        "simulate",
-        "--quiet",
-        "--config",
-        config.to_str().unwrap(),
-        "--set",
-        "run.method=pe",
-        "--out",
-        killed.to_str().unwrap(),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("fedsyn starts");
-    let first_checkpoint = killed.join("checkpoints/round-0000");
-    let started = Instant::now();
-    while !first_checkpoint.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before its first checkpoint"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run finished before it could be killed"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!killed.join("synthetic.jsonl").exists());
-
-    let output = fedsyn(&["simulate", "--json", "--resume", killed.to_str().unwrap()]);
-    assert!(
-        output.status.success(),
-        "resume failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    kill_after_first_checkpoint_then_resume(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            "run.method=pe",
+            "--out",
+            killed.to_str().unwrap(),
+        ],
+        &killed,
     );
 
     let uninterrupted = dir.join("uninterrupted");

@@ -3,8 +3,9 @@
 
 pub mod federation;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use models::Assets;
 
@@ -23,6 +24,46 @@ pub fn fedsyn(args: &[&str]) -> Output {
     fedsyn_command(args)
         .output()
         .expect("the fedsyn binary runs")
+}
+
+/// Runs `fedsyn simulate --quiet ARGS` (which must write into `run_dir`), kills it (SIGKILL)
+/// once round 0 is checkpointed, checks that it had not finished, then resumes it with
+/// `fedsyn simulate --json --resume RUN_DIR` and returns the resumed run's output.
+pub fn kill_after_first_checkpoint_then_resume(args: &[&str], run_dir: &Path) -> Output {
+    let mut all = vec!["simulate", "--quiet"];
+    all.extend_from_slice(args);
+    let mut child = fedsyn_command(&all)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fedsyn starts");
+    let first_checkpoint = run_dir.join("checkpoints/round-0000");
+    let started = Instant::now();
+    while !first_checkpoint.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run_dir.join("synthetic.jsonl").exists());
+    let output = fedsyn(&["simulate", "--json", "--resume", run_dir.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// A fresh folder for test `name` of this test process.
