@@ -178,13 +178,16 @@ pub fn l2_norm(values: &[f64]) -> f64 {
     values.iter().map(|v| v * v).sum::<f64>().sqrt()
 }
 
-/// Scales `values` so that their L2 norm is at most `clip`: the one clip function of the server
-/// side. A vector over the bound is scaled to `clip·(1 − 2⁻⁴⁰)` (the margin absorbs the scaling's
-/// rounding, so the result never exceeds C), then its norm is measured again. Returns the norm
-/// before clipping.
+/// Scales `values` so that their measured L2 norm is at most `clip`: the one clip function of
+/// the server side (a remote client's vector is clipped again here). A vector over the bound is
+/// aimed at `clip·(1 − 4ε)`; should the rounding of the scaling leave its measured norm above C
+/// (long vectors), it is scaled again with a margin twice as wide, until it is not, so no
+/// vector the ledger charges as C ever measures more. Non-finite values are refused: a NaN
+/// compares false with every bound and would pass unclipped. Returns the norm before clipping.
 pub fn clip_in_place(values: &mut [f64], clip: f64) -> Result<f64> {
-    /// The relative margin below C a scaled vector is aimed at.
-    const MARGIN: f64 = 1.0 - 1.0 / (1u64 << 40) as f64;
+    if !(clip.is_finite() && clip > 0.0) {
+        return Err(DpError::argument("clip", clip, "a finite clip bound > 0"));
+    }
     let norm = l2_norm(values);
     if !norm.is_finite() {
         return Err(DpError::argument(
@@ -193,15 +196,12 @@ pub fn clip_in_place(values: &mut [f64], clip: f64) -> Result<f64> {
             "finite values",
         ));
     }
-    if norm > clip {
-        let scale = clip * MARGIN / norm;
+    let (mut measured, mut margin) = (norm, 4.0 * f64::EPSILON);
+    while measured > clip {
+        let scale = clip * (1.0 - margin) / measured;
         values.iter_mut().for_each(|v| *v *= scale);
-        let after = l2_norm(values);
-        if after > clip {
-            return Err(DpError::internal(format!(
-                "a clipped vector has norm {after} > the clip bound {clip}"
-            )));
-        }
+        measured = l2_norm(values);
+        margin *= 2.0;
     }
     Ok(norm)
 }

@@ -19,10 +19,6 @@ use crate::serve::auth::{hex, sha256};
 use crate::serve::metrics::Metrics;
 use crate::serve::store::{RoundRecord, RoundStatus, Store, Submission};
 
-/// A scaled vector is aimed this far (relatively) below C, so that the rounding of the scaling
-/// can never leave it above C: the ledger charges sensitivity C, not C·(1 + rounding).
-const CLIP_MARGIN: f64 = 1.0 - 4.0 * f64::EPSILON;
-
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -474,7 +470,7 @@ impl Coordinator {
         }
         // Re-clipped, but not counted anywhere: how many vectors were over the bound is a
         // statistic of the un-noised scores.
-        let vector = reclip(scores, self.rules.clip);
+        let vector = reclip(scores, self.rules.clip)?;
         let submission = Submission {
             receipt: receipt.clone(),
         };
@@ -540,17 +536,13 @@ fn check_vector(scores: &[f64], expected: usize) -> std::result::Result<(), Roun
     Ok(())
 }
 
-/// `scores` scaled to L2 norm ≤ `clip` (f64).
-pub fn reclip(scores: &[f64], clip: f64) -> Vec<f64> {
-    let norm = scores.iter().map(|v| v * v).sum::<f64>().sqrt();
-    // Any excess is scaled away, however small: a slack here would let every client add up to
-    // C·(1 + slack) to the sum that is charged as sensitivity C.
-    if norm > clip {
-        let scale = clip * CLIP_MARGIN / norm;
-        scores.iter().map(|v| v * scale).collect()
-    } else {
-        scores.to_vec()
-    }
+/// `scores` scaled to L2 norm ≤ `clip` (f64), by the one server-side clip
+/// ([`dp_mechanics::clip_in_place`]). Any excess is scaled away, however small: a slack here
+/// would let every client add more than the C the round is charged for.
+pub fn reclip(scores: &[f64], clip: f64) -> Result<Vec<f64>> {
+    let mut vector = scores.to_vec();
+    dp_mechanics::clip_in_place(&mut vector, clip)?;
+    Ok(vector)
 }
 
 /// The engine's transport to remote clients. The run loop opens the round (its cohort drawn
@@ -873,10 +865,10 @@ mod tests {
 
     #[test]
     fn reclip_scales_only_long_vectors() {
-        let v = reclip(&[3.0, 4.0], 1.0);
+        let v = reclip(&[3.0, 4.0], 1.0).unwrap();
         assert!((v[0] - 0.6).abs() < 1e-15 && (v[1] - 0.8).abs() < 1e-15);
         assert!(v.iter().map(|x| x * x).sum::<f64>() <= 1.0);
-        assert_eq!(reclip(&[0.6, 0.8], 1.0), vec![0.6, 0.8]);
+        assert_eq!(reclip(&[0.6, 0.8], 1.0).unwrap(), vec![0.6, 0.8]);
         assert_eq!(quorum_count(0, 1.0), 0);
         assert_eq!(quorum_count(10, 0.5), 5);
         assert_eq!(quorum_count(3, 0.01), 1);
