@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::FederatedData;
 use crate::error::{ClientsError, Result};
-use crate::population::{check_sampled, unit_train_embeddings};
+use crate::population::{check_sampled, grid_units, unit_train_embeddings};
 use crate::scores::{ensure_finite, unit_candidates, unit_rows};
 
 /// Cosines this close to a text's best one count as the best too (f64 rounding of equal
@@ -257,10 +257,10 @@ impl VotingPopulation {
             progress(clients);
         }
         Ok(VoteSum {
-            units: Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?
-                .into_iter()
-                .map(|v| v as i64)
-                .collect(),
+            units: grid_units(
+                Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?,
+                "vote sum",
+            )?,
             clients,
             votes,
         })

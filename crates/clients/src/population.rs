@@ -193,18 +193,32 @@ impl SimulatedPopulation {
             progress(tally.clients);
         }
         let sum = Vec::<f64>::try_from(sum.f_to_device(Device::Cpu)?)?;
-        if sum.iter().any(|v| v.abs() >= (1u64 << 53) as f64) {
-            return Err(ClientsError::InvalidArgument {
-                name: "score sum",
-                message: "exceeds 2^53 grid units: sample fewer clients per round".into(),
-            });
-        }
-        tally.units = sum.iter().map(|&v| v as i64).collect();
+        tally.units = grid_units(sum, "score sum")?;
         if tally.clients > 0 {
             tally.mean_pre_clip_norm = norm_total / tally.clients as f64;
         }
         Ok(tally)
     }
+}
+
+/// A sum of grid-rounded vectors, as the exact integers it holds. A non-finite value (a NaN
+/// from a client's vector compares false with every bound and would pass any clip) or one at or
+/// past 2^53 (where f64 stops counting exactly) is refused instead of being cast, silently, to
+/// some integer.
+pub(crate) fn grid_units(sum: Vec<f64>, what: &'static str) -> Result<Vec<i64>> {
+    if let Some(v) = sum
+        .iter()
+        .find(|v| !(v.is_finite() && v.abs() < (1u64 << 53) as f64))
+    {
+        return Err(ClientsError::InvalidArgument {
+            name: what,
+            message: format!(
+                "holds {v}: a client's vector was not finite, or the sum exceeds 2^53 grid units \
+                 (sample fewer clients per round)"
+            ),
+        });
+    }
+    Ok(sum.into_iter().map(|v| v as i64).collect())
 }
 
 /// How many clients' scores for `candidates` candidates fit into `budget` bytes (at least 1).
@@ -323,6 +337,14 @@ mod tests {
             }
             assert_eq!(reports.last(), Some(&7));
             assert_eq!(reports.len(), 7usize.div_ceil(chunk));
+        }
+    }
+
+    #[test]
+    fn grid_sums_that_are_not_finite_or_not_exact_are_refused() {
+        assert_eq!(grid_units(vec![3.0, -2.0], "sum").unwrap(), vec![3, -2]);
+        for bad in [f64::NAN, f64::INFINITY, (1u64 << 53) as f64] {
+            assert!(grid_units(vec![1.0, bad], "sum").is_err(), "{bad}");
         }
     }
 
