@@ -1,5 +1,6 @@
-//! The one round loop of every simulated method (POPri, PE, PE+SFT, DP-FedAvg): it owns each
-//! DP step, and a method only says what its round computes.
+//! The one round loop of every method (POPri, PE, PE+SFT, DP-FedAvg) and both transports
+//! (simulated clients; remote clients of `fedsyn serve`, with its SQLite ledger and round log in
+//! `serve/run.rs`): it owns each DP step, and a method only says what its round computes.
 //!
 //! Round t, in this order:
 //! 1. the method plans its release ([`RoundMethod::plan`]: mechanisms and the ledger event);
@@ -81,6 +82,8 @@ pub trait RoundLog {
     fn append(&mut self, metrics: &RoundMetrics) -> Result<()>;
 }
 
+/// A simulation's log: the cohort of the round in progress is saved as private state in the run
+/// directory before any client is asked, so a resumed run takes it up rather than drawing again.
 impl RoundLog for &RunDir {
     fn cohort(
         &mut self,
@@ -88,7 +91,12 @@ impl RoundLog for &RunDir {
         sampler: &ClientSampler,
         population: usize,
     ) -> Result<Vec<usize>> {
-        crate::setup::round_cohort(self, sampler, round, population)
+        if let Some(saved) = self.open_cohort(round)? {
+            return Ok(saved);
+        }
+        let cohort = sampler.sample(round, population)?;
+        self.save_open_cohort(round, &cohort)?;
+        Ok(cohort)
     }
 
     fn close_round(&mut self) -> Result<()> {

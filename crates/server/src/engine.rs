@@ -66,11 +66,6 @@ pub trait ScoreTransport {
     /// of their clipped score vectors. Clients that do not answer add zero to the sum (the
     /// round is still accounted for everyone sampled: see `docs/privacy.md`).
     fn collect(&mut self, task: &RoundTask<'_>, sampled: &[usize]) -> Result<CollectedScores>;
-    /// The clients' raw data when they are simulated in this process: the witness that lets
-    /// the engine compute non-private diagnostics ([`NonPrivate`]). Remote clients: `None`.
-    fn private_data(&self) -> Option<&clients::FederatedData> {
-        None
-    }
 }
 
 /// The candidates of one round, prompt-major.
@@ -331,33 +326,31 @@ impl PopriEngine {
             candidates.per_prompt,
             self.settings.rejected_rank,
         )?;
-        // Simulation only: how the noisy results compare with the clean ones.
-        let nonprivate = match (transport.private_data(), &collected.nonprivate) {
-            (Some(data), Some(stats)) => {
-                let stats = stats.get();
+        // Simulation only (only simulated clients report their statistics): how the noisy
+        // results compare with the clean ones.
+        let nonprivate = match &collected.nonprivate {
+            Some(stats) => {
                 let clean = collected.sum.values_nonprivate();
                 let expected_noise = noise_std * (clean.len() as f64).sqrt();
-                Some(NonPrivate::measured(
-                    data,
-                    NonPrivateMetrics {
-                        clients_nonprivate: Some(stats.clients as u64),
-                        clipped_fraction_nonprivate: (stats.clients > 0)
-                            .then(|| stats.clipped as f64 / stats.clients as f64),
-                        mean_pre_clip_norm_nonprivate: (stats.clients > 0)
-                            .then_some(stats.mean_pre_clip_norm),
-                        signal_to_noise_nonprivate: Some(l2_norm(&clean) / expected_noise)
-                            .filter(|v| v.is_finite()),
-                        preference_agreement_nonprivate: Some(preference_agreement(
-                            &noisy,
-                            &clean,
-                            candidates.prompts,
-                            candidates.per_prompt,
-                        )?),
-                        ..NonPrivateMetrics::default()
-                    },
-                ))
+                let agreement = preference_agreement(
+                    &noisy,
+                    &clean,
+                    candidates.prompts,
+                    candidates.per_prompt,
+                )?;
+                Some(stats.map(|stats| NonPrivateMetrics {
+                    clients_nonprivate: Some(stats.clients as u64),
+                    clipped_fraction_nonprivate:
+                        (stats.clients > 0).then(|| stats.clipped as f64 / stats.clients as f64),
+                    mean_pre_clip_norm_nonprivate:
+                        (stats.clients > 0).then_some(stats.mean_pre_clip_norm),
+                    signal_to_noise_nonprivate:
+                        Some(l2_norm(&clean) / expected_noise).filter(|v| v.is_finite()),
+                    preference_agreement_nonprivate: Some(agreement),
+                    ..NonPrivateMetrics::default()
+                }))
             }
-            _ => None,
+            None => None,
         };
         seconds.aggregate = clock.elapsed().as_secs_f64();
 

@@ -129,6 +129,11 @@ impl<T> NonPrivate<T> {
         NonPrivate(value)
     }
 
+    /// A value derived from this one: still non-private, and made without a second witness.
+    pub fn map<U>(&self, derive: impl FnOnce(&T) -> U) -> NonPrivate<U> {
+        NonPrivate(derive(&self.0))
+    }
+
     /// The value (for diagnostics and reports that label it non-private).
     pub fn get(&self) -> &T {
         &self.0

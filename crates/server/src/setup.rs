@@ -20,7 +20,7 @@ use crate::error::{Result, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
 use crate::prompts::{build_prompts_with, clean_candidate, seed_pool_from_file, PromptTemplate};
 use crate::run_dir::{write_atomic, RunDir};
-use crate::sampling::{derived_rng, ClientSampler};
+use crate::sampling::derived_rng;
 
 /// Texts per embedding batch.
 pub const EMBED_BATCH: usize = 64;
@@ -84,24 +84,6 @@ pub fn write_popri_synthetic(
     let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
     write_synthetic_texts(dir, &synthetic.texts)?;
     Ok(synthetic)
-}
-
-/// The cohort of `round`: the one saved when the round began (a resumed run takes it up: a
-/// cohort is drawn once), or a fresh draw from `sampler`, saved as private state before any
-/// client is asked. Every method's simulation calls this; the caller clears it with
-/// [`RunDir::clear_open_cohort`] once the round is checkpointed.
-pub fn round_cohort(
-    dir: &RunDir,
-    sampler: &ClientSampler,
-    round: u64,
-    population: usize,
-) -> Result<Vec<usize>> {
-    if let Some(saved) = dir.open_cohort(round)? {
-        return Ok(saved);
-    }
-    let cohort = sampler.sample(round, population)?;
-    dir.save_open_cohort(round, &cohort)?;
-    Ok(cohort)
 }
 
 /// The simulated clients of a run: their data, their training texts' embeddings (one row per

@@ -17,10 +17,11 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use models::train::PreferenceTrainer;
-use models::{Assets, DeviceChoice};
+use models::{Assets, DeviceChoice, Generator};
 use privacy_accounting::LedgerEvent;
 use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
+use tch::Device;
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Method, RunConfig};
@@ -57,10 +58,6 @@ pub struct SimulatedTransport<'a> {
 impl ScoreTransport for SimulatedTransport<'_> {
     fn population(&self) -> usize {
         self.population.len()
-    }
-
-    fn private_data(&self) -> Option<&FederatedData> {
-        Some(self.data)
     }
 
     fn collect(&mut self, task: &RoundTask<'_>, sampled: &[usize]) -> Result<CollectedScores> {
@@ -299,34 +296,9 @@ impl Simulation {
         let guard = BudgetGuard::new(&config.privacy);
 
         // Resume from the last checkpoint, or start fresh.
-        let checkpoint = self.dir.latest_checkpoint()?;
-        let (trainer, saved_noise, first_round) = match &checkpoint {
-            Some((round, path)) => {
-                generator.model_mut().load_adapter(&path.join("adapter"))?;
-                let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
-                let state: EngineState = read_checkpoint_state(&path.join(STATE_FILE))?;
-                self.dir.repair_metrics(*round, &state.metrics)?;
-                (trainer, state.noise, round + 1)
-            }
-            None => {
-                generator
-                    .model_mut()
-                    .add_lora(&lora_config(config)?, config.run.seed)?;
-                (PreferenceTrainer::new(config.dpo.clone())?, None, 0)
-            }
-        };
-
-        let settings = RoundSettings {
-            per_prompt: config.generation.candidates_per_prompt,
-            sampling: sampling_params(config),
-            truncate_tokens: config.generation.truncate_tokens,
-            batch_size: config.generation.batch_size,
-            embed_batch: EMBED_BATCH,
-            clip: config.privacy.clip,
-            noise_multiplier: plan.sigma,
-            rejected_rank: config.pairs.rejected_rank,
-            seed: config.run.seed,
-        };
+        let (trainer, saved_noise, first_round) =
+            resume_popri(config, &self.dir, &mut generator, device)?;
+        let settings = popri_settings(config, plan.sigma);
         let mut method = PopriRounds {
             engine: PopriEngine::new(generator, embedder, trainer, prompts, settings)?,
             transport: SimulatedTransport {
@@ -482,6 +454,47 @@ fn diagnostic_rows(output: &RoundOutput, all: bool) -> Result<Vec<Vec<f32>>> {
         .into_iter()
         .step_by(output.candidates.per_prompt.max(1))
         .collect())
+}
+
+/// The POPri generator's adapter and trainer from the last checkpoint in `dir` (whose metrics
+/// row is repaired from it), or a fresh adapter and trainer; with the checkpoint's noise state
+/// (test seeds only) and the next round's number. The simulation and the server resume alike.
+pub(crate) fn resume_popri(
+    config: &RunConfig,
+    dir: &RunDir,
+    generator: &mut Generator,
+    device: Device,
+) -> Result<(PreferenceTrainer, Option<NoiseState>, u64)> {
+    Ok(match dir.latest_checkpoint()? {
+        Some((round, path)) => {
+            generator.model_mut().load_adapter(&path.join("adapter"))?;
+            let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
+            let state: EngineState = read_checkpoint_state(&path.join(STATE_FILE))?;
+            dir.repair_metrics(round, &state.metrics)?;
+            (trainer, state.noise, round + 1)
+        }
+        None => {
+            generator
+                .model_mut()
+                .add_lora(&lora_config(config)?, config.run.seed)?;
+            (PreferenceTrainer::new(config.dpo.clone())?, None, 0)
+        }
+    })
+}
+
+/// The settings of every POPri round of `config` at noise multiplier `sigma`.
+pub(crate) fn popri_settings(config: &RunConfig, sigma: f64) -> RoundSettings {
+    RoundSettings {
+        per_prompt: config.generation.candidates_per_prompt,
+        sampling: sampling_params(config),
+        truncate_tokens: config.generation.truncate_tokens,
+        batch_size: config.generation.batch_size,
+        embed_batch: EMBED_BATCH,
+        clip: config.privacy.clip,
+        noise_multiplier: sigma,
+        rejected_rank: config.pairs.rejected_rank,
+        seed: config.run.seed,
+    }
 }
 
 /// How many clients a round sampled, when that number is public: everyone under full

@@ -51,12 +51,12 @@ use crate::engine::{
 };
 use crate::error::{Result, ServerError};
 use crate::noise::{grid_for, NoiseSource, PlannedRelease};
-use crate::run_dir::{read_checkpoint_state, RoundMetrics, RunDir};
+use crate::run_dir::{RoundMetrics, RunDir};
 use crate::sampling::ClientSampler;
 use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunState};
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
-use crate::simulate::{round_metrics, write_engine_checkpoint, EngineState, STATE_FILE};
+use crate::simulate::{popri_settings, resume_popri, round_metrics, write_engine_checkpoint};
 
 /// `meta` key of the noise multiplier, planned once when round 0 opens.
 const SIGMA_KEY: &str = "sigma";
@@ -82,31 +82,9 @@ pub fn run_rounds(
     let template = setup::prompt_template(config)?;
     let prompts = setup::public_prompts(config, dir, &template, &seed_pool)?;
 
-    let checkpoint = dir.latest_checkpoint()?;
-    let (trainer, mut noise, first_round) = match &checkpoint {
-        Some((round, path)) => {
-            generator.model_mut().load_adapter(&path.join("adapter"))?;
-            let trainer = PreferenceTrainer::load(&path.join("trainer"), device)?;
-            let state: EngineState = read_checkpoint_state(&path.join(STATE_FILE))?;
-            dir.repair_metrics(*round, &state.metrics)?;
-            let noise = match &state.noise {
-                Some(saved) => NoiseSource::restore(saved),
-                None => NoiseSource::from_os()?,
-            };
-            (trainer, noise, round + 1)
-        }
-        None => {
-            generator
-                .model_mut()
-                .add_lora(&setup::lora_config(config)?, config.run.seed)?;
-            let trainer = PreferenceTrainer::new(config.dpo.clone())?;
-            (
-                trainer,
-                NoiseSource::from_config(config.privacy.noise_seed)?,
-                0,
-            )
-        }
-    };
+    let (trainer, saved_noise, first_round) = resume_popri(config, dir, &mut generator, device)?;
+    // `fedsyn serve` refuses `privacy.noise_seed`: a fresh OS-keyed stream.
+    let mut noise = NoiseSource::resume(saved_noise.as_ref(), config.privacy.noise_seed)?;
     release_checkpointed_attempt(coordinator, first_round)?;
     let (rdp, pld) = BudgetGuard::new(&config.privacy)
         .spent(&coordinator.store().ledger(config.privacy.delta)?)?;
@@ -118,21 +96,12 @@ pub fn run_rounds(
         .store()
         .meta(SIGMA_KEY)?
         .and_then(|s| s.parse::<f64>().ok());
-    let settings = RoundSettings {
-        per_prompt: config.generation.candidates_per_prompt,
-        sampling: setup::sampling_params(config),
-        truncate_tokens: config.generation.truncate_tokens,
-        batch_size: config.generation.batch_size,
-        embed_batch: setup::EMBED_BATCH,
-        clip: config.privacy.clip,
-        // Replaced by the planned σ before the first round runs.
-        noise_multiplier: sigma.unwrap_or(0.0),
-        rejected_rank: config.pairs.rejected_rank,
-        seed: config.run.seed,
-    };
+    // σ is replaced by the planned one before the first round runs.
+    let settings = popri_settings(config, sigma.unwrap_or(0.0));
     let guard = BudgetGuard::new(&config.privacy);
     let mut rounds = ServedRounds {
         config,
+        sampler: sampler.clone(),
         dir,
         coordinator,
         sigma,
@@ -209,6 +178,8 @@ struct Prepared {
 /// [`RemoteTransport`], the engine built once the first round's σ is planned.
 struct ServedRounds<'a> {
     config: &'a RunConfig,
+    /// The run's sampler (for how a round over the current population is accounted).
+    sampler: ClientSampler,
     dir: &'a RunDir,
     coordinator: &'a Arc<Coordinator>,
     sigma: Option<f64>,
@@ -268,8 +239,7 @@ impl RoundMethod for ServedRounds<'_> {
                 eprintln!("warning: {warning}");
             }
         }
-        let sampler = ClientSampler::new(self.config.privacy.client_sampling()?, None)?;
-        let sampling = sampler.accounting(population.len())?;
+        let sampling = self.sampler.accounting(population.len())?;
         let sigma = self.sigma(sampling)?;
         self.settings.noise_multiplier = sigma;
         let release = popri_release(
