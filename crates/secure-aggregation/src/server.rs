@@ -1,0 +1,431 @@
+//! The server's side of one session: it relays keys and encrypted shares, collects masked
+//! vectors, and at the end removes the masks. Everything it holds is either public (keys),
+//! encrypted for a client (packets), masked (inputs), or one share of a secret per holder,
+//! at most one of a client's two secrets rebuilt.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chacha20::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::client::threshold;
+use crate::crypto::{self, SessionId, PACKET_LEN, SHARE_LEN};
+use crate::error::{ProtocolError, Result};
+use crate::messages::{
+    ClientMessage, Inbox, Neighbour, Packet, PublicKeys, Roster, SecretKind, SessionView,
+    SharePackets, Step, Survivors, Unmasking,
+};
+
+/// Whether a message was new or a retry of one already held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    New,
+    Replay,
+}
+
+/// One session's server state.
+#[derive(Debug)]
+pub struct Aggregator {
+    id: SessionId,
+    dim: usize,
+    /// Each participant's neighbours: at most this many (the whole session when smaller).
+    degree: usize,
+    /// Index → client id: the cohort in a random order.
+    members: Vec<String>,
+    index_of: HashMap<String, u32>,
+    step: Step,
+    keys: BTreeMap<u32, PublicKeys>,
+    neighbours: BTreeMap<u32, Vec<u32>>,
+    packets: BTreeMap<u32, SharePackets>,
+    inboxes: BTreeMap<u32, Vec<Packet>>,
+    masked: BTreeMap<u32, Vec<u64>>,
+    survivors: BTreeMap<u32, Vec<u32>>,
+    reveals: BTreeMap<u32, Unmasking>,
+}
+
+impl Aggregator {
+    /// A session of `round` over `cohort` (client ids) for vectors of `dim` coordinates, each
+    /// participant with at most `degree` neighbours. The session id and the participants'
+    /// order come from the operating system's randomness.
+    pub fn new(round: u64, cohort: &[String], dim: usize, degree: usize) -> Result<Aggregator> {
+        if degree < crate::client::MIN_NEIGHBOURS || degree > 254 {
+            return Err(ProtocolError::Invalid(format!(
+                "{degree} neighbours per client: choose between {} and 254",
+                crate::client::MIN_NEIGHBOURS
+            )));
+        }
+        let mut members = cohort.to_vec();
+        let mut rng = ChaCha20Rng::from_seed(crypto::os_secret()?);
+        for i in (1..members.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            members.swap(i, j);
+        }
+        let index_of = members
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        Ok(Aggregator {
+            id: SessionId {
+                round,
+                session: crypto::os_u64()?,
+            },
+            dim,
+            degree,
+            members,
+            index_of,
+            step: Step::Keys,
+            keys: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            packets: BTreeMap::new(),
+            inboxes: BTreeMap::new(),
+            masked: BTreeMap::new(),
+            survivors: BTreeMap::new(),
+            reveals: BTreeMap::new(),
+        })
+    }
+
+    /// The round.
+    pub fn round(&self) -> u64 {
+        self.id.round
+    }
+
+    /// The session id.
+    pub fn session(&self) -> u64 {
+        self.id.session
+    }
+
+    /// The current step.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// Participants expected to answer the current step.
+    fn participants(&self) -> BTreeSet<u32> {
+        match self.step {
+            Step::Keys => (0..self.members.len() as u32).collect(),
+            Step::Shares => self.keys.keys().copied().collect(),
+            Step::Masked => self.packets.keys().copied().collect(),
+            Step::Unmask => self.masked.keys().copied().collect(),
+            Step::Done => BTreeSet::new(),
+        }
+    }
+
+    fn answered(&self, index: u32) -> bool {
+        match self.step {
+            Step::Keys => self.keys.contains_key(&index),
+            Step::Shares => self.packets.contains_key(&index),
+            Step::Masked => self.masked.contains_key(&index),
+            Step::Unmask => self.reveals.contains_key(&index),
+            Step::Done => true,
+        }
+    }
+
+    /// How many participants of the current step have not answered yet.
+    pub fn awaiting(&self) -> usize {
+        self.participants()
+            .into_iter()
+            .filter(|&i| !self.answered(i))
+            .count()
+    }
+
+    /// How many clients finished the masked step (the sum is theirs).
+    pub fn contributors(&self) -> usize {
+        self.masked.len()
+    }
+
+    /// The session as `client_id` sees it; `None` if the client is not in the cohort.
+    pub fn view(&self, client_id: &str) -> Option<SessionView> {
+        let index = *self.index_of.get(client_id)?;
+        let participant = self.participants().contains(&index);
+        let mut view = SessionView {
+            round: self.id.round,
+            session: self.id.session,
+            step: self.step,
+            dim: self.dim,
+            participant,
+            received: participant && self.answered(index),
+            roster: None,
+            inbox: None,
+            survivors: None,
+        };
+        if participant {
+            match self.step {
+                Step::Shares => view.roster = Some(self.roster(index)),
+                Step::Masked => {
+                    view.inbox = Some(Inbox {
+                        packets: self.inboxes.get(&index).cloned().unwrap_or_default(),
+                    })
+                }
+                Step::Unmask => {
+                    view.survivors = Some(Survivors {
+                        survivors: self.survivors.get(&index).cloned().unwrap_or_default(),
+                    })
+                }
+                Step::Keys | Step::Done => {}
+            }
+        }
+        Some(view)
+    }
+
+    fn roster(&self, index: u32) -> Roster {
+        let neighbours = self.neighbours.get(&index).cloned().unwrap_or_default();
+        Roster {
+            index,
+            threshold: threshold(neighbours.len()),
+            neighbours: neighbours
+                .into_iter()
+                .map(|n| Neighbour {
+                    index: n,
+                    keys: self.keys[&n].clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes `client_id`'s message for the current step. A retry of the same message is a
+    /// [`Received::Replay`]; a different second one is refused.
+    pub fn receive(&mut self, client_id: &str, message: ClientMessage) -> Result<Received> {
+        let index = *self
+            .index_of
+            .get(client_id)
+            .ok_or(ProtocolError::NotParticipant)?;
+        if message.step() != self.step {
+            return Err(ProtocolError::WrongStep {
+                current: self.step.name(),
+                sent: message.step().name(),
+            });
+        }
+        if !self.participants().contains(&index) {
+            return Err(ProtocolError::NotParticipant);
+        }
+        match message {
+            ClientMessage::Keys(keys) => store(&mut self.keys, index, keys),
+            ClientMessage::Shares(packets) => {
+                self.check_packets(index, &packets)?;
+                store(&mut self.packets, index, packets)
+            }
+            ClientMessage::Masked(masked) => {
+                if masked.masked.len() != self.dim {
+                    return Err(ProtocolError::Invalid(format!(
+                        "the masked vector has {} coordinates; this round has {}",
+                        masked.masked.len(),
+                        self.dim
+                    )));
+                }
+                store(&mut self.masked, index, masked.masked)
+            }
+            ClientMessage::Unmask(unmasking) => {
+                self.check_unmasking(index, &unmasking)?;
+                store(&mut self.reveals, index, unmasking)
+            }
+        }
+    }
+
+    fn check_packets(&self, index: u32, packets: &SharePackets) -> Result<()> {
+        let expected: BTreeSet<u32> = self.neighbours[&index].iter().copied().collect();
+        let mut seen = BTreeSet::new();
+        for packet in &packets.packets {
+            if packet.from != index || !expected.contains(&packet.to) || !seen.insert(packet.to) {
+                return Err(ProtocolError::Invalid(format!(
+                    "packet {} → {}: send exactly one packet from yourself to each neighbour",
+                    packet.from, packet.to
+                )));
+            }
+            if packet.ciphertext.len() != PACKET_LEN {
+                return Err(ProtocolError::Invalid(format!(
+                    "a packet of {} bytes; packets are {PACKET_LEN}",
+                    packet.ciphertext.len()
+                )));
+            }
+        }
+        if seen != expected {
+            return Err(ProtocolError::Invalid(format!(
+                "{} packets for {} neighbours: send one to each",
+                seen.len(),
+                expected.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_unmasking(&self, index: u32, unmasking: &Unmasking) -> Result<()> {
+        let expected: BTreeSet<u32> = self.inboxes[&index].iter().map(|p| p.from).collect();
+        let mut seen = BTreeSet::new();
+        for share in &unmasking.shares {
+            let kind = if self.masked.contains_key(&share.owner) {
+                SecretKind::SelfMask
+            } else {
+                SecretKind::MaskKey
+            };
+            if !expected.contains(&share.owner) || !seen.insert(share.owner) {
+                return Err(ProtocolError::Invalid(format!(
+                    "a share for participant {}: send one share for each neighbour whose \
+                     packet you received",
+                    share.owner
+                )));
+            }
+            if share.secret != kind || share.share.len() != SHARE_LEN {
+                return Err(ProtocolError::Invalid(format!(
+                    "the share for participant {} must be a {SHARE_LEN}-byte {kind:?} share",
+                    share.owner
+                )));
+            }
+        }
+        if seen != expected {
+            return Err(ProtocolError::Invalid(format!(
+                "{} shares for {} neighbours: send one for each",
+                seen.len(),
+                expected.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Closes the current step (whoever has not answered drops out) and opens the next.
+    pub fn advance(&mut self) -> Step {
+        match self.step {
+            Step::Keys => {
+                self.neighbours =
+                    regular_graph(&self.keys.keys().copied().collect::<Vec<_>>(), self.degree);
+                self.step = Step::Shares;
+            }
+            Step::Shares => {
+                for packets in self.packets.values() {
+                    for packet in &packets.packets {
+                        if self.packets.contains_key(&packet.to) {
+                            self.inboxes
+                                .entry(packet.to)
+                                .or_default()
+                                .push(packet.clone());
+                        }
+                    }
+                }
+                self.step = Step::Masked;
+            }
+            Step::Masked => {
+                for &index in self.masked.keys() {
+                    let alive = self.inboxes.get(&index).map_or_else(Vec::new, |packets| {
+                        packets
+                            .iter()
+                            .map(|p| p.from)
+                            .filter(|from| self.masked.contains_key(from))
+                            .collect()
+                    });
+                    self.survivors.insert(index, alive);
+                }
+                self.step = Step::Unmask;
+            }
+            Step::Unmask | Step::Done => self.step = Step::Done,
+        }
+        self.step
+    }
+
+    /// The sum of the masked-step clients' encoded vectors, mod 2^64, with every mask removed.
+    /// Errors when some secret has fewer shares than its threshold (too many clients left
+    /// during unmasking), or when shares rebuild a secret that does not match its public key
+    /// or commitment.
+    pub fn finish(&self) -> Result<Vec<u64>> {
+        if self.step != Step::Done {
+            return Err(ProtocolError::WrongStep {
+                current: self.step.name(),
+                sent: "finish",
+            });
+        }
+        let mut shares: BTreeMap<(u32, SecretKind), Vec<Vec<u8>>> = BTreeMap::new();
+        for unmasking in self.reveals.values() {
+            for share in &unmasking.shares {
+                shares
+                    .entry((share.owner, share.secret))
+                    .or_default()
+                    .push(share.share.clone());
+            }
+        }
+        let rebuild = |owner: u32, kind: SecretKind| -> Result<[u8; 32]> {
+            let needed = threshold(self.neighbours[&owner].len());
+            let held = shares.get(&(owner, kind)).map_or(&[][..], |s| s.as_slice());
+            if held.len() < needed {
+                return Err(ProtocolError::Unrecoverable(format!(
+                    "participant {owner}'s {kind:?} has {} of the {needed} shares it needs (too \
+                     many clients left during unmasking)",
+                    held.len()
+                )));
+            }
+            crypto::combine(held)
+        };
+        let mut sum = vec![0u64; self.dim];
+        for masked in self.masked.values() {
+            sum.iter_mut()
+                .zip(masked)
+                .for_each(|(s, m)| *s = s.wrapping_add(*m));
+        }
+        for &owner in self.masked.keys() {
+            let seed = rebuild(owner, SecretKind::SelfMask)?;
+            if crypto::commitment(&seed) != self.keys[&owner].self_mask_commitment {
+                return Err(ProtocolError::Unrecoverable(format!(
+                    "participant {owner}'s self-mask seed rebuilt from its shares does not match \
+                     its commitment (a neighbour sent a bad share)"
+                )));
+            }
+            crypto::apply_mask(&mut sum, crypto::self_seed(self.id, &seed, owner), false);
+        }
+        for &dropped in self.packets.keys().filter(|i| !self.masked.contains_key(i)) {
+            let secret = rebuild(dropped, SecretKind::MaskKey)?;
+            if crypto::public_key(&secret) != self.keys[&dropped].mask {
+                return Err(ProtocolError::Unrecoverable(format!(
+                    "participant {dropped}'s mask key rebuilt from its shares does not match its \
+                     public key (a neighbour sent a bad share)"
+                )));
+            }
+            for &survivor in self.neighbours[&dropped]
+                .iter()
+                .filter(|n| self.masked.contains_key(n))
+            {
+                let seed = crypto::pair_seed(
+                    self.id,
+                    &secret,
+                    &self.keys[&survivor].mask,
+                    survivor,
+                    dropped,
+                );
+                // The survivor added this mask if its index is lower; undo what it did.
+                crypto::apply_mask(&mut sum, seed, survivor > dropped);
+            }
+        }
+        Ok(sum)
+    }
+}
+
+fn store<T: PartialEq>(map: &mut BTreeMap<u32, T>, index: u32, value: T) -> Result<Received> {
+    match map.get(&index) {
+        Some(held) if *held == value => Ok(Received::Replay),
+        Some(_) => Err(ProtocolError::Conflict),
+        None => {
+            map.insert(index, value);
+            Ok(Received::New)
+        }
+    }
+}
+
+/// A symmetric graph over `nodes` in which each node has `degree` neighbours (rounded up to
+/// even): node p is joined to the ⌈degree/2⌉ nodes on either side of it in `nodes`' order (a
+/// Harary graph, as SecAgg+ uses; the order is the session's random one). Complete when the
+/// nodes are too few.
+fn regular_graph(nodes: &[u32], degree: usize) -> BTreeMap<u32, Vec<u32>> {
+    let n = nodes.len();
+    let half = degree.div_ceil(2);
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(p, &node)| {
+            let neighbours: BTreeSet<u32> = if n <= 2 * half + 1 {
+                nodes.iter().copied().filter(|&o| o != node).collect()
+            } else {
+                (1..=half)
+                    .flat_map(|j| [nodes[(p + j) % n], nodes[(p + n - j) % n]])
+                    .collect()
+            };
+            (node, neighbours.into_iter().collect())
+        })
+        .collect()
+}

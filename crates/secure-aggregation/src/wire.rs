@@ -1,0 +1,66 @@
+//! Binary fields of the JSON messages, as standard base64: keys, ciphertexts, shares and the
+//! masked vector (unsigned 64-bit little-endian words).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Deserializer, Serializer};
+
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    STANDARD
+        .decode(text.as_bytes())
+        .map_err(|e| serde::de::Error::custom(format!("not standard base64: {e}")))
+}
+
+/// `Vec<u8>` as base64.
+pub mod bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        text(deserializer)
+    }
+}
+
+/// `[u8; 32]` (a public key or a commitment) as base64.
+pub mod key {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+        let bytes = text(deserializer)?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| serde::de::Error::custom(format!("{} bytes, expected 32", bytes.len())))
+    }
+}
+
+/// `Vec<u64>` as the base64 of its little-endian bytes (8 bytes a word, a third of decimal
+/// JSON's size for random ring elements).
+pub mod words {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &[u64], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = value.iter().flat_map(|w| w.to_le_bytes()).collect();
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u64>, D::Error> {
+        let bytes = text(deserializer)?;
+        if bytes.len() % 8 != 0 {
+            return Err(serde::de::Error::custom(format!(
+                "{} bytes is not a whole number of 64-bit words",
+                bytes.len()
+            )));
+        }
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
+            .collect())
+    }
+}
