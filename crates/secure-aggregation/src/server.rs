@@ -48,7 +48,7 @@ impl Aggregator {
     /// participant with at most `degree` neighbours. The session id and the participants'
     /// order come from the operating system's randomness.
     pub fn new(round: u64, cohort: &[String], dim: usize, degree: usize) -> Result<Aggregator> {
-        if degree < crate::client::MIN_NEIGHBOURS || degree > 254 {
+        if !(crate::client::MIN_NEIGHBOURS..=254).contains(&degree) {
             return Err(ProtocolError::Invalid(format!(
                 "{degree} neighbours per client: choose between {} and 254",
                 crate::client::MIN_NEIGHBOURS
