@@ -65,6 +65,7 @@ fn run_server(dir: &Path, clients: usize) {
         clip: CLIP,
         quorum: 1.0,
         deadline: Duration::from_secs(3600),
+        secure: None,
     };
     let coordinator =
         Arc::new(Coordinator::new(store.clone(), rules, metrics).expect("the coordinator starts"));

@@ -152,6 +152,9 @@ fn describe(event: &ClientEvent) -> String {
             status,
             detail,
         } => format!("round {round}: the server refused (HTTP {status}): {detail}"),
+        ClientEvent::LeftSession { round, reason } => {
+            format!("round {round}: left the secure-aggregation session: {reason}")
+        }
         ClientEvent::Retrying(retry) => format!(
             "{}: {}; retry {} in {:.1} s",
             retry.request,

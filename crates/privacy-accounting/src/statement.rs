@@ -52,6 +52,10 @@ pub struct PrivacyStatement {
     pub epsilon_if_poisson: Option<f64>,
     /// What the guarantee covers.
     pub covers: String,
+    /// For a run served to remote clients: how their vectors were aggregated, and who saw
+    /// what on the way (the guarantee above covers only the noisy releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<String>,
     /// Warnings a reader should see.
     pub caveats: Vec<String>,
 }
@@ -98,6 +102,7 @@ impl PrivacyStatement {
             sampling: distinct(ledger.events.iter().map(|e| e.sampling.describe())),
             epsilon_if_poisson,
             covers: COVERS.into(),
+            aggregation: None,
             caveats,
         })
     }
@@ -107,6 +112,13 @@ impl PrivacyStatement {
     /// differentially private.
     pub fn voided(mut self, why: impl Into<String>) -> Self {
         self.not_differentially_private = Some(why.into());
+        self
+    }
+
+    /// The same statement, saying how a served run aggregated its clients' vectors and who
+    /// saw what.
+    pub fn with_aggregation(mut self, description: impl Into<String>) -> Self {
+        self.aggregation = Some(description.into());
         self
     }
 
@@ -155,7 +167,11 @@ impl PrivacyStatement {
         for sampling in &self.sampling {
             md.push_str(&format!("- **Sampling:** {sampling}\n"));
         }
-        md.push_str(&format!("- **Covers:** {}\n\n", self.covers));
+        md.push_str(&format!("- **Covers:** {}\n", self.covers));
+        if let Some(aggregation) = &self.aggregation {
+            md.push_str(&format!("- **Aggregation:** {aggregation}\n"));
+        }
+        md.push('\n');
         md.push_str("| accountant | ε | δ | detail |\n|---|---|---|---|\n");
         for estimate in &self.epsilons {
             md.push_str(&format!(

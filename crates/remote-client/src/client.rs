@@ -6,14 +6,17 @@
 //! computed on a cache miss by `clients::profile`, in another process), so a polling client
 //! stays small.
 //!
-//! Only two request bodies ever leave the client: the enrolment token and the score vector.
-//! Its texts and their embeddings stay in its state folder.
+//! Only two kinds of request body ever leave the client: the enrolment token, and the score
+//! vector (in the clear to a plain server; under secure aggregation only masked, with the
+//! protocol's keys and encrypted shares: see [`secure_aggregation`]). Its texts and their
+//! embeddings stay in its state folder.
 //!
 //! Answers a retry cannot change are final for their round and the client goes on polling:
 //! 403 (not sampled), 404 (unknown round), 409 (another vector already submitted), 410 (round
 //! closed), 413 and 422 (the server refused the vector). Connection errors, 5xx and 429 are
 //! retried with backoff (see `http.rs`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,9 +25,12 @@ use serde::Serialize;
 use crate::credentials::{read_credentials, write_credentials, Credentials};
 use crate::error::{RemoteError, Result};
 use crate::http::{jittered, normalise_server_url, Http, Reply, Retry};
-use crate::protocol::{EnrolRequest, Enrolment, NextTask, Receipt, ScoresRequest, Task};
+use crate::protocol::{
+    Aggregation, EnrolRequest, Enrolment, NextTask, Receipt, ScoresRequest, SecAggReceipt, Task,
+};
 use crate::score::score_candidates;
 use crate::wire::{decode_candidates, CandidateMatrix, HEADER_LEN, MAX_VALUES};
+use secure_aggregation::{ClientSession, ProtocolError, SessionView, Step};
 
 /// The shortest and longest wait the client accepts from a "wait" answer.
 const MIN_POLL: Duration = Duration::from_millis(20);
@@ -34,6 +40,11 @@ const MAX_POLL: Duration = Duration::from_secs(60);
 const AFTER_REFUSAL: Duration = Duration::from_secs(1);
 /// The most bytes a JSON answer may have.
 const MAX_JSON_BYTES: u64 = 1 << 20;
+/// The most bytes of a secure-aggregation session view (a roster of 254 neighbours' keys and
+/// an inbox of as many packets are ~60 KB).
+const MAX_SESSION_BYTES: u64 = 1 << 22;
+/// How often a client in a secure-aggregation session asks whether the next step is open.
+const SESSION_POLL: Duration = Duration::from_secs(1);
 
 /// How to reach the server and where the client keeps its state.
 #[derive(Debug, Clone)]
@@ -90,6 +101,14 @@ pub enum ClientEvent {
         /// The server's explanation.
         detail: String,
     },
+    /// The client left a round's secure-aggregation session (it missed a step, or refused a
+    /// server that broke the protocol); final for the round.
+    LeftSession {
+        /// The round.
+        round: u64,
+        /// Why.
+        reason: String,
+    },
     /// A request failed and is tried again.
     Retrying(Retry),
 }
@@ -118,6 +137,9 @@ pub struct RemoteClient {
     http: Http,
     credentials: Credentials,
     retries: u32,
+    /// Rounds whose unmasking this client answered: it never answers a second session of
+    /// them (two unmasked sums over different clients would give the server their difference).
+    unmasked_rounds: HashSet<u64>,
 }
 
 impl RemoteClient {
@@ -138,6 +160,7 @@ impl RemoteClient {
                 token: String::new(),
             },
             retries: 0,
+            unmasked_rounds: HashSet::new(),
         };
         match read_credentials(&config.state_dir)? {
             Some(stored) => {
@@ -271,12 +294,157 @@ impl RemoteClient {
             candidates: task.candidates,
         });
         self.check_task(task, embedding_sum.len())?;
+        if task.aggregation == Aggregation::SecAggPlus {
+            return self.work_on_securely(task, embedding_sum, on_event);
+        }
         let Some(candidates) = self.download_candidates(task, on_event)? else {
             return Ok(RoundOutcome::Refused);
         };
         let scores = score_candidates(&candidates, embedding_sum, task.clip)?;
         drop(candidates);
         self.submit(task.round, &scores, on_event)
+    }
+
+    /// One round under secure aggregation: the client joins the round's SecAgg+ session and
+    /// answers each of its steps once (keys, shares, masked input, unmasking), downloading and
+    /// scoring the candidates only when its masked input is due. It leaves the session (final
+    /// for the round) when it misses a step or the server breaks the protocol's rules.
+    fn work_on_securely(
+        &mut self,
+        task: &Task,
+        embedding_sum: &[f32],
+        on_event: &mut dyn FnMut(ClientEvent),
+    ) -> Result<RoundOutcome> {
+        let round = task.round;
+        let view_path = format!("/v1/rounds/{round}/secagg");
+        let view_request = format!("GET {view_path}");
+        let mut session: Option<ClientSession> = None;
+        let mut encoded: Option<Vec<u64>> = None;
+        let leave = |reason: String, on_event: &mut dyn FnMut(ClientEvent)| {
+            on_event(ClientEvent::LeftSession { round, reason });
+            Ok(RoundOutcome::Refused)
+        };
+        loop {
+            let reply = self.get(&view_path, MAX_SESSION_BYTES, on_event)?;
+            let view: SessionView = match reply.status {
+                200 => parse_json(&view_request, &reply)?,
+                // The session starts right after the round opens: ask again.
+                404 if now_unix_ms() < task.deadline_unix_ms => {
+                    std::thread::sleep(jittered(SESSION_POLL));
+                    continue;
+                }
+                401 => return Err(self.credentials_refused(&view_request, &reply)),
+                403 | 404 | 410 => {
+                    self.refused(round, &reply, on_event);
+                    return Ok(RoundOutcome::Refused);
+                }
+                _ => return Err(unexpected(&view_request, &reply)),
+            };
+            if view.round != round || view.dim != task.candidates {
+                return Err(RemoteError::Protocol {
+                    request: view_request,
+                    problem: format!(
+                        "the session is round {} over {} values; the task said round {round} \
+                         with {} candidates",
+                        view.round, view.dim, task.candidates
+                    ),
+                });
+            }
+            if session.as_ref().map(ClientSession::id) != Some((round, view.session)) {
+                if self.unmasked_rounds.contains(&round) {
+                    return leave(
+                        "the server restarted the round's session after this client helped \
+                         unmask it; it takes part in one session per round"
+                            .into(),
+                        on_event,
+                    );
+                }
+                if view.step != Step::Keys || view.received {
+                    return leave(
+                        format!("joined at step `{}`, after the keys step", view.step.name()),
+                        on_event,
+                    );
+                }
+                session = Some(
+                    ClientSession::new(round, view.session)
+                        .map_err(|e| protocol_error(&view_request, e))?,
+                );
+            }
+            if !view.participant || view.step == Step::Done {
+                return leave(
+                    format!("dropped out before step `{}` closed", view.step.name()),
+                    on_event,
+                );
+            }
+            if view.received {
+                std::thread::sleep(jittered(SESSION_POLL));
+                continue;
+            }
+            let client = session.as_mut().expect("joined above");
+            let message = match view.step {
+                Step::Keys => Ok(client.keys()),
+                Step::Shares => match &view.roster {
+                    Some(roster) => client.share_keys(roster),
+                    None => Err(ProtocolError::Refused(
+                        "no roster in the shares step".into(),
+                    )),
+                },
+                Step::Masked => {
+                    if encoded.is_none() {
+                        let Some(candidates) = self.download_candidates(task, on_event)? else {
+                            return Ok(RoundOutcome::Refused);
+                        };
+                        let scores = score_candidates(&candidates, embedding_sum, task.clip)?;
+                        let scores: Vec<f64> = scores.iter().map(|&v| f64::from(v)).collect();
+                        encoded = Some(
+                            secure_aggregation::encode(&scores, task.clip)
+                                .map_err(|e| protocol_error(&view_request, e))?,
+                        );
+                    }
+                    match &view.inbox {
+                        Some(inbox) => client.mask(inbox, encoded.as_deref().expect("set above")),
+                        None => Err(ProtocolError::Refused("no inbox in the masked step".into())),
+                    }
+                }
+                Step::Unmask => match &view.survivors {
+                    Some(survivors) => client.unmask(survivors),
+                    None => Err(ProtocolError::Refused(
+                        "no survivors in the unmasking step".into(),
+                    )),
+                },
+                Step::Done => unreachable!("handled above"),
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => return leave(error.to_string(), on_event),
+            };
+            let path = format!("/v1/rounds/{round}/secagg/{}", view.session);
+            let request = format!("POST {path}");
+            let body = serde_json::to_vec(&message).expect("protocol messages serialise");
+            let reply = self.post(&path, true, &body, on_event)?;
+            match reply.status {
+                200..=202 => {
+                    let receipt: SecAggReceipt = parse_json(&request, &reply)?;
+                    if receipt.step == Step::Unmask {
+                        self.unmasked_rounds.insert(round);
+                        on_event(ClientEvent::Submitted {
+                            round,
+                            receipt: format!("secagg+ session {}", view.session),
+                            replay: reply.status == 200,
+                        });
+                        return Ok(RoundOutcome::Submitted);
+                    }
+                }
+                // The step closed meanwhile: look again.
+                409 => std::thread::sleep(jittered(SESSION_POLL)),
+                401 => return Err(self.credentials_refused(&request, &reply)),
+                403 | 404 | 410 | 413 | 422 => {
+                    self.refused(round, &reply, on_event);
+                    return Ok(RoundOutcome::Refused);
+                }
+                _ => return Err(unexpected(&request, &reply)),
+            }
+        }
     }
 
     /// Errors unless the task is one this client can do: a relative candidate URL on this
@@ -463,6 +631,19 @@ fn parse_json<T: serde::de::DeserializeOwned>(request: &str, reply: &Reply) -> R
             reply.status
         ),
     })
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn protocol_error(request: &str, error: ProtocolError) -> RemoteError {
+    RemoteError::Protocol {
+        request: request.to_string(),
+        problem: error.to_string(),
+    }
 }
 
 fn unexpected(request: &str, reply: &Reply) -> RemoteError {

@@ -33,6 +33,29 @@ pub enum NextTask {
     Finished,
 }
 
+/// How a round's score vectors reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Aggregation {
+    /// Each client sends its clipped vector in the clear (`POST /v1/rounds/{round}/scores`);
+    /// the server sums them. For a server the clients trust.
+    #[default]
+    #[serde(rename = "plain")]
+    Plain,
+    /// SecAgg+ (`/v1/rounds/{round}/secagg`): the server learns only the sum.
+    #[serde(rename = "secagg+")]
+    SecAggPlus,
+}
+
+impl Aggregation {
+    /// The name in configs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::Plain => "plain",
+            Aggregation::SecAggPlus => "secagg+",
+        }
+    }
+}
+
 /// A round the client is sampled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -50,6 +73,17 @@ pub struct Task {
     pub deadline_unix_ms: u64,
     /// Where to fetch the candidate matrix (relative to the server URL).
     pub candidates_url: String,
+    /// How the score vector goes back (absent from older servers: plain).
+    #[serde(default)]
+    pub aggregation: Aggregation,
+}
+
+/// The answer to a message of a secure-aggregation session: which step it answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggReceipt {
+    pub round: u64,
+    pub session: u64,
+    pub step: secure_aggregation::Step,
 }
 
 /// `POST /v1/rounds/{round}/scores`: the client's clipped score vector.
@@ -110,11 +144,13 @@ mod tests {
             dtype: EmbeddingDtype::F16,
             deadline_unix_ms: 1_700_000_000_000,
             candidates_url: "/v1/rounds/3/candidates".into(),
+            aggregation: Aggregation::SecAggPlus,
         });
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["state"], "task");
         assert_eq!(json["dtype"], "f16");
         assert_eq!(json["candidates_url"], "/v1/rounds/3/candidates");
+        assert_eq!(json["aggregation"], "secagg+");
         assert_eq!(serde_json::from_value::<NextTask>(json).unwrap(), task);
         let wait = serde_json::to_value(NextTask::Wait { retry_after_ms: 5 }).unwrap();
         assert_eq!(

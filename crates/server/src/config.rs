@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use privacy_accounting::AccountantKind;
+pub use remote_client::protocol::Aggregation;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServerError};
@@ -581,6 +582,16 @@ pub struct ServeSection {
     pub embedding_dtype: WireDtype,
     /// Deflate the candidate embeddings.
     pub compress: bool,
+    /// How score vectors reach the server: `"plain"` (each client's clipped vector in the
+    /// clear, for a trusted server) or `"secagg+"` (SecAgg+: the server learns only the sum;
+    /// see docs/threat-model.md).
+    pub aggregation: Aggregation,
+    /// SecAgg+: neighbours per client (the whole cohort when it is smaller). More neighbours
+    /// tolerate more drop-outs and corrupt clients, at more client work (one mask each).
+    pub secagg_neighbours: usize,
+    /// SecAgg+: seconds each short step (keys, shares, unmasking) waits for the clients; the
+    /// masked-input step waits until the round deadline.
+    pub secagg_step_seconds: u64,
 }
 
 impl Default for ServeSection {
@@ -594,6 +605,9 @@ impl Default for ServeSection {
             rate_limit_per_minute: 120,
             embedding_dtype: WireDtype::F16,
             compress: true,
+            aggregation: Aggregation::Plain,
+            secagg_neighbours: 64,
+            secagg_step_seconds: 30,
         }
     }
 }
@@ -763,6 +777,9 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "rate_limit_per_minute",
             "embedding_dtype",
             "compress",
+            "aggregation",
+            "secagg_neighbours",
+            "secagg_step_seconds",
         ],
     ),
 ];
@@ -981,6 +998,29 @@ impl RunConfig {
                     "at least 1024 bytes (a score vector needs ~32 bytes per candidate)",
                 ));
             }
+        }
+        if !(2..=254).contains(&serve.secagg_neighbours) {
+            return Err(value_error(
+                "serve.secagg_neighbours",
+                serve.secagg_neighbours,
+                "between 2 and 254 neighbours per client (a Shamir share is named by one byte; \
+                 with fewer than 2 a sum could hold one client's vector alone)",
+            ));
+        }
+        if serve.aggregation == Aggregation::SecAggPlus && serve.quorum < 1.0 {
+            return Err(value_error(
+                "serve.quorum",
+                serve.quorum,
+                "1 with serve.aggregation = \"secagg+\" (a secure round closes each step when \
+                 every client answered or at the step's deadline; delete serve.quorum)",
+            ));
+        }
+        if serve.secagg_step_seconds == 0 {
+            return Err(value_error(
+                "serve.secagg_step_seconds",
+                0,
+                "give clients at least 1 second per secure-aggregation step",
+            ));
         }
         if serve.rate_limit_per_minute == 0 {
             return Err(value_error(

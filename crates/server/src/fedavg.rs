@@ -241,7 +241,7 @@ pub(crate) fn run_dp_fedavg(
     )?;
 
     save_model(dir, config, model)?;
-    write_statement(dir, &ledger, config)?;
+    write_statement(dir, &ledger, config, None)?;
     let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
     let metrics = dir.read_metrics()?;
     crate::plot::write_rounds_svg(

@@ -477,7 +477,7 @@ impl PeRun<'_> {
             }
             _ => None,
         };
-        write_statement(dir, ledger, config)?;
+        write_statement(dir, ledger, config, None)?;
 
         let (epsilon_rdp, epsilon_pld) = BudgetGuard::new(&config.privacy).spent(ledger)?;
         let metrics = dir.read_metrics()?;

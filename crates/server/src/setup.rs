@@ -351,13 +351,22 @@ pub fn write_synthetic_texts(dir: &RunDir, texts: &[String]) -> Result<()> {
     write_atomic(&dir.synthetic_path(), lines.as_bytes())
 }
 
-/// Writes the privacy statement of `ledger` (Markdown and JSON) under both accountants.
-pub fn write_statement(dir: &RunDir, ledger: &Ledger, config: &RunConfig) -> Result<()> {
+/// Writes the privacy statement of `ledger` (Markdown and JSON) under both accountants;
+/// `aggregation` says, for a served run, how the clients' vectors were aggregated.
+pub fn write_statement(
+    dir: &RunDir,
+    ledger: &Ledger,
+    config: &RunConfig,
+    aggregation: Option<&str>,
+) -> Result<()> {
     let mut statement = PrivacyStatement::from_ledger(
         ledger,
         config.privacy.delta,
         &[AccountantKind::Rdp, AccountantKind::Pld],
     )?;
+    if let Some(aggregation) = aggregation {
+        statement = statement.with_aggregation(aggregation);
+    }
     if let Some(why) = config.privacy.test_seeds_void_the_guarantee() {
         statement = statement.voided(why);
     }

@@ -343,7 +343,7 @@ impl Simulation {
             }
             _ => None,
         };
-        write_statement(&self.dir, &ledger, config)?;
+        write_statement(&self.dir, &ledger, config, None)?;
 
         let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
         let metrics = self.dir.read_metrics()?;

@@ -10,6 +10,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use secure_aggregation::{
+    decode, per_client_units, Aggregator, ClientMessage, ProtocolError, Received, SessionView, Step,
+};
 use serde::Serialize;
 
 use crate::engine::{CollectedScores, RoundTask, ScoreTransport};
@@ -49,8 +52,29 @@ pub struct CollectionRules {
     pub quorum: f64,
     /// How long a round stays open; at the deadline it is released with what arrived.
     pub deadline: Duration,
+    /// Secure aggregation (SecAgg+) instead of plain submissions.
+    pub secure: Option<SecureRules>,
 }
 
+/// The rules of a securely aggregated round (`serve.aggregation = "secagg+"`).
+#[derive(Debug, Clone)]
+pub struct SecureRules {
+    /// Neighbours per client.
+    pub neighbours: usize,
+    /// How long each short step (keys, shares, unmasking) waits.
+    pub step: Duration,
+}
+
+/// How a secure-aggregation session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The unmasked ring sum of the clients who sent a masked input.
+    Sum(Vec<u64>),
+    /// Too few clients stayed to unmask: nothing of anyone's vector can be recovered.
+    Unrecoverable(String),
+    /// The admin stopped the run.
+    Stopped,
+}
 /// The round attempt clients can work on.
 #[derive(Debug, Clone)]
 pub struct OpenRound {
@@ -129,6 +153,12 @@ pub enum RoundError {
     Closed(u64),
     /// Wrong length or non-finite values (422).
     Invalid(String),
+    /// The round's secure-aggregation session has not started yet (404; ask again).
+    NoSession(u64),
+    /// The message is for an earlier session of the round, replaced after a restart (410).
+    StaleSession(u64),
+    /// The session refused the message.
+    Session(ProtocolError),
     /// The server failed (500).
     Internal(ServerError),
 }
@@ -144,6 +174,8 @@ struct Shared {
     paused: bool,
     stop: bool,
     open: Option<OpenRound>,
+    /// The secure-aggregation session of the open round.
+    secagg: Option<Aggregator>,
 }
 
 /// The state shared between the HTTP handlers and the engine thread.
@@ -182,6 +214,7 @@ impl Coordinator {
                 paused,
                 stop,
                 open: None,
+                secagg: None,
             }),
             changed: Condvar::new(),
             metrics,
@@ -378,6 +411,9 @@ impl Coordinator {
         {
             shared.open = None;
         }
+        if shared.secagg.as_ref().is_some_and(|s| s.round() == round) {
+            shared.secagg = None;
+        }
         Ok(())
     }
 
@@ -400,6 +436,25 @@ impl Coordinator {
         };
         if open.closed || !open.is_sampled(client_id) {
             return Ok(wait);
+        }
+        if self.rules.secure.is_some() {
+            // The client works in the session until it has unmasked, or has dropped out of it.
+            let busy = match shared.secagg.as_ref().filter(|s| s.round() == open.round) {
+                None => true,
+                Some(session) => session.view(client_id).is_some_and(|view| {
+                    view.participant && !(view.step == Step::Unmask && view.received)
+                }),
+            };
+            if !busy {
+                return Ok(wait);
+            }
+            return Ok(NextTask::Task {
+                round: open.round,
+                attempt: open.attempt,
+                rows: open.rows,
+                dim: open.dim,
+                deadline_unix_ms: open.deadline_unix_ms,
+            });
         }
         let round = open.round;
         let attempt = open.attempt;
@@ -456,6 +511,14 @@ impl Coordinator {
         if !open.is_sampled(client_id) {
             return Err(RoundError::NotSampled(round));
         }
+        if self.rules.secure.is_some() {
+            return Err(RoundError::Invalid(
+                "this run aggregates securely (serve.aggregation = \"secagg+\"): the server \
+                 takes no vector in the clear; send it through the round's session, \
+                 /v1/rounds/{round}/secagg (fedsyn client does)"
+                    .into(),
+            ));
+        }
         check_vector(scores, open.rows)?;
         let receipt = receipt(scores);
         if let Some(previous) = self.store.submission(round, open.attempt, client_id)? {
@@ -501,6 +564,115 @@ impl Coordinator {
             }),
             Some(_) => Err(RoundError::Conflict(round)),
             None => Err(RoundError::Closed(round)),
+        }
+    }
+
+    /// The open round `round` for `client_id`, sampled and not closed, with the lock held.
+    fn open_for<'a>(
+        &self,
+        shared: &'a mut Shared,
+        round: u64,
+        client_id: &str,
+    ) -> std::result::Result<(&'a OpenRound, Option<&'a mut Aggregator>), RoundError> {
+        match shared.open.as_ref().filter(|o| o.round == round) {
+            Some(open) if !open.is_sampled(client_id) => Err(RoundError::NotSampled(round)),
+            Some(open) if open.closed => Err(RoundError::Closed(round)),
+            Some(open) => Ok((open, shared.secagg.as_mut().filter(|s| s.round() == round))),
+            None => match self.store.latest_attempt(round)? {
+                None => Err(RoundError::UnknownRound(round)),
+                Some(_) => Err(RoundError::Closed(round)),
+            },
+        }
+    }
+
+    /// The secure-aggregation session of `round` as `client_id` sees it.
+    pub fn secagg_view(
+        &self,
+        round: u64,
+        client_id: &str,
+    ) -> std::result::Result<SessionView, RoundError> {
+        let mut shared = self.lock();
+        match self.open_for(&mut shared, round, client_id)? {
+            (_, Some(session)) => session.view(client_id).ok_or(RoundError::NotSampled(round)),
+            (_, None) => Err(RoundError::NoSession(round)),
+        }
+    }
+
+    /// Takes `client_id`'s message for session `session` of `round`: the step it answered,
+    /// and whether it was new or a retry.
+    pub fn secagg_receive(
+        &self,
+        round: u64,
+        session: u64,
+        client_id: &str,
+        message: ClientMessage,
+    ) -> std::result::Result<(Step, Received), RoundError> {
+        let mut shared = self.lock();
+        let (_, aggregator) = self.open_for(&mut shared, round, client_id)?;
+        let aggregator = aggregator.ok_or(RoundError::NoSession(round))?;
+        if aggregator.session() != session {
+            return Err(RoundError::StaleSession(round));
+        }
+        let step = message.step();
+        let received = aggregator
+            .receive(client_id, message)
+            .map_err(RoundError::Session)?;
+        drop(shared);
+        self.changed.notify_all();
+        Ok((step, received))
+    }
+
+    /// Runs the secure-aggregation session of the open round (engine thread): each step
+    /// closes when every participant answered or at its deadline (the masked-input step at
+    /// the round's deadline), then the masks are removed.
+    pub fn run_secure_session(&self, rules: &SecureRules) -> Result<SessionEnd> {
+        let open = self
+            .current_attempt()
+            .ok_or_else(|| ServerError::internal("no round attempt is open"))?;
+        let mut cohort: Vec<String> = open.sampled.iter().cloned().collect();
+        cohort.sort();
+        let aggregator = Aggregator::new(open.round, &cohort, open.rows, rules.neighbours)
+            .map_err(|e| ServerError::internal(format!("secure aggregation: {e}")))?;
+        let step_ms = rules.step.as_millis() as u64;
+        let mut shared = self.lock();
+        shared.secagg = Some(aggregator);
+        self.changed.notify_all();
+        let mut deadline = now_unix_ms() + step_ms;
+        loop {
+            if shared.stop {
+                shared.secagg = None;
+                return Ok(SessionEnd::Stopped);
+            }
+            let session = shared.secagg.as_mut().expect("set above");
+            let now = now_unix_ms();
+            if session.awaiting() == 0 || now >= deadline {
+                let next = session.advance();
+                self.changed.notify_all();
+                deadline = match next {
+                    Step::Done => break,
+                    Step::Masked => open.deadline_unix_ms.max(now + step_ms),
+                    _ => now + step_ms,
+                };
+                continue;
+            }
+            shared = self
+                .changed
+                .wait_timeout(shared, Duration::from_millis(deadline - now))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let session = shared.secagg.as_ref().expect("set above");
+        Ok(match session.finish() {
+            Ok(sum) => SessionEnd::Sum(sum),
+            Err(error) => SessionEnd::Unrecoverable(error.to_string()),
+        })
+    }
+
+    /// Marks the held attempt closed (its sum is kept in the store).
+    fn mark_closed(&self, round: u64) {
+        let mut shared = self.lock();
+        if let Some(open) = shared.open.as_mut().filter(|o| o.round == round) {
+            open.closed = true;
         }
     }
 }
@@ -609,6 +781,9 @@ impl ScoreTransport for RemoteTransport {
     }
 
     fn collect(&mut self, task: &RoundTask<'_>, _sampled: &[usize]) -> Result<CollectedScores> {
+        if let Some(rules) = self.coordinator.rules().secure.clone() {
+            return self.collect_secure(task, &rules);
+        }
         let closed = self.coordinator.wait_and_close()?;
         if closed.round != task.round {
             return Err(ServerError::Http(format!(
@@ -634,6 +809,70 @@ impl ScoreTransport for RemoteTransport {
             closed.rows,
             task.mechanism.grid(),
         )?;
+        Ok(CollectedScores {
+            sum: GridSum::from_units(task.mechanism, units.iter().map(|&u| u as i64).collect())?,
+            nonprivate: None,
+        })
+    }
+}
+
+impl RemoteTransport {
+    /// [`ScoreTransport::collect`] under secure aggregation: one SecAgg+ session, whose
+    /// unmasked sum is kept (and the round closed) in one transaction before it is used, so a
+    /// restart charges and releases that sum and never aggregates the round again.
+    ///
+    /// The sum is clamped per coordinate to the population times one honest client's largest
+    /// coordinate (`secure_aggregation::decode`): no honest sum changes, a malicious client's
+    /// out-of-range vector is bounded, and the bound does not depend on who was sampled. A
+    /// session that cannot be unmasked (too many clients left in its last step) is released as
+    /// the sum of nobody: absent clients add zero, as in a plain round.
+    fn collect_secure(
+        &mut self,
+        task: &RoundTask<'_>,
+        rules: &SecureRules,
+    ) -> Result<CollectedScores> {
+        let open = self
+            .coordinator
+            .current_attempt()
+            .ok_or_else(|| ServerError::internal("no round attempt is open"))?;
+        if open.round != task.round {
+            return Err(ServerError::internal(format!(
+                "the open round is {}, the engine runs {}",
+                open.round, task.round
+            )));
+        }
+        self.sampled = open.sampled_count;
+        let store = self.coordinator.store();
+        if !open.closed {
+            let sum = match self.coordinator.run_secure_session(rules)? {
+                SessionEnd::Stopped => {
+                    self.coordinator
+                        .retire(open.round, open.attempt, RoundStatus::Abandoned)?;
+                    self.stopped = true;
+                    return Err(ServerError::Http(format!(
+                        "round {} abandoned: the run was stopped",
+                        open.round
+                    )));
+                }
+                SessionEnd::Sum(sum) => sum,
+                SessionEnd::Unrecoverable(why) => {
+                    eprintln!(
+                        "warning: round {}: {why}; the round is released as the sum of no \
+                         client (give the clients more time with serve.secagg_step_seconds, \
+                         or more neighbours with serve.secagg_neighbours)",
+                        open.round
+                    );
+                    vec![0; open.rows]
+                }
+            };
+            let mechanism = task.mechanism;
+            let bound = (self.population as i64)
+                .saturating_mul(per_client_units(mechanism.sensitivity(), mechanism.grid()));
+            store.keep_sum_and_close(open.round, open.attempt, &decode(&sum, bound))?;
+            self.coordinator.mark_closed(open.round);
+        }
+        let units =
+            store.sum_submissions(open.round, open.attempt, open.rows, task.mechanism.grid())?;
         Ok(CollectedScores {
             sum: GridSum::from_units(task.mechanism, units.iter().map(|&u| u as i64).collect())?,
             nonprivate: None,
@@ -669,6 +908,7 @@ mod tests {
             clip: 1.0,
             quorum: 1.0,
             deadline: Duration::from_millis(deadline_ms),
+            secure: None,
         }
     }
 
@@ -860,6 +1100,137 @@ mod tests {
         assert!(matches!(
             coordinator.next_task("z").unwrap(),
             NextTask::Wait { .. }
+        ));
+    }
+
+    /// Waits until the session of round 0 is at `step` for `client`, and returns its view.
+    fn view_at(coordinator: &Coordinator, client: &str, step: Step) -> SessionView {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(view) = coordinator.secagg_view(0, client) {
+                if view.step == step {
+                    return view;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no step {step:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_secure_round_releases_the_sum_of_the_clients_who_finished() {
+        let mut rules = rules(1000);
+        rules.secure = Some(SecureRules {
+            neighbours: 64,
+            step: Duration::from_millis(300),
+        });
+        let coordinator = coordinator("secagg", rules);
+        let ids = ["c0", "c1", "c2", "c3", "c4", "c5"];
+        coordinator.open_attempt(&record(0, &ids, 1000)).unwrap();
+        let engine = {
+            let coordinator = coordinator.clone();
+            std::thread::spawn(move || {
+                let embeddings = task_tensor();
+                let task = RoundTask {
+                    round: 0,
+                    clip: 1.0,
+                    mechanism: &MECHANISM,
+                    candidates: &embeddings,
+                };
+                let mut transport = RemoteTransport::new(coordinator, 6);
+                transport
+                    .collect(&task, &[])
+                    .map(|c| c.sum.values_nonprivate())
+            })
+        };
+        let vectors = [
+            [0.6, 0.8],
+            [3.0, 4.0],
+            [-0.5, 0.1],
+            [0.0, 0.25],
+            [0.9, 0.1],
+            [0.3, 0.3],
+        ];
+        // c4 leaves after the keys step, c5 after the shares step.
+        let leaves = |i: usize, step: Step| {
+            (i == 4 && step >= Step::Shares) || (i == 5 && step >= Step::Masked)
+        };
+        let mut sessions: Vec<Option<secure_aggregation::ClientSession>> =
+            (0..6).map(|_| None).collect();
+        for step in [Step::Keys, Step::Shares, Step::Masked, Step::Unmask] {
+            for (i, id) in ids.iter().enumerate() {
+                if leaves(i, step) {
+                    continue;
+                }
+                let view = view_at(&coordinator, id, step);
+                let message = match step {
+                    Step::Keys => {
+                        let session =
+                            secure_aggregation::ClientSession::new(0, view.session).unwrap();
+                        let keys = session.keys();
+                        sessions[i] = Some(session);
+                        keys
+                    }
+                    Step::Shares => sessions[i]
+                        .as_mut()
+                        .unwrap()
+                        .share_keys(view.roster.as_ref().unwrap())
+                        .unwrap(),
+                    Step::Masked => {
+                        // Plain submissions are refused in a secure round.
+                        assert!(matches!(
+                            coordinator.submit(0, id, &vectors[i]),
+                            Err(RoundError::Invalid(_))
+                        ));
+                        let encoded = secure_aggregation::encode(&vectors[i], 1.0).unwrap();
+                        sessions[i]
+                            .as_mut()
+                            .unwrap()
+                            .mask(view.inbox.as_ref().unwrap(), &encoded)
+                            .unwrap()
+                    }
+                    Step::Unmask => sessions[i]
+                        .as_mut()
+                        .unwrap()
+                        .unmask(view.survivors.as_ref().unwrap())
+                        .unwrap(),
+                    Step::Done => unreachable!(),
+                };
+                let answered = coordinator.secagg_receive(0, view.session, id, message);
+                assert!(
+                    matches!(answered, Ok((s, Received::New)) if s == step),
+                    "{answered:?}"
+                );
+                assert!(matches!(
+                    coordinator.secagg_receive(
+                        0,
+                        view.session + 1,
+                        id,
+                        sessions[i].as_ref().unwrap().keys()
+                    ),
+                    Err(RoundError::StaleSession(0))
+                ));
+            }
+        }
+        let sum = engine.join().unwrap().unwrap();
+        // c1's vector (norm 5) is clipped to norm 1 by its client: (0.6, 0.8).
+        let expected = [0.6 + 0.6 - 0.5 + 0.0, 0.8 + 0.8 + 0.1 + 0.25];
+        for (got, want) in sum.iter().zip(expected) {
+            assert!((got - want).abs() < 4.0 * MECHANISM.grid(), "{sum:?}");
+        }
+        // Nothing in the clear was stored, the sum is kept and the round closed.
+        let store = coordinator.store();
+        assert_eq!(store.submission_count(0, 0).unwrap(), 0);
+        assert_eq!(
+            store.latest_attempt(0).unwrap().unwrap().status,
+            RoundStatus::Closed
+        );
+        assert!(matches!(
+            coordinator.secagg_view(0, "c0"),
+            Err(RoundError::Closed(0))
         ));
     }
 

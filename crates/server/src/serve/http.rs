@@ -26,9 +26,10 @@ use crate::serve::limits::RateLimiter;
 use crate::serve::metrics::Rejection;
 use crate::serve::problem::{Problem, PROBLEM_JSON};
 use remote_client::protocol::{
-    self, EnrolRequest, Enrolment, Receipt, ScoresRequest, Tokens, TokensRequest,
+    self, EnrolRequest, Enrolment, Receipt, ScoresRequest, SecAggReceipt, Tokens, TokensRequest,
 };
 use remote_client::EmbeddingDtype;
+use secure_aggregation::{ClientMessage, ProtocolError, Received, SessionView};
 
 /// `meta` key of the SHA-256 (hex) of the admin token.
 pub const ADMIN_HASH_KEY: &str = "admin_token_hash";
@@ -63,6 +64,8 @@ pub enum Endpoint {
     NextTask,
     Candidates,
     Scores,
+    SecAggView,
+    SecAggMessage,
     Privacy,
     EnrolmentTokens,
     RunStatus,
@@ -168,6 +171,26 @@ pub const ROUTES: &[Route] = &[
         Access::Client,
         Endpoint::Scores,
         "Submit the client's clipped score vector",
+        202,
+        &[401, 403, 404, 409, 410, 413, 422, 429],
+    ),
+    route(
+        Method::GET,
+        "/v1/rounds/{round}/secagg",
+        Access::Client,
+        Endpoint::SecAggView,
+        "The round's secure-aggregation session as this client sees it: its step, and what \
+         this client needs for it (roster, inbox or survivors)",
+        200,
+        &[401, 403, 404, 410, 429],
+    ),
+    route(
+        Method::POST,
+        "/v1/rounds/{round}/secagg/{session}",
+        Access::Client,
+        Endpoint::SecAggMessage,
+        "Send this client's message for the session's current step (keys, shares, masked \
+         input or unmasking shares)",
         202,
         &[401, 403, 404, 409, 410, 413, 422, 429],
     ),
@@ -310,6 +333,8 @@ fn handler(endpoint: Endpoint, filter: MethodFilter) -> MethodRouter<Arc<AppStat
         Endpoint::NextTask => on(filter, next_task),
         Endpoint::Candidates => on(filter, candidates),
         Endpoint::Scores => on(filter, scores),
+        Endpoint::SecAggView => on(filter, secagg_view),
+        Endpoint::SecAggMessage => on(filter, secagg_message),
         Endpoint::Privacy => on(filter, privacy),
         Endpoint::EnrolmentTokens => on(filter, enrolment_tokens),
         Endpoint::RunStatus => on(filter, run_status),
@@ -565,6 +590,7 @@ fn next_task_inner(
             dtype,
             deadline_unix_ms,
             candidates_url: format!("/v1/rounds/{round}/candidates"),
+            aggregation: state.config.serve.aggregation,
         }),
         NextTask::Wait { retry_after_ms } => protocol::NextTask::Wait { retry_after_ms },
         NextTask::Finished => protocol::NextTask::Finished,
@@ -709,9 +735,113 @@ fn round_problem(error: RoundError) -> (Option<Rejection>, Problem) {
             ),
         ),
         RoundError::Invalid(detail) => (Rejection::Invalid, Problem::unprocessable(detail)),
+        RoundError::NoSession(round) => (
+            Rejection::UnknownRound,
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-session",
+                format!(
+                    "round {round}'s secure-aggregation session has not started yet; ask again \
+                     in a moment"
+                ),
+            ),
+        ),
+        RoundError::StaleSession(round) => (
+            Rejection::Late,
+            Problem::new(
+                StatusCode::GONE,
+                "stale-session",
+                format!(
+                    "that session of round {round} was replaced (the server restarted); GET \
+                     /v1/rounds/{round}/secagg and start again in the new session"
+                ),
+            ),
+        ),
+        RoundError::Session(error) => match error {
+            ProtocolError::WrongStep { .. } => (
+                Rejection::Late,
+                Problem::new(StatusCode::CONFLICT, "wrong-step", error.to_string()),
+            ),
+            ProtocolError::Conflict => (
+                Rejection::Conflict,
+                Problem::new(StatusCode::CONFLICT, "conflict", error.to_string()),
+            ),
+            ProtocolError::NotParticipant => {
+                (Rejection::NotSampled, Problem::forbidden(error.to_string()))
+            }
+            _ => (
+                Rejection::Invalid,
+                Problem::unprocessable(error.to_string()),
+            ),
+        },
         RoundError::Internal(error) => return (None, Problem::from(error)),
     };
     (Some(why), problem)
+}
+
+async fn secagg_view(
+    State(state): Shared,
+    Path(round): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SessionView>, Problem> {
+    blocking(|| {
+        let id = client_id(&state, &headers)?;
+        let round = round_number(&round)?;
+        state
+            .coordinator
+            .secagg_view(round, &id)
+            .map(Json)
+            .map_err(|e| round_problem(e).1)
+    })
+}
+
+async fn secagg_message(
+    State(state): Shared,
+    Path((round, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    blocking(|| {
+        let metrics = state.coordinator.metrics();
+        let id = client_id(&state, &headers)?;
+        let round = round_number(&round)?;
+        let session: u64 = session.parse().map_err(|_| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-session",
+                format!("{session:?} is not a session number"),
+            )
+        })?;
+        let message: ClientMessage = json_body(
+            body,
+            r#"{"step": "keys" | "shares" | "masked" | "unmask", …}"#,
+        )
+        .inspect_err(|_| metrics.reject(Rejection::Invalid))?;
+        match state
+            .coordinator
+            .secagg_receive(round, session, &id, message)
+        {
+            Ok((step, received)) => {
+                let status = match received {
+                    Received::New => StatusCode::ACCEPTED,
+                    Received::Replay => StatusCode::OK,
+                };
+                let receipt = SecAggReceipt {
+                    round,
+                    session,
+                    step,
+                };
+                Ok((status, Json(receipt)).into_response())
+            }
+            Err(error) => {
+                let (why, problem) = round_problem(error);
+                if let Some(why) = why {
+                    metrics.reject(why);
+                }
+                Err(problem)
+            }
+        }
+    })
 }
 
 async fn privacy(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {

@@ -85,6 +85,12 @@ pub fn serve(
         clip: config.privacy.clip,
         quorum: config.serve.quorum,
         deadline: Duration::from_secs(config.serve.round_deadline_seconds),
+        secure: (config.serve.aggregation == crate::config::Aggregation::SecAggPlus).then(|| {
+            coordinator::SecureRules {
+                neighbours: config.serve.secagg_neighbours,
+                step: Duration::from_secs(config.serve.secagg_step_seconds),
+            }
+        }),
     };
     let coordinator = Arc::new(Coordinator::new(store, rules, metrics)?);
     if options.enrolment_tokens > 0 {

@@ -17,6 +17,9 @@ pub fn document() -> Value {
         if route.endpoint == Endpoint::Scores {
             responses.insert("200".into(), json!({"description": "An identical retry: the first receipt", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Receipt"}}}}));
         }
+        if route.endpoint == Endpoint::SecAggMessage {
+            responses.insert("200".into(), json!({"description": "An identical retry", "content": json_content("SecAggReceipt")}));
+        }
         for status in route.errors {
             responses.insert(
                 status.to_string(),
@@ -29,11 +32,18 @@ pub fn document() -> Value {
             "responses": responses,
             "security": security(route.access),
         });
-        if route.path.contains("{round}") {
-            operation["parameters"] = json!([{
-                "name": "round", "in": "path", "required": true,
-                "schema": {"type": "integer", "minimum": 0}
-            }]);
+        let parameters: Vec<Value> = ["round", "session"]
+            .iter()
+            .filter(|name| route.path.contains(&format!("{{{name}}}")))
+            .map(|name| {
+                json!({
+                    "name": name, "in": "path", "required": true,
+                    "schema": {"type": "integer", "minimum": 0}
+                })
+            })
+            .collect();
+        if !parameters.is_empty() {
+            operation["parameters"] = Value::Array(parameters);
         }
         if let Some(body) = request_body(route.endpoint) {
             operation["requestBody"] = body;
@@ -91,6 +101,8 @@ fn success(endpoint: Endpoint) -> Value {
             json!({"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}),
         ),
         Endpoint::Scores => ("Stored", json_content("Receipt")),
+        Endpoint::SecAggView => ("The session as this client sees it", json_content("SessionView")),
+        Endpoint::SecAggMessage => ("Stored", json_content("SecAggReceipt")),
         Endpoint::Privacy => ("Budget report and per-round ledger", json_content("Privacy")),
         Endpoint::EnrolmentTokens => ("The tokens (shown once)", json_content("Tokens")),
         Endpoint::RunStatus | Endpoint::Pause | Endpoint::Resume | Endpoint::Stop => {
@@ -104,6 +116,7 @@ fn request_body(endpoint: Endpoint) -> Option<Value> {
     let schema = match endpoint {
         Endpoint::Enrol => "EnrolRequest",
         Endpoint::Scores => "ScoresRequest",
+        Endpoint::SecAggMessage => "SecAggMessage",
         Endpoint::EnrolmentTokens => "TokensRequest",
         _ => return None,
     };
@@ -145,12 +158,65 @@ fn schemas() -> Value {
                 "clip": {"type": "number"}, "candidates": {"type": "integer"},
                 "dim": {"type": "integer"}, "dtype": {"enum": ["f16", "f32"]},
                 "deadline_unix_ms": {"type": "integer"}, "candidates_url": {"type": "string"},
+                "aggregation": {"enum": ["plain", "secagg+"]},
                 "retry_after_ms": {"type": "integer"}
             }
         },
         "ScoresRequest": {
             "type": "object", "required": ["scores"], "additionalProperties": false,
             "properties": {"scores": {"type": "array", "items": {"type": "number"}}}
+        },
+        "SessionView": {
+            "type": "object",
+            "required": ["round", "session", "step", "dim", "participant", "received"],
+            "properties": {
+                "round": {"type": "integer"}, "session": {"type": "integer"},
+                "step": {"$ref": "#/components/schemas/SecAggStep"}, "dim": {"type": "integer"},
+                "participant": {"type": "boolean"}, "received": {"type": "boolean"},
+                "roster": {
+                    "type": "object", "required": ["index", "threshold", "neighbours"],
+                    "properties": {
+                        "index": {"type": "integer"}, "threshold": {"type": "integer"},
+                        "neighbours": {"type": "array", "items": {
+                            "type": "object", "required": ["index", "keys"],
+                            "properties": {"index": {"type": "integer"}, "keys": {"$ref": "#/components/schemas/PublicKeys"}}
+                        }}
+                    }
+                },
+                "inbox": {"type": "object", "required": ["packets"], "properties": {"packets": {"type": "array", "items": {"$ref": "#/components/schemas/Packet"}}}},
+                "survivors": {"type": "object", "required": ["survivors"], "properties": {"survivors": {"type": "array", "items": {"type": "integer"}}}}
+            }
+        },
+        "SecAggStep": {"enum": ["keys", "shares", "masked", "unmask", "done"]},
+        "PublicKeys": {
+            "type": "object", "required": ["cipher", "mask", "self_mask_commitment"], "additionalProperties": false,
+            "description": "X25519 public keys and the SHA-256 of the self-mask seed (standard base64, 32 bytes each)",
+            "properties": {"cipher": {"type": "string", "contentEncoding": "base64"}, "mask": {"type": "string", "contentEncoding": "base64"}, "self_mask_commitment": {"type": "string", "contentEncoding": "base64"}}
+        },
+        "Packet": {
+            "type": "object", "required": ["from", "to", "ciphertext"], "additionalProperties": false,
+            "properties": {"from": {"type": "integer"}, "to": {"type": "integer"}, "ciphertext": {"type": "string", "contentEncoding": "base64"}}
+        },
+        "SecAggMessage": {
+            "description": "The client's message for the current step, tagged by `step`",
+            "oneOf": [
+                {"type": "object", "required": ["step", "cipher", "mask", "self_mask_commitment"], "additionalProperties": false,
+                 "properties": {"step": {"const": "keys"}, "cipher": {"type": "string"}, "mask": {"type": "string"}, "self_mask_commitment": {"type": "string"}}},
+                {"type": "object", "required": ["step", "packets"], "additionalProperties": false,
+                 "properties": {"step": {"const": "shares"}, "packets": {"type": "array", "items": {"$ref": "#/components/schemas/Packet"}}}},
+                {"type": "object", "required": ["step", "masked"], "additionalProperties": false,
+                 "description": "masked: the base64 of the masked vector's little-endian 64-bit words",
+                 "properties": {"step": {"const": "masked"}, "masked": {"type": "string", "contentEncoding": "base64"}}},
+                {"type": "object", "required": ["step", "shares"], "additionalProperties": false,
+                 "properties": {"step": {"const": "unmask"}, "shares": {"type": "array", "items": {
+                     "type": "object", "required": ["owner", "secret", "share"], "additionalProperties": false,
+                     "properties": {"owner": {"type": "integer"}, "secret": {"enum": ["self_mask", "mask_key"]}, "share": {"type": "string", "contentEncoding": "base64"}}
+                 }}}}
+            ]
+        },
+        "SecAggReceipt": {
+            "type": "object", "required": ["round", "session", "step"],
+            "properties": {"round": {"type": "integer"}, "session": {"type": "integer"}, "step": {"$ref": "#/components/schemas/SecAggStep"}}
         },
         "Receipt": {
             "type": "object", "required": ["round", "receipt"],

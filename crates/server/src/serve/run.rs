@@ -44,7 +44,7 @@ use privacy_accounting::{Ledger, LedgerEvent, Sampling};
 use tch::Tensor;
 
 use crate::budget::{plan_noise, BudgetGuard};
-use crate::config::{RunConfig, WireDtype};
+use crate::config::{Aggregation, RunConfig, WireDtype};
 use crate::driver::{Driver, LedgerStore, RoundLog, RoundMethod};
 use crate::engine::{
     popri_release, Candidates, PopriEngine, Progress, RoundSettings, ScoreTransport,
@@ -544,7 +544,21 @@ fn write_outputs(
     setup::write_popri_synthetic(&mut engine, config, dir, template, seed_pool, progress)?;
     let ledger = coordinator.store().ledger(config.privacy.delta)?;
     dir.save_ledger(&ledger)?;
-    setup::write_statement(dir, &ledger, config)
+    let aggregation = match config.serve.aggregation {
+        Aggregation::Plain => {
+            "plain (serve.aggregation = \"plain\"): each client sent its clipped score vector \
+             to this server in the clear; the server (and whoever runs it) saw every vector. \
+             Only the noisy sums were released."
+        }
+        Aggregation::SecAggPlus => {
+            "SecAgg+ (serve.aggregation = \"secagg+\"): each client sent its vector masked; \
+             this server saw only keys, encrypted shares, masked vectors and each round's \
+             un-noised sum, never one client's vector (against a server that follows the \
+             protocol and fewer corrupt neighbours than the threshold: docs/threat-model.md). \
+             Only the noisy sums were released."
+        }
+    };
+    setup::write_statement(dir, &ledger, config, Some(aggregation))
 }
 
 /// The per-client bound a served round is charged with. With `serve.quorum` = 1 a round closes

@@ -371,6 +371,29 @@ impl Store {
         })
     }
 
+    /// Keeps the unmasked sum of a securely aggregated round (grid units) and closes the
+    /// round, in one transaction: from then on the round is charged and released with this
+    /// sum, never aggregated a second time (two sums over different survivors would give the
+    /// server their difference).
+    pub fn keep_sum_and_close(&self, round: u64, attempt: u32, units: &[i64]) -> Result<()> {
+        let bytes: Vec<u8> = units
+            .iter()
+            .flat_map(|&u| (u as f64).to_le_bytes())
+            .collect();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR REPLACE INTO round_sums (round, sum) VALUES (?1, ?2)",
+                params![round as i64, bytes],
+            )?;
+            tx.execute(
+                "UPDATE rounds SET status = ?3 WHERE round = ?1 AND attempt = ?2",
+                params![round as i64, attempt, RoundStatus::Closed.as_str()],
+            )?;
+            tx.commit()
+        })
+    }
+
     /// Moves the deadline of a round attempt (a restarted server gives the clients time again).
     pub fn set_deadline(&self, round: u64, attempt: u32, deadline_unix_ms: u64) -> Result<()> {
         self.with(|c| {
