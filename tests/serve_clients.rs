@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clients::profile::client_profile_with;
 use models::{Assets, SentenceEmbedder};
 use privacy_accounting::Ledger;
+use secure_aggregation::{ClientSession, SessionView, Step};
 use serde_json::Value;
 
 /// How long a whole run may take before the test gives up (2 cores shared with other tests).
@@ -272,6 +273,130 @@ fn http_get(url: &str, path: &str, token: Option<&str>) -> Option<(u16, String)>
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
+}
+
+/// `POST path` on `url` (plain HTTP) with a JSON `body`, with the bearer `token` when given:
+/// status and body.
+fn http_post(url: &str, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
+    let host = url.strip_prefix("http://")?;
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// A client of a secure run driven by the test, over HTTP: it enrols with `enrolment`, and in
+/// each round takes part in the SecAgg+ session until step `leave_before` (which it never
+/// answers), sending `scores` as its vector if it gets that far. Returns the rounds it helped
+/// unmask.
+fn scripted_secure_client(
+    url: &str,
+    enrolment: &str,
+    scores: &[f64],
+    leave_before: Step,
+) -> Vec<u64> {
+    let body = serde_json::json!({ "enrolment_token": enrolment }).to_string();
+    let (status, reply) = http_post(url, "/v1/enrol", None, &body).unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    let token = reply["token"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let mut seen_rounds = Vec::new();
+    let mut unmasked = Vec::new();
+    loop {
+        assert!(started.elapsed() < RUN_TIMEOUT, "the run did not finish");
+        let pause = || std::thread::sleep(Duration::from_millis(100));
+        let Some((200, next)) = http_get(url, "/v1/tasks/next", Some(&token)) else {
+            pause();
+            continue;
+        };
+        let next: Value = serde_json::from_str(&next).unwrap();
+        match next["state"].as_str().unwrap() {
+            "finished" => return unmasked,
+            "task" => {}
+            _ => {
+                pause();
+                continue;
+            }
+        }
+        assert_eq!(next["aggregation"], "secagg+");
+        let round = next["round"].as_u64().unwrap();
+        if seen_rounds.contains(&round) {
+            pause();
+            continue;
+        }
+        seen_rounds.push(round);
+        let clip = next["clip"].as_f64().unwrap();
+        let mut session: Option<ClientSession> = None;
+        loop {
+            let Some((status, view)) =
+                http_get(url, &format!("/v1/rounds/{round}/secagg"), Some(&token))
+            else {
+                pause();
+                continue;
+            };
+            if status == 404 {
+                pause();
+                continue;
+            }
+            assert_eq!(status, 200, "{view}");
+            let view: SessionView = serde_json::from_str(&view).unwrap();
+            if !view.participant || view.step >= leave_before {
+                break;
+            }
+            if view.received {
+                pause();
+                continue;
+            }
+            let message = match view.step {
+                Step::Keys => {
+                    let client = ClientSession::new(round, view.session).unwrap();
+                    let keys = client.keys();
+                    session = Some(client);
+                    keys
+                }
+                Step::Shares => session
+                    .as_mut()
+                    .unwrap()
+                    .share_keys(view.roster.as_ref().unwrap())
+                    .unwrap(),
+                Step::Masked => session
+                    .as_mut()
+                    .unwrap()
+                    .mask(
+                        view.inbox.as_ref().unwrap(),
+                        &secure_aggregation::encode(scores, clip).unwrap(),
+                    )
+                    .unwrap(),
+                Step::Unmask => session
+                    .as_mut()
+                    .unwrap()
+                    .unmask(view.survivors.as_ref().unwrap())
+                    .unwrap(),
+                Step::Done => break,
+            };
+            let path = format!("/v1/rounds/{round}/secagg/{}", view.session);
+            let body = serde_json::to_string(&message).unwrap();
+            let (status, reply) = http_post(url, &path, Some(&token), &body).unwrap();
+            assert!(status == 202 || status == 200, "{status}: {reply}");
+            if view.step == Step::Unmask {
+                unmasked.push(round);
+                break;
+            }
+        }
+    }
 }
 
 /// The value of the Prometheus sample `name` (without labels) in `/metrics`.
@@ -671,5 +796,82 @@ fn clients_join_over_https_trusting_the_servers_certificate() {
         );
     }
     check_finished_run(&setup);
+    std::fs::remove_dir_all(&setup.dir).unwrap();
+}
+
+#[test]
+fn a_secure_run_releases_each_round_with_clients_leaving_mid_session_and_no_vector_in_the_clear() {
+    if !have_default_models() {
+        return;
+    }
+    // Five `fedsyn client` processes and three clients scripted here: one sends a planted
+    // vector through every step, one leaves after the keys step, one after the shares step
+    // (its masks are removed with its mask key, rebuilt from its neighbours' shares).
+    const PROCESSES: usize = 5;
+    let setup = Setup::new("secagg", PROCESSES + 3);
+    let config = std::fs::read_to_string(setup.dir.join("config.toml")).unwrap();
+    let config = config.replace(
+        "round_deadline_seconds = 600",
+        "round_deadline_seconds = 30\naggregation = \"secagg+\"\nsecagg_step_seconds = 5",
+    );
+    std::fs::write(setup.dir.join("config.toml"), config).unwrap();
+    setup.prepare_profiles(0..PROCESSES);
+    let (mut server, url) =
+        setup.start_server(&["--bind", "127.0.0.1:0", "--enrolment-tokens", "8"]);
+    let tokens = setup.enrolment_tokens();
+    // Nine candidates (3 prompts × 3); a vector no real client would send.
+    let planted: Vec<f64> = (0..9)
+        .map(|i| 0.0123 * (i as f64 + 1.0) * if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let scripted: Vec<_> = [(Step::Done, 5), (Step::Shares, 6), (Step::Masked, 7)]
+        .into_iter()
+        .map(|(leave_before, c)| {
+            let (url, token, planted) = (url.clone(), tokens[c].clone(), planted.clone());
+            std::thread::spawn(move || scripted_secure_client(&url, &token, &planted, leave_before))
+        })
+        .collect();
+    let mut clients: Vec<Child> = (0..PROCESSES)
+        .map(|c| setup.start_client(c, &url, Some(&tokens[c])))
+        .collect();
+    let mut peak = MemoryPeak::default();
+    let summaries = wait_for_clients(&setup, &mut server, &mut clients, &mut peak);
+    wait_for_exit(&setup, &mut server);
+    let unmasked: Vec<Vec<u64>> = scripted.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(unmasked, [vec![0, 1], vec![], vec![]]);
+    for summary in &summaries {
+        assert_eq!(
+            summary["rounds_submitted"],
+            serde_json::json!([0, 1]),
+            "{summary}"
+        );
+    }
+    check_finished_run(&setup);
+    let statement = std::fs::read_to_string(setup.run_dir().join("privacy-statement.md")).unwrap();
+    assert!(statement.contains("SecAgg+"), "{statement}");
+
+    // The planted vector, in every form it could take, is in no file the server wrote.
+    let clip = 1.0;
+    let encoded = secure_aggregation::encode(&planted, clip).unwrap();
+    let words: Vec<u8> = encoded.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let masked_json =
+        serde_json::to_string(&secure_aggregation::MaskedInput { masked: encoded }).unwrap();
+    let base64 = masked_json.split('"').nth(3).unwrap().to_string();
+    let floats: Vec<u8> = planted.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut files = vec![setup.dir.join("server.log")];
+    collect_files(&setup.run_dir(), &mut files);
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        for (form, needle) in [
+            ("ring words", &words),
+            ("base64", &base64.clone().into_bytes()),
+            ("f64", &floats),
+        ] {
+            assert!(
+                !contains(&bytes, needle),
+                "the planted vector ({form}) is in {}",
+                file.display()
+            );
+        }
+    }
     std::fs::remove_dir_all(&setup.dir).unwrap();
 }
