@@ -8,6 +8,12 @@
 //! and router of `fedsyn serve` with one round attempt opened directly in the store (no
 //! generator: the round's candidates are a random matrix), every client already enrolled.
 //! Run it with `benches/run-serve.sh`.
+//!
+//! With `FEDSYN_LOAD_SECURE=1` the round is aggregated with SecAgg+ (`serve.aggregation =
+//! "secagg+"`, 64 neighbours): every client runs the protocol's four steps over HTTP (polling
+//! the session once a second, as `fedsyn client` does), the server's session runs on a thread
+//! of the server process, and "lost" compares the unmasked sum with the plain sum of every
+//! client's encoded vector (one lost masked input would change it).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -17,8 +23,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use remote_client::{encode_candidates, CandidateMatrix, EmbeddingDtype};
+use secure_aggregation::{ClientSession, SessionView, Step};
 use server::config::RunConfig;
-use server::serve::coordinator::{now_unix_ms, CollectionRules, Coordinator};
+use server::serve::coordinator::{
+    now_unix_ms, CollectionRules, Coordinator, SecureRules, SessionEnd,
+};
 use server::serve::store::{RoundRecord, RoundStatus, Store};
 use server::serve::{auth, http, limits, metrics, openapi};
 
@@ -32,6 +41,14 @@ const CLIP: f64 = 1.0;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Tries per submission (the first and the retries after connection errors).
 const MAX_TRIES: u32 = 6;
+/// The secure mode's neighbours per client.
+const NEIGHBOURS: usize = 64;
+/// Where the server role writes the unmasked sum (secure mode).
+const SUM_FILE: &str = "secure-sum.json";
+
+fn secure_mode() -> bool {
+    std::env::var("FEDSYN_LOAD_SECURE").as_deref() == Ok("1")
+}
 
 fn main() {
     let clients: usize = std::env::var("FEDSYN_LOAD_CLIENTS")
@@ -45,6 +62,8 @@ fn main() {
         });
     if std::env::var(ROLE_VAR).as_deref() == Ok("server") {
         run_server(&dir, clients);
+    } else if secure_mode() {
+        run_secure_load(&dir, clients);
     } else {
         run_load(&dir, clients);
     }
@@ -65,8 +84,12 @@ fn run_server(dir: &Path, clients: usize) {
         clip: CLIP,
         quorum: 1.0,
         deadline: Duration::from_secs(3600),
-        secure: None,
+        secure: secure_mode().then_some(SecureRules {
+            neighbours: NEIGHBOURS,
+            step: Duration::from_secs(600),
+        }),
     };
+    let secure = rules.secure.clone();
     let coordinator =
         Arc::new(Coordinator::new(store.clone(), rules, metrics).expect("the coordinator starts"));
     let enrolment = http::create_enrolment_tokens(&coordinator, clients).expect("tokens");
@@ -85,6 +108,23 @@ fn run_server(dir: &Path, clients: usize) {
     coordinator
         .open_attempt(&round_record(ids))
         .expect("round 0 opens");
+    if let Some(rules) = secure {
+        // The engine's side of the round: the session, then the unmasked sum to a file.
+        let coordinator = coordinator.clone();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let sum = match coordinator
+                .run_secure_session(&rules)
+                .expect("the session runs")
+            {
+                SessionEnd::Sum(sum) => sum,
+                other => panic!("the session ended without a sum: {other:?}"),
+            };
+            let units: Vec<i64> = sum.iter().map(|&w| w as i64).collect();
+            let text = serde_json::to_string(&units).expect("JSON");
+            std::fs::write(dir.join(SUM_FILE), text).expect("the sum file");
+        });
+    }
 
     let values = PROMPTS * PER_PROMPT;
     let state = Arc::new(http::AppState {
@@ -264,6 +304,206 @@ fn run_load(dir: &Path, clients: usize) {
     println!("{result}");
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(lost, 0, "accepted submissions missing from the store");
+}
+
+/// What one secure client did.
+struct SecureOutcome {
+    requests: u32,
+    upload_bytes: usize,
+    /// Seconds from the start to the accepted unmasking message.
+    seconds: f64,
+    /// Its encoded vector.
+    encoded: Vec<u64>,
+}
+
+/// The load generator of the secure mode: every client runs the SecAgg+ session over HTTP.
+fn run_secure_load(dir: &Path, clients: usize) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("the benchmark folder");
+    let mut server = Command::new(std::env::current_exe().expect("this executable"))
+        .env(ROLE_VAR, "server")
+        .env("FEDSYN_LOAD_DIR", dir)
+        .env("FEDSYN_LOAD_CLIENTS", clients.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut first_line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .expect("the server prints its address");
+    let address = first_line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("`listening on URL`")
+        .to_string();
+    let tokens: Vec<String> = std::fs::read_to_string(dir.join("clients.txt"))
+        .expect("clients.txt")
+        .lines()
+        .map(|line| line.split_once(' ').expect("id token").1.to_string())
+        .collect();
+    let idle_rss = peak_rss_kib(server.id());
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let workers: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(index, token)| {
+            let address = address.clone();
+            let barrier = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(512 << 10)
+                .spawn(move || {
+                    barrier.wait();
+                    secure_client(&address, &token, index)
+                })
+                .expect("a client thread")
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let outcomes: Vec<SecureOutcome> = workers
+        .into_iter()
+        .map(|w| w.join().expect("a client thread"))
+        .collect();
+    let sum_path = dir.join(SUM_FILE);
+    while !sum_path.exists() && started.elapsed() < REQUEST_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let round_seconds = started.elapsed().as_secs_f64();
+    let server_peak_rss = peak_rss_kib(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    let unmasked: Vec<i64> =
+        serde_json::from_str(&std::fs::read_to_string(&sum_path).expect("the sum file"))
+            .expect("the sum");
+    let mut plain = vec![0i64; PROMPTS * PER_PROMPT];
+    for outcome in &outcomes {
+        plain
+            .iter_mut()
+            .zip(&outcome.encoded)
+            .for_each(|(p, &e)| *p += e as i64);
+    }
+    let mut seconds: Vec<f64> = outcomes.iter().map(|o| o.seconds).collect();
+    seconds.sort_by(f64::total_cmp);
+    let result = serde_json::json!({
+        "benchmark": "serve_load_secagg",
+        "clients": clients,
+        "values_per_submission": PROMPTS * PER_PROMPT,
+        "neighbours": NEIGHBOURS,
+        "unmasked_sum_equals_plain_sum": unmasked == plain,
+        "lost": if unmasked == plain { 0 } else { clients },
+        "requests_per_client_mean": outcomes.iter().map(|o| o.requests as f64).sum::<f64>() / clients as f64,
+        "upload_bytes_per_client_mean": outcomes.iter().map(|o| o.upload_bytes as f64).sum::<f64>() / clients as f64,
+        "client_done_seconds_p50": seconds[seconds.len() / 2],
+        "client_done_seconds_max": seconds.last(),
+        "round_seconds": round_seconds,
+        "server_rss_mib_before_load": idle_rss as f64 / 1024.0,
+        "server_peak_rss_mib": server_peak_rss as f64 / 1024.0,
+    });
+    println!("{result}");
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(unmasked == plain, "the unmasked sum is not the plain sum");
+}
+
+/// One client's SecAgg+ session of round 0 over HTTP, polling once a second.
+fn secure_client(address: &str, token: &str, index: usize) -> SecureOutcome {
+    let started = Instant::now();
+    let scores: serde_json::Value = serde_json::from_slice(&score_body(index)).expect("JSON");
+    let scores: Vec<f64> = scores["scores"]
+        .as_array()
+        .expect("scores")
+        .iter()
+        .map(|v| v.as_f64().expect("a number"))
+        .collect();
+    let encoded = secure_aggregation::encode(&scores, CLIP).expect("encodes");
+    let mut session: Option<ClientSession> = None;
+    let (mut requests, mut upload_bytes) = (0u32, 0usize);
+    loop {
+        requests += 1;
+        let (status, body) = exchange(address, "GET", "/v1/rounds/0/secagg", token, b"");
+        if status != 200 {
+            assert!(
+                status == 404 || status == 429 || status == 0,
+                "{status}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        let view: SessionView = serde_json::from_str(&body).expect("a session view");
+        assert!(view.participant, "client {index} dropped out: {body}");
+        if view.received {
+            std::thread::sleep(Duration::from_millis(1000));
+            continue;
+        }
+        let message = match view.step {
+            Step::Keys => {
+                let client = ClientSession::new(0, view.session).expect("keys");
+                let keys = client.keys();
+                session = Some(client);
+                Ok(keys)
+            }
+            Step::Shares => session
+                .as_mut()
+                .unwrap()
+                .share_keys(view.roster.as_ref().unwrap()),
+            Step::Masked => session
+                .as_mut()
+                .unwrap()
+                .mask(view.inbox.as_ref().unwrap(), &encoded),
+            Step::Unmask => session
+                .as_mut()
+                .unwrap()
+                .unmask(view.survivors.as_ref().unwrap()),
+            Step::Done => panic!("the session ended before client {index} unmasked"),
+        }
+        .expect("the protocol step");
+        let body = serde_json::to_vec(&message).expect("JSON");
+        upload_bytes += body.len();
+        let path = format!("/v1/rounds/0/secagg/{}", view.session);
+        loop {
+            requests += 1;
+            let (status, reply) = exchange(address, "POST", &path, token, &body);
+            match status {
+                200 | 202 => break,
+                0 | 429 => std::thread::sleep(Duration::from_millis(500)),
+                _ => panic!("client {index}: {status}: {reply}"),
+            }
+        }
+        if view.step == Step::Unmask {
+            return SecureOutcome {
+                requests,
+                upload_bytes,
+                seconds: started.elapsed().as_secs_f64(),
+                encoded,
+            };
+        }
+    }
+}
+
+/// One request over a fresh connection: status (0 on a connection error) and body.
+fn exchange(address: &str, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, String) {
+    let result = (|| -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string());
+        Ok((status, body))
+    })();
+    result.unwrap_or((0, String::new()))
 }
 
 /// `{"scores":[…]}` for client `index`: a deterministic vector of norm 0.9 (< the clip).

@@ -10,6 +10,11 @@
 //! 3. the round closes at quorum or deadline (later submissions → 410), with whatever
 //!    arrived; only the admin's stop abandons it instead (nothing released, nothing charged,
 //!    no further round);
+//!
+//!    (Under `serve.aggregation = "secagg+"`, 2 and 3 are one step: no vector is stored; the
+//!    round's SecAgg+ session runs in memory, and its unmasked sum is kept and the round closed
+//!    in one transaction. A kill during the session restarts it for the same cohort; a kill
+//!    after it charges and releases the kept sum.)
 //! 4. the ledger row of round t, the kept sum and the erasure of the client vectors, in one
 //!    SQLite transaction (primary key = round; the engine's `commit_cost`, before any noise
 //!    exists), mirrored to `ledger.json`;
