@@ -1499,10 +1499,18 @@ mod tests {
             ("quorum = 0.0", "serve.quorum"),
             ("max_body_bytes = 10", "serve.max_body_bytes"),
             ("rate_limit_per_minute = 0", "serve.rate_limit_per_minute"),
+            ("secagg_neighbours = 1", "serve.secagg_neighbours"),
+            ("secagg_neighbours = 255", "serve.secagg_neighbours"),
+            ("secagg_step_seconds = 0", "serve.secagg_step_seconds"),
+            ("aggregation = \"secagg+\"\nquorum = 0.5", "serve.quorum"),
         ] {
             let error = config(&format!("{MINIMAL}[serve]\n{bad}\n")).unwrap_err();
             assert_eq!(key_of(error), key, "{bad}");
         }
+        let secure = config(&format!("{MINIMAL}[serve]\naggregation = \"secagg+\"\n")).unwrap();
+        assert_eq!(secure.serve.aggregation, Aggregation::SecAggPlus);
+        let misspelt = config(&format!("{MINIMAL}[serve]\naggregation = \"secagg\"\n"));
+        assert!(misspelt.is_err());
         let unknown = config(&format!("{MINIMAL}[serve]\nport = 1\n")).unwrap_err();
         assert!(unknown.to_string().contains("serve.port"), "{unknown}");
         let removed = config(&format!("{MINIMAL}[serve]\nmin_submissions = 2\n"))
