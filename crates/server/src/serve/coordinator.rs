@@ -155,6 +155,8 @@ pub enum RoundError {
     Invalid(String),
     /// The round's secure-aggregation session has not started yet (404; ask again).
     NoSession(u64),
+    /// The run aggregates in plain mode: there are no sessions (409).
+    NotSecure,
     /// The message is for an earlier session of the round, replaced after a restart (410).
     StaleSession(u64),
     /// The session refused the message.
@@ -591,6 +593,9 @@ impl Coordinator {
         round: u64,
         client_id: &str,
     ) -> std::result::Result<SessionView, RoundError> {
+        if self.rules.secure.is_none() {
+            return Err(RoundError::NotSecure);
+        }
         let mut shared = self.lock();
         match self.open_for(&mut shared, round, client_id)? {
             (_, Some(session)) => session.view(client_id).ok_or(RoundError::NotSampled(round)),
@@ -607,6 +612,9 @@ impl Coordinator {
         client_id: &str,
         message: ClientMessage,
     ) -> std::result::Result<(Step, Received), RoundError> {
+        if self.rules.secure.is_none() {
+            return Err(RoundError::NotSecure);
+        }
         let mut shared = self.lock();
         let (_, aggregator) = self.open_for(&mut shared, round, client_id)?;
         let aggregator = aggregator.ok_or(RoundError::NoSession(round))?;

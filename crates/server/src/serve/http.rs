@@ -182,7 +182,7 @@ pub const ROUTES: &[Route] = &[
         "The round's secure-aggregation session as this client sees it: its step, and what \
          this client needs for it (roster, inbox or survivors)",
         200,
-        &[401, 403, 404, 410, 429],
+        &[401, 403, 404, 409, 410, 429],
     ),
     route(
         Method::POST,
@@ -744,6 +744,15 @@ fn round_problem(error: RoundError) -> (Option<Rejection>, Problem) {
                     "round {round}'s secure-aggregation session has not started yet; ask again \
                      in a moment"
                 ),
+            ),
+        ),
+        RoundError::NotSecure => (
+            Rejection::Invalid,
+            Problem::new(
+                StatusCode::CONFLICT,
+                "plain-aggregation",
+                "this run aggregates in plain mode (serve.aggregation = \"plain\"): there is no \
+                 secure-aggregation session; POST the score vector to /v1/rounds/{round}/scores",
             ),
         ),
         RoundError::StaleSession(round) => (
