@@ -3,6 +3,12 @@
 # set, the downstream evaluation of each run, the ε = ∞ / ε = 0 references, and the table.
 #
 #   experiments/compare.sh sotu [EPSILON...]      (default ε: 1 7)
+#   SEEDS="1 2 3" experiments/compare.sh sotu 1   (each method at each ε once per seed)
+#
+# With SEEDS, every run is repeated with `run.seed` set to each seed (directories end in
+# -seed<s>), and `fedsyn compare` reports each method's mean and 95 % interval over the seeds
+# and POPri's difference to every other method with its interval, saying in words when a
+# difference is within noise. Without SEEDS each run uses its config's seed, once.
 #
 # Runs go to runs/compare/<data>-<method>-eps<ε>/ and are skipped when their eval.json exists,
 # so an interrupted comparison continues where it stopped (a half-finished run is resumed).
@@ -21,8 +27,14 @@ export OMP_WAIT_POLICY=PASSIVE
 
 # ε outer, methods inner, references after the first ε: a comparison cut short still has one
 # complete column.
-simulate_and_eval() { # METHOD EPSILON
-  local config="experiments/$data-$1.toml" run="$out/$data-$1-eps$2"
+read -r -a seeds <<< "${SEEDS:-}"
+
+simulate_and_eval() { # METHOD EPSILON [SEED]
+  local config="experiments/$data-$1.toml" run="$out/$data-$1-eps$2" seed_args=()
+  if [[ -n ${3:-} ]]; then
+    run="$run-seed$3"
+    seed_args=(--set run.seed="$3")
+  fi
   if [[ ! -f $config ]]; then
     echo "skipping $1: no $config" >&2
     return
@@ -35,7 +47,7 @@ simulate_and_eval() { # METHOD EPSILON
     "$fedsyn" simulate --resume "$run" --quiet
   else
     "$fedsyn" simulate --config "$config" --set privacy.epsilon="$2" \
-      --set output.synthetic_samples=128 --out "$run" --quiet
+      --set output.synthetic_samples=128 "${seed_args[@]}" --out "$run" --quiet
   fi
   "$fedsyn" eval "$run" --quiet
 }
@@ -50,7 +62,13 @@ reference_eval() { # real|public
 runs=()
 for index in "${!epsilons[@]}"; do
   for method in popri pe pe-sft dp-fedavg; do
-    simulate_and_eval "$method" "${epsilons[$index]}"
+    if [[ ${#seeds[@]} -eq 0 ]]; then
+      simulate_and_eval "$method" "${epsilons[$index]}"
+    else
+      for seed in "${seeds[@]}"; do
+        simulate_and_eval "$method" "${epsilons[$index]}" "$seed"
+      done
+    fi
   done
   if [[ $index -eq 0 ]]; then
     reference_eval real

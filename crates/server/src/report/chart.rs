@@ -23,6 +23,8 @@ pub(crate) struct Line {
     pub points: Vec<(f64, f64)>,
     /// A horizontal reference (target, ε = ∞ …): drawn in grey-black without markers.
     pub reference: bool,
+    /// Vertical error bars: (x, low, high).
+    pub error_bars: Vec<(f64, f64, f64)>,
 }
 
 impl Line {
@@ -32,7 +34,14 @@ impl Line {
             label: label.into(),
             points,
             reference: false,
+            error_bars: Vec::new(),
         }
+    }
+
+    /// The same line with vertical error bars (x, low, high), e.g. 95 % intervals over seeds.
+    pub fn with_error_bars(mut self, bars: Vec<(f64, f64, f64)>) -> Line {
+        self.error_bars = bars;
+        self
     }
 
     /// A horizontal line at `y` over `[x0, x1]`.
@@ -41,6 +50,7 @@ impl Line {
             label: label.into(),
             points: vec![(x0, y), (x1, y)],
             reference: true,
+            error_bars: Vec::new(),
         }
     }
 }
@@ -113,8 +123,13 @@ impl LineChart {
     pub fn to_svg(&self) -> Result<String> {
         let failed = |e: &dyn std::fmt::Display| plot_error(&self.title, e);
         let points = || self.lines.iter().flat_map(|line| line.points.iter());
+        let bar_ends = || {
+            self.lines
+                .iter()
+                .flat_map(|line| line.error_bars.iter().flat_map(|&(_, lo, hi)| [lo, hi]))
+        };
         let (x_low, x_high) = padded_range(points().map(|p| p.0), 0.02);
-        let (y_low, y_high) = padded_range(points().map(|p| p.1), 0.1);
+        let (y_low, y_high) = padded_range(points().map(|p| p.1).chain(bar_ends()), 0.1);
         let colours = self.colours();
         let integer_x = self.integer_x;
         let x_format = move |x: &f64| {
@@ -155,6 +170,21 @@ impl LineChart {
                     series.point_size(3)
                 };
                 chart.draw_series(series).map_err(|e| failed(&e))?;
+                let cap = (x_high - x_low) * 0.006;
+                for &(x, low, high) in &line.error_bars {
+                    for segment in [
+                        vec![(x, low), (x, high)],
+                        vec![(x - cap, low), (x + cap, low)],
+                        vec![(x - cap, high), (x + cap, high)],
+                    ] {
+                        chart
+                            .draw_series(std::iter::once(PathElement::new(
+                                segment,
+                                colour.stroke_width(1),
+                            )))
+                            .map_err(|e| failed(&e))?;
+                    }
+                }
             }
             draw_legend(&legend_area, &self.lines, &colours).map_err(|e| failed(&e))?;
             root.present().map_err(|e| failed(&e))?;

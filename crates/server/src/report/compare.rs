@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::chart::{Line, LineChart};
 use super::document::{Block, Document};
 use super::record::RunRecord;
+use super::stats::{difference_interval, mean_interval, Interval, LEVEL};
 use crate::error::{Result, ServerError};
 use crate::evaluate::Reference;
 use crate::run_dir::write_atomic;
@@ -54,11 +55,50 @@ pub struct ComparisonRow {
     pub recall: Option<f64>,
 }
 
+/// The runs of one method at one target ε (one per seed), summarised over the evaluated ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedGroup {
+    pub method: String,
+    pub epsilon_target: f64,
+    /// ε as printed.
+    pub epsilon: String,
+    /// Evaluated runs (seeds) in the group.
+    pub runs: usize,
+    /// Mean and 95 % interval over the seeds (Student's t); `None` for a single seed.
+    pub accuracy: Option<Interval>,
+    pub gap_closed: Option<Interval>,
+    /// Non-private diagnostic.
+    pub mauve: Option<Interval>,
+    /// The group's accuracies, one per seed.
+    pub accuracies: Vec<f64>,
+}
+
+/// A method against another at one ε (or against the public model), over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contrast {
+    /// ε as printed.
+    pub epsilon: String,
+    pub method: String,
+    /// The other method, or `public` (the ε = 0 reference).
+    pub against: String,
+    /// accuracy(method) − accuracy(against): Welch's 95 % interval between two methods; the
+    /// method's interval minus the reference's single value against the public model.
+    pub difference: Interval,
+    /// Whether the interval excludes 0.
+    pub significant: bool,
+    /// The contrast in words.
+    pub statement: String,
+}
+
 /// The comparison of several run directories.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     /// Runs sorted by method, then ε; the references last.
     pub rows: Vec<ComparisonRow>,
+    /// The runs grouped by method and ε (several seeds each), in the order of `rows`.
+    pub groups: Vec<SeedGroup>,
+    /// POPri against every other method and the public model, at each ε with seeds enough.
+    pub contrasts: Vec<Contrast>,
     /// Downstream accuracy of the ε = ∞ reference (trained on the real texts), if given.
     pub accuracy_real: Option<f64>,
     /// Downstream accuracy of the ε = 0 reference (the public model), if given.
@@ -105,12 +145,123 @@ pub fn compare_runs(dirs: &[PathBuf]) -> Result<Comparison> {
             (record.label(), points)
         })
         .collect();
+    let groups = seed_groups(&rows);
+    let contrasts = contrasts(&groups, accuracy_public);
     Ok(Comparison {
         rows,
+        groups,
+        contrasts,
         accuracy_real,
         accuracy_public,
         fid_per_round,
     })
+}
+
+/// The evaluated runs of each (method, target ε), in the order of `rows`.
+fn seed_groups(rows: &[ComparisonRow]) -> Vec<SeedGroup> {
+    let mut groups: Vec<SeedGroup> = Vec::new();
+    let mut members: Vec<Vec<&ComparisonRow>> = Vec::new();
+    for row in rows.iter().filter(|r| r.accuracy.is_some()) {
+        let Some(epsilon_target) = row.epsilon_target else {
+            continue;
+        };
+        let found = groups
+            .iter()
+            .position(|g| g.method == row.method && g.epsilon_target == epsilon_target);
+        let index = found.unwrap_or_else(|| {
+            groups.push(SeedGroup {
+                method: row.method.clone(),
+                epsilon_target,
+                epsilon: row.epsilon.clone(),
+                runs: 0,
+                accuracy: None,
+                gap_closed: None,
+                mauve: None,
+                accuracies: Vec::new(),
+            });
+            members.push(Vec::new());
+            groups.len() - 1
+        });
+        members[index].push(row);
+    }
+    for (group, rows) in groups.iter_mut().zip(&members) {
+        let values = |f: fn(&ComparisonRow) -> Option<f64>| -> Option<Vec<f64>> {
+            rows.iter().map(|r| f(r)).collect()
+        };
+        group.runs = rows.len();
+        group.accuracies = values(|r| r.accuracy).unwrap_or_default();
+        group.accuracy = mean_interval(&group.accuracies, LEVEL);
+        group.gap_closed = values(|r| r.gap_closed).and_then(|v| mean_interval(&v, LEVEL));
+        group.mauve = values(|r| r.mauve).and_then(|v| mean_interval(&v, LEVEL));
+    }
+    groups
+}
+
+/// POPri's accuracy against each other method at the same ε (Welch) and against the public
+/// model, wherever both sides have two or more seeds.
+fn contrasts(groups: &[SeedGroup], public: Option<f64>) -> Vec<Contrast> {
+    let mut out = Vec::new();
+    for popri in groups.iter().filter(|g| g.method == "popri" && g.runs >= 2) {
+        for other in groups
+            .iter()
+            .filter(|g| g.method != "popri" && g.epsilon_target == popri.epsilon_target)
+        {
+            if let Some(difference) =
+                difference_interval(&popri.accuracies, &other.accuracies, LEVEL)
+            {
+                out.push(contrast(
+                    popri,
+                    &other.method,
+                    difference,
+                    format!("Welch, {} vs {} seeds", popri.runs, other.runs),
+                ));
+            }
+        }
+        if let (Some(public), Some(accuracy)) = (public, popri.accuracy) {
+            let difference = Interval {
+                estimate: accuracy.estimate - public,
+                low: accuracy.low - public,
+                high: accuracy.high - public,
+                level: accuracy.level,
+            };
+            out.push(contrast(
+                popri,
+                "public",
+                difference,
+                format!(
+                    "{} seeds against the public model's single evaluation",
+                    popri.runs
+                ),
+            ));
+        }
+    }
+    out
+}
+
+fn contrast(group: &SeedGroup, against: &str, difference: Interval, how: String) -> Contrast {
+    let significant = difference.excludes(0.0);
+    let verdict = if !significant {
+        "not significant: the interval contains 0, so this difference is within noise".to_string()
+    } else if difference.estimate > 0.0 {
+        format!("significant: {} is better", group.method)
+    } else {
+        format!("significant: {against} is better")
+    };
+    let statement = format!(
+        "At ε = {}, {} − {against} = {} percentage points of accuracy (95 % CI, {how}): \
+         {verdict}.",
+        group.epsilon,
+        group.method,
+        difference.format(100.0, 2)
+    );
+    Contrast {
+        epsilon: group.epsilon.clone(),
+        method: group.method.clone(),
+        against: against.to_string(),
+        difference,
+        significant,
+        statement,
+    }
 }
 
 /// The accuracy of the one directory holding `reference` (`None` when there is none).
@@ -245,10 +396,58 @@ impl Comparison {
         Block::Table(header, rows)
     }
 
+    /// The groups of several seeds, mean [95 % CI]; `None` when every group has one run.
+    fn seed_table(&self) -> Option<Block> {
+        if self.groups.iter().all(|g| g.runs < 2) {
+            return None;
+        }
+        let header = [
+            "method",
+            "ε",
+            "seeds",
+            "accuracy (%)",
+            "gap closed (%)",
+            "MAUVE †",
+        ]
+        .map(String::from)
+        .to_vec();
+        let cell = |v: Option<Interval>, scale: f64, digits: usize| {
+            v.map_or("–".to_string(), |v| v.format(scale, digits))
+        };
+        let rows = self
+            .groups
+            .iter()
+            .map(|g| {
+                vec![
+                    g.method.clone(),
+                    g.epsilon.clone(),
+                    g.runs.to_string(),
+                    cell(g.accuracy, 100.0, 2),
+                    cell(g.gap_closed, 100.0, 1),
+                    cell(g.mauve, 1.0, 3),
+                ]
+            })
+            .collect();
+        Some(Block::Table(header, rows))
+    }
+
     /// The whole comparison as a document: the table, notes and the two plots.
     fn document(&self) -> Result<Document> {
         let mut doc = Document::new("fedsyn comparison");
         doc.push(self.table());
+        if let Some(seeds) = self.seed_table() {
+            doc.push(Block::Paragraph(
+                "Across seeds: mean [95 % confidence interval] of the runs of each method and \
+                 ε (Student's t over seeds)."
+                    .to_string(),
+            ));
+            doc.push(seeds);
+            if !self.contrasts.is_empty() {
+                doc.push(Block::List(
+                    self.contrasts.iter().map(|c| c.statement.clone()).collect(),
+                ));
+            }
+        }
         let mut notes = vec![
             "accuracy: top-1 next-token accuracy of the downstream model on the private eval \
              texts (`fedsyn eval`)."
@@ -304,7 +503,28 @@ impl Comparison {
         let epsilons = || self.rows.iter().filter_map(|r| r.epsilon_target);
         let x0 = epsilons().fold(f64::INFINITY, f64::min).min(0.0);
         let x1 = epsilons().fold(0.0, f64::max).max(1.0);
+        // With several seeds: each method's mean over seeds with its 95 % interval as error
+        // bars; otherwise each run.
+        let seeded = self.groups.iter().any(|g| g.runs >= 2);
         for method in methods {
+            if seeded {
+                let mut groups: Vec<&SeedGroup> =
+                    self.groups.iter().filter(|g| g.method == method).collect();
+                groups.sort_by(|a, b| a.epsilon_target.total_cmp(&b.epsilon_target));
+                let points = groups
+                    .iter()
+                    .map(|g| {
+                        let mean = g.accuracies.iter().sum::<f64>() / g.accuracies.len() as f64;
+                        (g.epsilon_target, mean)
+                    })
+                    .collect();
+                let bars = groups
+                    .iter()
+                    .filter_map(|g| Some((g.epsilon_target, g.accuracy?.low, g.accuracy?.high)))
+                    .collect();
+                chart = chart.line(Line::data(method, points).with_error_bars(bars));
+                continue;
+            }
             let mut points: Vec<(f64, f64)> = self
                 .rows
                 .iter()
@@ -361,7 +581,99 @@ impl Comparison {
 
 #[cfg(test)]
 mod tests {
-    use super::gap_closed;
+    use super::*;
+
+    fn row(method: &str, epsilon: Option<f64>, accuracy: f64) -> ComparisonRow {
+        ComparisonRow {
+            run_dir: PathBuf::from(format!("runs/{method}-{accuracy}")),
+            name: method.to_string(),
+            method: method.to_string(),
+            epsilon_target: epsilon,
+            epsilon: epsilon.map_or("0".to_string(), |e| format!("{e}")),
+            epsilon_rdp: epsilon,
+            epsilon_pld: epsilon,
+            evaluated: true,
+            accuracy: Some(accuracy),
+            gap_closed: gap_closed(Some(accuracy), Some(0.40), Some(0.20)),
+            fid: None,
+            mauve: Some(accuracy * 2.0),
+            precision: None,
+            recall: None,
+        }
+    }
+
+    #[test]
+    fn seeds_are_grouped_and_popri_is_contrasted_with_welch_intervals() {
+        let mut rows = Vec::new();
+        for accuracy in [0.30, 0.32, 0.31] {
+            rows.push(row("popri", Some(1.0), accuracy));
+        }
+        for accuracy in [0.25, 0.26, 0.24] {
+            rows.push(row("pe", Some(1.0), accuracy));
+        }
+        for accuracy in [0.27, 0.35] {
+            rows.push(row("dp-fedavg", Some(1.0), accuracy));
+        }
+        rows.push(row("popri", Some(7.0), 0.33));
+        let groups = seed_groups(&rows);
+        let shape: Vec<(&str, f64, usize)> = groups
+            .iter()
+            .map(|g| (g.method.as_str(), g.epsilon_target, g.runs))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("popri", 1.0, 3),
+                ("pe", 1.0, 3),
+                ("dp-fedavg", 1.0, 2),
+                ("popri", 7.0, 1)
+            ]
+        );
+        assert_eq!(
+            groups[0].accuracy,
+            mean_interval(&[0.30, 0.32, 0.31], LEVEL)
+        );
+        assert!(groups[3].accuracy.is_none(), "one seed has no interval");
+        let gap = groups[0].gap_closed.unwrap();
+        assert!((gap.estimate - 0.55).abs() < 1e-12, "{gap:?}");
+
+        let contrasts = contrasts(&groups, Some(0.20));
+        let verdicts: Vec<(&str, bool)> = contrasts
+            .iter()
+            .map(|c| (c.against.as_str(), c.significant))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [("pe", true), ("dp-fedavg", false), ("public", true)]
+        );
+        assert!(
+            contrasts[1].statement.contains("not significant"),
+            "{}",
+            contrasts[1].statement
+        );
+        assert!(
+            contrasts[0].statement.contains("popri is better"),
+            "{}",
+            contrasts[0].statement
+        );
+        let comparison = Comparison {
+            rows,
+            groups,
+            contrasts,
+            accuracy_real: Some(0.40),
+            accuracy_public: Some(0.20),
+            fid_per_round: Vec::new(),
+        };
+        let markdown = comparison.document().unwrap().to_markdown();
+        assert!(markdown.contains("95 % confidence interval"), "{markdown}");
+        assert!(
+            markdown.contains("| popri | 1 | 3 | 31.00 \\[28.52, 33.48\\]"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("within noise"), "{markdown}");
+        let svg = comparison.accuracy_chart().to_svg().unwrap();
+        assert!(svg.contains("<polyline") || svg.contains("<path"), "{svg}");
+    }
 
     #[test]
     fn gap_closed_is_the_share_of_the_reference_gap() {

@@ -11,7 +11,8 @@ pub mod compare;
 mod document;
 mod record;
 pub mod run_report;
+pub mod stats;
 
-pub use compare::{compare_runs, Comparison, ComparisonRow};
+pub use compare::{compare_runs, Comparison, ComparisonRow, Contrast, SeedGroup};
 pub use record::RunRecord;
 pub use run_report::{write_run_report, ReportFiles, ReportOptions};
