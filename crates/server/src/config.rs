@@ -215,6 +215,24 @@ pub struct ModelSection {
     pub embedder: Option<PathBuf>,
 }
 
+/// How POPri's public prompts are written (`prompts.style`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptStyle {
+    /// The paper's few-shot prompt: `examples_per_prompt` public seed texts under "Original
+    /// Text Sample" headers, and the header of one more, which the model writes.
+    #[default]
+    FewShot,
+    /// One chat turn per prompt: `prompts.instruction` with a topic drawn from
+    /// `prompts.topics`, in the generator's chat template; the candidates are its replies. No
+    /// seed pool. Suits small instruction-tuned models, which continue few-shot lists poorly.
+    Chat,
+}
+
+/// The default `prompts.instruction` (`{topic}` is replaced by a topic).
+pub const DEFAULT_INSTRUCTION: &str =
+    "Write one short paragraph of a speech about {topic}. Reply with the paragraph only.";
+
 /// `[prompts]`. Exactly one of `seed_file` and `topics` supplies the public seed pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -235,6 +253,10 @@ pub struct PromptSection {
     /// reference's `generation_prompt.txt` syntax); default: POPri's template.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// `"few-shot"` (the paper's prompts) or `"chat"` (an instruction per topic).
+    pub style: PromptStyle,
+    /// The chat style's request; `{topic}` is replaced by one of `topics`.
+    pub instruction: String,
 }
 
 impl Default for PromptSection {
@@ -246,6 +268,8 @@ impl Default for PromptSection {
             num_prompts: 1800,
             examples_per_prompt: 3,
             template: None,
+            style: PromptStyle::FewShot,
+            instruction: DEFAULT_INSTRUCTION.to_string(),
         }
     }
 }
@@ -686,6 +710,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "num_prompts",
             "examples_per_prompt",
             "template",
+            "style",
+            "instruction",
         ],
     ),
     (
@@ -1115,6 +1141,39 @@ impl RunConfig {
         }
         positive("prompts.num_prompts", prompts.num_prompts)?;
         positive("prompts.examples_per_prompt", prompts.examples_per_prompt)?;
+        if prompts.style == PromptStyle::Chat {
+            if prompts.topics.is_empty() {
+                return Err(value_error(
+                    "prompts.topics",
+                    "(empty)",
+                    "prompts.style = \"chat\" draws each prompt's topic from prompts.topics: \
+                     list some",
+                ));
+            }
+            if !prompts.instruction.contains("{topic}") {
+                return Err(value_error(
+                    "prompts.instruction",
+                    format!("{:?}", prompts.instruction),
+                    "an instruction with {topic} where the topic goes",
+                ));
+            }
+            if prompts.template.is_some() {
+                return Err(value_error(
+                    "prompts.template",
+                    "(set)",
+                    "no template with prompts.style = \"chat\" (the template is the few-shot \
+                     style's; the chat style's request is prompts.instruction)",
+                ));
+            }
+            if self.run.method != Method::Popri {
+                return Err(value_error(
+                    "prompts.style",
+                    "\"chat\"",
+                    "\"few-shot\" for this method: the chat style is POPri's (PE keeps the \
+                     reference's few-shot prompts)",
+                ));
+            }
+        }
         if let Some(template) = &prompts.template {
             PromptTemplate::parse(template, prompts.examples_per_prompt).map_err(|e| {
                 value_error("prompts.template", format!("{template:?}"), e.to_string())
@@ -1477,6 +1536,32 @@ mod tests {
             ServerError::ConfigValue { key, .. } => key,
             other => panic!("expected a ConfigValue error, got {other}"),
         }
+    }
+
+    #[test]
+    fn the_chat_prompt_style_needs_topics_an_instruction_with_a_topic_and_popri() {
+        let chat = config(&format!("{MINIMAL}style = \"chat\"\n")).unwrap();
+        assert_eq!(chat.prompts.style, PromptStyle::Chat);
+        assert!(chat.prompts.instruction.contains("{topic}"));
+        for (extra, key) in [
+            (
+                "style = \"chat\"\ninstruction = \"Write.\"\n",
+                "prompts.instruction",
+            ),
+            (
+                "style = \"chat\"\ntemplate = \"{0}\"\nexamples_per_prompt = 1\n",
+                "prompts.template",
+            ),
+        ] {
+            let error = config(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert_eq!(key_of(error), key, "{extra}");
+        }
+        let pe = config(&format!(
+            "[run]\nmethod = \"pe\"\n{MINIMAL}style = \"chat\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(key_of(pe), "prompts.style");
+        assert!(config(&format!("{MINIMAL}style = \"chatty\"\n")).is_err());
     }
 
     #[test]

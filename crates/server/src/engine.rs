@@ -16,7 +16,7 @@ use tch::Tensor;
 use crate::error::{Result, ServerError};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, PlannedRelease};
 use crate::pairs::{preference_agreement, preference_pairs, RankedPair};
-use crate::prompts::clean_candidate;
+use crate::prompts::{clean_candidate, clean_reply};
 pub use crate::run_dir::PhaseSeconds;
 use crate::run_dir::{Histogram, NonPrivate, NonPrivateMetrics};
 use privacy_accounting::{LedgerEvent, Sampling};
@@ -142,6 +142,9 @@ pub struct RoundSettings {
     pub rejected_rank: usize,
     /// The run's seed; candidate sampling derives per-round streams from it.
     pub seed: u64,
+    /// Few-shot prompts (candidates are cut at the next sample's header) or chat prompts
+    /// (candidates are the whole reply).
+    pub few_shot: bool,
 }
 
 /// The POPri round engine: the generator with its adapter and trainer, the embedder, the fixed
@@ -448,7 +451,12 @@ impl PopriEngine {
             };
             let batch: Vec<Vec<u32>> = batch.iter().map(|r| (*r).clone()).collect();
             for completion in self.generator.generate_from_ids(&batch, &params)? {
-                texts.push(self.truncate(&clean_candidate(&completion.text))?);
+                let text = if self.settings.few_shot {
+                    clean_candidate(&completion.text)
+                } else {
+                    clean_reply(&completion.text)
+                };
+                texts.push(self.truncate(&text)?);
             }
             progress.advance(batch.len() as u64);
         }

@@ -178,7 +178,7 @@ impl<'a> PeRun<'a> {
         let generator = load_generator(config, &assets, device)?;
         let seed_pool = seed_pool(config, dir, &generator, progress)?;
         let template = prompt_template(config)?;
-        let prompts = public_prompts(config, dir, &template, &seed_pool)?;
+        let prompts = public_prompts(config, dir, &template, &seed_pool, &generator)?;
 
         let sampler = ClientSampler::new(
             config.privacy.client_sampling()?,

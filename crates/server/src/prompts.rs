@@ -200,6 +200,26 @@ pub fn clean_candidate(text: &str) -> String {
     flatten_whitespace(kept)
 }
 
+/// `count` requests of the chat style: `instruction` with `{topic}` replaced by a topic drawn
+/// uniformly (with replacement) from the public `topics`. The caller renders each as one user
+/// turn of the generator's chat template.
+pub fn chat_requests<R: Rng + ?Sized>(
+    instruction: &str,
+    topics: &[String],
+    count: usize,
+    rng: &mut R,
+) -> Vec<String> {
+    (0..count)
+        .map(|_| instruction.replace("{topic}", &topics[rng.gen_range(0..topics.len())]))
+        .collect()
+}
+
+/// A chat-style candidate as kept: the model's reply with whitespace runs flattened, trimmed
+/// (no header to cut at, unlike [`clean_candidate`]).
+pub fn clean_reply(text: &str) -> String {
+    flatten_whitespace(text)
+}
+
 /// Public seed texts from a file with one text per line (blank lines are skipped).
 pub fn seed_pool_from_file(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| ServerError::io(path, e))?;
@@ -264,6 +284,37 @@ mod tests {
         assert!(seeds.iter().all(|s| prompts.iter().any(|p| p.contains(s))));
         let again = build_prompts(&seeds, 200, 3, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
         assert_eq!(prompts, again);
+    }
+
+    #[test]
+    fn chat_requests_name_a_topic_each_and_are_seeded() {
+        let topics = vec!["taxes".to_string(), "the navy".to_string()];
+        let requests = chat_requests(
+            "A paragraph about {topic}.",
+            &topics,
+            50,
+            &mut ChaCha20Rng::seed_from_u64(1),
+        );
+        assert_eq!(requests.len(), 50);
+        assert!(requests
+            .iter()
+            .all(|r| r == "A paragraph about taxes." || r == "A paragraph about the navy."));
+        assert!(topics
+            .iter()
+            .all(|t| requests.iter().any(|r| r.contains(t.as_str()))));
+        let again = chat_requests(
+            "A paragraph about {topic}.",
+            &topics,
+            50,
+            &mut ChaCha20Rng::seed_from_u64(1),
+        );
+        assert_eq!(requests, again);
+        // A reply keeps "Original…" (only the few-shot header cut removes it).
+        assert_eq!(
+            clean_reply(" Original  ideas\nmatter. "),
+            "Original ideas matter."
+        );
+        assert_eq!(clean_candidate("ideas Original Text Sample 5"), "ideas");
     }
 
     #[test]

@@ -14,11 +14,14 @@ use privacy_accounting::statement::PrivacyStatement;
 use privacy_accounting::{AccountantKind, Ledger, Sampling};
 use tch::{Device, Tensor};
 
+use crate::config::PromptStyle;
 use crate::config::{RunConfig, SyntheticPrompts, TrainData};
 use crate::engine::{derive_seed, Candidates, PopriEngine, Progress};
 use crate::error::{Result, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
-use crate::prompts::{build_prompts_with, clean_candidate, seed_pool_from_file, PromptTemplate};
+use crate::prompts::{
+    build_prompts_with, chat_requests, clean_candidate, seed_pool_from_file, PromptTemplate,
+};
 use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
 
@@ -41,12 +44,15 @@ pub fn public_prompts(
     dir: &RunDir,
     template: &PromptTemplate,
     seed_pool: &[String],
+    generator: &Generator,
 ) -> Result<Vec<String>> {
-    let prompts = build_prompts_with(
+    let prompts = prompts_of_style(
+        config,
         template,
         seed_pool,
+        generator,
         config.prompts.num_prompts,
-        &mut derived_rng(config.run.seed, "prompts", 0),
+        "prompts",
     )?;
     let json = serde_json::to_string_pretty(&prompts)
         .map_err(|e| ServerError::argument("prompts", "(unserialisable)", e.to_string()))?;
@@ -67,11 +73,13 @@ pub fn write_popri_synthetic(
 ) -> Result<Candidates> {
     let output = &config.output;
     let prompts = match output.synthetic_prompts {
-        SyntheticPrompts::Fresh => build_prompts_with(
+        SyntheticPrompts::Fresh => prompts_of_style(
+            config,
             template,
             seed_pool,
+            engine.generator(),
             output.synthetic_samples,
-            &mut derived_rng(config.run.seed, "synthetic prompts", 0),
+            "synthetic prompts",
         )?,
         SyntheticPrompts::Reuse => engine
             .prompts()
@@ -84,6 +92,32 @@ pub fn write_popri_synthetic(
     let synthetic = engine.sample_candidates(&prompts, 1, SYNTHETIC_STREAM, progress)?;
     write_synthetic_texts(dir, &synthetic.texts)?;
     Ok(synthetic)
+}
+
+/// `count` public prompts of the configured style, from the run's seed stream `stream`: few-shot
+/// prompts over `seed_pool`, or chat requests rendered as one user turn of `generator`'s chat
+/// template (the rendered text is the prompt: generation and DPO then see the same tokens).
+fn prompts_of_style(
+    config: &RunConfig,
+    template: &PromptTemplate,
+    seed_pool: &[String],
+    generator: &Generator,
+    count: usize,
+    stream: &str,
+) -> Result<Vec<String>> {
+    let mut rng = derived_rng(config.run.seed, stream, 0);
+    match config.prompts.style {
+        PromptStyle::FewShot => build_prompts_with(template, seed_pool, count, &mut rng),
+        PromptStyle::Chat => chat_requests(
+            &config.prompts.instruction,
+            &config.prompts.topics,
+            count,
+            &mut rng,
+        )
+        .iter()
+        .map(|request| Ok(generator.format_prompt(request, true)?))
+        .collect(),
+    }
 }
 
 /// The simulated clients of a run: their data, their training texts' embeddings (one row per
@@ -253,6 +287,10 @@ pub fn seed_pool(
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let prompts = &config.prompts;
+    if prompts.style == PromptStyle::Chat {
+        // Chat prompts are written from the topics alone.
+        return Ok(Vec::new());
+    }
     if let Some(path) = &prompts.seed_file {
         return seed_pool_from_file(path);
     }
@@ -326,8 +364,12 @@ pub fn sampling_params(config: &RunConfig) -> SamplingParams {
         max_new_tokens: generation.max_new_tokens,
         temperature: generation.temperature,
         top_p: generation.top_p,
-        // The model starts a fifth sample: stop there (the text is cut at "Orig" anyway).
-        stop_strings: vec!["Original Text Sample".to_string()],
+        // A few-shot model starts the next sample: stop there (the text is cut at "Orig"
+        // anyway). A chat reply ends at the end-of-turn token.
+        stop_strings: match config.prompts.style {
+            PromptStyle::FewShot => vec!["Original Text Sample".to_string()],
+            PromptStyle::Chat => Vec::new(),
+        },
         ..SamplingParams::default()
     }
 }
@@ -377,6 +419,27 @@ pub fn write_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sampling_settings_reach_the_generators_parameters() {
+        let mut config = RunConfig::from_toml(
+            "[data]\ntrain = \"sotu\"\n[prompts]\ntopics = [\"taxes\"]\n\
+             [generation]\ntemperature = 0.7\ntop_p = 0.9\nmax_new_tokens = 40\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let params = sampling_params(&config);
+        assert_eq!(
+            (params.temperature, params.top_p, params.max_new_tokens),
+            (0.7, 0.9, 40)
+        );
+        assert_eq!(params.stop_strings, ["Original Text Sample"]);
+        config.prompts.style = PromptStyle::Chat;
+        assert!(sampling_params(&config).stop_strings.is_empty());
+        let settings = crate::simulate::popri_settings(&config, 1.0);
+        assert_eq!(settings.sampling.temperature, 0.7);
+        assert!(!settings.few_shot);
+    }
 
     #[test]
     fn fixed_cohort_rate_is_m_over_n() {

@@ -285,7 +285,7 @@ impl Simulation {
         let mut generator = load_generator(config, &assets, device)?;
         let seed_pool = seed_pool(config, &self.dir, &generator, progress)?;
         let template = prompt_template(config)?;
-        let prompts = public_prompts(config, &self.dir, &template, &seed_pool)?;
+        let prompts = public_prompts(config, &self.dir, &template, &seed_pool, &generator)?;
 
         let sampler = ClientSampler::new(
             config.privacy.client_sampling()?,
@@ -494,6 +494,7 @@ pub(crate) fn popri_settings(config: &RunConfig, sigma: f64) -> RoundSettings {
         noise_multiplier: sigma,
         rejected_rank: config.pairs.rejected_rank,
         seed: config.run.seed,
+        few_shot: config.prompts.style == crate::config::PromptStyle::FewShot,
     }
 }
 

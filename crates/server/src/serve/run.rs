@@ -85,7 +85,7 @@ pub fn run_rounds(
     let mut generator = setup::load_generator(config, &assets, device)?;
     let seed_pool = setup::seed_pool(config, dir, &generator, progress)?;
     let template = setup::prompt_template(config)?;
-    let prompts = setup::public_prompts(config, dir, &template, &seed_pool)?;
+    let prompts = setup::public_prompts(config, dir, &template, &seed_pool, &generator)?;
 
     let (trainer, saved_noise, first_round) = resume_popri(config, dir, &mut generator, device)?;
     // `fedsyn serve` refuses `privacy.noise_seed`: a fresh OS-keyed stream.
