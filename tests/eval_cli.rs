@@ -48,6 +48,22 @@ fn check_downstream(report: &Value) {
         "{downstream}"
     );
     assert!(downstream["model"].as_str().unwrap().contains("SmolLM2"));
+    // Each test token's outcome, for `fedsyn compare`'s paired bootstrap: as many as scored,
+    // and as many right as the accuracy says.
+    let hits = &downstream["test_hits"];
+    let positions = hits["positions"].as_u64().unwrap();
+    assert_eq!(positions, downstream["eval_tokens"].as_u64().unwrap());
+    let bits = hits["bits"].as_str().unwrap();
+    assert_eq!(bits.len() as u64, positions.div_ceil(8) * 2);
+    let correct: u32 = (0..bits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&bits[i..i + 2], 16)
+                .unwrap()
+                .count_ones()
+        })
+        .sum();
+    assert!((f64::from(correct) / positions as f64 - accuracy).abs() < 1e-12);
 }
 
 #[test]
@@ -162,6 +178,11 @@ fn references_score_the_public_model_and_training_on_real_texts() {
     assert_eq!(
         public["downstream"]["eval_tokens"], real["downstream"]["eval_tokens"],
         "both score the same test half"
+    );
+    assert_eq!(
+        public["downstream"]["test_hits"]["tokens_sha256"],
+        real["downstream"]["test_hits"]["tokens_sha256"],
+        "the same tokens: the two can be compared by a paired bootstrap"
     );
     assert_eq!(public["distribution"], Value::Null);
     assert_eq!(

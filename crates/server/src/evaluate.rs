@@ -21,7 +21,7 @@ use std::time::Instant;
 use clients::FederatedData;
 use models::llama::LoraConfig;
 use models::train::{
-    encode_texts, next_token_accuracy, CausalLmConfig, CausalLmTrainer, TokenAccuracy,
+    encode_texts, next_token_hits, CausalLmConfig, CausalLmTrainer, TokenAccuracy,
 };
 use models::{Assets, CausalLm, DeviceChoice, Generator};
 use rand::seq::SliceRandom;
@@ -37,6 +37,7 @@ use crate::error::{Result, ServerError};
 use crate::fid::frechet_distance;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
+use crate::serve::auth::{decode_hex, hex, sha256};
 use crate::setup::{
     base_model_name, embed_with_progress, embedding_cache_dir, generator_path, load_data,
     load_embedder, lora_config, rows,
@@ -98,6 +99,60 @@ pub struct DownstreamResult {
     pub train_texts: usize,
     /// The seed of the adapter's initialisation, the batch order and the split.
     pub seed: u64,
+    /// Each test position's outcome, for the paired bootstrap of `fedsyn compare` between
+    /// runs scored on the same tokens (absent from reports of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_hits: Option<TokenHits>,
+}
+
+/// The outcomes of the scored test positions: which next tokens the model got right.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenHits {
+    /// SHA-256 (hex) of the scored sequences' token ids: two runs are compared position by
+    /// position only when these are equal.
+    pub tokens_sha256: String,
+    /// Scored positions.
+    pub positions: u64,
+    /// One bit per position (1 = correct), least significant bit first, as hex.
+    pub bits: String,
+}
+
+impl TokenHits {
+    /// The outcomes of `hits` on `sequences`.
+    pub fn new(sequences: &[Vec<u32>], hits: &[bool]) -> TokenHits {
+        let ids: Vec<u8> = sequences
+            .iter()
+            .flat_map(|s| {
+                // Each sequence's length first, so that a different split point differs.
+                std::iter::once(s.len() as u32)
+                    .chain(s.iter().copied())
+                    .flat_map(u32::to_le_bytes)
+            })
+            .collect();
+        let mut bytes = vec![0u8; hits.len().div_ceil(8)];
+        for (i, _) in hits.iter().enumerate().filter(|(_, &hit)| hit) {
+            bytes[i / 8] |= 1 << (i % 8);
+        }
+        TokenHits {
+            tokens_sha256: hex(&sha256(&ids)),
+            positions: hits.len() as u64,
+            bits: hex(&bytes),
+        }
+    }
+
+    /// The outcomes, position by position; `None` when `bits` does not hold `positions` bits.
+    pub fn outcomes(&self) -> Option<Vec<bool>> {
+        let bytes = decode_hex(&self.bits)?;
+        let positions = usize::try_from(self.positions).ok()?;
+        if bytes.len() != positions.div_ceil(8) {
+            return None;
+        }
+        Some(
+            (0..positions)
+                .map(|i| bytes[i / 8] & (1 << (i % 8)) != 0)
+                .collect(),
+        )
+    }
 }
 
 /// Validation accuracy after one epoch.
@@ -532,7 +587,8 @@ impl<'a> Session<'a> {
         model: String,
     ) -> Result<DownstreamResult> {
         let test = self.encode(generator, &split.test, "test texts")?;
-        let accuracy = score(generator.model(), &test, progress, "test")?;
+        let hits = score(generator.model(), &test, progress, "test")?;
+        let accuracy = TokenAccuracy::of(&hits);
         Ok(DownstreamResult {
             model,
             accuracy: accuracy.accuracy(),
@@ -541,6 +597,7 @@ impl<'a> Session<'a> {
             chosen_epoch: 0,
             train_texts: 0,
             seed: self.seed,
+            test_hits: Some(TokenHits::new(&test, &hits)),
         })
     }
 
@@ -577,7 +634,8 @@ impl<'a> Session<'a> {
                 progress.advance(1);
             }
             progress.finish();
-            let accuracy = score(model, &validation, progress, "validate")?.accuracy();
+            let accuracy =
+                TokenAccuracy::of(&score(model, &validation, progress, "validate")?).accuracy();
             curve.push(EpochAccuracy { epoch, accuracy });
             if best.as_ref().is_none_or(|(_, top, _)| accuracy > *top) {
                 best = Some((epoch, accuracy, adapter_snapshot(model)));
@@ -587,8 +645,10 @@ impl<'a> Session<'a> {
             ServerError::argument("--epochs", 0, "at least one epoch of training")
         })?;
         restore_adapter(model, &snapshot);
-        let accuracy = score(model, &test, progress, "test")?;
+        let hits = score(model, &test, progress, "test")?;
+        let accuracy = TokenAccuracy::of(&hits);
         Ok(DownstreamResult {
+            test_hits: Some(TokenHits::new(&test, &hits)),
             model: self.describe_trained(),
             accuracy: accuracy.accuracy(),
             eval_tokens: accuracy.tokens,
@@ -643,23 +703,22 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Top-1 accuracy of `model` on `sequences`, reported as one progress phase.
+/// Each scored position's top-1 outcome of `model` on `sequences`, reported as one progress
+/// phase.
 fn score(
     model: &CausalLm,
     sequences: &[Vec<u32>],
     progress: &dyn Progress,
     phase: &'static str,
-) -> Result<TokenAccuracy> {
+) -> Result<Vec<bool>> {
     progress.start(phase, sequences.len() as u64);
-    let mut total = TokenAccuracy::default();
+    let mut hits = Vec::new();
     for chunk in sequences.chunks(SCORE_BATCH * 4) {
-        let part = next_token_accuracy(model, chunk, SCORE_BATCH)?;
-        total.correct += part.correct;
-        total.tokens += part.tokens;
+        hits.extend(next_token_hits(model, chunk, SCORE_BATCH)?);
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    Ok(total)
+    Ok(hits)
 }
 
 /// Copies of the adapter's tensors.
@@ -682,6 +741,28 @@ fn restore_adapter(model: &CausalLm, snapshot: &[Tensor]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_hits_round_trip_and_name_their_tokens() {
+        let hits: Vec<bool> = (0..13).map(|i| i % 3 == 0).collect();
+        let sequences = vec![vec![1u32, 2, 3], vec![4, 5]];
+        let stored = TokenHits::new(&sequences, &hits);
+        assert_eq!(stored.positions, 13);
+        assert_eq!(stored.outcomes().unwrap(), hits);
+        let json = serde_json::to_string(&stored).unwrap();
+        assert_eq!(serde_json::from_str::<TokenHits>(&json).unwrap(), stored);
+        // Other tokens, or the same tokens split differently, are another set.
+        let split = vec![vec![1u32, 2], vec![3, 4, 5]];
+        assert_ne!(
+            TokenHits::new(&split, &hits).tokens_sha256,
+            stored.tokens_sha256
+        );
+        let corrupt = TokenHits {
+            positions: 20,
+            ..stored
+        };
+        assert!(corrupt.outcomes().is_none());
+    }
+
     use super::*;
     use clients::ClientData;
 

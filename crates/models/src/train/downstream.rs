@@ -66,6 +66,14 @@ pub struct TokenAccuracy {
 }
 
 impl TokenAccuracy {
+    /// The count of per-position outcomes (see [`next_token_hits`]).
+    pub fn of(hits: &[bool]) -> TokenAccuracy {
+        TokenAccuracy {
+            correct: hits.iter().filter(|&&hit| hit).count() as u64,
+            tokens: hits.len() as u64,
+        }
+    }
+
     /// `correct / tokens` (0 when nothing was scored).
     pub fn accuracy(&self) -> f64 {
         if self.tokens == 0 {
@@ -77,17 +85,31 @@ impl TokenAccuracy {
 }
 
 /// Top-1 next-token accuracy of `model` over `sequences`, `batch_size` sequences per forward
-/// pass, without gradients. The LoRA adapter takes part when the model has one (it must not be
-/// merged: unmerge it first); ties in the logits go to the lowest token id, as `argmax`.
+/// pass, without gradients (the count of [`next_token_hits`]).
 pub fn next_token_accuracy(
     model: &CausalLm,
     sequences: &[Vec<u32>],
     batch_size: usize,
 ) -> Result<TokenAccuracy> {
+    Ok(TokenAccuracy::of(&next_token_hits(
+        model, sequences, batch_size,
+    )?))
+}
+
+/// Whether `model`'s most likely next token was the actual one at each scored position (every
+/// real token but each sequence's first), sequence by sequence, `batch_size` sequences per
+/// forward pass, without gradients: the outcomes that paired comparisons between two models
+/// resample. The LoRA adapter takes part when the model has one (it must not be merged:
+/// unmerge it first); ties in the logits go to the lowest token id, as `argmax`.
+pub fn next_token_hits(
+    model: &CausalLm,
+    sequences: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<Vec<bool>> {
     check_sequences(model, sequences, batch_size)?;
     let _no_grad = tch::no_grad_guard();
     let adapter = model.lora_config().is_some();
-    let mut total = TokenAccuracy::default();
+    let mut outcomes = Vec::new();
     for chunk in sequences.chunks(batch_size) {
         let batch = sequence_batch(chunk, model.device());
         let width = batch.input_ids.size()[1];
@@ -99,11 +121,28 @@ pub fn next_token_accuracy(
             .argmax(-1, false);
         let targets = batch.input_ids.narrow(1, 1, width - 1);
         let scored = batch.completion_mask.narrow(1, 1, width - 1);
-        let hits = predicted.eq_tensor(&targets).to_kind(Kind::Int64) * &scored;
-        total.correct += u64::try_from(i64::try_from(hits.sum(Kind::Int64))?).unwrap_or(0);
-        total.tokens += u64::try_from(i64::try_from(scored.sum(Kind::Int64))?).unwrap_or(0);
+        // Row-major: each sequence's positions in order, sequences in order.
+        let hits = Vec::<i64>::try_from(
+            predicted
+                .eq_tensor(&targets)
+                .to_kind(Kind::Int64)
+                .flatten(0, -1)
+                .to_device(tch::Device::Cpu),
+        )?;
+        let scored = Vec::<i64>::try_from(
+            scored
+                .to_kind(Kind::Int64)
+                .flatten(0, -1)
+                .to_device(tch::Device::Cpu),
+        )?;
+        outcomes.extend(
+            hits.iter()
+                .zip(&scored)
+                .filter(|(_, &scored)| scored != 0)
+                .map(|(&hit, _)| hit != 0),
+        );
     }
-    Ok(total)
+    Ok(outcomes)
 }
 
 /// Mean negative log-likelihood per scored position of `model` over `sequences` (no

@@ -36,8 +36,8 @@ pub mod optim;
 pub mod preference;
 
 pub use downstream::{
-    encode_texts, mean_token_loss, next_token_accuracy, CausalLmConfig, CausalLmTrainer,
-    TokenAccuracy, TrainingStats,
+    encode_texts, mean_token_loss, next_token_accuracy, next_token_hits, CausalLmConfig,
+    CausalLmTrainer, TokenAccuracy, TrainingStats,
 };
 pub use dpo::{PreferenceConfig, PreferenceTrainer, StepMetrics};
 pub use loss::{

@@ -7,9 +7,11 @@ use serde::Serialize;
 use super::chart::{Line, LineChart};
 use super::document::{Block, Document};
 use super::record::RunRecord;
-use super::stats::{difference_interval, mean_interval, Interval, LEVEL};
+use super::stats::{
+    difference_interval, mean_interval, paired_bootstrap, Interval, LEVEL, RESAMPLES,
+};
 use crate::error::{Result, ServerError};
-use crate::evaluate::Reference;
+use crate::evaluate::{Reference, TokenHits};
 use crate::run_dir::write_atomic;
 
 /// What a row shows instead of numbers when its run has no `eval.json`.
@@ -53,6 +55,9 @@ pub struct ComparisonRow {
     pub mauve: Option<f64>,
     pub precision: Option<f64>,
     pub recall: Option<f64>,
+    /// The test positions' outcomes (for the paired bootstrap; not in `compare.json`).
+    #[serde(skip)]
+    pub test_hits: Option<TokenHits>,
 }
 
 /// The runs of one method at one target ε (one per seed), summarised over the evaluated ones.
@@ -99,6 +104,9 @@ pub struct Comparison {
     pub groups: Vec<SeedGroup>,
     /// POPri against every other method and the public model, at each ε with seeds enough.
     pub contrasts: Vec<Contrast>,
+    /// Each POPri run against each other run scored on the same eval tokens (same data and
+    /// seed) at the same ε, and against the references: a paired bootstrap over the tokens.
+    pub token_contrasts: Vec<Contrast>,
     /// Downstream accuracy of the ε = ∞ reference (trained on the real texts), if given.
     pub accuracy_real: Option<f64>,
     /// Downstream accuracy of the ε = 0 reference (the public model), if given.
@@ -147,10 +155,12 @@ pub fn compare_runs(dirs: &[PathBuf]) -> Result<Comparison> {
         .collect();
     let groups = seed_groups(&rows);
     let contrasts = contrasts(&groups, accuracy_public);
+    let token_contrasts = token_contrasts(&rows);
     Ok(Comparison {
         rows,
         groups,
         contrasts,
+        token_contrasts,
         accuracy_real,
         accuracy_public,
         fid_per_round,
@@ -210,7 +220,8 @@ fn contrasts(groups: &[SeedGroup], public: Option<f64>) -> Vec<Contrast> {
                 difference_interval(&popri.accuracies, &other.accuracies, LEVEL)
             {
                 out.push(contrast(
-                    popri,
+                    &popri.epsilon,
+                    &popri.method,
                     &other.method,
                     difference,
                     format!("Welch, {} vs {} seeds", popri.runs, other.runs),
@@ -225,7 +236,8 @@ fn contrasts(groups: &[SeedGroup], public: Option<f64>) -> Vec<Contrast> {
                 level: accuracy.level,
             };
             out.push(contrast(
-                popri,
+                &popri.epsilon,
+                &popri.method,
                 "public",
                 difference,
                 format!(
@@ -238,25 +250,72 @@ fn contrasts(groups: &[SeedGroup], public: Option<f64>) -> Vec<Contrast> {
     out
 }
 
-fn contrast(group: &SeedGroup, against: &str, difference: Interval, how: String) -> Contrast {
+/// Each POPri run against each other run at its ε, and each reference, scored on the same eval
+/// tokens: a paired bootstrap of the accuracy difference over the tokens (the within-run
+/// uncertainty of the evaluation itself; seeds add the training's).
+fn token_contrasts(rows: &[ComparisonRow]) -> Vec<Contrast> {
+    let outcomes = |row: &ComparisonRow| {
+        let hits = row.test_hits.as_ref()?;
+        Some((hits.tokens_sha256.clone(), hits.outcomes()?))
+    };
+    let mut out = Vec::new();
+    for popri in rows.iter().filter(|r| r.method == "popri") {
+        let Some((tokens, mine)) = outcomes(popri) else {
+            continue;
+        };
+        for other in rows.iter().filter(|r| {
+            r.method != "popri"
+                && (r.epsilon_target.is_none() || r.epsilon_target == popri.epsilon_target)
+        }) {
+            let Some((other_tokens, theirs)) = outcomes(other) else {
+                continue;
+            };
+            if other_tokens != tokens {
+                continue;
+            }
+            if let Some(difference) = paired_bootstrap(&mine, &theirs, LEVEL, RESAMPLES, 0) {
+                let how = format!(
+                    "paired bootstrap over {} eval tokens, {} against {}",
+                    mine.len(),
+                    popri.run_dir.display(),
+                    other.run_dir.display()
+                );
+                out.push(contrast(
+                    &popri.epsilon,
+                    &popri.method,
+                    &other.method,
+                    difference,
+                    how,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn contrast(
+    epsilon: &str,
+    method: &str,
+    against: &str,
+    difference: Interval,
+    how: String,
+) -> Contrast {
     let significant = difference.excludes(0.0);
     let verdict = if !significant {
         "not significant: the interval contains 0, so this difference is within noise".to_string()
     } else if difference.estimate > 0.0 {
-        format!("significant: {} is better", group.method)
+        format!("significant: {method} is better")
     } else {
         format!("significant: {against} is better")
     };
     let statement = format!(
-        "At ε = {}, {} − {against} = {} percentage points of accuracy (95 % CI, {how}): \
-         {verdict}.",
-        group.epsilon,
-        group.method,
+        "At ε = {epsilon}, {method} − {against} = {} percentage points of accuracy (95 % CI, \
+         {how}): {verdict}.",
         difference.format(100.0, 2)
     );
     Contrast {
-        epsilon: group.epsilon.clone(),
-        method: group.method.clone(),
+        epsilon: epsilon.to_string(),
+        method: method.to_string(),
         against: against.to_string(),
         difference,
         significant,
@@ -307,6 +366,7 @@ fn row(record: &RunRecord, real: Option<f64>, public: Option<f64>) -> Comparison
         mauve: distribution.map(|d| d.mauve),
         precision: distribution.map(|d| d.precision),
         recall: distribution.map(|d| d.recall),
+        test_hits: eval.and_then(|e| e.downstream.test_hits.clone()),
     }
 }
 
@@ -447,6 +507,20 @@ impl Comparison {
                     self.contrasts.iter().map(|c| c.statement.clone()).collect(),
                 ));
             }
+        }
+        if !self.token_contrasts.is_empty() {
+            doc.push(Block::Paragraph(
+                "Run against run, on the same eval tokens (a paired bootstrap over the tokens: \
+                 the uncertainty of the evaluation, not of training; several seeds measure \
+                 that):"
+                    .to_string(),
+            ));
+            doc.push(Block::List(
+                self.token_contrasts
+                    .iter()
+                    .map(|c| c.statement.clone())
+                    .collect(),
+            ));
         }
         let mut notes = vec![
             "accuracy: top-1 next-token accuracy of the downstream model on the private eval \
@@ -599,7 +673,39 @@ mod tests {
             mauve: Some(accuracy * 2.0),
             precision: None,
             recall: None,
+            test_hits: None,
         }
+    }
+
+    #[test]
+    fn runs_scored_on_the_same_tokens_are_compared_by_a_paired_bootstrap() {
+        let tokens = vec![vec![1u32, 2, 3, 4, 5]; 100];
+        let other_tokens = vec![vec![9u32, 8, 7]; 100];
+        // 400 positions: POPri right on 60 %, PE on the same ones but 40 more wrong.
+        let popri_hits: Vec<bool> = (0..400).map(|i| i % 5 < 3).collect();
+        let pe_hits: Vec<bool> = (0..400).map(|i| i % 5 < 3 && i % 10 != 0).collect();
+        let mut popri = row("popri", Some(1.0), 0.6);
+        popri.test_hits = Some(TokenHits::new(&tokens, &popri_hits));
+        let mut pe = row("pe", Some(1.0), 0.5);
+        pe.test_hits = Some(TokenHits::new(&tokens, &pe_hits));
+        let mut public = row("public", None, 0.6);
+        public.test_hits = Some(TokenHits::new(&tokens, &popri_hits));
+        // Scored on other tokens, or at another ε: never paired.
+        let mut elsewhere = row("pe", Some(1.0), 0.5);
+        elsewhere.test_hits = Some(TokenHits::new(&other_tokens, &pe_hits[..200]));
+        let mut later = row("pe", Some(7.0), 0.5);
+        later.test_hits = Some(TokenHits::new(&tokens, &pe_hits));
+        let contrasts = token_contrasts(&[popri, pe, public, elsewhere, later]);
+        let verdicts: Vec<(&str, bool)> = contrasts
+            .iter()
+            .map(|c| (c.against.as_str(), c.significant))
+            .collect();
+        assert_eq!(verdicts, [("pe", true), ("public", false)]);
+        assert!((contrasts[0].difference.estimate - 0.1).abs() < 1e-12);
+        assert!(contrasts[0]
+            .statement
+            .contains("paired bootstrap over 400 eval tokens"));
+        assert!(contrasts[1].statement.contains("within noise"));
     }
 
     #[test]
@@ -660,6 +766,7 @@ mod tests {
             rows,
             groups,
             contrasts,
+            token_contrasts: Vec::new(),
             accuracy_real: Some(0.40),
             accuracy_public: Some(0.20),
             fid_per_round: Vec::new(),

@@ -66,6 +66,17 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The bytes of lower- or upper-case hex; `None` for an odd length or a non-hex digit.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// The bearer token of an `Authorization` header value (`Bearer <token>`, scheme
 /// case-insensitive).
 pub fn bearer(header: &str) -> Option<&str> {

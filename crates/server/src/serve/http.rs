@@ -403,7 +403,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result
     let store = state.coordinator.store();
     if matches!(access, Access::Admin | Access::AdminOrClient) {
         if let Some(stored) = store.meta(ADMIN_HASH_KEY)? {
-            let stored = decode_hex(&stored).unwrap_or_default();
+            let stored = auth::decode_hex(&stored).unwrap_or_default();
             if secret_matches(token, &stored) {
                 return Ok(Caller::Admin);
             }
@@ -984,16 +984,6 @@ async fn stop(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, P
     Ok(Json(status_report(&state)?))
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1001,9 +991,9 @@ mod tests {
     #[test]
     fn hex_round_trips() {
         let bytes = [0u8, 1, 0xab, 0xff];
-        assert_eq!(decode_hex(&auth::hex(&bytes)), Some(bytes.to_vec()));
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
+        assert_eq!(auth::decode_hex(&auth::hex(&bytes)), Some(bytes.to_vec()));
+        assert_eq!(auth::decode_hex("abc"), None);
+        assert_eq!(auth::decode_hex("zz"), None);
     }
 
     #[test]
