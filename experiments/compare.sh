@@ -55,8 +55,9 @@ simulate_and_eval() { # METHOD EPSILON [SEED]
 reference_eval() { # real|public
   local dir="$out/$data-$1"
   runs+=("$dir")
+  # The real reference trains on as many texts as the runs' synthetic sets (128).
   [[ -f $dir/eval.json ]] || "$fedsyn" eval --reference "$1" \
-    --config "experiments/$data-popri.toml" --out "$dir" --quiet
+    --config "experiments/$data-popri.toml" --set output.synthetic_samples=128 --out "$dir" --quiet
 }
 
 runs=()

@@ -186,10 +186,10 @@ fn references_score_the_public_model_and_training_on_real_texts() {
     );
     assert_eq!(public["distribution"], Value::Null);
     assert_eq!(
-        real["downstream"]["train_texts"], 24,
-        "the clients' 4 training texts each"
+        real["downstream"]["train_texts"], 6,
+        "as many of the clients' 24 training texts as a run's synthetic set (output.synthetic_samples)"
     );
-    assert_eq!(real["distribution"]["synthetic_texts"], 24);
+    assert_eq!(real["distribution"]["synthetic_texts"], 6);
 
     // Bad input exits 2 and names the problem.
     let output = fedsyn(&[

@@ -419,8 +419,12 @@ pub fn evaluate_reference(
             (downstream, None)
         }
         Reference::Real => {
+            // As many real texts as a run of this config trains the downstream model on
+            // (its synthetic set, capped alike), so that the gap to ε = ∞ measures the texts'
+            // quality, not their number.
             let real: Vec<String> = data.train_texts().into_iter().map(String::from).collect();
-            let train = seeded_sample(real, options.max_train_texts, config.run.seed, 0);
+            let count = options.max_train_texts.min(config.output.synthetic_samples);
+            let train = seeded_sample(real, count, config.run.seed, 0);
             let downstream = session.train_and_score(config, &train, &split, progress)?;
             let distribution = session.distribution(config, out, &train, &split, progress)?;
             (downstream, distribution)
