@@ -6,7 +6,8 @@
 #   SEEDS="1 2 3" experiments/compare.sh sotu 1   (each method at each ε once per seed)
 #
 # With SEEDS, every run is repeated with `run.seed` set to each seed (directories end in
-# -seed<s>), and `fedsyn compare` reports each method's mean and 95 % interval over the seeds
+# -seed<s>) on the same data (`data.seed` = 0 for runs and references alike, so the seeds vary
+# the methods only and every run is scored on the same eval tokens), and `fedsyn compare` reports each method's mean and 95 % interval over the seeds
 # and POPri's difference to every other method with its interval, saying in words when a
 # difference is within noise. Without SEEDS each run uses its config's seed, once.
 #
@@ -33,7 +34,7 @@ simulate_and_eval() { # METHOD EPSILON [SEED]
   local config="experiments/$data-$1.toml" run="$out/$data-$1-eps$2" seed_args=()
   if [[ -n ${3:-} ]]; then
     run="$run-seed$3"
-    seed_args=(--set run.seed="$3")
+    seed_args=(--set run.seed="$3" --set data.seed=0)
   fi
   if [[ ! -f $config ]]; then
     echo "skipping $1: no $config" >&2
@@ -56,8 +57,11 @@ reference_eval() { # real|public
   local dir="$out/$data-$1"
   runs+=("$dir")
   # The real reference trains on as many texts as the runs' synthetic sets (128).
+  local seed_args=()
+  [[ ${#seeds[@]} -gt 0 ]] && seed_args=(--set data.seed=0)
   [[ -f $dir/eval.json ]] || "$fedsyn" eval --reference "$1" \
-    --config "experiments/$data-popri.toml" --set output.synthetic_samples=128 --out "$dir" --quiet
+    --config "experiments/$data-popri.toml" --set output.synthetic_samples=128 "${seed_args[@]}" \
+    --out "$dir" --quiet
 }
 
 runs=()

@@ -197,6 +197,12 @@ pub struct DataSection {
     /// runs on data with many documents per client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_texts_per_client: Option<usize>,
+    /// Seeds the draws of the data: each client's document sample, the per-client eval
+    /// hold-out and the eval split's validation and test halves. Default: `run.seed`. Fix it
+    /// to compare runs of several `run.seed` on the same data and eval texts (then the seeds
+    /// vary the method only, and every run pairs with the references token by token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 fn default_eval_fraction() -> f64 {
@@ -698,6 +704,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "eval_fraction",
             "max_clients",
             "max_texts_per_client",
+            "seed",
         ],
     ),
     ("model", &["generator", "embedder"]),
@@ -821,6 +828,11 @@ const PATH_KEYS: [&str; 5] = [
 ];
 
 impl RunConfig {
+    /// The seed of the data's draws: `data.seed`, else `run.seed`.
+    pub fn data_seed(&self) -> u64 {
+        self.data.seed.unwrap_or(self.run.seed)
+    }
+
     /// Reads the TOML file at `path`, applies `overrides` (each `dotted.key=value`; the value is
     /// parsed as a TOML value, or taken as a string when it is not one), resolves relative
     /// paths (file values against the file's folder, override values against the current
@@ -1539,6 +1551,19 @@ mod tests {
     }
 
     #[test]
+    fn the_data_seed_defaults_to_the_run_seed() {
+        let plain = config(&format!("[run]\nseed = 5\n{MINIMAL}")).unwrap();
+        assert_eq!(plain.data_seed(), 5);
+        let fixed = config(&format!(
+            "[run]\nseed = 5\n{}",
+            MINIMAL.replace("[data]\n", "[data]\nseed = 0\n")
+        ))
+        .unwrap();
+        assert_eq!(fixed.data_seed(), 0);
+        assert!(fixed.to_toml().unwrap().contains("seed = 0"));
+    }
+
+    #[test]
     fn the_chat_prompt_style_needs_topics_an_instruction_with_a_topic_and_popri() {
         let chat = config(&format!("{MINIMAL}style = \"chat\"\n")).unwrap();
         assert_eq!(chat.prompts.style, PromptStyle::Chat);
@@ -1655,6 +1680,7 @@ mod tests {
         c.privacy.sampling_seed = Some(1);
         c.dpo.seed = 1;
         c.data.max_texts_per_client = Some(3);
+        c.data.seed = Some(0);
         c.dpo.total_steps = Some(10);
         c.dpo.max_steps = Some(10);
         c.fedavg.adaptive_clip_quantile = Some(0.5);

@@ -406,7 +406,7 @@ pub fn evaluate_reference(
     write_atomic(&out.join("config.toml"), config.to_toml()?.as_bytes())?;
     let session = Session::open(config, options)?;
     let data = load_data(config, &session.assets)?;
-    let split = EvalSplit::of(&data, config.run.seed, options.max_eval_texts);
+    let split = EvalSplit::of(&data, config.data_seed(), options.max_eval_texts);
     check_split(&split)?;
     let (downstream, distribution) = match reference {
         Reference::Public => {
@@ -537,7 +537,7 @@ impl<'a> Session<'a> {
 
     fn split(&self, config: &RunConfig) -> Result<EvalSplit> {
         let data = load_data(config, &self.assets)?;
-        let split = EvalSplit::of(&data, config.run.seed, self.options.max_eval_texts);
+        let split = EvalSplit::of(&data, config.data_seed(), self.options.max_eval_texts);
         check_split(&split)?;
         Ok(split)
     }

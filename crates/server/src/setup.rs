@@ -174,11 +174,11 @@ pub fn load_data(config: &RunConfig, assets: &Assets) -> Result<FederatedData> {
         TrainData::File(path) => clients::read_documents(path)?,
     };
     if let Some(max) = config.data.max_texts_per_client {
-        documents = sample_per_client(documents, max, config.run.seed);
+        documents = sample_per_client(documents, max, config.data_seed());
     }
     let mut data = match &config.data.eval {
         Some(path) => FederatedData::from_train_eval(documents, clients::read_documents(path)?)?,
-        None => FederatedData::split(documents, config.data.eval_fraction, config.run.seed)?,
+        None => FederatedData::split(documents, config.data.eval_fraction, config.data_seed())?,
     };
     if let Some(max) = config.data.max_clients {
         data.clients.truncate(max);
