@@ -676,6 +676,15 @@ impl Coordinator {
         })
     }
 
+    /// The open round's secure-aggregation session for the operator: its step, the participants
+    /// it still waits for, and the clients who sent a masked input so far (the operator's
+    /// server sees all three anyway: the protocol needs them). `None` without a session.
+    pub fn secagg_progress(&self) -> Option<(Step, usize, usize)> {
+        let shared = self.lock();
+        let session = shared.secagg.as_ref()?;
+        Some((session.step(), session.awaiting(), session.contributors()))
+    }
+
     /// Marks the held attempt closed (its sum is kept in the store).
     fn mark_closed(&self, round: u64) {
         let mut shared = self.lock();
@@ -1224,6 +1233,8 @@ mod tests {
             }
         }
         let sum = engine.join().unwrap().unwrap();
+        // The operator's view: the session is done, with the four masked inputs.
+        assert_eq!(coordinator.secagg_progress(), Some((Step::Done, 0, 4)));
         // c1's vector (norm 5) is clipped to norm 1 by its client: (0.6, 0.8).
         let expected = [0.6 + 0.6 - 0.5 + 0.0, 0.8 + 0.8 + 0.1 + 0.25];
         for (got, want) in sum.iter().zip(expected) {

@@ -948,6 +948,9 @@ fn status_report(state: &AppState) -> Result<Value, Problem> {
         "enrolled": store.enrolled()?,
         "sampled": open.as_ref().map_or(0, |o| o.sampled_count),
         "submitted": open.as_ref().map_or(0, |o| o.submitted),
+        "secure_aggregation": state.coordinator.secagg_progress().map(|(step, awaiting, masked)| {
+            json!({"step": step, "awaiting": awaiting, "masked_inputs": masked})
+        }),
         "rounds_charged": privacy["rounds"].as_array().map_or(0, Vec::len),
         "epsilon_spent": privacy["accountants"],
         "sigma": sigma,
@@ -962,6 +965,7 @@ fn status_report(state: &AppState) -> Result<Value, Problem> {
             "min_clients": config.serve.min_clients,
             "quorum": config.serve.quorum,
             "round_deadline_seconds": config.serve.round_deadline_seconds,
+            "aggregation": config.serve.aggregation,
         },
     }))
 }
