@@ -46,16 +46,6 @@ pub enum Aggregation {
     SecAggPlus,
 }
 
-impl Aggregation {
-    /// The name in configs and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Aggregation::Plain => "plain",
-            Aggregation::SecAggPlus => "secagg+",
-        }
-    }
-}
-
 /// A round the client is sampled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use secure_aggregation::{
     decode, encode, per_client_units, Aggregator, ClientMessage, ClientSession, SessionView, Step,
+    Unmasker,
 };
 
 fn thread_cpu_seconds() -> f64 {
@@ -124,7 +125,10 @@ fn main() {
         server_cpu += thread_cpu_seconds() - clock;
     }
     let clock = thread_cpu_seconds();
-    let sum = server.finish().expect("unmasks");
+    let sum = server
+        .unmasker()
+        .and_then(Unmasker::finish)
+        .expect("unmasks");
     let grid = dp_mechanics::grid_for(clip);
     let sensitivity = clip * (1.0 + 2f64.powi(-30)) + grid * (dim as f64).sqrt() / 2.0;
     let units = decode(&sum, clients as i64 * per_client_units(sensitivity, grid));

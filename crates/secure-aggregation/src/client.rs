@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::crypto::{self, SessionId, PACKET_PLAINTEXT_LEN, SHARE_LEN};
+use crate::crypto::{self, PacketKey, SessionId, PACKET_PLAINTEXT_LEN, SHARE_LEN};
 use crate::error::{ProtocolError, Result};
 use crate::messages::{
     ClientMessage, Inbox, MaskedInput, Packet, PublicKeys, RevealedShare, Roster, SecretKind,
@@ -118,14 +118,14 @@ impl ClientSession {
                 Packet {
                     from: roster.index,
                     to: neighbour.index,
-                    ciphertext: crypto::seal(
+                    ciphertext: PacketKey::new(
                         self.id,
                         &self.cipher_secret,
                         &neighbour.keys.cipher,
                         roster.index,
                         neighbour.index,
-                        &plaintext,
-                    ),
+                    )
+                    .seal(&plaintext),
                 }
             })
             .collect();
@@ -158,14 +158,14 @@ impl ClientSession {
                         packet.from, packet.to
                     ))
                 })?;
-            let plaintext = crypto::open(
+            let plaintext = PacketKey::new(
                 self.id,
                 &self.cipher_secret,
                 &neighbour.keys.cipher,
                 packet.from,
                 packet.to,
-                &packet.ciphertext,
-            )?;
+            )
+            .open(&packet.ciphertext)?;
             if plaintext.len() != PACKET_PLAINTEXT_LEN {
                 return Err(ProtocolError::Refused(format!(
                     "the packet from participant {} holds {} bytes",

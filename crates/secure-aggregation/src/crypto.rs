@@ -96,7 +96,7 @@ pub fn self_seed(id: SessionId, seed: &[u8; 32], owner: u32) -> [u8; 32] {
     derive(seed, b"self mask", id.round, id.session, owner, owner)
 }
 
-/// Adds (`sign` > 0) or subtracts the mask expanded from `seed` to `vector`, mod 2^64.
+/// Adds (`add`) or subtracts the mask expanded from `seed` to `vector`, mod 2^64.
 pub fn apply_mask(vector: &mut [u64], seed: [u8; 32], add: bool) {
     let mut rng = ChaCha20Rng::from_seed(seed);
     if add {
@@ -110,78 +110,77 @@ pub fn apply_mask(vector: &mut [u64], seed: [u8; 32], add: bool) {
     }
 }
 
-fn packet_cipher(
-    id: SessionId,
-    secret: &[u8; 32],
-    their_public: &[u8; 32],
+/// The authenticated encryption of the one packet from participant `from` to `to` in a
+/// session: its key (X25519 of one side's secret and the other's public key, through HKDF), its
+/// nonce and its associated data.
+pub struct PacketKey {
+    cipher: ChaCha20Poly1305,
+    nonce: [u8; 12],
+    aad: Vec<u8>,
     from: u32,
-    to: u32,
-) -> (ChaCha20Poly1305, [u8; 12], Vec<u8>) {
-    let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*their_public));
-    // The key is the same in both directions; the nonce says which one (one packet each).
-    let key = derive(
-        shared.as_bytes(),
-        b"share packet",
-        id.round,
-        id.session,
-        from.min(to),
-        from.max(to),
-    );
-    let mut nonce = [0u8; 12];
-    nonce[0] = u8::from(from > to);
-    let mut aad = Vec::with_capacity(24);
-    aad.extend_from_slice(&id.round.to_le_bytes());
-    aad.extend_from_slice(&id.session.to_le_bytes());
-    aad.extend_from_slice(&from.to_le_bytes());
-    aad.extend_from_slice(&to.to_le_bytes());
-    let cipher = ChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key");
-    (cipher, nonce, aad)
 }
 
-/// Encrypts a packet's plaintext from `from` (secret key `secret`) to `to` (public key).
-pub fn seal(
-    id: SessionId,
-    secret: &[u8; 32],
-    their_public: &[u8; 32],
-    from: u32,
-    to: u32,
-    plaintext: &[u8],
-) -> Vec<u8> {
-    let (cipher, nonce, aad) = packet_cipher(id, secret, their_public, from, to);
-    cipher
-        .encrypt(
-            &nonce.into(),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        .expect("ChaCha20-Poly1305 encrypts any short message")
-}
+impl PacketKey {
+    /// The key of the packet `from` → `to`, from `secret` (the cipher secret of one end) and
+    /// `their_public` (the other end's cipher public key).
+    pub fn new(
+        id: SessionId,
+        secret: &[u8; 32],
+        their_public: &[u8; 32],
+        from: u32,
+        to: u32,
+    ) -> PacketKey {
+        let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*their_public));
+        // The key is the same in both directions; the nonce says which one (one packet each).
+        let key = derive(
+            shared.as_bytes(),
+            b"share packet",
+            id.round,
+            id.session,
+            from.min(to),
+            from.max(to),
+        );
+        let mut nonce = [0u8; 12];
+        nonce[0] = u8::from(from > to);
+        let mut aad = Vec::with_capacity(24);
+        aad.extend_from_slice(&id.round.to_le_bytes());
+        aad.extend_from_slice(&id.session.to_le_bytes());
+        aad.extend_from_slice(&from.to_le_bytes());
+        aad.extend_from_slice(&to.to_le_bytes());
+        PacketKey {
+            cipher: ChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key"),
+            nonce,
+            aad,
+            from,
+        }
+    }
 
-/// Decrypts a packet from `from` (public key) to `to` (secret key `secret`).
-pub fn open(
-    id: SessionId,
-    secret: &[u8; 32],
-    their_public: &[u8; 32],
-    from: u32,
-    to: u32,
-    ciphertext: &[u8],
-) -> Result<Vec<u8>> {
-    let (cipher, nonce, aad) = packet_cipher(id, secret, their_public, from, to);
-    cipher
-        .decrypt(
-            &nonce.into(),
-            Payload {
-                msg: ciphertext,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| {
-            ProtocolError::Refused(format!(
-                "the packet from participant {from} does not decrypt (forged or corrupted)"
-            ))
-        })
+    /// The packet's ciphertext.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        let payload = Payload {
+            msg: plaintext,
+            aad: &self.aad,
+        };
+        self.cipher
+            .encrypt(&self.nonce.into(), payload)
+            .expect("ChaCha20-Poly1305 encrypts any short message")
+    }
+
+    /// The packet's plaintext; refused when it was forged or corrupted.
+    pub fn open(&self, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let payload = Payload {
+            msg: ciphertext,
+            aad: &self.aad,
+        };
+        self.cipher
+            .decrypt(&self.nonce.into(), payload)
+            .map_err(|_| {
+                ProtocolError::Refused(format!(
+                    "the packet from participant {} does not decrypt (forged or corrupted)",
+                    self.from
+                ))
+            })
+    }
 }
 
 /// `limit` Shamir shares of `secret`, any `threshold` of which rebuild it.

@@ -33,7 +33,7 @@ pub use messages::{
     ClientMessage, Inbox, MaskedInput, Neighbour, Packet, PublicKeys, RevealedShare, Roster,
     SecretKind, SessionView, SharePackets, Step, Survivors, Unmasking,
 };
-pub use server::{Aggregator, Received};
+pub use server::{Aggregator, Received, Unmasker};
 
 #[cfg(test)]
 mod tests;

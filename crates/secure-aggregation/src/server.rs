@@ -41,6 +41,8 @@ pub struct Aggregator {
     masked: BTreeMap<u32, Vec<u64>>,
     survivors: BTreeMap<u32, Vec<u32>>,
     reveals: BTreeMap<u32, Unmasking>,
+    /// How many sent a masked input, fixed when the masked step closes.
+    contributors: usize,
 }
 
 impl Aggregator {
@@ -82,6 +84,7 @@ impl Aggregator {
             masked: BTreeMap::new(),
             survivors: BTreeMap::new(),
             reveals: BTreeMap::new(),
+            contributors: 0,
         })
     }
 
@@ -100,14 +103,14 @@ impl Aggregator {
         self.step
     }
 
-    /// Participants expected to answer the current step.
-    fn participants(&self) -> BTreeSet<u32> {
+    /// Whether participant `index` is expected to answer the current step.
+    fn is_participant(&self, index: u32) -> bool {
         match self.step {
-            Step::Keys => (0..self.members.len() as u32).collect(),
-            Step::Shares => self.keys.keys().copied().collect(),
-            Step::Masked => self.packets.keys().copied().collect(),
-            Step::Unmask => self.masked.keys().copied().collect(),
-            Step::Done => BTreeSet::new(),
+            Step::Keys => (index as usize) < self.members.len(),
+            Step::Shares => self.keys.contains_key(&index),
+            Step::Masked => self.packets.contains_key(&index),
+            Step::Unmask => self.masked.contains_key(&index),
+            Step::Done => false,
         }
     }
 
@@ -123,28 +126,40 @@ impl Aggregator {
 
     /// How many participants of the current step have not answered yet.
     pub fn awaiting(&self) -> usize {
-        self.participants()
-            .into_iter()
-            .filter(|&i| !self.answered(i))
+        (0..self.members.len() as u32)
+            .filter(|&i| self.is_participant(i) && !self.answered(i))
             .count()
     }
 
-    /// How many clients finished the masked step (the sum is theirs).
+    /// How many clients sent a masked input (once the masked step closed: the sum is theirs).
     pub fn contributors(&self) -> usize {
-        self.masked.len()
+        if self.step >= Step::Unmask {
+            self.contributors
+        } else {
+            self.masked.len()
+        }
+    }
+
+    /// Whether `client_id` takes part in the current step, and whether its message for it is
+    /// held; `None` if the client is not in the cohort. (A [`Aggregator::view`] without the
+    /// step's payload, for callers that poll often.)
+    pub fn standing(&self, client_id: &str) -> Option<(bool, bool)> {
+        let index = *self.index_of.get(client_id)?;
+        let participant = self.is_participant(index);
+        Some((participant, participant && self.answered(index)))
     }
 
     /// The session as `client_id` sees it; `None` if the client is not in the cohort.
     pub fn view(&self, client_id: &str) -> Option<SessionView> {
         let index = *self.index_of.get(client_id)?;
-        let participant = self.participants().contains(&index);
+        let (participant, received) = self.standing(client_id)?;
         let mut view = SessionView {
             round: self.id.round,
             session: self.id.session,
             step: self.step,
             dim: self.dim,
             participant,
-            received: participant && self.answered(index),
+            received,
             roster: None,
             inbox: None,
             survivors: None,
@@ -196,7 +211,7 @@ impl Aggregator {
                 sent: message.step().name(),
             });
         }
-        if !self.participants().contains(&index) {
+        if !self.is_participant(index) {
             return Err(ProtocolError::NotParticipant);
         }
         match message {
@@ -223,13 +238,11 @@ impl Aggregator {
     }
 
     fn check_packets(&self, index: u32, packets: &SharePackets) -> Result<()> {
-        let expected: BTreeSet<u32> = self.neighbours[&index].iter().copied().collect();
-        let mut seen = BTreeSet::new();
         for packet in &packets.packets {
-            if packet.from != index || !expected.contains(&packet.to) || !seen.insert(packet.to) {
+            if packet.from != index {
                 return Err(ProtocolError::Invalid(format!(
-                    "packet {} → {}: send exactly one packet from yourself to each neighbour",
-                    packet.from, packet.to
+                    "a packet from participant {}: send your own packets (you are {index})",
+                    packet.from
                 )));
             }
             if packet.ciphertext.len() != PACKET_LEN {
@@ -239,32 +252,17 @@ impl Aggregator {
                 )));
             }
         }
-        if seen != expected {
-            return Err(ProtocolError::Invalid(format!(
-                "{} packets for {} neighbours: send one to each",
-                seen.len(),
-                expected.len()
-            )));
-        }
-        Ok(())
+        let neighbours: BTreeSet<u32> = self.neighbours[&index].iter().copied().collect();
+        one_each(&neighbours, packets.packets.iter().map(|p| p.to), "packet")
     }
 
     fn check_unmasking(&self, index: u32, unmasking: &Unmasking) -> Result<()> {
-        let expected: BTreeSet<u32> = self.inboxes[&index].iter().map(|p| p.from).collect();
-        let mut seen = BTreeSet::new();
         for share in &unmasking.shares {
             let kind = if self.masked.contains_key(&share.owner) {
                 SecretKind::SelfMask
             } else {
                 SecretKind::MaskKey
             };
-            if !expected.contains(&share.owner) || !seen.insert(share.owner) {
-                return Err(ProtocolError::Invalid(format!(
-                    "a share for participant {}: send one share for each neighbour whose \
-                     packet you received",
-                    share.owner
-                )));
-            }
             if share.secret != kind || share.share.len() != SHARE_LEN {
                 return Err(ProtocolError::Invalid(format!(
                     "the share for participant {} must be a {SHARE_LEN}-byte {kind:?} share",
@@ -272,14 +270,15 @@ impl Aggregator {
                 )));
             }
         }
-        if seen != expected {
-            return Err(ProtocolError::Invalid(format!(
-                "{} shares for {} neighbours: send one for each",
-                seen.len(),
-                expected.len()
-            )));
-        }
-        Ok(())
+        // One share for each neighbour whose packet the client received (none when a malicious
+        // client sent a masked input without an inbox).
+        let senders: BTreeSet<u32> = self
+            .inboxes
+            .get(&index)
+            .map_or_else(BTreeSet::new, |packets| {
+                packets.iter().map(|p| p.from).collect()
+            });
+        one_each(&senders, unmasking.shares.iter().map(|s| s.owner), "share")
     }
 
     /// Closes the current step (whoever has not answered drops out) and opens the next.
@@ -304,6 +303,7 @@ impl Aggregator {
                 self.step = Step::Masked;
             }
             Step::Masked => {
+                self.contributors = self.masked.len();
                 for &index in self.masked.keys() {
                     let alive = self.inboxes.get(&index).map_or_else(Vec::new, |packets| {
                         packets
@@ -321,17 +321,52 @@ impl Aggregator {
         self.step
     }
 
-    /// The sum of the masked-step clients' encoded vectors, mod 2^64, with every mask removed.
-    /// Errors when some secret has fewer shares than its threshold (too many clients left
-    /// during unmasking), or when shares rebuild a secret that does not match its public key
-    /// or commitment.
-    pub fn finish(&self) -> Result<Vec<u64>> {
+    /// Takes the closed session's masked inputs and revealed shares out, with the public keys
+    /// and the neighbour graph, for [`Unmasker::finish`], which can then run without the
+    /// session (the server's lock is not held while the masks are expanded).
+    pub fn unmasker(&mut self) -> Result<Unmasker> {
         if self.step != Step::Done {
             return Err(ProtocolError::WrongStep {
                 current: self.step.name(),
                 sent: "finish",
             });
         }
+        let dropped = self
+            .packets
+            .keys()
+            .copied()
+            .filter(|i| !self.masked.contains_key(i))
+            .collect();
+        Ok(Unmasker {
+            id: self.id,
+            dim: self.dim,
+            keys: self.keys.clone(),
+            neighbours: self.neighbours.clone(),
+            dropped,
+            masked: std::mem::take(&mut self.masked),
+            reveals: std::mem::take(&mut self.reveals),
+        })
+    }
+}
+
+/// What removing the masks of a closed session needs (see [`Aggregator::unmasker`]).
+pub struct Unmasker {
+    id: SessionId,
+    dim: usize,
+    keys: BTreeMap<u32, PublicKeys>,
+    neighbours: BTreeMap<u32, Vec<u32>>,
+    /// Participants that sent shares but no masked input.
+    dropped: Vec<u32>,
+    masked: BTreeMap<u32, Vec<u64>>,
+    reveals: BTreeMap<u32, Unmasking>,
+}
+
+impl Unmasker {
+    /// The sum of the masked-step clients' encoded vectors, mod 2^64, with every mask removed.
+    /// Errors when some secret has fewer shares than its threshold (too many clients left
+    /// during unmasking), or when shares rebuild a secret that does not match its public key
+    /// or commitment.
+    pub fn finish(self) -> Result<Vec<u64>> {
         let mut shares: BTreeMap<(u32, SecretKind), Vec<Vec<u8>>> = BTreeMap::new();
         for unmasking in self.reveals.values() {
             for share in &unmasking.shares {
@@ -369,7 +404,7 @@ impl Aggregator {
             }
             crypto::apply_mask(&mut sum, crypto::self_seed(self.id, &seed, owner), false);
         }
-        for &dropped in self.packets.keys().filter(|i| !self.masked.contains_key(i)) {
+        for &dropped in &self.dropped {
             let secret = rebuild(dropped, SecretKind::MaskKey)?;
             if crypto::public_key(&secret) != self.keys[&dropped].mask {
                 return Err(ProtocolError::Unrecoverable(format!(
@@ -394,6 +429,33 @@ impl Aggregator {
         }
         Ok(sum)
     }
+}
+
+/// Errors unless `ids` names each participant of `expected` exactly once (a `what` per
+/// neighbour).
+fn one_each(
+    expected: &BTreeSet<u32>,
+    ids: impl IntoIterator<Item = u32>,
+    what: &str,
+) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        if !expected.contains(&id) || !seen.insert(id) {
+            return Err(ProtocolError::Invalid(format!(
+                "a {what} for participant {id}: send exactly one {what} for each of your {} \
+                 neighbours",
+                expected.len()
+            )));
+        }
+    }
+    if seen.len() != expected.len() {
+        return Err(ProtocolError::Invalid(format!(
+            "{} {what}s for {} neighbours: send one for each",
+            seen.len(),
+            expected.len()
+        )));
+    }
+    Ok(())
 }
 
 fn store<T: PartialEq>(map: &mut BTreeMap<u32, T>, index: u32, value: T) -> Result<Received> {

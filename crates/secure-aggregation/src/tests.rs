@@ -106,7 +106,7 @@ fn run(
     }
     transcript.push_str(&format!("{server:?}"));
     Run {
-        sum: server.finish(),
+        sum: server.unmasker().and_then(Unmasker::finish),
         transcript,
         contributors: server.contributors(),
     }
@@ -324,4 +324,35 @@ fn the_server_refuses_messages_out_of_step_twice_or_from_outsiders() {
     let view = server.view("c").unwrap();
     assert!(!view.participant && view.roster.is_none());
     assert!(server.view("z").is_none());
+}
+
+#[test]
+fn a_client_that_skips_the_protocol_cannot_crash_the_server() {
+    // `a` sends its shares while its neighbours do not, then a masked input without any inbox
+    // (an honest client would refuse to) and an empty unmasking: each is taken or refused as
+    // a message, and the session ends unrecoverable, not in a panic.
+    let cohort: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let mut server = Aggregator::new(0, &cohort, 4, 2).unwrap();
+    let mut sessions: Vec<ClientSession> = (0..3)
+        .map(|_| ClientSession::new(0, server.session()).unwrap())
+        .collect();
+    for (id, session) in cohort.iter().zip(&sessions) {
+        server.receive(id, session.keys()).unwrap();
+    }
+    server.advance();
+    let roster = server.view("a").unwrap().roster.unwrap();
+    let shares = sessions[0].share_keys(&roster).unwrap();
+    server.receive("a", shares).unwrap();
+    server.advance();
+    assert_eq!(server.view("a").unwrap().inbox.unwrap().packets.len(), 0);
+    let masked = ClientMessage::Masked(MaskedInput { masked: vec![7; 4] });
+    assert_eq!(server.receive("a", masked), Ok(Received::New));
+    server.advance();
+    let empty = ClientMessage::Unmask(Unmasking { shares: Vec::new() });
+    assert_eq!(server.receive("a", empty), Ok(Received::New));
+    server.advance();
+    assert!(matches!(
+        server.unmasker().and_then(Unmasker::finish),
+        Err(ProtocolError::Unrecoverable(_))
+    ));
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use secure_aggregation::{
-    decode, per_client_units, Aggregator, ClientMessage, ProtocolError, Received, SessionView, Step,
+    decode, per_client_units, Aggregator, ClientMessage, ProtocolError, Received, SessionView,
+    Step, Unmasker,
 };
 use serde::Serialize;
 
@@ -443,9 +444,13 @@ impl Coordinator {
             // The client works in the session until it has unmasked, or has dropped out of it.
             let busy = match shared.secagg.as_ref().filter(|s| s.round() == open.round) {
                 None => true,
-                Some(session) => session.view(client_id).is_some_and(|view| {
-                    view.participant && !(view.step == Step::Unmask && view.received)
-                }),
+                Some(session) => {
+                    session
+                        .standing(client_id)
+                        .is_some_and(|(participant, received)| {
+                            participant && !(session.step() == Step::Unmask && received)
+                        })
+                }
             };
             if !busy {
                 return Ok(wait);
@@ -480,20 +485,9 @@ impl Coordinator {
         round: u64,
         client_id: &str,
     ) -> std::result::Result<Bytes, RoundError> {
-        let shared = self.lock();
-        match shared.open.as_ref().filter(|o| o.round == round) {
-            Some(open) if !open.is_sampled(client_id) => Err(RoundError::NotSampled(round)),
-            Some(open) if open.closed => Err(RoundError::Closed(round)),
-            Some(open) => Ok(open.candidates.clone()),
-            None => {
-                drop(shared);
-                // A round no longer held is over for everyone (its cohort was erased with it).
-                match self.store.latest_attempt(round)? {
-                    None => Err(RoundError::UnknownRound(round)),
-                    Some(_) => Err(RoundError::Closed(round)),
-                }
-            }
-        }
+        let mut shared = self.lock();
+        let (open, _) = self.open_for(&mut shared, round, client_id)?;
+        Ok(open.candidates.clone())
     }
 
     /// Takes client `client_id`'s score vector for `round`: checked (length, finiteness),
@@ -569,7 +563,9 @@ impl Coordinator {
         }
     }
 
-    /// The open round `round` for `client_id`, sampled and not closed, with the lock held.
+    /// The open round `round` for `client_id`, sampled and not closed, with its session if one
+    /// runs, under the lock. A round no longer held is over for everyone (its cohort was erased
+    /// with it).
     fn open_for<'a>(
         &self,
         shared: &'a mut Shared,
@@ -669,8 +665,10 @@ impl Coordinator {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        let session = shared.secagg.as_ref().expect("set above");
-        Ok(match session.finish() {
+        let unmasker = shared.secagg.as_mut().expect("set above").unmasker();
+        // The masks are expanded without the lock: the handlers keep answering meanwhile.
+        drop(shared);
+        Ok(match unmasker.and_then(Unmasker::finish) {
             Ok(sum) => SessionEnd::Sum(sum),
             Err(error) => SessionEnd::Unrecoverable(error.to_string()),
         })
