@@ -18,7 +18,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -186,19 +186,9 @@ fn round_record(sampled: Vec<String>) -> RoundRecord {
     }
 }
 
-/// One submission's outcome.
-struct Outcome {
-    status: u16,
-    latency: Duration,
-    receipt: Option<String>,
-    /// The connection error, when no answer came.
-    error: Option<String>,
-    /// Tries made (connection errors are retried).
-    tries: u32,
-}
-
-/// The load generator: starts the server, submits once per client, all at the same moment.
-fn run_load(dir: &Path, clients: usize) {
+/// Starts the server role in a child process over a fresh `dir` with `clients` enrolled:
+/// the process, its address and the clients' (id, token) pairs.
+fn start_server(dir: &Path, clients: usize) -> (Child, String, Vec<(String, String)>) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("the benchmark folder");
     let mut server = Command::new(std::env::current_exe().expect("this executable"))
@@ -217,7 +207,7 @@ fn run_load(dir: &Path, clients: usize) {
         .strip_prefix("listening on http://")
         .expect("`listening on URL`")
         .to_string();
-    let credentials: Vec<(String, String)> = std::fs::read_to_string(dir.join("clients.txt"))
+    let credentials = std::fs::read_to_string(dir.join("clients.txt"))
         .expect("clients.txt")
         .lines()
         .map(|line| {
@@ -225,32 +215,66 @@ fn run_load(dir: &Path, clients: usize) {
             (id.to_string(), token.to_string())
         })
         .collect();
-    let idle_rss = peak_rss_kib(server.id());
+    (server, address, credentials)
+}
 
-    let barrier = Arc::new(Barrier::new(clients + 1));
+/// Runs one thread per client (`job(index, token)` makes its work), all released together by
+/// a barrier; their results in client order, and when they were released.
+fn all_at_once<T, F, J>(
+    credentials: &[(String, String)],
+    stack_size: usize,
+    job: J,
+) -> (Vec<T>, Instant)
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+    J: Fn(usize, String) -> F,
+{
+    let barrier = Arc::new(Barrier::new(credentials.len() + 1));
     let workers: Vec<_> = credentials
         .iter()
         .enumerate()
         .map(|(index, (_, token))| {
-            let body = score_body(index);
-            let token = token.clone();
-            let address = address.clone();
+            let work = job(index, token.clone());
             let barrier = barrier.clone();
             std::thread::Builder::new()
-                .stack_size(256 << 10)
+                .stack_size(stack_size)
                 .spawn(move || {
                     barrier.wait();
-                    submit(&address, &token, &body)
+                    work()
                 })
                 .expect("a client thread")
         })
         .collect();
     barrier.wait();
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = workers
+    let results = workers
         .into_iter()
         .map(|w| w.join().expect("a client thread"))
         .collect();
+    (results, started)
+}
+
+/// One submission's outcome.
+struct Outcome {
+    status: u16,
+    latency: Duration,
+    receipt: Option<String>,
+    /// The connection error, when no answer came.
+    error: Option<String>,
+    /// Tries made (connection errors are retried).
+    tries: u32,
+}
+
+/// The load generator: starts the server, submits once per client, all at the same moment.
+fn run_load(dir: &Path, clients: usize) {
+    let (mut server, address, credentials) = start_server(dir, clients);
+    let idle_rss = peak_rss_kib(server.id());
+    let (outcomes, started) = all_at_once(&credentials, 256 << 10, |index, token| {
+        let body = score_body(index);
+        let address = address.clone();
+        move || submit(&address, &token, &body)
+    });
     let wall = started.elapsed();
     let server_peak_rss = peak_rss_kib(server.id());
     let _ = server.kill();
@@ -318,52 +342,12 @@ struct SecureOutcome {
 
 /// The load generator of the secure mode: every client runs the SecAgg+ session over HTTP.
 fn run_secure_load(dir: &Path, clients: usize) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).expect("the benchmark folder");
-    let mut server = Command::new(std::env::current_exe().expect("this executable"))
-        .env(ROLE_VAR, "server")
-        .env("FEDSYN_LOAD_DIR", dir)
-        .env("FEDSYN_LOAD_CLIENTS", clients.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the server starts");
-    let mut first_line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .expect("the server prints its address");
-    let address = first_line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect("`listening on URL`")
-        .to_string();
-    let tokens: Vec<String> = std::fs::read_to_string(dir.join("clients.txt"))
-        .expect("clients.txt")
-        .lines()
-        .map(|line| line.split_once(' ').expect("id token").1.to_string())
-        .collect();
+    let (mut server, address, credentials) = start_server(dir, clients);
     let idle_rss = peak_rss_kib(server.id());
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let workers: Vec<_> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(index, token)| {
-            let address = address.clone();
-            let barrier = barrier.clone();
-            std::thread::Builder::new()
-                .stack_size(512 << 10)
-                .spawn(move || {
-                    barrier.wait();
-                    secure_client(&address, &token, index)
-                })
-                .expect("a client thread")
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    let outcomes: Vec<SecureOutcome> = workers
-        .into_iter()
-        .map(|w| w.join().expect("a client thread"))
-        .collect();
+    let (outcomes, started) = all_at_once(&credentials, 512 << 10, |index, token| {
+        let address = address.clone();
+        move || secure_client(&address, &token, index)
+    });
     let sum_path = dir.join(SUM_FILE);
     while !sum_path.exists() && started.elapsed() < REQUEST_TIMEOUT {
         std::thread::sleep(Duration::from_millis(20));
@@ -479,31 +463,40 @@ fn secure_client(address: &str, token: &str, index: usize) -> SecureOutcome {
     }
 }
 
-/// One request over a fresh connection: status (0 on a connection error) and body.
+/// One request over a fresh connection, as a client process makes it: status and body.
+fn request(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+/// [`request`], with status 0 for a connection error (the secure client retries those).
 fn exchange(address: &str, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, String) {
-    let result = (|| -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_string());
-        Ok((status, body))
-    })();
-    result.unwrap_or((0, String::new()))
+    request(address, method, path, token, body).unwrap_or((0, String::new()))
 }
 
 /// `{"scores":[…]}` for client `index`: a deterministic vector of norm 0.9 (< the clip).
@@ -544,30 +537,7 @@ fn submit(address: &str, token: &str, body: &[u8]) -> Outcome {
 /// One try of [`submit`].
 fn submit_once(address: &str, token: &str, body: &[u8]) -> Outcome {
     let started = Instant::now();
-    let result = (|| -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-        let head = format!(
-            "POST /v1/rounds/0/scores HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer \
-             {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_string());
-        Ok((status, body))
-    })();
+    let result = request(address, "POST", "/v1/rounds/0/scores", token, body);
     let latency = started.elapsed();
     match result {
         Ok((status, body)) => Outcome {

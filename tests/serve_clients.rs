@@ -259,35 +259,39 @@ fn listening_url(stdout: ChildStdout) -> Option<String> {
 
 /// `GET path` on `url` (plain HTTP), with the bearer `token` when given: status and body.
 fn http_get(url: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let host = url.strip_prefix("http://")?;
-    let mut stream = TcpStream::connect(host).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+    http(url, "GET", path, token, None)
 }
 
 /// `POST path` on `url` (plain HTTP) with a JSON `body`, with the bearer `token` when given:
 /// status and body.
 fn http_post(url: &str, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
+    http(url, "POST", path, token, Some(body))
+}
+
+/// One request of `method` over a fresh connection: status and body; `None` when no answer.
+fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let host = url.strip_prefix("http://")?;
     let mut stream = TcpStream::connect(host).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let content = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}{content}Connection: \
+         close\r\n\r\n{}",
+        body.unwrap_or("")
     );
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
@@ -485,6 +489,17 @@ fn wait_for_clients(
         std::thread::sleep(Duration::from_millis(200));
     }
     summaries
+}
+
+/// Each client's summary says it submitted both rounds.
+fn assert_both_rounds_submitted(summaries: &[Value]) {
+    for summary in summaries {
+        assert_eq!(
+            summary["rounds_submitted"],
+            serde_json::json!([0, 1]),
+            "{summary}"
+        );
+    }
 }
 
 /// Waits for the server to exit by itself (`--exit-when-finished`, once every client has
@@ -788,13 +803,7 @@ fn clients_join_over_https_trusting_the_servers_certificate() {
         &mut MemoryPeak::default(),
     );
     wait_for_exit(&setup, &mut server);
-    for summary in &summaries {
-        assert_eq!(
-            summary["rounds_submitted"],
-            serde_json::json!([0, 1]),
-            "{summary}"
-        );
-    }
+    assert_both_rounds_submitted(&summaries);
     check_finished_run(&setup);
     std::fs::remove_dir_all(&setup.dir).unwrap();
 }
@@ -833,18 +842,16 @@ fn a_secure_run_releases_each_round_with_clients_leaving_mid_session_and_no_vect
     let mut clients: Vec<Child> = (0..PROCESSES)
         .map(|c| setup.start_client(c, &url, Some(&tokens[c])))
         .collect();
-    let mut peak = MemoryPeak::default();
-    let summaries = wait_for_clients(&setup, &mut server, &mut clients, &mut peak);
+    let summaries = wait_for_clients(
+        &setup,
+        &mut server,
+        &mut clients,
+        &mut MemoryPeak::default(),
+    );
     wait_for_exit(&setup, &mut server);
     let unmasked: Vec<Vec<u64>> = scripted.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(unmasked, [vec![0, 1], vec![], vec![]]);
-    for summary in &summaries {
-        assert_eq!(
-            summary["rounds_submitted"],
-            serde_json::json!([0, 1]),
-            "{summary}"
-        );
-    }
+    assert_both_rounds_submitted(&summaries);
     check_finished_run(&setup);
     let statement = std::fs::read_to_string(setup.run_dir().join("privacy-statement.md")).unwrap();
     assert!(statement.contains("SecAgg+"), "{statement}");
