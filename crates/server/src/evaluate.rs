@@ -31,13 +31,13 @@ use tch::Tensor;
 
 use crate::budget::BudgetGuard;
 use crate::config::{Method, RunConfig};
+use crate::digest::{decode_hex, hex, sha256};
 use crate::distribution::{knn_precision_recall, mauve, MauveOptions, DEFAULT_NEIGHBOURS};
 use crate::engine::Progress;
 use crate::error::{Result, ServerError};
 use crate::fid::frechet_distance;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
-use crate::serve::auth::{decode_hex, hex, sha256};
 use crate::setup::{
     base_model_name, embed_with_progress, embedding_cache_dir, generator_path, load_data,
     load_embedder, lora_config, rows,

@@ -5,6 +5,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod digest;
 pub mod distribution;
 pub mod driver;
 pub mod engine;

@@ -254,26 +254,22 @@ fn contrasts(groups: &[SeedGroup], public: Option<f64>) -> Vec<Contrast> {
 /// tokens: a paired bootstrap of the accuracy difference over the tokens (the within-run
 /// uncertainty of the evaluation itself; seeds add the training's).
 fn token_contrasts(rows: &[ComparisonRow]) -> Vec<Contrast> {
-    let outcomes = |row: &ComparisonRow| {
-        let hits = row.test_hits.as_ref()?;
-        Some((hits.tokens_sha256.clone(), hits.outcomes()?))
-    };
+    // Each row's outcomes decoded once: (row, the scored tokens' hash, the outcomes).
+    let scored: Vec<(&ComparisonRow, &str, Vec<bool>)> = rows
+        .iter()
+        .filter_map(|row| {
+            let hits = row.test_hits.as_ref()?;
+            Some((row, hits.tokens_sha256.as_str(), hits.outcomes()?))
+        })
+        .collect();
     let mut out = Vec::new();
-    for popri in rows.iter().filter(|r| r.method == "popri") {
-        let Some((tokens, mine)) = outcomes(popri) else {
-            continue;
-        };
-        for other in rows.iter().filter(|r| {
+    for (popri, tokens, mine) in scored.iter().filter(|(r, ..)| r.method == "popri") {
+        for (other, _, theirs) in scored.iter().filter(|(r, other_tokens, _)| {
             r.method != "popri"
+                && other_tokens == tokens
                 && (r.epsilon_target.is_none() || r.epsilon_target == popri.epsilon_target)
         }) {
-            let Some((other_tokens, theirs)) = outcomes(other) else {
-                continue;
-            };
-            if other_tokens != tokens {
-                continue;
-            }
-            if let Some(difference) = paired_bootstrap(&mine, &theirs, LEVEL, RESAMPLES, 0) {
+            if let Some(difference) = paired_bootstrap(mine, theirs, LEVEL, RESAMPLES, 0) {
                 let how = format!(
                     "paired bootstrap over {} eval tokens, {} against {}",
                     mine.len(),

@@ -8,8 +8,9 @@
 
 use rand::rngs::OsRng;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::digest::{hex, sha256};
 
 /// A freshly made token: what the holder gets (`token`) and what the server keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,31 +51,6 @@ pub fn split(token: &str) -> Option<(&str, &str)> {
 pub fn secret_matches(secret: &str, stored: &[u8]) -> bool {
     let hash = sha256(secret.as_bytes());
     stored.len() == hash.len() && bool::from(hash.ct_eq(stored))
-}
-
-/// SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// The bytes of lower- or upper-case hex; `None` for an odd length or a non-hex digit.
-pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The bearer token of an `Authorization` header value (`Bearer <token>`, scheme
@@ -123,13 +99,5 @@ mod tests {
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
-    }
-
-    #[test]
-    fn sha256_is_the_standard_digest() {
-        assert_eq!(
-            hex(&sha256(b"abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

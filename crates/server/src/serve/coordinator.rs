@@ -16,10 +16,10 @@ use secure_aggregation::{
 };
 use serde::Serialize;
 
+use crate::digest::{hex, sha256};
 use crate::engine::{CollectedScores, RoundTask, ScoreTransport};
 use crate::error::{Result, ServerError};
 use crate::noise::GridSum;
-use crate::serve::auth::{hex, sha256};
 use crate::serve::metrics::Metrics;
 use crate::serve::store::{RoundRecord, RoundStatus, Store, Submission};
 

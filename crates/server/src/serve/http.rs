@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::RunConfig;
+use crate::digest::decode_hex;
 use crate::serve::auth::{self, bearer, secret_matches, split};
 use crate::serve::coordinator::{now_unix_ms, Accepted, Coordinator, NextTask, RoundError};
 use crate::serve::limits::RateLimiter;
@@ -403,7 +404,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, access: Access) -> Result
     let store = state.coordinator.store();
     if matches!(access, Access::Admin | Access::AdminOrClient) {
         if let Some(stored) = store.meta(ADMIN_HASH_KEY)? {
-            let stored = auth::decode_hex(&stored).unwrap_or_default();
+            let stored = decode_hex(&stored).unwrap_or_default();
             if secret_matches(token, &stored) {
                 return Ok(Caller::Admin);
             }
@@ -991,14 +992,6 @@ async fn stop(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, P
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trips() {
-        let bytes = [0u8, 1, 0xab, 0xff];
-        assert_eq!(auth::decode_hex(&auth::hex(&bytes)), Some(bytes.to_vec()));
-        assert_eq!(auth::decode_hex("abc"), None);
-        assert_eq!(auth::decode_hex("zz"), None);
-    }
 
     #[test]
     fn every_route_is_unique_and_versioned() {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RunConfig;
+use crate::digest::{hex, sha256};
 use crate::engine::Progress;
 use crate::error::{Result, ServerError};
 use crate::run_dir::{RoundMetrics, RunDir};
@@ -377,7 +378,7 @@ fn estimated_entropy_bits(secret: &str) -> f64 {
 /// start), else a fresh token written once to `DIR/admin-token` (0600).
 fn set_up_admin_token(store: &Store, dir: &Path, token: Option<&str>) -> Result<()> {
     if let Some(token) = token {
-        let hash = auth::hex(&auth::sha256(token.as_bytes()));
+        let hash = hex(&sha256(token.as_bytes()));
         return store.set_meta(http::ADMIN_HASH_KEY, &hash);
     }
     if store.meta(http::ADMIN_HASH_KEY)?.is_some() {
@@ -385,10 +386,7 @@ fn set_up_admin_token(store: &Store, dir: &Path, token: Option<&str>) -> Result<
     }
     let token = auth::issue("a").token;
     write_secret(&dir.join(ADMIN_TOKEN_FILE), &format!("{token}\n"))?;
-    store.set_meta(
-        http::ADMIN_HASH_KEY,
-        &auth::hex(&auth::sha256(token.as_bytes())),
-    )
+    store.set_meta(http::ADMIN_HASH_KEY, &hex(&sha256(token.as_bytes())))
 }
 
 /// Writes a file only its owner can read. The mode given to `open` applies only when the file
