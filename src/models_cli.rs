@@ -40,9 +40,14 @@ pub struct EmbedArgs {
     /// on CPUs with AVX512-BF16, embeddings within cosine ≈ 0.9999 of f32).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// Write the embeddings here instead of to standard output.
+    /// Write the embeddings here instead of to standard output (with --json, a summary with
+    /// the timings is then printed to standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Embed the first batch this many times, untimed, before the timed run (CUDA loads its
+    /// kernels on first use), so that the reported speed is a warm model's.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u32,
     /// The sentence-transformers model folder (default: all-MiniLM-L6-v2 as installed by
     /// scripts/setup.sh, or FEDSYN_MINILM_DIR).
     #[arg(long)]
@@ -69,24 +74,42 @@ struct EmbeddingLine<'a> {
     embedding: &'a [f32],
 }
 
+/// The compute dtype a `--dtype` value names on `device`.
+fn compute_dtype(text: &str, device: tch::Device) -> Result<tch::Kind> {
+    match text.to_ascii_lowercase().as_str() {
+        "auto" => Ok(models::compute_kind(device)),
+        "f32" | "fp32" | "float32" => Ok(tch::Kind::Float),
+        "bf16" | "bfloat16" => Ok(tch::Kind::BFloat16),
+        other => {
+            Err(InputError(format!("unknown --dtype `{other}`: use auto, f32 or bf16")).into())
+        }
+    }
+}
+
+/// What `fedsyn embed --json --out FILE` prints.
+#[derive(Serialize)]
+struct EmbedReport {
+    model_dir: String,
+    device: String,
+    dtype: String,
+    texts: usize,
+    dim: usize,
+    batch_size: usize,
+    warmup: u32,
+    load_seconds: f64,
+    embed_seconds: f64,
+    texts_per_second: f64,
+}
+
 /// Runs `fedsyn embed`.
-pub fn embed(args: EmbedArgs) -> Result<()> {
+pub fn embed(args: EmbedArgs, json: bool) -> Result<()> {
     if args.batch_size == 0 {
         return Err(InputError("--batch-size must be at least 1".to_string()).into());
     }
     // Read and check the whole input before loading the model: a bad line fails fast.
     let records = read_records(&args.file, &args.text_field)?;
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    let kind = match args.dtype.to_ascii_lowercase().as_str() {
-        "auto" => models::compute_kind(device),
-        "f32" | "fp32" | "float32" => tch::Kind::Float,
-        "bf16" | "bfloat16" => tch::Kind::BFloat16,
-        other => {
-            return Err(
-                InputError(format!("unknown --dtype `{other}`: use auto, f32 or bf16")).into(),
-            )
-        }
-    };
+    let kind = compute_dtype(&args.dtype, device)?;
     let model_dir = match &args.model_dir {
         Some(dir) => dir.clone(),
         None => Assets::discover().minilm_dir()?,
@@ -106,6 +129,14 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let started = Instant::now();
     let embedder = SentenceEmbedder::load_as(&model_dir, device, kind)
         .with_context(|| format!("loading the sentence embedder from {}", model_dir.display()))?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    if let Some(first) = records.chunks(args.batch_size).next() {
+        let texts: Vec<&str> = first.iter().map(|r| r.text.as_str()).collect();
+        for _ in 0..args.warmup {
+            embedder.embed(&texts, args.batch_size)?;
+        }
+    }
+    let started = Instant::now();
 
     for (chunk_index, chunk) in records.chunks(RECORDS_PER_CHUNK).enumerate() {
         let texts: Vec<&str> = chunk.iter().map(|r| r.text.as_str()).collect();
@@ -123,15 +154,31 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     }
     out.flush()
         .with_context(|| format!("writing to {destination}"))?;
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "embedded {} texts (dim {}) on {} in {seconds:.1} s, model load included \
-         ({:.1} texts/s)",
-        records.len(),
-        embedder.dim(),
-        device_name(device),
-        records.len() as f64 / seconds.max(1e-9)
-    );
+    let embed_seconds = started.elapsed().as_secs_f64();
+    let texts_per_second = records.len() as f64 / embed_seconds.max(1e-9);
+    if json && args.out.is_some() {
+        let report = EmbedReport {
+            model_dir: model_dir.display().to_string(),
+            device: device_name(device),
+            dtype: format!("{kind:?}"),
+            texts: records.len(),
+            dim: embedder.dim(),
+            batch_size: args.batch_size,
+            warmup: args.warmup,
+            load_seconds,
+            embed_seconds,
+            texts_per_second,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        eprintln!(
+            "embedded {} texts (dim {}) on {} in {embed_seconds:.1} s ({texts_per_second:.1} \
+             texts/s) after loading the model in {load_seconds:.1} s",
+            records.len(),
+            embedder.dim(),
+            device_name(device),
+        );
+    }
     Ok(())
 }
 
@@ -204,6 +251,15 @@ pub struct GenerateArgs {
     /// Stop a sample once its text contains this string (repeatable); the text is cut before it.
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens, up to --max-tokens (for throughput
+    /// measurements).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// With --json: also print the prompt's token ids and, per sample, its token ids and each
+    /// token's log-probability under the model (before temperature, top-k and top-p), to check
+    /// the model against another implementation.
+    #[arg(long)]
+    pub logprobs: bool,
     /// A GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json) of a
     /// Llama, Mistral or Qwen2 model (default: SmolLM2-135M-Instruct as installed by
     /// scripts/setup.sh, or FEDSYN_SMOLLM2_GGUF).
@@ -218,6 +274,13 @@ pub struct GenerateArgs {
     /// cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Compute dtype: auto (bf16 on CUDA, f32 on the CPU), f32, or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Generate the batch this many times, untimed, before the timed run (CUDA loads its
+    /// kernels on first use), so that the reported speed is a warm model's.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u32,
 }
 
 fn parse_temperature(text: &str) -> std::result::Result<f64, String> {
@@ -240,9 +303,12 @@ struct GenerateReport<'a> {
     model: String,
     adapter: Option<String>,
     device: String,
+    dtype: String,
     prompt: &'a str,
     chat: bool,
     prompt_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_token_ids: Option<Vec<u32>>,
     seed: u64,
     greedy: bool,
     samples: Vec<SampleReport>,
@@ -258,6 +324,10 @@ struct SampleReport {
     text: String,
     tokens: usize,
     finish_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_ids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Vec<f32>>,
 }
 
 /// The generator a model command loads: `--model PATH` (which must exist), or the installed
@@ -286,8 +356,16 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
         top_k: args.top_k,
         seed: args.seed,
         stop_strings: args.stop.clone(),
-        ignore_eos: false,
+        ignore_eos: args.ignore_eos,
+        logprobs: args.logprobs,
     };
+    if args.logprobs && !json {
+        return Err(InputError(
+            "--logprobs prints token ids and log-probabilities in the JSON report: add --json"
+                .to_string(),
+        )
+        .into());
+    }
     params.validate()?;
 
     if let Some(dir) = args.adapter.as_ref().filter(|dir| !dir.is_dir()) {
@@ -300,8 +378,9 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
         .into());
     }
 
+    let kind = compute_dtype(&args.dtype, device)?;
     let started = Instant::now();
-    let mut generator = Generator::load(&model_path, device)
+    let mut generator = Generator::load_as(&model_path, device, kind)
         .with_context(|| format!("loading the generator from {}", model_path.display()))?;
     if let Some(dir) = &args.adapter {
         let model = generator.model_mut();
@@ -315,6 +394,9 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
     let load_seconds = started.elapsed().as_secs_f64();
     let prompt_ids = generator.encode_prompt(&args.prompt, args.chat)?;
     let prompts = vec![prompt_ids.clone(); args.num_samples as usize];
+    for _ in 0..args.warmup {
+        generator.generate_from_ids(&prompts, &params)?;
+    }
     let started = Instant::now();
     let completions = generator.generate_from_ids(&prompts, &params)?;
     let generate_seconds = started.elapsed().as_secs_f64();
@@ -327,9 +409,11 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
             model: model_path.display().to_string(),
             adapter: args.adapter.as_ref().map(|dir| dir.display().to_string()),
             device: format!("{device:?}"),
+            dtype: format!("{kind:?}"),
             prompt: &args.prompt,
             chat: args.chat,
             prompt_tokens: prompt_ids.len(),
+            prompt_token_ids: args.logprobs.then(|| prompt_ids.clone()),
             seed: args.seed,
             greedy: params.is_greedy(),
             samples: completions
@@ -339,6 +423,8 @@ pub fn generate(args: GenerateArgs, json: bool) -> Result<()> {
                     index,
                     tokens: c.token_ids.len(),
                     finish_reason: c.finish_reason.as_str(),
+                    token_ids: args.logprobs.then(|| c.token_ids.clone()),
+                    logprobs: args.logprobs.then_some(c.logprobs),
                     text: c.text,
                 })
                 .collect(),

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Generate(args) => models_cli::generate(args, cli.json),
-        Command::Embed(args) => models_cli::embed(args),
+        Command::Embed(args) => models_cli::embed(args, cli.json),
         Command::Doctor => doctor::run(cli.json),
         Command::Dpo(args) => train_cli::dpo(args, cli.json),
         Command::Simulate(args) => simulate_cli::run(&args, cli.json),

@@ -104,6 +104,65 @@ fn check_greedy(name: &str) {
     assert_eq!(ids, reference.greedy_ids, "{name}: greedy continuation");
 }
 
+/// With `logprobs`, each greedy token comes with its log-probability: the first one equals the
+/// log-softmax of transformers' last prompt logits, and every one equals that of a single
+/// uncached forward pass over the prompt and the tokens before it.
+#[test]
+fn greedy_tokens_come_with_the_models_log_probabilities() {
+    let (dir, reference) = fixture("tiny-llama");
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let params = SamplingParams {
+        logprobs: true,
+        ..SamplingParams::greedy(reference.max_new_tokens)
+    };
+    let generated = generate_ids(
+        &model,
+        &reference.prompts,
+        &params,
+        &[reference.eos_id],
+        0,
+        |_, _| false,
+    )
+    .unwrap();
+    for (row, (prompt, generated)) in reference.prompts.iter().zip(&generated).enumerate() {
+        assert_eq!(generated.logprobs.len(), generated.ids.len(), "row {row}");
+        let last_logits = Tensor::from_slice(reference.logits[row].last().unwrap());
+        let first = last_logits
+            .log_softmax(-1, Kind::Float)
+            .double_value(&[i64::from(generated.ids[0])]) as f32;
+        assert!(
+            (first - generated.logprobs[0]).abs() < TOLERANCE,
+            "row {row}: first token {} vs transformers {first}",
+            generated.logprobs[0]
+        );
+        let sequence: Vec<u32> = prompt.iter().chain(&generated.ids).copied().collect();
+        let (ids, mask, positions) = left_padded(&[sequence]);
+        let full = model
+            .forward(&ids, &positions, &mask, None)
+            .unwrap()
+            .log_softmax(-1, Kind::Float);
+        for (step, (&token, &logprob)) in generated.ids.iter().zip(&generated.logprobs).enumerate()
+        {
+            let position = (prompt.len() + step - 1) as i64;
+            let want = full.double_value(&[0, position, i64::from(token)]) as f32;
+            assert!(
+                (want - logprob).abs() < 1e-4,
+                "row {row} step {step}: {logprob} vs {want} from the full pass"
+            );
+        }
+    }
+    let without = generate_ids(
+        &model,
+        &reference.prompts,
+        &SamplingParams::greedy(2),
+        &[reference.eos_id],
+        0,
+        |_, _| false,
+    )
+    .unwrap();
+    assert!(without.iter().all(|g| g.logprobs.is_empty()));
+}
+
 #[test]
 fn tiny_llama_logits_match_transformers() {
     check_logits("tiny-llama");

@@ -39,12 +39,15 @@ impl FinishReason {
 }
 
 /// The new token ids of one row and why it stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedIds {
     /// Generated ids, the end-of-sequence token included when that ended the row.
     pub ids: Vec<u32>,
     /// Why generation stopped.
     pub finish: FinishReason,
+    /// With `SamplingParams::logprobs`: each id's log-probability under the model's
+    /// unfiltered next-token distribution; else empty.
+    pub logprobs: Vec<f32>,
 }
 
 /// A row is dropped from the batch (its cache rows copied away) once the unfinished rows
@@ -101,17 +104,30 @@ pub fn generate_ids(
     // slot_rows[i]: the original row computed in batch slot i.
     let mut slot_rows: Vec<usize> = (0..rows).collect();
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    let mut logprobs: Vec<Vec<f32>> = vec![Vec::new(); rows];
     let mut finish: Vec<Option<FinishReason>> = vec![None; rows];
 
     loop {
         let tokens = sampler.sample(&logits, &slot_rows);
         let host_tokens = Vec::<i64>::try_from(tokens.to_device(Device::Cpu))?;
-        for (&row, &token) in slot_rows.iter().zip(&host_tokens) {
+        let host_logprobs = if params.logprobs {
+            let chosen = logits
+                .to_kind(Kind::Float)
+                .log_softmax(-1, Kind::Float)
+                .gather(1, &tokens.view([-1, 1]), false);
+            Vec::<f32>::try_from(chosen.view([-1]).to_device(Device::Cpu))?
+        } else {
+            Vec::new()
+        };
+        for (slot, (&row, &token)) in slot_rows.iter().zip(&host_tokens).enumerate() {
             if finish[row].is_some() {
                 continue;
             }
             let token = token as u32;
             generated[row].push(token);
+            if let Some(&logprob) = host_logprobs.get(slot) {
+                logprobs[row].push(logprob);
+            }
             finish[row] = if !params.ignore_eos && eos_ids.contains(&token) {
                 Some(FinishReason::Eos)
             } else if stopped(row, &generated[row]) {
@@ -153,9 +169,11 @@ pub fn generate_ids(
     Ok(generated
         .into_iter()
         .zip(finish)
-        .map(|(ids, finish)| GeneratedIds {
+        .zip(logprobs)
+        .map(|((ids, finish), logprobs)| GeneratedIds {
             ids,
             finish: finish.unwrap_or(FinishReason::Length),
+            logprobs,
         })
         .collect())
 }
@@ -257,7 +275,7 @@ impl LeftPadded {
 }
 
 /// One finished prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// The generated text (special tokens dropped, cut before a stop string).
     pub text: String,
@@ -267,6 +285,9 @@ pub struct Completion {
     pub prompt_tokens: usize,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
+    /// With `SamplingParams::logprobs`: each token's log-probability under the model's
+    /// unfiltered distribution; else empty.
+    pub logprobs: Vec<f32>,
 }
 
 /// A model with its tokenizer, chat template and end-of-sequence ids: text in, text out.
@@ -287,17 +308,27 @@ pub struct Generator {
 impl Generator {
     /// Loads a GGUF file or a Hugging Face folder, whichever `path` is.
     pub fn load(path: &Path, device: Device) -> Result<Generator> {
+        Generator::load_as(path, device, crate::compute_kind(device))
+    }
+
+    /// As [`Generator::load`], computing in `kind` (f32 or bf16) instead of the device's
+    /// default.
+    pub fn load_as(path: &Path, device: Device, kind: Kind) -> Result<Generator> {
         if path.is_dir() {
-            Generator::from_hf_dir(path, device)
+            Generator::from_hf_dir_as(path, device, kind)
         } else {
-            Generator::from_gguf(path, device)
+            Generator::from_gguf_as(path, device, kind)
         }
     }
 
     /// Loads the model and the tokenizer stored in a GGUF file.
     pub fn from_gguf(path: &Path, device: Device) -> Result<Generator> {
+        Generator::from_gguf_as(path, device, crate::compute_kind(device))
+    }
+
+    fn from_gguf_as(path: &Path, device: Device, kind: Kind) -> Result<Generator> {
         let file = GgufFile::open(path)?;
-        let model = CausalLm::from_open_gguf(&file, path, device)?;
+        let model = CausalLm::from_open_gguf_as(&file, path, device, kind)?;
         let gguf_tokenizer = tokenizer::from_gguf(&file)?;
         let token_text = |id: Option<u32>| {
             id.and_then(|id| gguf_tokenizer.tokenizer.id_to_token(id))
@@ -334,7 +365,11 @@ impl Generator {
     /// `tokenizer.json`, and from `tokenizer_config.json` / `chat_template.jinja` /
     /// `generation_config.json` the chat template and end-of-sequence ids.
     pub fn from_hf_dir(dir: &Path, device: Device) -> Result<Generator> {
-        let model = CausalLm::from_hf_dir(dir, device)?;
+        Generator::from_hf_dir_as(dir, device, crate::compute_kind(device))
+    }
+
+    fn from_hf_dir_as(dir: &Path, device: Device, kind: Kind) -> Result<Generator> {
+        let model = CausalLm::from_hf_dir_as(dir, device, kind)?;
         let tokenizer = tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"))?;
         let tokenizer_config = read_optional_json(&dir.join("tokenizer_config.json"))?;
         let special = |key: &str| -> Option<String> {
@@ -530,6 +565,7 @@ impl Generator {
                     token_ids: row.ids,
                     prompt_tokens: prompt.len(),
                     finish_reason: row.finish,
+                    logprobs: row.logprobs,
                 })
             })
             .collect()

@@ -83,10 +83,16 @@ impl CausalLm {
     /// Loads a model from a GGUF file (as llama.cpp writes them) or a Hugging Face folder,
     /// whichever `path` is.
     pub fn load(path: &Path, device: Device) -> Result<CausalLm> {
+        CausalLm::load_as(path, device, compute_kind(device))
+    }
+
+    /// As [`CausalLm::load`], computing in `kind` (f32 or bf16) instead of the device's
+    /// default.
+    pub fn load_as(path: &Path, device: Device, kind: Kind) -> Result<CausalLm> {
         if path.is_dir() {
-            CausalLm::from_hf_dir(path, device)
+            CausalLm::from_hf_dir_as(path, device, kind)
         } else {
-            CausalLm::from_gguf(path, device)
+            CausalLm::from_open_gguf_as(&GgufFile::open(path)?, path, device, kind)
         }
     }
 
@@ -99,28 +105,53 @@ impl CausalLm {
 
     /// As [`CausalLm::from_gguf`], for a file already open (e.g. to read its tokenizer too).
     pub fn from_open_gguf(file: &GgufFile, path: &Path, device: Device) -> Result<CausalLm> {
+        CausalLm::from_open_gguf_as(file, path, device, compute_kind(device))
+    }
+
+    /// As [`CausalLm::from_open_gguf`], computing in `kind`.
+    pub fn from_open_gguf_as(
+        file: &GgufFile,
+        path: &Path,
+        device: Device,
+        kind: Kind,
+    ) -> Result<CausalLm> {
         let config = LlamaConfig::from_gguf(file, path)?;
         let source = WeightSource::Gguf {
             file,
             path,
             config: &config,
         };
-        CausalLm::build(config.clone(), &source, device)
+        CausalLm::build(config.clone(), &source, device, kind)
     }
 
     /// Loads a Hugging Face folder: `config.json` and the `*.safetensors` weights.
     pub fn from_hf_dir(dir: &Path, device: Device) -> Result<CausalLm> {
-        let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
-        let source = WeightSource::open_hf_dir(dir)?;
-        CausalLm::build(config, &source, device)
+        CausalLm::from_hf_dir_as(dir, device, compute_kind(device))
     }
 
-    fn build(config: LlamaConfig, source: &WeightSource<'_>, device: Device) -> Result<CausalLm> {
+    /// As [`CausalLm::from_hf_dir`], computing in `kind`.
+    pub fn from_hf_dir_as(dir: &Path, device: Device, kind: Kind) -> Result<CausalLm> {
+        let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
+        let source = WeightSource::open_hf_dir(dir)?;
+        CausalLm::build(config, &source, device, kind)
+    }
+
+    fn build(
+        config: LlamaConfig,
+        source: &WeightSource<'_>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<CausalLm> {
+        if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
+            return Err(ModelError::InvalidArgument {
+                name: "kind",
+                message: format!("{kind:?} is not a compute dtype: use f32, bf16 or f16"),
+            });
+        }
         let _no_grad = tch::no_grad_guard();
         if device == Device::Cpu {
             keep_freed_memory();
         }
-        let kind = compute_kind(device);
         let load = |name: &str, shape: &[i64]| source.load(name, shape, device, kind);
         let (d, vocab) = (config.hidden_size as i64, config.vocab_size as i64);
         let head_dim = config.head_dim as i64;

@@ -28,6 +28,10 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Generate `max_new_tokens` even past end-of-sequence tokens (for throughput tests).
     pub ignore_eos: bool,
+    /// Also return, for every generated token, its log-probability under the model's own
+    /// next-token distribution (before temperature, top-k and top-p), as vLLM's `logprobs`
+    /// does: the numbers a check against another implementation compares.
+    pub logprobs: bool,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +45,7 @@ impl Default for SamplingParams {
             seed: 0,
             stop_strings: Vec::new(),
             ignore_eos: false,
+            logprobs: false,
         }
     }
 }
