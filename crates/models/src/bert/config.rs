@@ -110,15 +110,28 @@ struct ModuleEntry {
     module_type: String,
 }
 
+/// `sentence_bert_config.json`. sentence-transformers 6 no longer writes `max_seq_length`
+/// here: it is the tokenizer's `model_max_length` (`tokenizer_config.json`).
 #[derive(Debug, Deserialize)]
 struct SentenceBertConfig {
-    max_seq_length: usize,
+    #[serde(default)]
+    max_seq_length: Option<usize>,
     #[serde(default)]
     do_lower_case: bool,
 }
 
 #[derive(Debug, Deserialize)]
+struct TokenizerConfig {
+    #[serde(default)]
+    model_max_length: Option<f64>,
+}
+
+/// `1_Pooling/config.json`: one flag per mode up to sentence-transformers 5, one
+/// `pooling_mode` (a name or a list of names) from 6 on.
+#[derive(Debug, Deserialize)]
 struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode: Option<serde_json::Value>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -133,9 +146,20 @@ struct PoolingConfig {
     pooling_mode_lasttoken: bool,
 }
 
-const TRANSFORMER: &str = "sentence_transformers.models.Transformer";
-const POOLING: &str = "sentence_transformers.models.Pooling";
-const NORMALIZE: &str = "sentence_transformers.models.Normalize";
+const TRANSFORMER: &str = "Transformer";
+const POOLING: &str = "Pooling";
+const NORMALIZE: &str = "Normalize";
+
+/// The class name of a sentence-transformers module type. `modules.json` names each class by
+/// its import path, which moved in sentence-transformers 6
+/// (`sentence_transformers.models.Pooling` became
+/// `sentence_transformers.sentence_transformer.modules.pooling.Pooling`): the class decides.
+fn module_class(module_type: &str) -> &str {
+    match module_type.strip_prefix("sentence_transformers.") {
+        Some(path) => path.rsplit('.').next().unwrap_or(path),
+        None => module_type,
+    }
+}
 
 impl SentencePipeline {
     /// Reads the sentence-transformers files of `dir` and checks that the pipeline is
@@ -144,7 +168,8 @@ impl SentencePipeline {
         let modules_path = dir.join("modules.json");
         let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
         let types: Vec<&str> = modules.iter().map(|m| m.module_type.as_str()).collect();
-        let normalize = match types.as_slice() {
+        let classes: Vec<&str> = types.iter().map(|t| module_class(t)).collect();
+        let normalize = match classes.as_slice() {
             [TRANSFORMER, POOLING] => false,
             [TRANSFORMER, POOLING, NORMALIZE] => true,
             _ => {
@@ -159,22 +184,46 @@ impl SentencePipeline {
         };
         let pooling_path = dir.join(&modules[1].path).join("config.json");
         let pooling: PoolingConfig = read_json(&pooling_path)?;
-        let only_mean = pooling.pooling_mode_mean_tokens
-            && !(pooling.pooling_mode_cls_token
-                || pooling.pooling_mode_max_tokens
-                || pooling.pooling_mode_mean_sqrt_len_tokens
-                || pooling.pooling_mode_weightedmean_tokens
-                || pooling.pooling_mode_lasttoken);
+        let only_mean = match &pooling.pooling_mode {
+            Some(serde_json::Value::String(mode)) => mode == "mean",
+            Some(serde_json::Value::Array(modes)) => modes == &[serde_json::json!("mean")],
+            Some(_) => false,
+            None => pooling.pooling_mode_mean_tokens,
+        } && !(pooling.pooling_mode_cls_token
+            || pooling.pooling_mode_max_tokens
+            || pooling.pooling_mode_mean_sqrt_len_tokens
+            || pooling.pooling_mode_weightedmean_tokens
+            || pooling.pooling_mode_lasttoken);
         if !only_mean {
             return Err(ModelError::ModelConfig {
                 file: pooling_path,
-                message: "only mean pooling (pooling_mode_mean_tokens alone) is implemented"
+                message: "only mean pooling (`pooling_mode` \"mean\", or \
+                          `pooling_mode_mean_tokens` alone) is implemented"
                     .to_string(),
             });
         }
         let sentence: SentenceBertConfig = read_json(&dir.join("sentence_bert_config.json"))?;
+        let max_seq_length = match sentence.max_seq_length {
+            Some(length) => length,
+            None => {
+                let tokenizer_path = dir.join("tokenizer_config.json");
+                let tokenizer: TokenizerConfig = read_json(&tokenizer_path)?;
+                // transformers writes a huge float (1e30) for "no limit": that is not a length.
+                match tokenizer.model_max_length {
+                    Some(length) if (1.0..=1e6).contains(&length) => length as usize,
+                    _ => {
+                        return Err(ModelError::ModelConfig {
+                            file: tokenizer_path,
+                            message: "no max_seq_length in sentence_bert_config.json and no \
+                                      usable model_max_length here: add one of them"
+                                .to_string(),
+                        })
+                    }
+                }
+            }
+        };
         Ok(SentencePipeline {
-            max_seq_length: sentence.max_seq_length,
+            max_seq_length,
             lowercase: sentence.do_lower_case,
             normalize,
         })
@@ -227,18 +276,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn pipeline_needs_mean_pooling() {
-        let dir = scratch("pipeline");
+    /// `modules.json` as sentence-transformers 5 (`sentence_transformers.models.*`) and 6
+    /// (`sentence_transformers.{base,sentence_transformer}.modules.*`) write it.
+    fn write_modules(dir: &Path, version: u32, last: &str) {
+        let [transformer, pooling, last] = if version < 6 {
+            [TRANSFORMER, POOLING, last].map(|c| format!("sentence_transformers.models.{c}"))
+        } else {
+            [
+                "sentence_transformers.base.modules.transformer.Transformer".to_string(),
+                "sentence_transformers.sentence_transformer.modules.pooling.Pooling".to_string(),
+                format!(
+                    "sentence_transformers.base.modules.{}.{last}",
+                    last.to_lowercase()
+                ),
+            ]
+        };
         std::fs::write(
             dir.join("modules.json"),
             format!(
-                r#"[{{"path": "", "type": "{TRANSFORMER}"}},
-                    {{"path": "1_Pooling", "type": "{POOLING}"}},
-                    {{"path": "2_Normalize", "type": "{NORMALIZE}"}}]"#
+                r#"[{{"path": "", "type": "{transformer}"}},
+                    {{"path": "1_Pooling", "type": "{pooling}"}},
+                    {{"path": "2_Last", "type": "{last}"}}]"#
             ),
         )
         .unwrap();
+    }
+
+    /// sentence-transformers 5's `sentence_bert_config.json` and mean-pooling config; returns
+    /// the pooling config's path.
+    fn write_version_5_configs(dir: &Path) -> PathBuf {
         std::fs::write(
             dir.join("sentence_bert_config.json"),
             r#"{"max_seq_length": 256, "do_lower_case": false}"#,
@@ -246,6 +312,44 @@ mod tests {
         .unwrap();
         let pooling = dir.join("1_Pooling").join("config.json");
         std::fs::write(&pooling, r#"{"pooling_mode_mean_tokens": true}"#).unwrap();
+        pooling
+    }
+
+    #[test]
+    fn pipelines_of_sentence_transformers_5_and_6_load_and_others_are_refused() {
+        let dir = scratch("versions");
+        let pooling = write_version_5_configs(&dir);
+        for version in [5, 6] {
+            if version == 6 {
+                // Version 6's files: the length in the tokenizer's config, one pooling mode.
+                std::fs::write(
+                    dir.join("sentence_bert_config.json"),
+                    r#"{"transformer_task": "feature-extraction"}"#,
+                )
+                .unwrap();
+                std::fs::write(
+                    dir.join("tokenizer_config.json"),
+                    r#"{"model_max_length": 256, "do_lower_case": true}"#,
+                )
+                .unwrap();
+                std::fs::write(&pooling, r#"{"pooling_mode": "mean"}"#).unwrap();
+            }
+            write_modules(&dir, version, NORMALIZE);
+            let pipeline = SentencePipeline::from_dir(&dir).unwrap();
+            assert!(pipeline.normalize, "sentence-transformers {version}");
+            assert_eq!(pipeline.max_seq_length, 256);
+            write_modules(&dir, version, "Dense");
+            let err = SentencePipeline::from_dir(&dir).unwrap_err().to_string();
+            assert!(err.contains("Dense"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pipeline_needs_mean_pooling() {
+        let dir = scratch("pipeline");
+        write_modules(&dir, 5, NORMALIZE);
+        let pooling = write_version_5_configs(&dir);
         let pipeline = SentencePipeline::from_dir(&dir).unwrap();
         assert_eq!(
             pipeline,
