@@ -165,6 +165,14 @@ fn write_eval(dir: &Path, method: &str, epsilon: Option<f64>, accuracy: f64, mau
             "seed": 0
         },
         "distribution": distribution,
+        "memorisation_nonprivate": epsilon.map(|_| json!({
+            "synthetic_texts": 3, "private_texts": 12,
+            "nearest_cosine": [0.5, 0.75, 0.99], "nearest_index": [0, 4, 7],
+            "longest_shared_words": [3, 5, 21],
+            "cosine_histogram": {"edges": [0.5, 0.75, 1.0], "counts": [1, 2]},
+            "shared_words_histogram": {"edges": [0.0, 2.0, 4.0, 6.0], "counts": [0, 1, 1]},
+            "texts_sharing_anchor_run": 1
+        })),
         "seconds": 1.5
     });
     std::fs::write(dir.join("eval.json"), report.to_string()).unwrap();
@@ -306,9 +314,18 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
     let html = std::fs::read_to_string(&html_path).unwrap();
     check_self_contained_xhtml(&html);
     // ε per round, FID, DPO loss, reward accuracy, clipped fraction, the noisy-score
-    // histograms of both rounds and the validation curve.
+    // histograms of both rounds, the validation curve and the two memorisation histograms.
     let plots = html.matches("<svg").count();
-    assert!(plots >= 6, "{plots} plots");
+    assert!(plots >= 8, "{plots} plots");
+    assert!(
+        html.contains(
+            "of 3 synthetic texts, 1 share a run of at least 8 words with one of the \
+                       12 private training texts (longest 21, median 5); the highest cosine to \
+                       a private training text is 0.9900"
+        ),
+        "no memorisation summary"
+    );
+    assert!(html.contains("Cosine to the nearest private text"));
     assert!(
         html.contains("Noisy scores per round"),
         "no noisy-score histograms"

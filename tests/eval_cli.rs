@@ -76,6 +76,13 @@ fn a_popri_run_is_scored_on_test_with_the_epoch_chosen_on_validation() {
     let config = write_small_federation(&dir, privacy);
     let run = dir.join("run");
     simulate(&config, &run, "popri");
+    // A planted copy of a client's text among the synthetic ones, for the memorisation
+    // diagnostic to find.
+    let planted = "Citizen 0 wrote note 1 about the harbour lighthouse, asking the council for a \
+                   clear answer before the spring session of 1851.";
+    let mut synthetic = std::fs::read_to_string(run.join("synthetic.jsonl")).unwrap();
+    synthetic.push_str(&format!("{}\n", serde_json::json!({ "text": planted })));
+    std::fs::write(run.join("synthetic.jsonl"), synthetic).unwrap();
     let printed = run_ok(&[
         "eval",
         "--json",
@@ -106,9 +113,34 @@ fn a_popri_run_is_scored_on_test_with_the_epoch_chosen_on_validation() {
     assert_eq!(curve[chosen - 1]["accuracy"].as_f64().unwrap(), best);
     let distribution = &report["distribution"];
     assert_eq!(
-        distribution["synthetic_texts"], 6,
-        "every synthetic text is embedded"
+        distribution["synthetic_texts"], 7,
+        "every synthetic text is embedded (6 and the planted copy)"
     );
+    // The planted copy: 22 words, of which at least the 16 after its note number occur in
+    // client 0's training texts (the note itself may be held out for evaluation), and its
+    // nearest private text is one of client 0's.
+    let memorisation = &report["memorisation_nonprivate"];
+    assert_eq!(memorisation["synthetic_texts"], 7);
+    assert_eq!(
+        memorisation["private_texts"], 24,
+        "4 training texts of 6 clients"
+    );
+    let longest = memorisation["longest_shared_words"].as_array().unwrap();
+    let cosines = memorisation["nearest_cosine"].as_array().unwrap();
+    assert_eq!((longest.len(), cosines.len()), (7, 7));
+    assert!(longest[6].as_u64().unwrap() >= 16, "{memorisation}");
+    assert!(cosines[6].as_f64().unwrap() > 0.9, "{memorisation}");
+    assert!(
+        memorisation["nearest_index"][6].as_u64().unwrap() < 4,
+        "client 0's texts come first"
+    );
+    let histogram: u64 = memorisation["shared_words_histogram"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(histogram, 7);
     assert_eq!(
         distribution["eval_texts"], 12,
         "both eval halves: 2 texts of 6 clients"

@@ -36,6 +36,7 @@ use crate::distribution::{knn_precision_recall, mauve, MauveOptions, DEFAULT_NEI
 use crate::engine::Progress;
 use crate::error::{Result, ServerError};
 use crate::fid::frechet_distance;
+use crate::memorisation::MemorisationResult;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
 use crate::setup::{
@@ -77,6 +78,12 @@ pub struct EvalReport {
     /// Embedding-distribution metrics (`None` when there is no text to compare: DP-FedAvg and
     /// the public reference).
     pub distribution: Option<DistributionResult>,
+    /// The memorisation diagnostic: each synthetic text's nearest private training text by
+    /// embedding cosine and its longest word run shared with one (computed from the clients'
+    /// raw texts; runs of a method that writes synthetic text only; absent from older
+    /// reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memorisation_nonprivate: Option<MemorisationResult>,
     /// Wall-clock seconds of the evaluation.
     pub seconds: f64,
 }
@@ -336,10 +343,11 @@ pub fn evaluate_run(
     let dir = RunDir::open(&run_dir)?;
     let config = dir.load_config()?;
     let session = Session::open(&config, options)?;
-    let split = session.split(&config)?;
+    let data = load_data(&config, &session.assets)?;
+    let split = session.split(&config, &data)?;
     let guard = BudgetGuard::new(&config.privacy);
     let (epsilon_rdp, epsilon_pld) = guard.spent(&dir.load_ledger()?)?;
-    let (downstream, distribution) = match config.run.method {
+    let (downstream, distribution, memorisation) = match config.run.method {
         Method::DpFedavg => {
             let adapter = dir.root().join(MODEL_DIR);
             if !adapter.is_dir() {
@@ -358,7 +366,7 @@ pub fn evaluate_run(
                 session.base_name, options.max_tokens
             );
             let downstream = session.score_only(&generator, &split, progress, described)?;
-            (downstream, None)
+            (downstream, None, None)
         }
         Method::Popri | Method::Pe | Method::PeSft => {
             let synthetic = read_synthetic(&dir.synthetic_path())?;
@@ -371,7 +379,9 @@ pub fn evaluate_run(
             let downstream = session.train_and_score(&config, &train, &split, progress)?;
             let distribution =
                 session.distribution(&config, dir.root(), &synthetic, &split, progress)?;
-            (downstream, distribution)
+            let memorisation =
+                session.memorisation(&config, dir.root(), &synthetic, &data, progress)?;
+            (downstream, distribution, memorisation)
         }
     };
     let report = EvalReport {
@@ -384,6 +394,7 @@ pub fn evaluate_run(
         delta: Some(config.privacy.delta),
         downstream,
         distribution,
+        memorisation_nonprivate: memorisation,
         seconds: clock.elapsed().as_secs_f64(),
     };
     write_report(dir.root(), &report)?;
@@ -406,8 +417,7 @@ pub fn evaluate_reference(
     write_atomic(&out.join("config.toml"), config.to_toml()?.as_bytes())?;
     let session = Session::open(config, options)?;
     let data = load_data(config, &session.assets)?;
-    let split = EvalSplit::of(&data, config.data_seed(), options.max_eval_texts);
-    check_split(&split)?;
+    let split = session.split(config, &data)?;
     let (downstream, distribution) = match reference {
         Reference::Public => {
             let generator = session.generator()?;
@@ -440,6 +450,7 @@ pub fn evaluate_reference(
         delta: None,
         downstream,
         distribution,
+        memorisation_nonprivate: None,
         seconds: clock.elapsed().as_secs_f64(),
     };
     write_report(out, &report)?;
@@ -535,9 +546,8 @@ impl<'a> Session<'a> {
         })
     }
 
-    fn split(&self, config: &RunConfig) -> Result<EvalSplit> {
-        let data = load_data(config, &self.assets)?;
-        let split = EvalSplit::of(&data, config.data_seed(), self.options.max_eval_texts);
+    fn split(&self, config: &RunConfig, data: &FederatedData) -> Result<EvalSplit> {
+        let split = EvalSplit::of(data, config.data_seed(), self.options.max_eval_texts);
         check_split(&split)?;
         Ok(split)
     }
@@ -704,6 +714,36 @@ impl<'a> Session<'a> {
             synthetic_texts: samples.len(),
             eval_texts: eval.len(),
         }))
+    }
+
+    /// The memorisation diagnostic of `synthetic` against the clients' training texts
+    /// (`None` without synthetic texts).
+    fn memorisation(
+        &self,
+        config: &RunConfig,
+        cache_base: &Path,
+        synthetic: &[String],
+        data: &FederatedData,
+        progress: &dyn Progress,
+    ) -> Result<Option<MemorisationResult>> {
+        if synthetic.is_empty() {
+            return Ok(None);
+        }
+        let embedder = load_embedder(config, &self.assets, self.device)?;
+        let cache = embedding_cache_dir(&self.assets, cache_base);
+        let private = data.train_texts();
+        let private_embeddings =
+            embed_with_progress(&embedder, &private, &cache, progress, "embed private texts")?;
+        let synthetic: Vec<&str> = synthetic.iter().map(String::as_str).collect();
+        let synthetic_embeddings =
+            embed_with_progress(&embedder, &synthetic, &cache, progress, "embed texts")?;
+        MemorisationResult::measure(
+            &synthetic,
+            &private,
+            &synthetic_embeddings,
+            &private_embeddings,
+        )
+        .map(Some)
     }
 }
 

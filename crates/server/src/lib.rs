@@ -13,6 +13,7 @@ pub mod error;
 pub mod evaluate;
 mod fedavg;
 pub mod fid;
+pub mod memorisation;
 /// The DP release of a round (from `dp-mechanics`).
 pub use dp_mechanics::release as noise;
 pub mod pairs;

@@ -10,6 +10,7 @@ use super::document::{Block, Document};
 use super::record::{format_number, RunRecord};
 use crate::error::{Result, ServerError};
 use crate::evaluate::EvalReport;
+use crate::memorisation::ANCHOR_WORDS;
 use crate::run_dir::{write_atomic, RoundMetrics};
 
 /// The Markdown report, in the run directory.
@@ -368,7 +369,53 @@ fn evaluation(eval: Option<&EvalReport>, dir: &Path, doc: &mut Document) -> Resu
             dist.recall
         ));
     }
+    if let Some(m) = &eval.memorisation_nonprivate {
+        let median = |values: &[usize]| {
+            let mut sorted = values.to_vec();
+            sorted.sort_unstable();
+            sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+        };
+        let closest = m.nearest_cosine.iter().copied().fold(f64::NAN, f64::max);
+        items.push(format!(
+            "{NONPRIVATE} memorisation: of {} synthetic texts, {} share a run of at least {} \
+             words with one of the {} private training texts (longest {}, median {}); the \
+             highest cosine to a private training text is {:.4}",
+            m.synthetic_texts,
+            m.texts_sharing_anchor_run,
+            ANCHOR_WORDS,
+            m.private_texts,
+            m.longest_shared_words.iter().max().copied().unwrap_or(0),
+            median(&m.longest_shared_words),
+            closest
+        ));
+    }
     doc.push(Block::List(items));
+    if let Some(m) = &eval.memorisation_nonprivate {
+        let plots = [
+            (
+                "memorisation-shared-words",
+                "Longest word run each synthetic text shares with a private text (nonprivate)",
+                "words",
+                &m.shared_words_histogram,
+                "the longest run of consecutive words it shares with any private training \
+                 text (bins of two words; the last holds 32 and more)",
+            ),
+            (
+                "memorisation-cosine",
+                "Cosine to the nearest private text (nonprivate)",
+                "cosine",
+                &m.cosine_histogram,
+                "the embedding cosine to its nearest private training text",
+            ),
+        ];
+        for (file, title, x_label, histogram, what) in plots {
+            doc.push(Block::Plot {
+                file: format!("{REPORT_PLOTS}/{file}.svg"),
+                svg: histogram_svg(title, x_label, histogram)?,
+                caption: format!("{NONPRIVATE} For each synthetic text, {what}"),
+            });
+        }
+    }
     let validation: Vec<(f64, f64)> = d
         .validation
         .iter()
