@@ -129,7 +129,7 @@ def markdown(python_path: str, rust_paths: list, compare: list) -> None:
     print()
     v = python["versions"]
     print(f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}; "
-          f"fedsyn: tch 0.26 on the same libtorch. Tokens in the {python['docs']} documents: "
+          f"fedsyn: tch 0.24 on the same libtorch. Tokens in the {python['docs']} documents: "
           f"{runs[0]['tokens']} (after truncation to 256).")
 
 

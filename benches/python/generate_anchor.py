@@ -132,7 +132,7 @@ def markdown(paths: list) -> None:
           f"{python['new_tokens']} new tokens per row sampled at temperature 1.0, fp32 on the "
           f"CPU, {python['threads']} torch threads, its own process; time = prefill + all "
           f"decoding steps, model load excluded. Python {v['python']}, torch {v['torch']}, "
-          f"transformers {v['transformers']} (attention: {python['attention']}); fedsyn: tch 0.26 "
+          f"transformers {v['transformers']} (attention: {python['attention']}); fedsyn: tch 0.24 "
           f"on the same libtorch, matmuls through {rust.get('matmul', '?')}.")
 
 

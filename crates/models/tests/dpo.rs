@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use models::llama::{CausalLm, LoraConfig, LoraTarget};
 use models::train::{
-    sequence_log_probs, LrSchedule, PairScores, PreferenceConfig, PreferenceLoss,
+    pair_log_probs, sequence_log_probs, LrSchedule, PairScores, PreferenceConfig, PreferenceLoss,
     PreferenceTrainer, SequenceBatch, StepMetrics, TokenizedPair, Truncation,
 };
 use serde::Deserialize;
@@ -133,6 +133,8 @@ fn assert_close(got: f64, want: f64, relative: f64, what: &str) {
     );
 }
 
+/// Both ways of scoring a pair batch: the concatenated sequences in one pass, and each prompt
+/// once for both its completions (`pair_log_probs`, what the trainer runs).
 #[test]
 fn log_probs_match_peft_with_and_without_the_adapter() {
     let reference = reference();
@@ -152,27 +154,31 @@ fn log_probs_match_peft_with_and_without_the_adapter() {
         let logits = model
             .forward_train(&batch.input_ids, &batch.attention_mask, adapter, false)
             .unwrap();
-        let log_probs = sequence_log_probs(&logits, &batch).unwrap();
-        let split = PairScores::split(&log_probs.sum);
-        for (i, (want_c, want_r)) in chosen.iter().zip(rejected).enumerate() {
-            let what = |side| format!("pair {i} {side}, adapter {adapter}");
-            assert_close(
-                split.chosen.double_value(&[i as i64]),
-                *want_c,
-                1e-5,
-                &what("chosen"),
-            );
-            assert_close(
-                split.rejected.double_value(&[i as i64]),
-                *want_r,
-                1e-5,
-                &what("rejected"),
+        let concatenated = sequence_log_probs(&logits, &batch).unwrap();
+        let (shared_batch, shared) = pair_log_probs(&model, &refs, adapter, false).unwrap();
+        assert_eq!(shared_batch.tokens, batch.tokens);
+        for (way, log_probs) in [("concatenated", concatenated), ("shared prompts", shared)] {
+            let split = PairScores::split(&log_probs.sum);
+            for (i, (want_c, want_r)) in chosen.iter().zip(rejected).enumerate() {
+                let what = |side| format!("{way}: pair {i} {side}, adapter {adapter}");
+                assert_close(
+                    split.chosen.double_value(&[i as i64]),
+                    *want_c,
+                    1e-5,
+                    &what("chosen"),
+                );
+                assert_close(
+                    split.rejected.double_value(&[i as i64]),
+                    *want_r,
+                    1e-5,
+                    &what("rejected"),
+                );
+            }
+            assert_eq!(
+                Vec::<i64>::try_from(&log_probs.tokens).unwrap(),
+                reference.completion_tokens
             );
         }
-        assert_eq!(
-            Vec::<i64>::try_from(&log_probs.tokens).unwrap(),
-            reference.completion_tokens
-        );
     }
 }
 

@@ -27,6 +27,22 @@ pub struct LayerCache<'a> {
     start: i64,
 }
 
+/// What one layer's attention sees besides its new positions, and where their keys and values
+/// go.
+#[derive(Debug)]
+pub(crate) enum LayerKv<'a> {
+    /// The new positions alone.
+    Fresh,
+    /// The decoding cache: the new keys and values are written after the cached ones.
+    Cache(LayerCache<'a>),
+    /// The new positions alone, whose (rotated) keys and values are kept: a prompt that later
+    /// passes share.
+    Record(&'a mut Vec<(Tensor, Tensor)>),
+    /// A shared prompt's keys and values (one row per new row) in front of the new
+    /// positions; gradients flow back into the prompt's pass.
+    Prefix(&'a (Tensor, Tensor)),
+}
+
 impl LayerCache<'_> {
     /// Writes the new keys and values (`[batch, kv_heads, seq, head_dim]`) after the cached
     /// ones and returns views of everything cached so far, new slots included.

@@ -5,7 +5,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::cache::LayerCache;
+use super::cache::LayerKv;
 use super::config::LlamaConfig;
 use super::lora::{AdaptedLinear, AdapterMode, LoraTarget};
 use super::onednn;
@@ -257,17 +257,17 @@ impl Attention {
         }
     }
 
-    /// Attends from the `seq` new positions of `x` (`[batch, seq, d]`) to every cached
-    /// position and to themselves. `mask` says which key each query may see; `cache`, when
-    /// given, receives the new keys and values and supplies the earlier ones; `adapters`
-    /// says whether the projections' LoRA adapters take part.
+    /// Attends from the `seq` new positions of `x` (`[batch, seq, d]`) to every earlier
+    /// position `kv` supplies (a cache, or a shared prompt) and to themselves. `mask` says
+    /// which key each query may see; `adapters` says whether the projections' LoRA adapters
+    /// take part.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttentionMask,
-        cache: Option<LayerCache<'_>>,
+        kv: LayerKv<'_>,
         adapters: AdapterMode,
     ) -> Tensor {
         let (batch, seq) = (x.size()[0], x.size()[1]);
@@ -284,9 +284,17 @@ impl Attention {
         let queries = rotated.narrow(1, 0, heads);
         let keys = rotated.narrow(1, heads, kv_heads);
         let values = all_heads.narrow(1, heads + kv_heads, kv_heads);
-        let (keys, values) = match cache {
-            Some(cache) => cache.append(&keys, &values),
-            None => (keys, values),
+        let (keys, values) = match kv {
+            LayerKv::Fresh => (keys, values),
+            LayerKv::Cache(cache) => cache.append(&keys, &values),
+            LayerKv::Record(kept) => {
+                kept.push((keys.shallow_clone(), values.shallow_clone()));
+                (keys, values)
+            }
+            LayerKv::Prefix((prompt_keys, prompt_values)) => (
+                Tensor::cat(&[prompt_keys, &keys], 2),
+                Tensor::cat(&[prompt_values, &values], 2),
+            ),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (allowed, causal) = match mask {
@@ -400,12 +408,12 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttentionMask,
-        cache: Option<LayerCache<'_>>,
+        kv: LayerKv<'_>,
         adapters: AdapterMode,
     ) -> Tensor {
         let attended =
             self.attention
-                .forward(&self.input_norm.forward(x), cos, sin, mask, cache, adapters);
+                .forward(&self.input_norm.forward(x), cos, sin, mask, kv, adapters);
         let h = x + attended;
         let fed_forward = self
             .mlp

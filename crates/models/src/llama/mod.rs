@@ -42,6 +42,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
 pub use allocator::keep_freed_memory;
+use cache::LayerKv;
 pub use cache::{KvCache, LayerCache};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Family, LlamaConfig};
@@ -308,13 +309,11 @@ impl CausalLm {
             Some(state) if !state.merged => AdapterMode::On,
             _ => AdapterMode::Off,
         };
-        let hidden = self.run_blocks(
-            &input_ids,
-            &positions,
-            &mask,
-            cache.as_deref_mut(),
-            adapters,
-        );
+        let kv = match cache.as_deref() {
+            Some(cache) => PassKv::Cache(cache),
+            None => PassKv::Fresh,
+        };
+        let hidden = self.run_blocks(&input_ids, &positions, &mask, kv, adapters);
         if let Some(cache) = cache.as_mut() {
             cache.advance(seq);
         }
@@ -358,7 +357,124 @@ impl CausalLm {
         adapter: bool,
         train: bool,
     ) -> Result<Tensor> {
-        let adapters = match (&self.lora, adapter) {
+        let adapters = self.training_adapters(adapter, train)?;
+        let shape = input_ids.size();
+        let positions = match shape.as_slice() {
+            &[batch, seq] => Tensor::arange(seq, (Kind::Int64, input_ids.device()))
+                .view([1, seq])
+                .expand([batch, seq], false),
+            _ => input_ids.shallow_clone(), // check_inputs names the bad shape
+        };
+        self.check_inputs(input_ids, &positions, attention_mask, 0)?;
+        check_right_padded(attention_mask)?;
+        let input_ids = input_ids.to_device(self.device);
+        let positions = positions.to_device(self.device);
+        Ok(self.run_blocks(
+            &input_ids,
+            &positions,
+            &AttentionMask::Causal,
+            PassKv::Fresh,
+            adapters,
+        ))
+    }
+
+    /// The training pass over prompts that several continuations share (the chosen and the
+    /// rejected completion of a DPO pair): each prompt runs once, and each continuation
+    /// attends to its prompt's keys and values as if it followed the prompt in one sequence,
+    /// with gradients flowing back through the shared prompt. The hidden states equal those
+    /// of [`CausalLm::forward_train_hidden`] on the concatenated sequences, to float
+    /// rounding, for about the cost of the prompts once instead of once per continuation.
+    ///
+    /// Returns the final hidden states of the prompts (`[prompts, Lp, d]`) and of the
+    /// continuations (`[rows, Lc, d]`); those at padding are meaningless. `adapter` and
+    /// `train` are as for [`CausalLm::forward_train_hidden`].
+    pub fn forward_train_shared_prompts(
+        &self,
+        batch: &SharedPromptBatch,
+        adapter: bool,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let adapters = self.training_adapters(adapter, train)?;
+        let SharedPromptBatch {
+            prompt_ids,
+            prompt_mask,
+            continuation_ids,
+            continuation_mask,
+            prompt_of,
+        } = batch;
+        let (prompts, prompt_width) = two_dims("prompt_ids", prompt_ids)?;
+        let (rows, width) = two_dims("continuation_ids", continuation_ids)?;
+        if prompt_of.len() as i64 != rows || prompt_of.iter().any(|&p| !(0..prompts).contains(&p)) {
+            return Err(ModelError::InvalidArgument {
+                name: "prompt_of",
+                message: format!(
+                    "{} prompt indices for {rows} continuation rows; each must lie in \
+                     0..{prompts}",
+                    prompt_of.len()
+                ),
+            });
+        }
+        let device = self.device;
+        let arange = |n: i64| Tensor::arange(n, (Kind::Int64, device));
+        let prompt_positions = arange(prompt_width)
+            .view([1, prompt_width])
+            .expand([prompts, prompt_width], false);
+        self.check_inputs(prompt_ids, &prompt_positions, prompt_mask, 0)?;
+        check_right_padded(prompt_mask)?;
+        let mut kept = Vec::with_capacity(self.layers.len());
+        let prompt_hidden = self.run_blocks(
+            &prompt_ids.to_device(device),
+            &prompt_positions,
+            &AttentionMask::Causal,
+            PassKv::Record(&mut kept),
+            adapters,
+        );
+
+        let row_prompt = Tensor::from_slice(prompt_of).to_device(device);
+        let prompt_lengths = prompt_mask
+            .to_device(device)
+            .ne(0)
+            .sum_dim_intlist(1, false, Kind::Int64)
+            .index_select(0, &row_prompt);
+        // Each continuation token sits right after its prompt's last real token.
+        let positions = prompt_lengths.view([rows, 1]) + arange(width).view([1, width]);
+        self.check_inputs(continuation_ids, &positions, continuation_mask, 0)?;
+        check_right_padded(continuation_mask)?;
+        let prefix: Vec<(Tensor, Tensor)> = kept
+            .iter()
+            .map(|(keys, values)| {
+                (
+                    keys.index_select(0, &row_prompt),
+                    values.index_select(0, &row_prompt),
+                )
+            })
+            .collect();
+        // A continuation query sees its prompt's real tokens and, causally, its own row
+        // (padding keys of the continuation come after every real query, so causality hides
+        // them).
+        let prompt_keys = arange(prompt_width)
+            .view([1, 1, 1, prompt_width])
+            .lt_tensor(&prompt_lengths.view([rows, 1, 1, 1]))
+            .expand([rows, 1, width, prompt_width], false);
+        let own_keys = Tensor::ones([width, width], (Kind::Bool, device))
+            .tril(0)
+            .view([1, 1, width, width])
+            .expand([rows, 1, width, width], false);
+        let allowed = Tensor::cat(&[prompt_keys, own_keys], 3);
+        let hidden = self.run_blocks(
+            &continuation_ids.to_device(device),
+            &positions,
+            &AttentionMask::Allowed(allowed),
+            PassKv::Prefix(&prefix),
+            adapters,
+        );
+        Ok((prompt_hidden, hidden))
+    }
+
+    /// How the adapters take part in a training pass (see
+    /// [`CausalLm::forward_train_hidden`]).
+    fn training_adapters(&self, adapter: bool, train: bool) -> Result<AdapterMode> {
+        Ok(match (&self.lora, adapter) {
             (Some(state), _) if state.merged => {
                 return Err(ModelError::LoraState(
                     "the adapters are merged into the weights; unmerge them before a training \
@@ -376,25 +492,7 @@ impl CausalLm {
             }
             (Some(_), true) if train => AdapterMode::Training,
             (Some(_), true) => AdapterMode::On,
-        };
-        let shape = input_ids.size();
-        let positions = match shape.as_slice() {
-            &[batch, seq] => Tensor::arange(seq, (Kind::Int64, input_ids.device()))
-                .view([1, seq])
-                .expand([batch, seq], false),
-            _ => input_ids.shallow_clone(), // check_inputs names the bad shape
-        };
-        self.check_inputs(input_ids, &positions, attention_mask, 0)?;
-        check_right_padded(attention_mask)?;
-        let input_ids = input_ids.to_device(self.device);
-        let positions = positions.to_device(self.device);
-        Ok(self.run_blocks(
-            &input_ids,
-            &positions,
-            &AttentionMask::Causal,
-            None,
-            adapters,
-        ))
+        })
     }
 
     /// Embedding, every block and the final norm.
@@ -403,7 +501,7 @@ impl CausalLm {
         input_ids: &Tensor,
         positions: &Tensor,
         mask: &AttentionMask,
-        cache: Option<&mut KvCache>,
+        mut kv: PassKv<'_>,
         adapters: AdapterMode,
     ) -> Tensor {
         let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
@@ -413,8 +511,13 @@ impl CausalLm {
             .index_select(0, &input_ids.reshape([-1]))
             .view([batch, seq, -1]);
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_ref().map(|c| c.layer(i));
-            hidden = layer.forward(&hidden, &cos, &sin, mask, layer_cache, adapters);
+            let layer_kv = match &mut kv {
+                PassKv::Fresh => LayerKv::Fresh,
+                PassKv::Cache(cache) => LayerKv::Cache(cache.layer(i)),
+                PassKv::Record(kept) => LayerKv::Record(kept),
+                PassKv::Prefix(prefix) => LayerKv::Prefix(&prefix[i]),
+            };
+            hidden = layer.forward(&hidden, &cos, &sin, mask, layer_kv, adapters);
         }
         self.norm.forward(&hidden)
     }
@@ -485,6 +588,42 @@ impl CausalLm {
 }
 
 /// Checks that every row of `attention_mask` (`[batch, seq]`) is real tokens then padding.
+/// Right-padded prompts and the continuations that share them, the input of
+/// [`CausalLm::forward_train_shared_prompts`].
+#[derive(Debug)]
+pub struct SharedPromptBatch {
+    /// `[prompts, Lp]` token ids (int64).
+    pub prompt_ids: Tensor,
+    /// `[prompts, Lp]`, 1 at real tokens, 0 at padding (each row's real tokens first).
+    pub prompt_mask: Tensor,
+    /// `[rows, Lc]` token ids of the continuations.
+    pub continuation_ids: Tensor,
+    /// `[rows, Lc]`, 1 at real tokens, 0 at padding.
+    pub continuation_mask: Tensor,
+    /// The prompt (row of `prompt_ids`) of each continuation row.
+    pub prompt_of: Vec<i64>,
+}
+
+/// Where the blocks of one pass find keys and values besides the new positions' (see
+/// [`LayerKv`]).
+enum PassKv<'a> {
+    Fresh,
+    Cache(&'a KvCache),
+    Record(&'a mut Vec<(Tensor, Tensor)>),
+    Prefix(&'a [(Tensor, Tensor)]),
+}
+
+/// The two dimensions of a `[rows, width]` input, or an error naming it.
+fn two_dims(name: &'static str, tensor: &Tensor) -> Result<(i64, i64)> {
+    match tensor.size().as_slice() {
+        &[rows, width] if rows > 0 && width > 0 => Ok((rows, width)),
+        shape => Err(ModelError::InvalidArgument {
+            name,
+            message: format!("shape {shape:?}; expected [rows ≥ 1, width ≥ 1]"),
+        }),
+    }
+}
+
 fn check_right_padded(attention_mask: &Tensor) -> Result<()> {
     let seq = attention_mask.size()[1];
     let real = attention_mask.ne(0);

@@ -21,7 +21,7 @@ use super::optim::{
 };
 use super::preference::{PreferencePair, SequenceBatch, TokenizedPair, Truncation};
 use crate::error::{ModelError, Result};
-use crate::llama::{CausalLm, Generator};
+use crate::llama::{CausalLm, Generator, SharedPromptBatch};
 
 /// Hyper-parameters of a preference run; the defaults are POPri's (§ 1.7 of the reference
 /// notes): DPO with β 0.01, AdamW (0.9, 0.999, 1e-8, no weight decay) at 8e-7 with a cosine
@@ -460,8 +460,7 @@ impl PreferenceTrainer {
         let mut scores = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(2 * self.config.batch_size) {
             let refs: Vec<&TokenizedPair> = chunk.iter().collect();
-            let batch = SequenceBatch::chosen_then_rejected(&refs, model.device());
-            let log_probs = batch_log_probs(model, &batch, false, false)?;
+            let (_, log_probs) = pair_log_probs(model, &refs, false, false)?;
             let split = PairScores::split(&self.config.loss.sequence_scores(&log_probs));
             let chosen = Vec::<f32>::try_from(split.chosen.to_device(Device::Cpu))?;
             let rejected = Vec::<f32>::try_from(split.rejected.to_device(Device::Cpu))?;
@@ -534,8 +533,7 @@ impl PreferenceTrainer {
                 tokens: batch.tokens,
             });
         }
-        let batch = SequenceBatch::chosen_then_rejected(pairs, device);
-        let log_probs = batch_log_probs(model, &batch, true, true)?;
+        let (batch, log_probs) = pair_log_probs(model, pairs, true, true)?;
         let policy = PairScores::split(&loss_kind.sequence_scores(&log_probs));
         let reference = PairScores {
             chosen: Tensor::from_slice(&reference.iter().map(|r| r.chosen).collect::<Vec<_>>())
@@ -635,6 +633,74 @@ fn batch_log_probs(
     let hidden =
         model.forward_train_hidden(&batch.input_ids, &batch.attention_mask, adapter, train)?;
     sequence_log_probs_from_hidden(&hidden, &model.lm_head, batch)
+}
+
+/// Completion log-probabilities of the chosen rows of `pairs`, then their rejected rows (TRL's
+/// concatenated batch, returned with them), under the policy (`adapter`) or the reference.
+/// Each prompt runs once for both of its completions
+/// ([`CausalLm::forward_train_shared_prompts`]); the hidden states are then laid out as the
+/// concatenated batch's, so that scoring is the same as for an unshared pass.
+pub fn pair_log_probs(
+    model: &CausalLm,
+    pairs: &[&TokenizedPair],
+    adapter: bool,
+    train: bool,
+) -> Result<(SequenceBatch, SequenceLogProbs)> {
+    let device = model.device();
+    let batch = SequenceBatch::chosen_then_rejected(pairs, device);
+    let prompt_rows: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .map(|p| (p.prompt.as_slice(), &[][..]))
+        .collect();
+    let prompts = SequenceBatch::new(&prompt_rows, device);
+    let continuation_rows: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .map(|p| (&[][..], p.chosen.as_slice()))
+        .chain(pairs.iter().map(|p| (&[][..], p.rejected.as_slice())))
+        .collect();
+    let continuations = SequenceBatch::new(&continuation_rows, device);
+    let n = pairs.len();
+    let prompt_of: Vec<i64> = (0..2 * n).map(|row| (row % n) as i64).collect();
+    let (prompt_width, width) = (
+        prompts.input_ids.size()[1],
+        continuations.input_ids.size()[1],
+    );
+    let shared = SharedPromptBatch {
+        prompt_ids: prompts.input_ids,
+        prompt_mask: prompts.attention_mask,
+        continuation_ids: continuations.input_ids,
+        continuation_mask: continuations.attention_mask,
+        prompt_of,
+    };
+    let (prompt_hidden, continuation_hidden) =
+        model.forward_train_shared_prompts(&shared, adapter, train)?;
+    // Row r, position t of the concatenated batch: prompt position t of its pair, or
+    // continuation position t − (prompt length); padding borrows any row (never scored).
+    let full_width = batch.input_ids.size()[1];
+    let mut source = Vec::with_capacity(2 * n * full_width as usize);
+    for (row, &pair) in shared.prompt_of.iter().enumerate() {
+        let prompt_length = pairs[pair as usize].prompt.len() as i64;
+        for t in 0..full_width {
+            source.push(if t < prompt_length {
+                pair * prompt_width + t
+            } else {
+                let offset = (t - prompt_length).min(width - 1);
+                n as i64 * prompt_width + row as i64 * width + offset
+            });
+        }
+    }
+    let d = prompt_hidden.size()[2];
+    let hidden = Tensor::cat(
+        &[
+            prompt_hidden.reshape([-1, d]),
+            continuation_hidden.reshape([-1, d]),
+        ],
+        0,
+    )
+    .index_select(0, &Tensor::from_slice(&source).to_device(device))
+    .view([2 * n as i64, full_width, d]);
+    let log_probs = sequence_log_probs_from_hidden(&hidden, &model.lm_head, &batch)?;
+    Ok((batch, log_probs))
 }
 
 /// The loss of a micro-batch (with its graph) and its detached statistics.

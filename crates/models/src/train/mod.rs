@@ -39,7 +39,7 @@ pub use downstream::{
     encode_texts, mean_token_loss, next_token_accuracy, next_token_hits, CausalLmConfig,
     CausalLmTrainer, TokenAccuracy, TrainingStats,
 };
-pub use dpo::{PreferenceConfig, PreferenceTrainer, StepMetrics};
+pub use dpo::{pair_log_probs, PreferenceConfig, PreferenceTrainer, StepMetrics};
 pub use loss::{
     sequence_log_probs, sequence_log_probs_from_hidden, sft_loss, PairScores, PreferenceLoss,
     SequenceLogProbs,
