@@ -46,7 +46,9 @@ pub struct Roster {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Packet {
+    #[serde(deserialize_with = "wire::index::deserialize")]
     pub from: u32,
+    #[serde(deserialize_with = "wire::index::deserialize")]
     pub to: u32,
     #[serde(with = "wire::bytes")]
     pub ciphertext: Vec<u8>,
@@ -94,6 +96,7 @@ pub enum SecretKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevealedShare {
+    #[serde(deserialize_with = "wire::index::deserialize")]
     pub owner: u32,
     pub secret: SecretKind,
     #[serde(with = "wire::bytes")]

@@ -25,6 +25,36 @@ pub mod bytes {
     }
 }
 
+/// A participant index (`u32`) read from an integer or from a float without a fraction: JSON
+/// Schema's `integer`, which the published OpenAPI document uses, admits `3.0`.
+pub mod index {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        struct Whole;
+        impl serde::de::Visitor<'_> for Whole {
+            type Value = u32;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a participant index: a whole number in 0..=4294967295")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+                u32::try_from(v).map_err(|_| E::custom(format!("{v} is not a participant index")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+                u32::try_from(v).map_err(|_| E::custom(format!("{v} is not a participant index")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
+                if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                    Ok(v as u32)
+                } else {
+                    Err(E::custom(format!("{v} is not a participant index")))
+                }
+            }
+        }
+        deserializer.deserialize_any(Whole)
+    }
+}
+
 /// `[u8; 32]` (a public key or a commitment) as base64.
 pub mod key {
     use super::*;

@@ -164,7 +164,10 @@ fn schemas() -> Value {
         },
         "ScoresRequest": {
             "type": "object", "required": ["scores"], "additionalProperties": false,
-            "properties": {"scores": {"type": "array", "items": {"type": "number"}}}
+            "properties": {"scores": {
+                "type": "array", "items": {"type": "number"}, "minItems": 1,
+                "description": "One score per candidate of the round, in candidate order: as many as the task's `candidates` (a vector of another length is answered 422)"
+            }}
         },
         "SessionView": {
             "type": "object",
@@ -191,26 +194,41 @@ fn schemas() -> Value {
         "PublicKeys": {
             "type": "object", "required": ["cipher", "mask", "self_mask_commitment"], "additionalProperties": false,
             "description": "X25519 public keys and the SHA-256 of the self-mask seed (standard base64, 32 bytes each)",
-            "properties": {"cipher": {"type": "string", "contentEncoding": "base64"}, "mask": {"type": "string", "contentEncoding": "base64"}, "self_mask_commitment": {"type": "string", "contentEncoding": "base64"}}
+            "properties": {"cipher": {"$ref": "#/components/schemas/Bytes32"}, "mask": {"$ref": "#/components/schemas/Bytes32"}, "self_mask_commitment": {"$ref": "#/components/schemas/Bytes32"}}
+        },
+        "Bytes32": {
+            "type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+            "description": "32 bytes in canonical standard base64 (44 characters; unused bits zero)"
+        },
+        "Index": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "description": "A participant's index in the session (32-bit unsigned)"},
+        "Words64": {
+            "type": "string", "contentEncoding": "base64",
+            "pattern": "^(?:[A-Za-z0-9+/]{32})*(?:[A-Za-z0-9+/]{10}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/]{21}[AQgw]==)?$",
+            "description": "Unsigned 64-bit words, little-endian, in canonical standard base64 (a whole number of 8-byte words)"
+        },
+        "Base64": {
+            "type": "string", "contentEncoding": "base64",
+            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+            "description": "Bytes in canonical standard base64 (padded; unused bits zero)"
         },
         "Packet": {
             "type": "object", "required": ["from", "to", "ciphertext"], "additionalProperties": false,
-            "properties": {"from": {"type": "integer"}, "to": {"type": "integer"}, "ciphertext": {"type": "string", "contentEncoding": "base64"}}
+            "properties": {"from": {"$ref": "#/components/schemas/Index"}, "to": {"$ref": "#/components/schemas/Index"}, "ciphertext": {"$ref": "#/components/schemas/Base64"}}
         },
         "SecAggMessage": {
             "description": "The client's message for the current step, tagged by `step`",
             "oneOf": [
                 {"type": "object", "required": ["step", "cipher", "mask", "self_mask_commitment"], "additionalProperties": false,
-                 "properties": {"step": {"const": "keys"}, "cipher": {"type": "string"}, "mask": {"type": "string"}, "self_mask_commitment": {"type": "string"}}},
+                 "properties": {"step": {"const": "keys"}, "cipher": {"$ref": "#/components/schemas/Bytes32"}, "mask": {"$ref": "#/components/schemas/Bytes32"}, "self_mask_commitment": {"$ref": "#/components/schemas/Bytes32"}}},
                 {"type": "object", "required": ["step", "packets"], "additionalProperties": false,
                  "properties": {"step": {"const": "shares"}, "packets": {"type": "array", "items": {"$ref": "#/components/schemas/Packet"}}}},
                 {"type": "object", "required": ["step", "masked"], "additionalProperties": false,
                  "description": "masked: the base64 of the masked vector's little-endian 64-bit words",
-                 "properties": {"step": {"const": "masked"}, "masked": {"type": "string", "contentEncoding": "base64"}}},
+                 "properties": {"step": {"const": "masked"}, "masked": {"$ref": "#/components/schemas/Words64"}}},
                 {"type": "object", "required": ["step", "shares"], "additionalProperties": false,
                  "properties": {"step": {"const": "unmask"}, "shares": {"type": "array", "items": {
                      "type": "object", "required": ["owner", "secret", "share"], "additionalProperties": false,
-                     "properties": {"owner": {"type": "integer"}, "secret": {"enum": ["self_mask", "mask_key"]}, "share": {"type": "string", "contentEncoding": "base64"}}
+                     "properties": {"owner": {"$ref": "#/components/schemas/Index"}, "secret": {"enum": ["self_mask", "mask_key"]}, "share": {"$ref": "#/components/schemas/Base64"}}
                  }}}}
             ]
         },
@@ -245,6 +263,78 @@ fn schemas() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The published base64 patterns accept every encoding the wire format writes and refuse
+    /// what its decoder refuses (a request the schema admits must not be refused as malformed;
+    /// schemathesis found non-canonical padding bits that the schema allowed).
+    #[test]
+    fn base64_patterns_match_the_wire_format() {
+        let schemas = document()["components"]["schemas"].clone();
+        let pattern =
+            |name: &str| regex::Regex::new(schemas[name]["pattern"].as_str().unwrap()).unwrap();
+        let (bytes32, base64, words64) =
+            (pattern("Bytes32"), pattern("Base64"), pattern("Words64"));
+        let wire = |packet: &secure_aggregation::Packet| {
+            serde_json::to_value(packet).unwrap()["ciphertext"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        for length in 0..40u8 {
+            let bytes: Vec<u8> = (0..length).map(|i| i.wrapping_mul(97) ^ 0xA5).collect();
+            let packet = secure_aggregation::Packet {
+                from: 0,
+                to: 1,
+                ciphertext: bytes.clone(),
+            };
+            let encoded = wire(&packet);
+            assert!(base64.is_match(&encoded), "{encoded}");
+            assert_eq!(bytes32.is_match(&encoded), length == 32, "{encoded}");
+            assert_eq!(words64.is_match(&encoded), length % 8 == 0, "{encoded}");
+            let decoded: secure_aggregation::Packet = serde_json::from_value(
+                serde_json::json!({"from": 0, "to": 1, "ciphertext": encoded}),
+            )
+            .unwrap();
+            assert_eq!(decoded.ciphertext, bytes);
+        }
+        // Participant indices are u32 on the wire.
+        assert_eq!(schemas["Index"]["maximum"], u64::from(u32::MAX));
+        assert_eq!(schemas["Index"]["minimum"], 0);
+        let packet = |from: serde_json::Value| {
+            serde_json::from_value::<secure_aggregation::Packet>(
+                serde_json::json!({"from": from, "to": 1, "ciphertext": ""}),
+            )
+        };
+        for refused in [json!(-1), json!(u64::from(u32::MAX) + 1), json!(2.5)] {
+            assert!(packet(refused.clone()).is_err(), "{refused}");
+        }
+        // JSON Schema's `integer` admits a float without a fraction, and so does the server.
+        assert_eq!(packet(json!(3_628_799.0)).unwrap().from, 3_628_799);
+        // The masked input as the client sends it: any number of words.
+        for words in 0..7u64 {
+            let masked =
+                secure_aggregation::ClientMessage::Masked(secure_aggregation::MaskedInput {
+                    masked: (0..words)
+                        .map(|w| w.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                        .collect(),
+                });
+            let value = serde_json::to_value(&masked).unwrap();
+            let encoded = value["masked"].as_str().unwrap();
+            assert!(words64.is_match(encoded), "{value}");
+        }
+        // Non-zero unused bits: valid-looking base64 that the decoder refuses.
+        for bad in [
+            "QR==",
+            "QUJ=",
+            "VwXEQpi4VA/iW3aqoAIONIr5TBcPHwsrT2Q5GT5X+cn=",
+        ] {
+            let refused = serde_json::from_value::<secure_aggregation::Packet>(
+                serde_json::json!({"from": 0, "to": 1, "ciphertext": bad}),
+            );
+            assert!(refused.is_err(), "{bad}");
+            assert!(!base64.is_match(bad) && !bytes32.is_match(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn every_route_is_documented_once_with_its_method() {
