@@ -298,6 +298,12 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
         table.contains("50.0 %") && table.contains("75.0 %"),
         "{table}"
     );
+    // The memorisation check of each evaluated run (the references have none).
+    assert!(
+        table.contains("longest shared run † (texts sharing ≥ 8 words)"),
+        "{table}"
+    );
+    assert!(table.contains("| 21 (1) |"), "{table}");
 
     // The report, with a synthetic text that would be markup if it were not escaped.
     let hostile = "<script>alert('x')</script> & <img src=\"http://example.com/a.png\"/>";

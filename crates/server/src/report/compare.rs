@@ -12,6 +12,7 @@ use super::stats::{
 };
 use crate::error::{Result, ServerError};
 use crate::evaluate::{Reference, TokenHits};
+use crate::memorisation::ANCHOR_WORDS;
 use crate::run_dir::write_atomic;
 
 /// What a row shows instead of numbers when its run has no `eval.json`.
@@ -55,6 +56,11 @@ pub struct ComparisonRow {
     pub mauve: Option<f64>,
     pub precision: Option<f64>,
     pub recall: Option<f64>,
+    /// The memorisation check (non-private diagnostics): the longest word run any synthetic
+    /// text shares with a private training text, and how many share a run of at least
+    /// `memorisation::ANCHOR_WORDS` words.
+    pub longest_shared_words: Option<usize>,
+    pub texts_sharing_anchor_run: Option<usize>,
     /// The test positions' outcomes (for the paired bootstrap; not in `compare.json`).
     #[serde(skip)]
     pub test_hits: Option<TokenHits>,
@@ -346,6 +352,7 @@ fn row(record: &RunRecord, real: Option<f64>, public: Option<f64>) -> Comparison
     let eval = record.eval.as_ref();
     let accuracy = eval.map(|e| e.downstream.accuracy);
     let distribution = eval.and_then(|e| e.distribution.as_ref());
+    let memorisation = eval.and_then(|e| e.memorisation_nonprivate.as_ref());
     let spent = record.epsilon_spent();
     ComparisonRow {
         run_dir: record.dir.clone(),
@@ -362,6 +369,9 @@ fn row(record: &RunRecord, real: Option<f64>, public: Option<f64>) -> Comparison
         mauve: distribution.map(|d| d.mauve),
         precision: distribution.map(|d| d.precision),
         recall: distribution.map(|d| d.recall),
+        longest_shared_words: memorisation
+            .map(|m| m.longest_shared_words.iter().copied().max().unwrap_or(0)),
+        texts_sharing_anchor_run: memorisation.map(|m| m.texts_sharing_anchor_run),
         test_hits: eval.and_then(|e| e.downstream.test_hits.clone()),
     }
 }
@@ -414,9 +424,10 @@ impl Comparison {
             "MAUVE †",
             "precision †",
             "recall †",
+            "longest shared run † (texts sharing ≥ {anchor} words)",
             "run",
         ]
-        .map(String::from)
+        .map(|title| title.replace("{anchor}", &ANCHOR_WORDS.to_string()))
         .to_vec();
         let number = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
         let rows = self
@@ -445,6 +456,12 @@ impl Comparison {
                     number(row.mauve),
                     number(row.precision),
                     number(row.recall),
+                    match (row.longest_shared_words, row.texts_sharing_anchor_run) {
+                        (Some(longest), Some(texts)) => {
+                            format!("{longest} ({texts})")
+                        }
+                        _ => "–".to_string(),
+                    },
                     row.run_dir.display().to_string(),
                 ]
             })
@@ -669,6 +686,8 @@ mod tests {
             mauve: Some(accuracy * 2.0),
             precision: None,
             recall: None,
+            longest_shared_words: None,
+            texts_sharing_anchor_run: None,
             test_hits: None,
         }
     }
