@@ -87,19 +87,28 @@ fn check_logits(name: &str) {
     }
 }
 
-fn check_greedy(name: &str) {
-    let (dir, reference) = fixture(name);
-    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
-    let params = SamplingParams::greedy(reference.max_new_tokens);
-    let generated = generate_ids(
-        &model,
+/// The fixture's prompts continued by `generate_ids` (padding id 0, no stop strings).
+fn generate_reference_prompts(
+    model: &CausalLm,
+    reference: &Reference,
+    params: &SamplingParams,
+) -> Vec<models::llama::GeneratedIds> {
+    generate_ids(
+        model,
         &reference.prompts,
-        &params,
+        params,
         &[reference.eos_id],
         0,
         |_, _| false,
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn check_greedy(name: &str) {
+    let (dir, reference) = fixture(name);
+    let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let params = SamplingParams::greedy(reference.max_new_tokens);
+    let generated = generate_reference_prompts(&model, &reference, &params);
     let ids: Vec<Vec<u32>> = generated.into_iter().map(|g| g.ids).collect();
     assert_eq!(ids, reference.greedy_ids, "{name}: greedy continuation");
 }
@@ -115,15 +124,7 @@ fn greedy_tokens_come_with_the_models_log_probabilities() {
         logprobs: true,
         ..SamplingParams::greedy(reference.max_new_tokens)
     };
-    let generated = generate_ids(
-        &model,
-        &reference.prompts,
-        &params,
-        &[reference.eos_id],
-        0,
-        |_, _| false,
-    )
-    .unwrap();
+    let generated = generate_reference_prompts(&model, &reference, &params);
     for (row, (prompt, generated)) in reference.prompts.iter().zip(&generated).enumerate() {
         assert_eq!(generated.logprobs.len(), generated.ids.len(), "row {row}");
         let last_logits = Tensor::from_slice(reference.logits[row].last().unwrap());
@@ -151,15 +152,7 @@ fn greedy_tokens_come_with_the_models_log_probabilities() {
             );
         }
     }
-    let without = generate_ids(
-        &model,
-        &reference.prompts,
-        &SamplingParams::greedy(2),
-        &[reference.eos_id],
-        0,
-        |_, _| false,
-    )
-    .unwrap();
+    let without = generate_reference_prompts(&model, &reference, &SamplingParams::greedy(2));
     assert!(without.iter().all(|g| g.logprobs.is_empty()));
 }
 

@@ -587,7 +587,6 @@ impl CausalLm {
     }
 }
 
-/// Checks that every row of `attention_mask` (`[batch, seq]`) is real tokens then padding.
 /// Right-padded prompts and the continuations that share them, the input of
 /// [`CausalLm::forward_train_shared_prompts`].
 #[derive(Debug)]
@@ -624,6 +623,7 @@ fn two_dims(name: &'static str, tensor: &Tensor) -> Result<(i64, i64)> {
     }
 }
 
+/// Checks that every row of `attention_mask` (`[batch, seq]`) is real tokens then padding.
 fn check_right_padded(attention_mask: &Tensor) -> Result<()> {
     let seq = attention_mask.size()[1];
     let real = attention_mask.ne(0);
