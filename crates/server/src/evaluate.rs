@@ -23,7 +23,7 @@ use models::llama::LoraConfig;
 use models::train::{
     encode_texts, next_token_hits, CausalLmConfig, CausalLmTrainer, TokenAccuracy,
 };
-use models::{Assets, CausalLm, DeviceChoice, Generator};
+use models::{Assets, CausalLm, DeviceChoice, Generator, SentenceEmbedder};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -377,10 +377,12 @@ pub fn evaluate_run(
                 0,
             );
             let downstream = session.train_and_score(&config, &train, &split, progress)?;
-            let distribution =
-                session.distribution(&config, dir.root(), &synthetic, &split, progress)?;
-            let memorisation =
-                session.memorisation(&config, dir.root(), &synthetic, &data, progress)?;
+            // The synthetic texts are embedded once, for both diagnostics.
+            let embedder = session.embedder(&config, dir.root())?;
+            let synthetic: Vec<&str> = synthetic.iter().map(String::as_str).collect();
+            let embeddings = embedder.embed(&synthetic, progress, "embed texts")?;
+            let distribution = distribution(&embedder, &embeddings, &split, progress)?;
+            let memorisation = memorisation(&embedder, &synthetic, &embeddings, &data, progress)?;
             (downstream, distribution, memorisation)
         }
     };
@@ -436,7 +438,10 @@ pub fn evaluate_reference(
             let count = options.max_train_texts.min(config.output.synthetic_samples);
             let train = seeded_sample(real, count, config.run.seed, 0);
             let downstream = session.train_and_score(config, &train, &split, progress)?;
-            let distribution = session.distribution(config, out, &train, &split, progress)?;
+            let embedder = session.embedder(config, out)?;
+            let train: Vec<&str> = train.iter().map(String::as_str).collect();
+            let embeddings = embedder.embed(&train, progress, "embed texts")?;
+            let distribution = distribution(&embedder, &embeddings, &split, progress)?;
             (downstream, distribution)
         }
     };
@@ -673,78 +678,80 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// FID, precision/recall and MAUVE between `texts` and all private eval texts (both halves:
-    /// nothing is chosen on these numbers), embedded with the run's embedder; `None` when either
-    /// side has too few texts for the k-NN balls (at most k = `DEFAULT_NEIGHBOURS`).
-    fn distribution(
-        &self,
-        config: &RunConfig,
-        cache_base: &Path,
-        texts: &[String],
-        split: &EvalSplit,
-        progress: &dyn Progress,
-    ) -> Result<Option<DistributionResult>> {
-        if texts.len() <= DEFAULT_NEIGHBOURS || split.all().len() <= DEFAULT_NEIGHBOURS {
-            return Ok(None);
-        }
-        let embedder = load_embedder(config, &self.assets, self.device)?;
-        let cache = embedding_cache_dir(&self.assets, cache_base);
-        let eval_texts = split.all();
-        let eval = rows(&embed_with_progress(
-            &embedder,
-            &eval_texts,
-            &cache,
-            progress,
-            "embed eval",
-        )?)?;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let samples = rows(&embed_with_progress(
-            &embedder,
-            &refs,
-            &cache,
-            progress,
-            "embed texts",
-        )?)?;
-        let pr = knn_precision_recall(&eval, &samples, DEFAULT_NEIGHBOURS)?;
-        Ok(Some(DistributionResult {
-            fid: frechet_distance(&samples, &eval)?,
-            precision: pr.precision,
-            recall: pr.recall,
-            mauve: mauve(&samples, &eval, &MauveOptions::default())?,
-            synthetic_texts: samples.len(),
-            eval_texts: eval.len(),
-        }))
+    /// The run's sentence embedder with the shared embedding cache, loaded once for every
+    /// embedding an evaluation makes.
+    fn embedder(&self, config: &RunConfig, cache_base: &Path) -> Result<TextEmbedder> {
+        Ok(TextEmbedder {
+            embedder: load_embedder(config, &self.assets, self.device)?,
+            cache: embedding_cache_dir(&self.assets, cache_base),
+        })
     }
+}
 
-    /// The memorisation diagnostic of `synthetic` against the clients' training texts
-    /// (`None` without synthetic texts).
-    fn memorisation(
+/// A sentence embedder and the on-disk cache it embeds through.
+struct TextEmbedder {
+    embedder: SentenceEmbedder,
+    cache: PathBuf,
+}
+
+impl TextEmbedder {
+    fn embed(
         &self,
-        config: &RunConfig,
-        cache_base: &Path,
-        synthetic: &[String],
-        data: &FederatedData,
+        texts: &[&str],
         progress: &dyn Progress,
-    ) -> Result<Option<MemorisationResult>> {
-        if synthetic.is_empty() {
-            return Ok(None);
-        }
-        let embedder = load_embedder(config, &self.assets, self.device)?;
-        let cache = embedding_cache_dir(&self.assets, cache_base);
-        let private = data.train_texts();
-        let private_embeddings =
-            embed_with_progress(&embedder, &private, &cache, progress, "embed private texts")?;
-        let synthetic: Vec<&str> = synthetic.iter().map(String::as_str).collect();
-        let synthetic_embeddings =
-            embed_with_progress(&embedder, &synthetic, &cache, progress, "embed texts")?;
-        MemorisationResult::measure(
-            &synthetic,
-            &private,
-            &synthetic_embeddings,
-            &private_embeddings,
-        )
-        .map(Some)
+        phase: &'static str,
+    ) -> Result<Tensor> {
+        embed_with_progress(&self.embedder, texts, &self.cache, progress, phase)
     }
+}
+
+/// FID, precision/recall and MAUVE between the evaluated texts (`samples`, their embeddings)
+/// and all private eval texts (both halves: nothing is chosen on these numbers); `None` when
+/// either side has too few texts for the k-NN balls (at most k = `DEFAULT_NEIGHBOURS`).
+fn distribution(
+    embedder: &TextEmbedder,
+    samples: &Tensor,
+    split: &EvalSplit,
+    progress: &dyn Progress,
+) -> Result<Option<DistributionResult>> {
+    let eval_texts = split.all();
+    if samples.size()[0] <= DEFAULT_NEIGHBOURS as i64 || eval_texts.len() <= DEFAULT_NEIGHBOURS {
+        return Ok(None);
+    }
+    let eval = rows(&embedder.embed(&eval_texts, progress, "embed eval")?)?;
+    let samples = rows(samples)?;
+    let pr = knn_precision_recall(&eval, &samples, DEFAULT_NEIGHBOURS)?;
+    Ok(Some(DistributionResult {
+        fid: frechet_distance(&samples, &eval)?,
+        precision: pr.precision,
+        recall: pr.recall,
+        mauve: mauve(&samples, &eval, &MauveOptions::default())?,
+        synthetic_texts: samples.len(),
+        eval_texts: eval.len(),
+    }))
+}
+
+/// The memorisation diagnostic of the synthetic texts (with their embeddings) against the
+/// clients' training texts (`None` without synthetic texts).
+fn memorisation(
+    embedder: &TextEmbedder,
+    synthetic: &[&str],
+    synthetic_embeddings: &Tensor,
+    data: &FederatedData,
+    progress: &dyn Progress,
+) -> Result<Option<MemorisationResult>> {
+    if synthetic.is_empty() {
+        return Ok(None);
+    }
+    let private = data.train_texts();
+    let private_embeddings = embedder.embed(&private, progress, "embed private texts")?;
+    MemorisationResult::measure(
+        synthetic,
+        &private,
+        synthetic_embeddings,
+        &private_embeddings,
+    )
+    .map(Some)
 }
 
 /// Each scored position's top-1 outcome of `model` on `sequences`, reported as one progress

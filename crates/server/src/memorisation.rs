@@ -52,6 +52,24 @@ pub struct MemorisationResult {
 }
 
 impl MemorisationResult {
+    /// The longest word run any synthetic text shares with a private text.
+    pub fn longest_run(&self) -> usize {
+        self.longest_shared_words.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The median of the synthetic texts' longest shared runs (the upper one of an even
+    /// count).
+    pub fn median_run(&self) -> usize {
+        let mut sorted = self.longest_shared_words.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+    }
+
+    /// The highest cosine of a synthetic text to its nearest private text.
+    pub fn highest_cosine(&self) -> f64 {
+        self.nearest_cosine.iter().copied().fold(f64::NAN, f64::max)
+    }
+
     /// The diagnostic of `synthetic` against `private` texts, with the texts' embeddings
     /// (`[n, d]`, L2-normalised rows, as the sentence embedder returns them).
     pub fn measure(
@@ -344,6 +362,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(result.longest_shared_words[0], 15);
+        assert_eq!((result.longest_run(), result.median_run()), (15, 15));
+        assert!((result.highest_cosine() - 1.0).abs() < 1e-6);
         assert_eq!(result.texts_sharing_anchor_run, 1);
         assert_eq!(result.nearest_index, [0, 1]);
         assert_eq!(result.shared_words_histogram.counts.iter().sum::<u64>(), 2);

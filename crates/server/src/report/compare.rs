@@ -12,7 +12,7 @@ use super::stats::{
 };
 use crate::error::{Result, ServerError};
 use crate::evaluate::{Reference, TokenHits};
-use crate::memorisation::ANCHOR_WORDS;
+use crate::memorisation::{MemorisationResult, ANCHOR_WORDS};
 use crate::run_dir::write_atomic;
 
 /// What a row shows instead of numbers when its run has no `eval.json`.
@@ -369,8 +369,7 @@ fn row(record: &RunRecord, real: Option<f64>, public: Option<f64>) -> Comparison
         mauve: distribution.map(|d| d.mauve),
         precision: distribution.map(|d| d.precision),
         recall: distribution.map(|d| d.recall),
-        longest_shared_words: memorisation
-            .map(|m| m.longest_shared_words.iter().copied().max().unwrap_or(0)),
+        longest_shared_words: memorisation.map(MemorisationResult::longest_run),
         texts_sharing_anchor_run: memorisation.map(|m| m.texts_sharing_anchor_run),
         test_hits: eval.and_then(|e| e.downstream.test_hits.clone()),
     }

@@ -370,12 +370,6 @@ fn evaluation(eval: Option<&EvalReport>, dir: &Path, doc: &mut Document) -> Resu
         ));
     }
     if let Some(m) = &eval.memorisation_nonprivate {
-        let median = |values: &[usize]| {
-            let mut sorted = values.to_vec();
-            sorted.sort_unstable();
-            sorted.get(sorted.len() / 2).copied().unwrap_or(0)
-        };
-        let closest = m.nearest_cosine.iter().copied().fold(f64::NAN, f64::max);
         items.push(format!(
             "{NONPRIVATE} memorisation: of {} synthetic texts, {} share a run of at least {} \
              words with one of the {} private training texts (longest {}, median {}); the \
@@ -384,9 +378,9 @@ fn evaluation(eval: Option<&EvalReport>, dir: &Path, doc: &mut Document) -> Resu
             m.texts_sharing_anchor_run,
             ANCHOR_WORDS,
             m.private_texts,
-            m.longest_shared_words.iter().max().copied().unwrap_or(0),
-            median(&m.longest_shared_words),
-            closest
+            m.longest_run(),
+            m.median_run(),
+            m.highest_cosine()
         ));
     }
     doc.push(Block::List(items));
