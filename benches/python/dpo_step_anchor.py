@@ -75,13 +75,22 @@ def log_probs(model, ids, attention, completion):
     return ((selected - normaliser) * mask).sum(-1)
 
 
-def step(model, optimizer, params, tensors, n):
+def reference_log_probs(model, tensors):
+    """The reference model's log-probabilities: the adapter off, no gradient."""
+    import torch
+
+    with torch.no_grad(), model.disable_adapter():
+        return log_probs(model, *tensors)
+
+
+def step(model, optimizer, params, tensors, n, reference=None):
+    """One DPO step; the reference log-probabilities are computed here unless given."""
     import torch
     import torch.nn.functional as F
 
     start = time.perf_counter()
-    with torch.no_grad(), model.disable_adapter():
-        reference = log_probs(model, *tensors)
+    if reference is None:
+        reference = reference_log_probs(model, tensors)
     reference_seconds = time.perf_counter() - start
     policy = log_probs(model, *tensors)
     h = (policy[:n] - policy[n:]) - (reference[:n] - reference[n:])

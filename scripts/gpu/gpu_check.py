@@ -230,7 +230,7 @@ class Check:
 
     def build_models(self) -> dict:
         import torch
-        from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM
 
         shapes = SHAPES[self.size]
         self.models.mkdir(parents=True, exist_ok=True)
@@ -251,12 +251,13 @@ class Check:
             built[name] = {"parameters": sum(p.numel() for p in model.parameters()),
                            "dir": str(folder)}
             del model
-        built["minilm"] = self.build_minilm(BertConfig, BertModel, shapes["minilm"])
+        built["minilm"] = self.build_minilm(shapes["minilm"])
         return {"models": built}
 
-    def build_minilm(self, BertConfig, BertModel, shape) -> dict:
+    def build_minilm(self, shape) -> dict:
         import torch
         from sentence_transformers import SentenceTransformer, models
+        from transformers import BertConfig, BertModel
 
         raw = self.scratch / "minilm-raw"
         config = BertConfig(vocab_size=30522, max_position_embeddings=512,
@@ -388,12 +389,11 @@ class Check:
         pairs_file.write_text("".join(json.dumps(p) + "\n" for p in pairs_text))
 
         def fedsyn_run(steps):
-            report = self.fedsyn("dpo", "--pairs", str(pairs_file), "--model", str(folder),
-                                 "--out", str(self.scratch / f"dpo-{steps}"), "--device",
-                                 self.args.device, "--batch-size", "8", "--grad-accum", "1",
-                                 "--epochs", "100", "--max-steps", str(steps), "--lora-r", "16",
-                                 "--lora-alpha", "16", name=f"dpo-{steps}-steps")
-            return report
+            return self.fedsyn("dpo", "--pairs", str(pairs_file), "--model", str(folder),
+                               "--out", str(self.scratch / f"dpo-{steps}"), "--device",
+                               self.args.device, "--batch-size", "8", "--grad-accum", "1",
+                               "--epochs", "100", "--max-steps", str(steps), "--lora-r", "16",
+                               "--lora-alpha", "16", name=f"dpo-{steps}-steps")
 
         one = fedsyn_run(1)
         more = fedsyn_run(1 + self.work["dpo_steps"])
@@ -408,14 +408,22 @@ class Check:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=8e-7, weight_decay=0.0)
         tensors = tuple(t.to(self.args.device) for t in anchor.batch(pairs_ids))
-        anchor.step(model, optimizer, params, tensors, len(pairs_ids))  # warm-up
-        self.synchronize()
-        started = time.perf_counter()
-        for _ in range(self.work["dpo_steps"]):
-            anchor.step(model, optimizer, params, tensors, len(pairs_ids))
-        self.synchronize()
-        python_step = (time.perf_counter() - started) / self.work["dpo_steps"]
-        del model
+
+        def python_run(steps):
+            # As `fedsyn dpo` trains: the reference once per call, then the steps.
+            self.synchronize()
+            started = time.perf_counter()
+            reference = anchor.reference_log_probs(model, tensors)
+            for _ in range(steps):
+                anchor.step(model, optimizer, params, tensors, len(pairs_ids), reference)
+            self.synchronize()
+            return time.perf_counter() - started
+
+        # Both sides: the difference of a (1 + n)-step and a 1-step call, so that neither the
+        # first, cold step nor the reference pass counts.
+        one_python = python_run(1)
+        python_step = (python_run(1 + self.work["dpo_steps"]) - one_python) / self.work[
+            "dpo_steps"]
         self.log(f"  {name}: fedsyn {fedsyn_step:.3f} s/step, PyTorch + PEFT "
                  f"{python_step:.3f} s/step ({python_step / fedsyn_step:.2f}×)")
         return {"model": name, "dtype": self.default_dtype(), "pairs": len(pairs_ids),
