@@ -23,8 +23,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use remote_client::{encode_candidates, CandidateMatrix, EmbeddingDtype};
+use runs::config::RunConfig;
 use secure_aggregation::{ClientSession, SessionView, Step};
-use server::config::RunConfig;
 use server::serve::coordinator::{
     now_unix_ms, CollectionRules, Coordinator, SecureRules, SessionEnd,
 };

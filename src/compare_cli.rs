@@ -1,11 +1,11 @@
 //! `fedsyn compare RUN_DIR…`: runs and references side by side, method × ε (see
-//! `server::report::compare`).
+//! `reports::compare`).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use server::report::compare_runs;
+use reports::compare_runs;
 
 /// Arguments of `fedsyn compare`.
 #[derive(Debug, Args)]

@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use server::config::RunConfig;
+use runs::config::RunConfig;
+use runs::records::{EvalReport, Reference};
 use server::engine::Progress;
-use server::evaluate::{evaluate_reference, evaluate_run, EvalOptions, EvalReport, Reference};
+use server::evaluate::{evaluate_reference, evaluate_run, EvalOptions};
 
 /// Arguments of `fedsyn eval`.
 #[derive(Debug, Args)]

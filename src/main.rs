@@ -2,11 +2,14 @@
 //!
 //! This executable does not link libtorch. Commands that need a model (see
 //! `src/torch_commands.rs`) are implemented in `src/bin/fedsyn-ml.rs` and forwarded there,
-//! arguments untouched; everything else (privacy budgets, …) runs here.
+//! arguments untouched; everything else (privacy budgets, the remote client, comparisons and
+//! reports of run directories) runs here.
 
 mod budget;
 mod client_cli;
+mod compare_cli;
 mod exit_status;
+mod report_cli;
 mod torch_commands;
 
 use std::ffi::OsString;
@@ -37,6 +40,11 @@ enum Command {
     /// Join a `fedsyn serve` run as a client: embed your texts locally, score the candidates
     /// of each round and submit the clipped scores (never the texts).
     Client(client_cli::ClientArgs),
+    /// Compare runs and the ε = ∞ / ε = 0 references, method × ε: accuracy, FID, MAUVE,
+    /// precision/recall, share of the gap closed (table, compare.md/json, plots).
+    Compare(compare_cli::CompareArgs),
+    /// Write a run's report: report.md and a self-contained report.html with its plots.
+    Report(report_cli::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Budget(command) => budget::run(command, cli.json),
         Command::Client(args) => client_cli::run(&args, cli.json),
+        Command::Compare(args) => compare_cli::run(&args, cli.json),
+        Command::Report(args) => report_cli::run(&args, cli.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -127,5 +137,8 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
             || cause
                 .downcast_ref::<remote_client::RemoteError>()
                 .is_some_and(remote_client::RemoteError::is_bad_input)
+            || cause
+                .downcast_ref::<runs::RunError>()
+                .is_some_and(runs::RunError::is_bad_input)
     })
 }

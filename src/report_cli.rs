@@ -1,11 +1,11 @@
 //! `fedsyn report RUN_DIR`: one run as Markdown and self-contained HTML (see
-//! `server::report::run_report`).
+//! `reports::run_report`).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use server::report::{write_run_report, ReportOptions};
+use reports::{write_run_report, ReportOptions};
 
 /// Arguments of `fedsyn report`.
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ pub fn run(args: &ReportArgs, json: bool) -> Result<()> {
             "wrote {} plot(s) in {}",
             files.plots.len(),
             args.run_dir
-                .join(server::report::run_report::REPORT_PLOTS)
+                .join(reports::run_report::REPORT_PLOTS)
                 .display()
         );
     }

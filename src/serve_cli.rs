@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use server::config::RunConfig;
+use runs::config::RunConfig;
 use server::engine::Progress;
 use server::serve::{serve, ServeOptions};
 use server::simulate::round_line;

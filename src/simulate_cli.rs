@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use server::config::RunConfig;
+use runs::config::RunConfig;
 use server::engine::Progress;
 use server::simulate::{round_line, Simulation};
 use server::RoundMetrics;

@@ -42,13 +42,4 @@ pub const TORCH_COMMANDS: &[(&str, &str)] = &[
         "serve",
         "Serve a POPri run to remote clients over HTTP(S): enrolment, rounds, privacy ledger",
     ),
-    (
-        "compare",
-        "Compare runs and the ε = ∞ / ε = 0 references, method × ε: accuracy, FID, MAUVE, \
-         precision/recall, share of the gap closed (table, compare.md/json, plots)",
-    ),
-    (
-        "report",
-        "Write a run's report: report.md and a self-contained report.html with its plots",
-    ),
 ];

@@ -443,4 +443,28 @@ fn compare_rejects_two_references_of_one_kind_and_non_runs() {
     let output = fedsyn(&["report", path_str(&empty)]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("config.toml"));
+
+    // Both run in `fedsyn` itself: a copy of it alone, with no `fedsyn-ml` beside it or on
+    // the PATH, gives the same answers (it would fail to forward them otherwise).
+    let alone = dir.join("fedsyn-alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    let binary = alone.join("fedsyn");
+    std::fs::copy(env!("CARGO_BIN_EXE_fedsyn"), &binary).unwrap();
+    for args in [
+        vec![
+            "compare",
+            path_str(&references[0]),
+            path_str(&references[1]),
+        ],
+        vec!["report", path_str(&empty)],
+    ] {
+        let output = std::process::Command::new(&binary)
+            .args(&args)
+            .env("PATH", &alone)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("fedsyn-ml"), "{args:?}: {stderr}");
+    }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the reference fixture for `fedsyn compare`'s confidence intervals.
 
-Writes crates/server/tests/fixtures/confidence_reference.json, which the unit test
+Writes crates/reports/tests/fixtures/confidence_reference.json, which the unit test
 `report::stats::tests::intervals_match_scipy` compares against. Run it in the benchmark venv:
 
     scripts/bench-venv.sh && .venv-bench/bin/python scripts/reference/confidence.py
@@ -24,7 +24,7 @@ import numpy as np
 import scipy
 import scipy.stats
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/server/tests/fixtures/confidence_reference.json"
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/reports/tests/fixtures/confidence_reference.json"
 
 
 def main():

@@ -7,8 +7,6 @@
 
 #[path = "../client_embed_cli.rs"]
 mod client_embed_cli;
-#[path = "../compare_cli.rs"]
-mod compare_cli;
 #[path = "../doctor.rs"]
 mod doctor;
 #[path = "../eval_cli.rs"]
@@ -19,8 +17,6 @@ mod exit_status;
 mod jsonl_input;
 #[path = "../models_cli.rs"]
 mod models_cli;
-#[path = "../report_cli.rs"]
-mod report_cli;
 #[path = "../serve_cli.rs"]
 mod serve_cli;
 #[path = "../simulate_cli.rs"]
@@ -67,11 +63,6 @@ enum Command {
     ClientEmbed(client_embed_cli::ClientEmbedArgs),
     /// Serve a POPri run to remote clients over HTTP(S): enrolment, rounds, privacy ledger.
     Serve(serve_cli::ServeArgs),
-    /// Compare runs and the ε = ∞ / ε = 0 references, method × ε: accuracy, FID, MAUVE,
-    /// precision/recall, share of the gap closed (table, compare.md/json, plots).
-    Compare(compare_cli::CompareArgs),
-    /// Write a run's report: report.md and a self-contained report.html with its plots.
-    Report(report_cli::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,8 +76,6 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval_cli::run(&args, cli.json),
         Command::ClientEmbed(args) => client_embed_cli::run(&args, cli.json),
         Command::Serve(args) => serve_cli::run(&args, cli.json),
-        Command::Compare(args) => compare_cli::run(&args, cli.json),
-        Command::Report(args) => report_cli::run(&args, cli.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -107,6 +96,9 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
             || cause
                 .downcast_ref::<server::ServerError>()
                 .is_some_and(server::ServerError::is_bad_input)
+            || cause
+                .downcast_ref::<runs::RunError>()
+                .is_some_and(runs::RunError::is_bad_input)
     })
 }
 

@@ -110,6 +110,10 @@ pub struct FederatedData {
     pub eval_only: Vec<String>,
 }
 
+/// Only a simulation holds every client's raw data in its process, so only it can make
+/// non-private values (`dp_mechanics::NonPrivate::measured`).
+impl dp_mechanics::RawClientData for FederatedData {}
+
 impl FederatedData {
     /// Groups `docs` by client and holds out, per client with n documents, round(fraction·n)
     /// of them for evaluation (at least 1 when n ≥ 2 and the fraction is positive, never all:

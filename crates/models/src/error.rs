@@ -228,6 +228,15 @@ pub enum ModelError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+impl From<training_config::InvalidHyperparameter> for ModelError {
+    fn from(e: training_config::InvalidHyperparameter) -> Self {
+        ModelError::InvalidArgument {
+            name: e.name,
+            message: e.message,
+        }
+    }
+}
+
 impl ModelError {
     /// Whether the user can fix this in what they gave (a model file, a device, an argument):
     /// a libtorch failure or an adapter state the code should never reach is not bad input.

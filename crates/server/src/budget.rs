@@ -8,7 +8,7 @@ use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
 use serde::Serialize;
 
 use crate::config::PrivacySection;
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError, ServerError};
 
 /// The noise multiplier of a run and what it buys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,7 +57,7 @@ pub fn plan_noise(privacy: &PrivacySection, sampling: Sampling) -> Result<NoiseP
     let mechanism = sampling.bound(sigma)?;
     let one_round = epsilon_for(kind, mechanism, 1, delta)?.epsilon;
     if one_round > epsilon {
-        return Err(ServerError::ConfigValue {
+        return Err(ServerError::Run(RunError::ConfigValue {
             key: "privacy.noise_multiplier".into(),
             value: sigma.to_string(),
             fix: format!(
@@ -65,7 +65,7 @@ pub fn plan_noise(privacy: &PrivacySection, sampling: Sampling) -> Result<NoiseP
                  ({kind}); raise the noise multiplier, or remove it to calibrate sigma from \
                  epsilon"
             ),
-        });
+        }));
     }
     let planned_epsilon = epsilon_for(kind, mechanism, rounds, delta)?.epsilon;
     let affordable_rounds = max_rounds(kind, mechanism, epsilon, delta)?.rounds;

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::noise::{NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{RoundMetrics, RunDir};
 use crate::sampling::ClientSampler;
-use crate::simulate::StopReason;
+use runs::records::StopReason;
 
 /// Where the ledger lives: a store that makes one round's event durable.
 pub trait LedgerStore {
@@ -63,7 +63,7 @@ impl LedgerStore for JsonLedger<'_> {
 
     fn commit(&mut self, event: &LedgerEvent) -> Result<()> {
         self.ledger.push(event.clone())?;
-        self.dir.save_ledger(&self.ledger)
+        Ok(self.dir.save_ledger(&self.ledger)?)
     }
 }
 
@@ -100,11 +100,11 @@ impl RoundLog for &RunDir {
     }
 
     fn close_round(&mut self) -> Result<()> {
-        self.clear_open_cohort()
+        Ok(self.clear_open_cohort()?)
     }
 
     fn append(&mut self, metrics: &RoundMetrics) -> Result<()> {
-        self.append_metrics(metrics)
+        Ok(self.append_metrics(metrics)?)
     }
 }
 

@@ -1,86 +1,24 @@
 //! Errors of the server crate: each names the key, argument, file or line at fault and the fix.
+//! Errors of a run's configuration and files are `runs`' ([`RunError`]), wrapped.
 
 use std::path::PathBuf;
 
+pub use runs::RunError;
 use thiserror::Error;
 
 /// Everything that can go wrong in the server's building blocks.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// A configuration file or override could not be read or parsed.
-    #[error("config {source_name}: {message}")]
-    ConfigSyntax {
-        /// The file (or `--set KEY=VALUE`) the text came from.
-        source_name: String,
-        /// What is wrong, as the TOML parser or the schema says it.
-        message: String,
-    },
-    /// A configuration key holds a value outside its domain.
-    #[error("config key `{key}` = {value}: {fix}")]
-    ConfigValue {
-        /// The dotted key, e.g. `privacy.epsilon`.
-        key: String,
-        /// The offending value, formatted.
-        value: String,
-        /// What a valid value looks like.
-        fix: String,
-    },
-    /// A function argument is outside its domain.
-    #[error("invalid {name} = {value}: {expected}")]
-    InvalidArgument {
-        /// The argument's name.
-        name: &'static str,
-        /// The offending value, formatted.
-        value: String,
-        /// What a valid value looks like.
-        expected: String,
-    },
-    /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A data file has a bad line.
-    #[error("{}:{line}: {message}", path.display())]
-    Data {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-    /// A run directory is in a state the operation cannot work with.
-    #[error("run directory {}: {message}", path.display())]
-    RunDir {
-        /// The run directory.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        message: String,
-    },
-    /// Privacy accounting failed (invalid mechanism, unreachable target, …).
+    /// The configuration, a data file or the run directory is wrong, or a file could not be
+    /// read or written (see [`RunError`]).
     #[error(transparent)]
-    Accounting(#[from] privacy_accounting::AccountingError),
+    Run(#[from] RunError),
     /// The generator, the embedder or the trainer failed.
     #[error(transparent)]
     Model(#[from] models::ModelError),
-    /// Client sampling or the DP release failed.
-    #[error(transparent)]
-    Dp(#[from] dp_mechanics::DpError),
     /// Client-side work failed (data, embeddings, scores).
     #[error(transparent)]
     Clients(#[from] clients::ClientsError),
-    /// A plot could not be drawn or written.
-    #[error("plot {}: {message}", path.display())]
-    Plot {
-        /// The file being written.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
     /// The generator's tokenizer failed on a candidate.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -95,48 +33,43 @@ pub enum ServerError {
     /// The HTTP server failed (binding, TLS set-up, serving).
     #[error("http server: {0}")]
     Http(String),
-    /// A state the code should never reach: a bug in fedsyn, not a problem of the input.
-    #[error("internal error (a bug in fedsyn; please report it): {0}")]
-    Internal(String),
 }
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ServerError>;
+
+impl From<privacy_accounting::AccountingError> for ServerError {
+    fn from(e: privacy_accounting::AccountingError) -> Self {
+        ServerError::Run(e.into())
+    }
+}
+
+impl From<dp_mechanics::DpError> for ServerError {
+    fn from(e: dp_mechanics::DpError) -> Self {
+        ServerError::Run(e.into())
+    }
+}
 
 impl ServerError {
     /// Whether the user can fix this in what they gave (a config, a data file, a run
     /// directory), as opposed to a failure of the machine or of fedsyn.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            ServerError::ConfigSyntax { .. }
-            | ServerError::ConfigValue { .. }
-            | ServerError::InvalidArgument { .. }
-            | ServerError::Data { .. }
-            | ServerError::RunDir { .. }
-            | ServerError::Accounting(_) => true,
+            ServerError::Run(e) => e.is_bad_input(),
             ServerError::Model(e) => e.is_bad_input(),
             ServerError::Clients(e) => e.is_bad_input(),
-            ServerError::Dp(e) => e.is_bad_input(),
-            ServerError::Io { .. }
-            | ServerError::Tokenizer(_)
-            | ServerError::Plot { .. }
-            | ServerError::Store { .. }
-            | ServerError::Http(_)
-            | ServerError::Internal(_) => false,
+            ServerError::Tokenizer(_) | ServerError::Store { .. } | ServerError::Http(_) => false,
         }
     }
 
     /// A bug: a state the code should never reach (exit 1, never "bad input").
     pub(crate) fn internal(message: impl Into<String>) -> Self {
-        ServerError::Internal(message.into())
+        RunError::internal(message).into()
     }
 
     /// An I/O error on `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ServerError::Io {
-            path: path.into(),
-            source,
-        }
+        RunError::io(path, source).into()
     }
 
     /// An invalid argument.
@@ -145,11 +78,7 @@ impl ServerError {
         value: impl std::fmt::Display,
         expected: impl Into<String>,
     ) -> Self {
-        ServerError::InvalidArgument {
-            name,
-            value: value.to_string(),
-            expected: expected.into(),
-        }
+        RunError::argument(name, value, expected).into()
     }
 }
 

@@ -26,167 +26,30 @@ use models::train::{
 use models::{Assets, CausalLm, DeviceChoice, Generator, SentenceEmbedder};
 use rand::seq::SliceRandom;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tch::Tensor;
 
 use crate::budget::BudgetGuard;
 use crate::config::{Method, RunConfig};
-use crate::digest::{decode_hex, hex, sha256};
 use crate::distribution::{knn_precision_recall, mauve, MauveOptions, DEFAULT_NEIGHBOURS};
 use crate::engine::Progress;
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError, ServerError};
 use crate::fid::frechet_distance;
-use crate::memorisation::MemorisationResult;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
 use crate::setup::{
     base_model_name, embed_with_progress, embedding_cache_dir, generator_path, load_data,
     load_embedder, lora_config, rows,
 };
+use runs::records::{
+    DistributionResult, DownstreamResult, EpochAccuracy, EvalReport, MemorisationResult, Reference,
+    TokenHits, EVAL_FILE, EVAL_SCHEMA, MODEL_DIR,
+};
 
-/// The file `fedsyn eval` writes in the run (or reference) directory.
-pub const EVAL_FILE: &str = "eval.json";
-/// The version of [`EvalReport`]'s layout.
-pub const EVAL_SCHEMA: u32 = 1;
-/// Where a DP-FedAvg run keeps its trained adapter.
-pub const MODEL_DIR: &str = "model";
 /// Sequences per forward pass when scoring.
 const SCORE_BATCH: usize = 16;
 /// Domain of the seeded choices made here (validation/test split, subsamples).
 const EVAL_DOMAIN: &str = "fedsyn/eval";
-
-/// `eval.json`: what `fedsyn eval` measured (read by `fedsyn compare` and `fedsyn report`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// [`EVAL_SCHEMA`].
-    pub schema: u32,
-    /// `popri`, `pe`, `pe-sft`, `dp-fedavg`, or the references `real` (ε = ∞) and `public`
-    /// (ε = 0).
-    pub method: String,
-    /// The evaluated run (`None` for a reference).
-    pub run_dir: Option<PathBuf>,
-    /// The run's ε budget (`None` for the references).
-    pub epsilon_target: Option<f64>,
-    /// ε spent by the run (RDP accountant).
-    pub epsilon_rdp: Option<f64>,
-    /// ε spent by the run (PLD accountant).
-    pub epsilon_pld: Option<f64>,
-    /// δ of both ε.
-    pub delta: Option<f64>,
-    /// Next-token accuracy of the downstream model.
-    pub downstream: DownstreamResult,
-    /// Embedding-distribution metrics (`None` when there is no text to compare: DP-FedAvg and
-    /// the public reference).
-    pub distribution: Option<DistributionResult>,
-    /// The memorisation diagnostic: each synthetic text's nearest private training text by
-    /// embedding cosine and its longest word run shared with one (computed from the clients'
-    /// raw texts; runs of a method that writes synthetic text only; absent from older
-    /// reports).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memorisation_nonprivate: Option<MemorisationResult>,
-    /// Wall-clock seconds of the evaluation.
-    pub seconds: f64,
-}
-
-/// The downstream model's result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DownstreamResult {
-    /// What was trained and how.
-    pub model: String,
-    /// Top-1 next-token accuracy on the test half of the private eval split.
-    pub accuracy: f64,
-    /// Positions scored for `accuracy` (its resolution: one token is 1/`eval_tokens`).
-    pub eval_tokens: u64,
-    /// Validation accuracy after each training epoch (empty when nothing was trained here).
-    pub validation: Vec<EpochAccuracy>,
-    /// The epoch with the best validation accuracy, whose model `accuracy` measures (0 when
-    /// nothing was trained here: the public model, or a DP-FedAvg run's own adapter).
-    pub chosen_epoch: usize,
-    /// Texts the downstream model was trained on.
-    pub train_texts: usize,
-    /// The seed of the adapter's initialisation, the batch order and the split.
-    pub seed: u64,
-    /// Each test position's outcome, for the paired bootstrap of `fedsyn compare` between
-    /// runs scored on the same tokens (absent from reports of older versions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_hits: Option<TokenHits>,
-}
-
-/// The outcomes of the scored test positions: which next tokens the model got right.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenHits {
-    /// SHA-256 (hex) of the scored sequences' token ids: two runs are compared position by
-    /// position only when these are equal.
-    pub tokens_sha256: String,
-    /// Scored positions.
-    pub positions: u64,
-    /// One bit per position (1 = correct), least significant bit first, as hex.
-    pub bits: String,
-}
-
-impl TokenHits {
-    /// The outcomes of `hits` on `sequences`.
-    pub fn new(sequences: &[Vec<u32>], hits: &[bool]) -> TokenHits {
-        let ids: Vec<u8> = sequences
-            .iter()
-            .flat_map(|s| {
-                // Each sequence's length first, so that a different split point differs.
-                std::iter::once(s.len() as u32)
-                    .chain(s.iter().copied())
-                    .flat_map(u32::to_le_bytes)
-            })
-            .collect();
-        let mut bytes = vec![0u8; hits.len().div_ceil(8)];
-        for (i, _) in hits.iter().enumerate().filter(|(_, &hit)| hit) {
-            bytes[i / 8] |= 1 << (i % 8);
-        }
-        TokenHits {
-            tokens_sha256: hex(&sha256(&ids)),
-            positions: hits.len() as u64,
-            bits: hex(&bytes),
-        }
-    }
-
-    /// The outcomes, position by position; `None` when `bits` does not hold `positions` bits.
-    pub fn outcomes(&self) -> Option<Vec<bool>> {
-        let bytes = decode_hex(&self.bits)?;
-        let positions = usize::try_from(self.positions).ok()?;
-        if bytes.len() != positions.div_ceil(8) {
-            return None;
-        }
-        Some(
-            (0..positions)
-                .map(|i| bytes[i / 8] & (1 << (i % 8)) != 0)
-                .collect(),
-        )
-    }
-}
-
-/// Validation accuracy after one epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EpochAccuracy {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Top-1 next-token accuracy on the validation half.
-    pub accuracy: f64,
-}
-
-/// Distribution metrics between the evaluated texts' and the private eval texts' embeddings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DistributionResult {
-    /// Fréchet distance (lower is closer).
-    pub fid: f64,
-    /// k-NN precision (k = 3): share of evaluated texts inside the private texts' manifold.
-    pub precision: f64,
-    /// k-NN recall (k = 3): share of private texts inside the evaluated texts' manifold.
-    pub recall: f64,
-    /// MAUVE (mauve-text's defaults), in (0, 1].
-    pub mauve: f64,
-    /// Evaluated (synthetic, or for `real` training) texts embedded.
-    pub synthetic_texts: usize,
-    /// Private eval texts embedded.
-    pub eval_texts: usize,
-}
 
 /// How much `fedsyn eval` trains and scores.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,41 +97,6 @@ impl EvalOptions {
             ));
         }
         Ok(())
-    }
-}
-
-/// The non-private references of a comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reference {
-    /// ε = ∞: the downstream model trained on the clients' real training texts.
-    Real,
-    /// ε = 0: the public model alone, without any training.
-    Public,
-}
-
-impl Reference {
-    /// The method name `eval.json` records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reference::Real => "real",
-            Reference::Public => "public",
-        }
-    }
-}
-
-impl FromStr for Reference {
-    type Err = ServerError;
-
-    fn from_str(text: &str) -> Result<Reference> {
-        match text {
-            "real" => Ok(Reference::Real),
-            "public" => Ok(Reference::Public),
-            other => Err(ServerError::argument(
-                "--reference",
-                other,
-                "real (ε = ∞: trained on the clients' texts) or public (ε = 0: the public model)",
-            )),
-        }
     }
 }
 
@@ -351,13 +179,13 @@ pub fn evaluate_run(
         Method::DpFedavg => {
             let adapter = dir.root().join(MODEL_DIR);
             if !adapter.is_dir() {
-                return Err(ServerError::RunDir {
+                return Err(ServerError::Run(RunError::RunDir {
                     path: dir.root().to_path_buf(),
                     message: format!(
                         "a dp-fedavg run keeps its model in {MODEL_DIR}/, which is missing: \
                          finish the run first (fedsyn simulate --resume)"
                     ),
-                });
+                }));
             }
             let mut generator = session.generator()?;
             generator.model_mut().load_adapter(&adapter)?;
@@ -462,19 +290,10 @@ pub fn evaluate_reference(
     Ok(report)
 }
 
-/// Reads an `eval.json`.
-pub fn read_report(path: &Path) -> Result<EvalReport> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-        path: path.to_path_buf(),
-        message: format!("{EVAL_FILE} cannot be read ({e}); rerun fedsyn eval"),
-    })
-}
-
 fn write_report(dir: &Path, report: &EvalReport) -> Result<()> {
     let json = serde_json::to_string_pretty(report)
         .map_err(|e| ServerError::argument("eval report", "(unserialisable)", e.to_string()))?;
-    write_atomic(&dir.join(EVAL_FILE), json.as_bytes())
+    Ok(write_atomic(&dir.join(EVAL_FILE), json.as_bytes())?)
 }
 
 /// The texts of a `synthetic.jsonl` (`{"text": …}` per line).
@@ -489,17 +308,19 @@ fn read_synthetic(path: &Path) -> Result<Vec<String>> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(line).map_err(|e| ServerError::RunDir {
-            path: path.to_path_buf(),
-            message: format!("line {} is not {{\"text\": …}} ({e})", number + 1),
+        let parsed: Line = serde_json::from_str(line).map_err(|e| {
+            ServerError::Run(RunError::RunDir {
+                path: path.to_path_buf(),
+                message: format!("line {} is not {{\"text\": …}} ({e})", number + 1),
+            })
         })?;
         texts.push(parsed.text);
     }
     if texts.is_empty() {
-        return Err(ServerError::RunDir {
+        return Err(ServerError::Run(RunError::RunDir {
             path: path.to_path_buf(),
             message: "no synthetic texts to train on".to_string(),
-        });
+        }));
     }
     Ok(texts)
 }
@@ -745,7 +566,7 @@ fn memorisation(
     }
     let private = data.train_texts();
     let private_embeddings = embedder.embed(&private, progress, "embed private texts")?;
-    MemorisationResult::measure(
+    crate::memorisation::measure(
         synthetic,
         &private,
         synthetic_embeddings,

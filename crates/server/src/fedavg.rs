@@ -45,7 +45,6 @@ use crate::config::RunConfig;
 use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{derive_seed, Progress};
 use crate::error::{Result, ServerError};
-use crate::evaluate::MODEL_DIR;
 use crate::noise::{GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{
     read_checkpoint_state, write_atomic, NonPrivate, NonPrivateMetrics, PhaseSeconds, RoundMetrics,
@@ -55,7 +54,9 @@ use crate::sampling::ClientSampler;
 use crate::setup::{
     base_model_name, load_data, load_generator, lora_config, sampling_rate, write_statement,
 };
-use crate::simulate::{public_cohort, SimulationSummary};
+use crate::simulate::public_cohort;
+use runs::records::MODEL_DIR;
+use runs::records::{SimulationSummary, SUMMARY_FILE};
 
 /// The round state saved in every checkpoint beside the adapter.
 const STATE_FILE: &str = "state.json";
@@ -244,7 +245,7 @@ pub(crate) fn run_dp_fedavg(
     write_statement(dir, &ledger, config, None)?;
     let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
     let metrics = dir.read_metrics()?;
-    crate::plot::write_rounds_svg(
+    reports::plot::write_rounds_svg(
         &metrics,
         config.privacy.epsilon,
         &dir.root().join(ROUNDS_PLOT_FILE),
@@ -268,7 +269,7 @@ pub(crate) fn run_dp_fedavg(
     };
     let json = serde_json::to_string_pretty(&summary)
         .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
-    write_atomic(&dir.root().join("summary.json"), json.as_bytes())?;
+    write_atomic(&dir.root().join(SUMMARY_FILE), json.as_bytes())?;
     Ok(summary)
 }
 

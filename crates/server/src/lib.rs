@@ -4,8 +4,8 @@
 //! prompts, FID, the run directory and the privacy budget.
 
 pub mod budget;
-pub mod config;
-pub mod digest;
+/// The run configuration, its prompts, the run directory and digests (from `runs`).
+pub use runs::{config, digest, prompts, run_dir};
 pub mod distribution;
 pub mod driver;
 pub mod engine;
@@ -18,10 +18,6 @@ pub mod memorisation;
 pub use dp_mechanics::release as noise;
 pub mod pairs;
 mod pe;
-pub mod plot;
-pub mod prompts;
-pub mod report;
-pub mod run_dir;
 /// Client sampling (from `dp-mechanics`).
 pub use dp_mechanics::sampling;
 pub mod serve;
@@ -30,7 +26,7 @@ pub mod simulate;
 
 pub use budget::{plan_noise, BudgetGuard, NoisePlan};
 pub use config::RunConfig;
-pub use error::{Result, ServerError};
+pub use error::{Result, RunError, ServerError};
 pub use noise::{NoiseSource, NoiseState};
 pub use pairs::{preference_agreement, preference_pairs, RankedPair};
 pub use run_dir::{write_atomic, Histogram, PendingCheckpoint, PhaseSeconds, RoundMetrics, RunDir};

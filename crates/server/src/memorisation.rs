@@ -15,95 +15,48 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use serde::{Deserialize, Serialize};
+use runs::records::{MemorisationResult, ANCHOR_WORDS};
 use tch::Tensor;
 
 use crate::error::{Result, ServerError};
 use crate::run_dir::Histogram;
 
-/// Runs of at least this many words are found from an index of their first this many words
-/// and then followed in the text; shorter ones are looked up in per-length sets.
-pub const ANCHOR_WORDS: usize = 8;
 /// Bins of the report's cosine histogram.
 const COSINE_BINS: usize = 20;
 
-/// What `eval.json` records (`memorisation_nonprivate`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemorisationResult {
-    /// Synthetic texts checked.
-    pub synthetic_texts: usize,
-    /// Private training texts they were compared with.
-    pub private_texts: usize,
-    /// Per synthetic text (in `synthetic.jsonl` order): the cosine to its nearest private
-    /// training text.
-    pub nearest_cosine: Vec<f64>,
-    /// Per synthetic text: the index (among the private training texts, clients in id order)
-    /// of that nearest text.
-    pub nearest_index: Vec<usize>,
-    /// Per synthetic text: the longest run of words it shares with any private training text.
-    pub longest_shared_words: Vec<usize>,
-    /// Histogram of `nearest_cosine`.
-    pub cosine_histogram: Histogram,
-    /// Histogram of `longest_shared_words` (bins 0–1, 2–3, …, and one for runs of 32 and
-    /// more).
-    pub shared_words_histogram: Histogram,
-    /// Synthetic texts sharing a run of at least [`ANCHOR_WORDS`] words with a private text.
-    pub texts_sharing_anchor_run: usize,
-}
-
-impl MemorisationResult {
-    /// The longest word run any synthetic text shares with a private text.
-    pub fn longest_run(&self) -> usize {
-        self.longest_shared_words.iter().copied().max().unwrap_or(0)
+/// The diagnostic of `synthetic` against `private` texts, with the texts' embeddings
+/// (`[n, d]`, L2-normalised rows, as the sentence embedder returns them).
+pub fn measure(
+    synthetic: &[&str],
+    private: &[&str],
+    synthetic_embeddings: &Tensor,
+    private_embeddings: &Tensor,
+) -> Result<MemorisationResult> {
+    let (nearest_cosine, nearest_index) =
+        nearest_by_cosine(synthetic_embeddings, private_embeddings)?;
+    if nearest_cosine.len() != synthetic.len() {
+        return Err(ServerError::internal(format!(
+            "{} embeddings for {} synthetic texts",
+            nearest_cosine.len(),
+            synthetic.len()
+        )));
     }
-
-    /// The median of the synthetic texts' longest shared runs (the upper one of an even
-    /// count).
-    pub fn median_run(&self) -> usize {
-        let mut sorted = self.longest_shared_words.clone();
-        sorted.sort_unstable();
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0)
-    }
-
-    /// The highest cosine of a synthetic text to its nearest private text.
-    pub fn highest_cosine(&self) -> f64 {
-        self.nearest_cosine.iter().copied().fold(f64::NAN, f64::max)
-    }
-
-    /// The diagnostic of `synthetic` against `private` texts, with the texts' embeddings
-    /// (`[n, d]`, L2-normalised rows, as the sentence embedder returns them).
-    pub fn measure(
-        synthetic: &[&str],
-        private: &[&str],
-        synthetic_embeddings: &Tensor,
-        private_embeddings: &Tensor,
-    ) -> Result<MemorisationResult> {
-        let (nearest_cosine, nearest_index) =
-            nearest_by_cosine(synthetic_embeddings, private_embeddings)?;
-        if nearest_cosine.len() != synthetic.len() {
-            return Err(ServerError::Internal(format!(
-                "{} embeddings for {} synthetic texts",
-                nearest_cosine.len(),
-                synthetic.len()
-            )));
-        }
-        let index = SharedWords::index(private);
-        let longest: Vec<usize> = synthetic.iter().map(|t| index.longest_run(t)).collect();
-        let cosine_histogram = Histogram::of(&nearest_cosine, COSINE_BINS).unwrap_or(Histogram {
-            edges: vec![0.0, 1.0],
-            counts: vec![0],
-        });
-        Ok(MemorisationResult {
-            synthetic_texts: synthetic.len(),
-            private_texts: private.len(),
-            shared_words_histogram: shared_words_histogram(&longest),
-            texts_sharing_anchor_run: longest.iter().filter(|&&n| n >= ANCHOR_WORDS).count(),
-            longest_shared_words: longest,
-            nearest_cosine,
-            nearest_index,
-            cosine_histogram,
-        })
-    }
+    let index = SharedWords::index(private);
+    let longest: Vec<usize> = synthetic.iter().map(|t| index.longest_run(t)).collect();
+    let cosine_histogram = Histogram::of(&nearest_cosine, COSINE_BINS).unwrap_or(Histogram {
+        edges: vec![0.0, 1.0],
+        counts: vec![0],
+    });
+    Ok(MemorisationResult {
+        synthetic_texts: synthetic.len(),
+        private_texts: private.len(),
+        shared_words_histogram: shared_words_histogram(&longest),
+        texts_sharing_anchor_run: longest.iter().filter(|&&n| n >= ANCHOR_WORDS).count(),
+        longest_shared_words: longest,
+        nearest_cosine,
+        nearest_index,
+        cosine_histogram,
+    })
 }
 
 /// For each row of `queries`, the largest dot product with a row of `corpus` and that row's
@@ -115,7 +68,7 @@ fn nearest_by_cosine(queries: &Tensor, corpus: &Tensor) -> Result<(Vec<f64>, Vec
     );
     let rows = queries.size()[0];
     if rows > 0 && corpus.size()[0] == 0 {
-        return Err(ServerError::Internal(
+        return Err(ServerError::internal(
             "no private texts to compare the synthetic texts with".to_string(),
         ));
     }
@@ -354,7 +307,7 @@ mod tests {
         ];
         let private_embeddings = Tensor::eye(3, (tch::Kind::Float, tch::Device::Cpu));
         let synthetic_embeddings = private_embeddings.narrow(0, 0, 2);
-        let result = MemorisationResult::measure(
+        let result = measure(
             &synthetic,
             &PRIVATE,
             &synthetic_embeddings,

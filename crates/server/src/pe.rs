@@ -63,7 +63,8 @@ use crate::setup::{
     public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_statement,
     write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
-use crate::simulate::{public_cohort, SimulationSummary, StopReason, ROUNDS_PLOT_FILE};
+use crate::simulate::{public_cohort, ROUNDS_PLOT_FILE};
+use runs::records::{SimulationSummary, StopReason, SUMMARY_FILE};
 
 /// The L2 bound of every client's vote histogram: the sensitivity of the summed histogram.
 const SENSITIVITY: f64 = 1.0;
@@ -497,14 +498,14 @@ impl PeRun<'_> {
             statement_path: dir.statement_md_path(),
             seconds: clock.elapsed().as_secs_f64(),
         };
-        crate::plot::write_rounds_svg(
+        reports::plot::write_rounds_svg(
             &metrics,
             config.privacy.epsilon,
             &dir.root().join(ROUNDS_PLOT_FILE),
         )?;
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
-        write_atomic(&dir.root().join("summary.json"), json.as_bytes())?;
+        write_atomic(&dir.root().join(SUMMARY_FILE), json.as_bytes())?;
         Ok(summary)
     }
 }

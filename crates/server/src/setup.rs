@@ -17,7 +17,7 @@ use tch::{Device, Tensor};
 use crate::config::PromptStyle;
 use crate::config::{RunConfig, SyntheticPrompts, TrainData};
 use crate::engine::{derive_seed, Candidates, PopriEngine, Progress};
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
 use crate::prompts::{
     build_prompts_with, chat_requests, clean_candidate, seed_pool_from_file, PromptTemplate,
@@ -107,7 +107,7 @@ fn prompts_of_style(
 ) -> Result<Vec<String>> {
     let mut rng = derived_rng(config.run.seed, stream, 0);
     match config.prompts.style {
-        PromptStyle::FewShot => build_prompts_with(template, seed_pool, count, &mut rng),
+        PromptStyle::FewShot => Ok(build_prompts_with(template, seed_pool, count, &mut rng)?),
         PromptStyle::Chat => chat_requests(
             &config.prompts.instruction,
             &config.prompts.topics,
@@ -272,7 +272,10 @@ pub fn base_model_name(config: &RunConfig) -> String {
 /// The prompt template of `config` (POPri's unless `prompts.template` is set).
 pub fn prompt_template(config: &RunConfig) -> Result<PromptTemplate> {
     match &config.prompts.template {
-        Some(text) => PromptTemplate::parse(text, config.prompts.examples_per_prompt),
+        Some(text) => Ok(PromptTemplate::parse(
+            text,
+            config.prompts.examples_per_prompt,
+        )?),
         None => Ok(PromptTemplate::popri(config.prompts.examples_per_prompt)),
     }
 }
@@ -292,14 +295,16 @@ pub fn seed_pool(
         return Ok(Vec::new());
     }
     if let Some(path) = &prompts.seed_file {
-        return seed_pool_from_file(path);
+        return Ok(seed_pool_from_file(path)?);
     }
     let saved = dir.root().join(SEED_POOL_FILE);
     if saved.exists() {
         let text = std::fs::read_to_string(&saved).map_err(|e| ServerError::io(&saved, e))?;
-        return serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
-            path: dir.root().to_path_buf(),
-            message: format!("{SEED_POOL_FILE} is corrupt ({e}); delete it to regenerate"),
+        return serde_json::from_str(&text).map_err(|e| {
+            ServerError::Run(RunError::RunDir {
+                path: dir.root().to_path_buf(),
+                message: format!("{SEED_POOL_FILE} is corrupt ({e}); delete it to regenerate"),
+            })
         });
     }
     let requests: Vec<String> = prompts
@@ -390,7 +395,7 @@ pub fn write_synthetic_texts(dir: &RunDir, texts: &[String]) -> Result<()> {
         lines.push_str(&serde_json::json!({ "text": text }).to_string());
         lines.push('\n');
     }
-    write_atomic(&dir.synthetic_path(), lines.as_bytes())
+    Ok(write_atomic(&dir.synthetic_path(), lines.as_bytes())?)
 }
 
 /// Writes the privacy statement of `ledger` (Markdown and JSON) under both accountants;
@@ -413,7 +418,10 @@ pub fn write_statement(
         statement = statement.voided(why);
     }
     write_atomic(&dir.statement_md_path(), statement.to_markdown().as_bytes())?;
-    write_atomic(&dir.statement_json_path(), statement.to_json().as_bytes())
+    Ok(write_atomic(
+        &dir.statement_json_path(),
+        statement.to_json().as_bytes(),
+    )?)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! process, so the one charge covers the one release). A kill between 2 and 3 is repaired from
 //! the checkpoint's copy of the row.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -25,6 +25,8 @@ use tch::Device;
 
 use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Method, RunConfig};
+use runs::records::{SimulationSummary, SUMMARY_FILE};
+
 use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{
     CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput, RoundReport,
@@ -82,87 +84,6 @@ impl ScoreTransport for SimulatedTransport<'_> {
                 },
             )),
         })
-    }
-}
-
-/// Why a simulation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// Every planned round ran.
-    RoundsCompleted,
-    /// The next round would have spent more than the target ε.
-    BudgetExhausted,
-    /// The run was stopped from outside (`fedsyn serve`'s admin stop, or no clients to serve):
-    /// the open round, if any, was abandoned before its charge.
-    Stopped,
-}
-
-/// What `fedsyn simulate` prints at the end (and writes as `summary.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SimulationSummary {
-    /// The run directory.
-    pub run_dir: PathBuf,
-    /// Rounds finished (checkpointed).
-    pub rounds: u64,
-    /// Why the run stopped.
-    pub stop_reason: StopReason,
-    /// ε spent (RDP accountant) at `delta`.
-    pub epsilon_rdp: f64,
-    /// ε spent (PLD accountant) at `delta`.
-    pub epsilon_pld: f64,
-    /// The target ε of the configuration.
-    pub target_epsilon: f64,
-    /// δ.
-    pub delta: f64,
-    /// The noise multiplier used.
-    pub sigma: f64,
-    /// Non-private diagnostic: FID of each round's candidates to the private eval set (round 0:
-    /// the public model alone).
-    pub fid_nonprivate_per_round: Vec<Option<f64>>,
-    /// Non-private diagnostic: FID of the final synthetic set to the private eval set.
-    pub synthetic_fid_nonprivate: Option<f64>,
-    /// Samples written to `synthetic.jsonl`.
-    pub synthetic_samples: usize,
-    /// The synthetic data file.
-    pub synthetic_path: PathBuf,
-    /// The privacy statement (Markdown).
-    pub statement_path: PathBuf,
-    /// Wall-clock seconds of this invocation.
-    pub seconds: f64,
-}
-
-impl SimulationSummary {
-    /// A short human-readable account.
-    pub fn describe(&self) -> String {
-        let fid = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-        let per_round: Vec<String> = self
-            .fid_nonprivate_per_round
-            .iter()
-            .map(|v| fid(*v))
-            .collect();
-        format!(
-            "run {}: {} round(s), {}; ε spent {:.4} (RDP) / {:.4} (PLD) of {} at δ = {:e}, σ = {:.4}\n\
-             FID to the private eval set (non-private diagnostic) per round: [{}]; synthetic set: {}\n\
-             {} synthetic samples in {}\nprivacy statement: {}",
-            self.run_dir.display(),
-            self.rounds,
-            match self.stop_reason {
-                StopReason::RoundsCompleted => "all planned rounds done",
-                StopReason::BudgetExhausted => "stopped: the next round would exceed the budget",
-                StopReason::Stopped => "stopped from outside",
-            },
-            self.epsilon_rdp,
-            self.epsilon_pld,
-            self.target_epsilon,
-            self.delta,
-            self.sigma,
-            per_round.join(", "),
-            fid(self.synthetic_fid_nonprivate),
-            self.synthetic_samples,
-            self.synthetic_path.display(),
-            self.statement_path.display(),
-        )
     }
 }
 
@@ -363,14 +284,14 @@ impl Simulation {
             statement_path: self.dir.statement_md_path(),
             seconds: clock.elapsed().as_secs_f64(),
         };
-        crate::plot::write_rounds_svg(
+        reports::plot::write_rounds_svg(
             &metrics,
             config.privacy.epsilon,
             &self.dir.root().join(ROUNDS_PLOT_FILE),
         )?;
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
-        write_atomic(&self.dir.root().join("summary.json"), json.as_bytes())?;
+        write_atomic(&self.dir.root().join(SUMMARY_FILE), json.as_bytes())?;
         Ok(summary)
     }
 }

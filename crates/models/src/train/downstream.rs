@@ -213,7 +213,7 @@ impl CausalLmConfig {
                 format!("{} is not a finite bound ≥ 0", self.max_grad_norm),
             );
         }
-        self.adamw().validate()
+        Ok(self.adamw().validate()?)
     }
 
     fn adamw(&self) -> AdamWConfig {

@@ -14,163 +14,14 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::loss::{
-    sequence_log_probs_from_hidden, sft_loss, PairScores, PreferenceLoss, SequenceLogProbs,
+    pair_losses, sequence_log_probs_from_hidden, sequence_scores, sft_loss, PairScores,
+    SequenceLogProbs,
 };
-use super::optim::{
-    clip_grad_norm, read_json, write_json, AdamW, AdamWConfig, LrSchedule, LrScheduler,
-};
-use super::preference::{PreferencePair, SequenceBatch, TokenizedPair, Truncation};
+use super::optim::{clip_grad_norm, read_json, write_json, AdamW, LrScheduler};
+use super::preference::{PreferencePair, SequenceBatch, TokenizedPair};
 use crate::error::{ModelError, Result};
 use crate::llama::{CausalLm, Generator, SharedPromptBatch};
-
-/// Hyper-parameters of a preference run; the defaults are POPri's (§ 1.7 of the reference
-/// notes): DPO with β 0.01, AdamW (0.9, 0.999, 1e-8, no weight decay) at 8e-7 with a cosine
-/// down to 3e-7, clipping at 1.0, effective batch 24 pairs (8 × 3 accumulated), one epoch,
-/// prompts cut to 256 tokens and sequences to 512.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PreferenceConfig {
-    /// The objective.
-    pub loss: PreferenceLoss,
-    /// β: the strength of the pull towards the reference (DPO), or τ of IPO.
-    pub beta: f64,
-    /// cDPO's label smoothing ε in [0, 0.5): the assumed chance that a label is flipped.
-    pub label_smoothing: f64,
-    /// The peak learning rate.
-    pub lr: f64,
-    /// The shape of the learning-rate schedule.
-    pub schedule: LrSchedule,
-    /// Linear warm-up steps at the start of the schedule.
-    pub warmup_steps: u64,
-    /// The rate [`LrSchedule::CosineWithMinLr`] ends at.
-    pub lr_min: f64,
-    /// Optimiser steps the schedule spans. `None`: each [`PreferenceTrainer::train`] call
-    /// runs the whole schedule over its own steps (as a fresh TRL trainer per round does);
-    /// `Some(n)`: one schedule of `n` steps across calls (the rate stays at the schedule's end
-    /// once it is passed).
-    pub total_steps: Option<u64>,
-    /// Passes over a call's pairs.
-    pub epochs: usize,
-    /// Pairs per forward pass (micro-batch).
-    pub batch_size: usize,
-    /// Micro-batches whose gradients are averaged into one optimiser step.
-    pub grad_accum: usize,
-    /// Gradients are scaled down to this global L2 norm (0: no clipping).
-    pub max_grad_norm: f64,
-    /// Prompts keep their last this many tokens.
-    pub max_prompt_length: usize,
-    /// Prompt plus completion are cut to this many tokens.
-    pub max_length: usize,
-    /// AdamW's decoupled weight decay.
-    pub weight_decay: f64,
-    /// AdamW's moment decay rates.
-    pub betas: (f64, f64),
-    /// AdamW's ε.
-    pub eps: f64,
-    /// Seeds the shuffling of pairs (and the adapter dropout, when there is any).
-    pub seed: u64,
-    /// Stop a call after this many optimiser steps (`None`: after `epochs` epochs).
-    pub max_steps: Option<u64>,
-}
-
-impl Default for PreferenceConfig {
-    fn default() -> Self {
-        let truncation = Truncation::default();
-        let adamw = AdamWConfig::default();
-        PreferenceConfig {
-            loss: PreferenceLoss::Dpo,
-            beta: 0.01,
-            label_smoothing: 0.0,
-            lr: 8e-7,
-            schedule: LrSchedule::CosineWithMinLr,
-            warmup_steps: 0,
-            lr_min: 3e-7,
-            total_steps: None,
-            epochs: 1,
-            batch_size: 8,
-            grad_accum: 3,
-            max_grad_norm: 1.0,
-            max_prompt_length: truncation.max_prompt_length,
-            max_length: truncation.max_length,
-            weight_decay: adamw.weight_decay,
-            betas: adamw.betas,
-            eps: adamw.eps,
-            seed: 0,
-            max_steps: None,
-        }
-    }
-}
-
-impl PreferenceConfig {
-    /// Checks every field's range, naming the first one out of it.
-    pub fn validate(&self) -> Result<()> {
-        let invalid = |name: &'static str, message: String| {
-            Err(ModelError::InvalidArgument { name, message })
-        };
-        if !(self.beta.is_finite() && self.beta > 0.0) {
-            return invalid("beta", format!("{} is not a number > 0", self.beta));
-        }
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            return invalid(
-                "label_smoothing",
-                format!("{} is not in [0, 0.5)", self.label_smoothing),
-            );
-        }
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return invalid("lr", format!("{} is not a number ≥ 0", self.lr));
-        }
-        if !(self.lr_min.is_finite() && (0.0..=self.lr).contains(&self.lr_min)) {
-            return invalid("lr_min", format!("{} is not in [0, lr]", self.lr_min));
-        }
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            return invalid(
-                "epochs/batch_size/grad_accum",
-                format!(
-                    "{} / {} / {}: each must be at least 1",
-                    self.epochs, self.batch_size, self.grad_accum
-                ),
-            );
-        }
-        if self.max_steps == Some(0) || self.total_steps == Some(0) {
-            return invalid(
-                "max_steps/total_steps",
-                "must be at least 1 when given".to_string(),
-            );
-        }
-        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
-            return invalid(
-                "max_grad_norm",
-                format!("{} is not a number ≥ 0", self.max_grad_norm),
-            );
-        }
-        self.truncation().validate()?;
-        self.adamw().validate()
-    }
-
-    /// The prompt and sequence lengths.
-    pub fn truncation(&self) -> Truncation {
-        Truncation {
-            max_prompt_length: self.max_prompt_length,
-            max_length: self.max_length,
-        }
-    }
-
-    /// The optimiser's hyper-parameters.
-    pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig {
-            betas: self.betas,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-        }
-    }
-
-    /// Optimiser steps one epoch over `pairs` pairs takes (the last step may average fewer
-    /// micro-batches).
-    pub fn steps_per_epoch(&self, pairs: usize) -> u64 {
-        let micro_batches = pairs.div_ceil(self.batch_size);
-        micro_batches.div_ceil(self.grad_accum) as u64
-    }
-}
+pub use training_config::PreferenceConfig;
 
 /// What one optimiser step measured, under TRL's metric names (in JSON).
 ///
@@ -461,7 +312,7 @@ impl PreferenceTrainer {
         for chunk in pairs.chunks(2 * self.config.batch_size) {
             let refs: Vec<&TokenizedPair> = chunk.iter().collect();
             let (_, log_probs) = pair_log_probs(model, &refs, false, false)?;
-            let split = PairScores::split(&self.config.loss.sequence_scores(&log_probs));
+            let split = PairScores::split(&sequence_scores(self.config.loss, &log_probs));
             let chosen = Vec::<f32>::try_from(split.chosen.to_device(Device::Cpu))?;
             let rejected = Vec::<f32>::try_from(split.rejected.to_device(Device::Cpu))?;
             scores.extend(
@@ -534,14 +385,15 @@ impl PreferenceTrainer {
             });
         }
         let (batch, log_probs) = pair_log_probs(model, pairs, true, true)?;
-        let policy = PairScores::split(&loss_kind.sequence_scores(&log_probs));
+        let policy = PairScores::split(&sequence_scores(loss_kind, &log_probs));
         let reference = PairScores {
             chosen: Tensor::from_slice(&reference.iter().map(|r| r.chosen).collect::<Vec<_>>())
                 .to_device(device),
             rejected: Tensor::from_slice(&reference.iter().map(|r| r.rejected).collect::<Vec<_>>())
                 .to_device(device),
         };
-        let losses = loss_kind.pair_losses(
+        let losses = pair_losses(
+            loss_kind,
             self.config.beta,
             self.config.label_smoothing,
             &policy,
@@ -768,6 +620,7 @@ impl StepTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::PreferenceLoss;
 
     #[test]
     fn shuffles_are_permutations_that_depend_on_the_seed() {

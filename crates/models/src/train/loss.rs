@@ -1,96 +1,46 @@
 //! The objectives: completion log-probabilities of a batch, the DPO (sigmoid, with cDPO label
 //! smoothing), IPO and SFT losses, and DPO's implicit rewards, defined as TRL defines them.
 
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::preference::SequenceBatch;
 use crate::error::{ModelError, Result};
 use crate::llama::Linear;
 
-/// Which objective a preference run minimises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PreferenceLoss {
-    /// Direct Preference Optimisation (Rafailov et al., 2023), TRL's `sigmoid` loss:
-    /// `−(1−ε)·log σ(βh) − ε·log σ(−βh)` with `h` the difference of policy and reference
-    /// log-ratio margins and `ε` the label smoothing (cDPO).
-    #[serde(alias = "sigmoid")]
-    Dpo,
-    /// Identity Preference Optimisation (Azar et al., 2023, eq. 17): `(h − 1/(2β))²`, with
-    /// log-probabilities averaged over completion tokens rather than summed, as TRL's
-    /// `loss_type="ipo"` does (policy and reference alike).
-    Ipo,
-    /// Supervised fine-tuning on the chosen completions: the mean negative log-likelihood
-    /// over all their tokens in the batch (no reference model, no rejected completions).
-    Sft,
-}
+pub use training_config::PreferenceLoss;
 
-impl PreferenceLoss {
-    /// Whether the loss compares against the reference model (adapter off).
-    pub fn needs_reference(self) -> bool {
-        !matches!(self, PreferenceLoss::Sft)
-    }
-
-    /// The name used on the command line and in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PreferenceLoss::Dpo => "dpo",
-            PreferenceLoss::Ipo => "ipo",
-            PreferenceLoss::Sft => "sft",
-        }
-    }
-
-    /// The per-sequence score the loss compares: the summed completion log-probability, or
-    /// its per-token mean for IPO.
-    pub fn sequence_scores(self, log_probs: &SequenceLogProbs) -> Tensor {
-        match self {
-            PreferenceLoss::Ipo => &log_probs.sum / log_probs.tokens.clamp_min(1),
-            PreferenceLoss::Dpo | PreferenceLoss::Sft => log_probs.sum.shallow_clone(),
-        }
-    }
-
-    /// The loss of each pair (`[pairs]`) from the sequence scores (see
-    /// [`PreferenceLoss::sequence_scores`]) of the policy and the reference. Not defined for
-    /// SFT, whose loss is a token mean over the batch ([`sft_loss`]).
-    pub fn pair_losses(
-        self,
-        beta: f64,
-        label_smoothing: f64,
-        policy: &PairScores,
-        reference: &PairScores,
-    ) -> Result<Tensor> {
-        let margin =
-            (&policy.chosen - &policy.rejected) - (&reference.chosen - &reference.rejected);
-        match self {
-            PreferenceLoss::Dpo => {
-                let scaled = margin * beta;
-                let agree = scaled.log_sigmoid() * (1.0 - label_smoothing);
-                let disagree = scaled.neg().log_sigmoid() * label_smoothing;
-                Ok((agree + disagree).neg())
-            }
-            PreferenceLoss::Ipo => Ok((margin - 1.0 / (2.0 * beta)).square()),
-            PreferenceLoss::Sft => Err(ModelError::InvalidArgument {
-                name: "loss",
-                message: "SFT has no pairwise loss; use sft_loss".to_string(),
-            }),
-        }
+/// The per-sequence score `loss` compares: the summed completion log-probability, or its
+/// per-token mean for IPO.
+pub fn sequence_scores(loss: PreferenceLoss, log_probs: &SequenceLogProbs) -> Tensor {
+    match loss {
+        PreferenceLoss::Ipo => &log_probs.sum / log_probs.tokens.clamp_min(1),
+        PreferenceLoss::Dpo | PreferenceLoss::Sft => log_probs.sum.shallow_clone(),
     }
 }
 
-impl std::str::FromStr for PreferenceLoss {
-    type Err = ModelError;
-
-    fn from_str(text: &str) -> Result<PreferenceLoss> {
-        match text {
-            "dpo" | "sigmoid" => Ok(PreferenceLoss::Dpo),
-            "ipo" => Ok(PreferenceLoss::Ipo),
-            "sft" => Ok(PreferenceLoss::Sft),
-            other => Err(ModelError::InvalidArgument {
-                name: "loss",
-                message: format!("`{other}`: use dpo, ipo or sft"),
-            }),
+/// The loss of each pair (`[pairs]`) from the sequence scores (see [`sequence_scores`]) of
+/// the policy and the reference. Not defined for SFT, whose loss is a token mean over the
+/// batch ([`sft_loss`]).
+pub fn pair_losses(
+    loss: PreferenceLoss,
+    beta: f64,
+    label_smoothing: f64,
+    policy: &PairScores,
+    reference: &PairScores,
+) -> Result<Tensor> {
+    let margin = (&policy.chosen - &policy.rejected) - (&reference.chosen - &reference.rejected);
+    match loss {
+        PreferenceLoss::Dpo => {
+            let scaled = margin * beta;
+            let agree = scaled.log_sigmoid() * (1.0 - label_smoothing);
+            let disagree = scaled.neg().log_sigmoid() * label_smoothing;
+            Ok((agree + disagree).neg())
         }
+        PreferenceLoss::Ipo => Ok((margin - 1.0 / (2.0 * beta)).square()),
+        PreferenceLoss::Sft => Err(ModelError::InvalidArgument {
+            name: "loss",
+            message: "SFT has no pairwise loss; use sft_loss".to_string(),
+        }),
     }
 }
 
@@ -247,18 +197,14 @@ mod tests {
         let policy = scores(&[-3.0, -5.0], &[-4.0, -4.0]);
         let reference = scores(&[-3.5, -5.0], &[-3.5, -4.5]);
         // margins h = (−3 + 4) − 0 = 1 and (−5 + 4) − (−0.5) = −0.5
-        let dpo = PreferenceLoss::Dpo
-            .pair_losses(0.5, 0.1, &policy, &reference)
-            .unwrap();
+        let dpo = pair_losses(PreferenceLoss::Dpo, 0.5, 0.1, &policy, &reference).unwrap();
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         for (i, h) in [1.0f64, -0.5].into_iter().enumerate() {
             let want = -0.9 * sigmoid(0.5 * h).ln() - 0.1 * sigmoid(-0.5 * h).ln();
             let got = dpo.double_value(&[i as i64]);
             assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         }
-        let ipo = PreferenceLoss::Ipo
-            .pair_losses(0.5, 0.0, &policy, &reference)
-            .unwrap();
+        let ipo = pair_losses(PreferenceLoss::Ipo, 0.5, 0.0, &policy, &reference).unwrap();
         assert!((ipo.double_value(&[1]) - 2.25).abs() < 1e-6);
         let rewards = policy.rewards(&reference, 0.5);
         assert!((rewards.chosen.double_value(&[0]) - 0.25).abs() < 1e-6);
@@ -285,7 +231,7 @@ mod tests {
         assert!((sum[0] + 2.0 * ln4).abs() < 1e-6 && (sum[1] + 3.0 * ln4).abs() < 1e-6);
         let sft = f64::try_from(sft_loss(&log_probs)).unwrap();
         assert!((sft - f64::from(ln4)).abs() < 1e-6);
-        let ipo = PreferenceLoss::Ipo.sequence_scores(&log_probs);
+        let ipo = sequence_scores(PreferenceLoss::Ipo, &log_probs);
         assert!((ipo.double_value(&[1]) + f64::from(ln4)).abs() < 1e-6);
     }
 }

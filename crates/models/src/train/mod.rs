@@ -41,8 +41,8 @@ pub use downstream::{
 };
 pub use dpo::{pair_log_probs, PreferenceConfig, PreferenceTrainer, StepMetrics};
 pub use loss::{
-    sequence_log_probs, sequence_log_probs_from_hidden, sft_loss, PairScores, PreferenceLoss,
-    SequenceLogProbs,
+    pair_losses, sequence_log_probs, sequence_log_probs_from_hidden, sequence_scores, sft_loss,
+    PairScores, PreferenceLoss, SequenceLogProbs,
 };
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, LrScheduler};
 pub use preference::{PreferencePair, SequenceBatch, TokenizedPair, Truncation};

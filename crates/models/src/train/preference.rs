@@ -13,6 +13,7 @@ use tch::{Device, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::llama::Generator;
+pub use training_config::Truncation;
 
 /// One preference pair as text (a line of a pairs JSONL file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,41 +24,6 @@ pub struct PreferencePair {
     pub chosen: String,
     /// The other completion (unused by SFT, which may leave it empty).
     pub rejected: String,
-}
-
-/// How long prompts and sequences may be, in tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Truncation {
-    /// Prompts keep their last this many tokens.
-    pub max_prompt_length: usize,
-    /// Prompt plus completion (end-of-sequence token included) are cut to this many.
-    pub max_length: usize,
-}
-
-impl Default for Truncation {
-    /// POPri's (and TRL's older defaults'): 256 prompt tokens, 512 in all.
-    fn default() -> Self {
-        Truncation {
-            max_prompt_length: 256,
-            max_length: 512,
-        }
-    }
-}
-
-impl Truncation {
-    /// Checks that some room is left for completions.
-    pub fn validate(&self) -> Result<()> {
-        if self.max_prompt_length == 0 || self.max_length <= self.max_prompt_length {
-            return Err(ModelError::InvalidArgument {
-                name: "max_length",
-                message: format!(
-                    "max_length ({}) must exceed max_prompt_length ({}), which must be ≥ 1",
-                    self.max_length, self.max_prompt_length
-                ),
-            });
-        }
-        Ok(())
-    }
 }
 
 /// A pair as token ids, truncated, each completion ending with the end-of-sequence token

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::config::RunConfig;
 use crate::digest::{hex, sha256};
 use crate::engine::Progress;
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError, ServerError};
 use crate::run_dir::{RoundMetrics, RunDir};
 use coordinator::{CollectionRules, Coordinator};
 use store::{Store, DATABASE_FILE};
@@ -254,7 +254,7 @@ fn refuse_test_seeds(config: &RunConfig) -> Result<()> {
     ];
     for (key, seed) in seeds {
         if let Some(seed) = seed {
-            return Err(ServerError::ConfigValue {
+            return Err(ServerError::Run(RunError::ConfigValue {
                 key: key.to_string(),
                 value: seed.to_string(),
                 fix: format!(
@@ -262,7 +262,7 @@ fn refuse_test_seeds(config: &RunConfig) -> Result<()> {
                      serve` releases to real people; remove `{key}` from the configuration \
                      (fresh OS randomness is then used)"
                 ),
-            });
+            }));
         }
     }
     Ok(())
@@ -274,14 +274,14 @@ fn refuse_test_seeds(config: &RunConfig) -> Result<()> {
 fn refuse_unserved_method(config: &RunConfig) -> Result<()> {
     match config.run.method {
         crate::config::Method::Popri => Ok(()),
-        other => Err(ServerError::ConfigValue {
+        other => Err(ServerError::Run(RunError::ConfigValue {
             key: "run.method".into(),
             value: other.to_string(),
             fix: format!(
                 "`fedsyn serve` runs POPri only; `{other}` runs in simulation (`fedsyn simulate \
                  --config FILE`); set run.method = \"popri\" to serve"
             ),
-        }),
+        })),
     }
 }
 
@@ -304,12 +304,12 @@ fn open_run_dir(options: &ServeOptions) -> Result<(RunDir, RunConfig)> {
             refuse_unserved_method(&config)?;
             if let Some(given) = &options.config {
                 if given != &config {
-                    return Err(ServerError::RunDir {
+                    return Err(ServerError::Run(RunError::RunDir {
                         path: options.dir.clone(),
                         message: "holds a run of a different configuration; continue it with \
                                   `fedsyn serve --resume DIR`, or choose a new --out"
                             .into(),
-                    });
+                    }));
                 }
             }
             Ok((dir, config))

@@ -54,7 +54,7 @@ use crate::driver::{Driver, LedgerStore, RoundLog, RoundMethod};
 use crate::engine::{
     popri_release, Candidates, PopriEngine, Progress, RoundSettings, ScoreTransport,
 };
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError, ServerError};
 use crate::noise::{grid_for, NoiseSource, PlannedRelease};
 use crate::run_dir::{RoundMetrics, RunDir};
 use crate::sampling::ClientSampler;
@@ -217,7 +217,7 @@ impl RoundMethod for ServedRounds<'_> {
                 // A round opened before and no longer held: abandoned by an older fedsyn with
                 // too few submissions. Opening it again would draw a second cohort for the same
                 // round, which the ledger cannot account for (see `RemoteTransport`).
-                return Err(ServerError::RunDir {
+                return Err(ServerError::Run(RunError::RunDir {
                     path: self.dir.root().to_path_buf(),
                     message: format!(
                         "round {round} was abandoned ({:?}) by an earlier fedsyn that sampled \
@@ -226,7 +226,7 @@ impl RoundMethod for ServedRounds<'_> {
                          --out NEW_DIR`",
                         record.status
                     ),
-                });
+                }));
             }
             _ => match self
                 .coordinator
@@ -477,7 +477,7 @@ impl LedgerStore for SqliteLedger<'_> {
         let (rdp, pld) = self.guard.spent(&self.ledger)?;
         self.coordinator.metrics().set_epsilon(rdp, pld);
         // ledger.json mirrors the SQLite ledger for the tools that read run directories.
-        self.dir.save_ledger(&self.ledger)
+        Ok(self.dir.save_ledger(&self.ledger)?)
     }
 }
 
@@ -531,7 +531,7 @@ impl RoundLog for ServedLog<'_> {
     }
 
     fn append(&mut self, metrics: &RoundMetrics) -> Result<()> {
-        self.dir.append_metrics(metrics)
+        Ok(self.dir.append_metrics(metrics)?)
     }
 }
 

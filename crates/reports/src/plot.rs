@@ -4,8 +4,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::error::{Result, ServerError};
-use crate::run_dir::RoundMetrics;
+use runs::run_dir::RoundMetrics;
+use runs::{Result, RunError};
 
 /// Points (round, value) of one line.
 type Curve = Vec<(f64, f64)>;
@@ -17,7 +17,7 @@ const PANEL: (u32, u32) = (720, 300);
 /// private eval set (a non-private diagnostic; round 0 is the public model alone), and ε spent
 /// under each accountant against the target.
 pub fn write_rounds_svg(metrics: &[RoundMetrics], target_epsilon: f64, path: &Path) -> Result<()> {
-    let failed = |e: &dyn std::fmt::Display| ServerError::Plot {
+    let failed = |e: &dyn std::fmt::Display| RunError::Plot {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
@@ -116,7 +116,11 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run_dir::{NonPrivate, NonPrivateMetrics, PhaseSeconds};
+    use runs::run_dir::{NonPrivate, NonPrivateMetrics, PhaseSeconds};
+
+    /// The witness of values a unit test makes up.
+    struct MadeUpData;
+    impl dp_mechanics::RawClientData for MadeUpData {}
 
     fn row(round: u64, fid: f64, epsilon: f64) -> RoundMetrics {
         RoundMetrics {
@@ -135,10 +139,13 @@ mod tests {
             reward_margin: None,
             seconds: PhaseSeconds::default(),
             noisy_score_histogram: None,
-            nonprivate: Some(NonPrivate::for_tests(NonPrivateMetrics {
-                fid_nonprivate: Some(fid),
-                ..NonPrivateMetrics::default()
-            })),
+            nonprivate: Some(NonPrivate::measured(
+                &MadeUpData,
+                NonPrivateMetrics {
+                    fid_nonprivate: Some(fid),
+                    ..NonPrivateMetrics::default()
+                },
+            )),
         }
     }
 

@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     /// The fixture of `scripts/reference/confidence.py` (SciPy 1.17).
-    const REFERENCE: &str = include_str!("../../tests/fixtures/confidence_reference.json");
+    const REFERENCE: &str = include_str!("../tests/fixtures/confidence_reference.json");
 
     #[test]
     fn intervals_match_scipy() {

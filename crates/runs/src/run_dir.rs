@@ -23,7 +23,8 @@ use privacy_accounting::Ledger;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError};
+pub use dp_mechanics::NonPrivate;
 
 const CONFIG: &str = "config.toml";
 const LEDGER: &str = "ledger.json";
@@ -108,41 +109,6 @@ pub struct RoundMetrics {
     /// Simulation only: diagnostics of un-noised data, NOT covered by the privacy guarantee.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonprivate: Option<NonPrivate<NonPrivateMetrics>>,
-}
-
-/// A value computed from un-noised private data. Making one takes a reference to the clients'
-/// raw data ([`clients::FederatedData`]), which only a simulation holds in its process: the HTTP
-/// server never has it, so it cannot emit one. Reading one back from a run's files is allowed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NonPrivate<T>(T);
-
-impl<T> NonPrivate<T> {
-    /// Wraps `value`, measured on the private data `held` by this (simulation) process.
-    pub fn measured(_held: &clients::FederatedData, value: T) -> Self {
-        NonPrivate(value)
-    }
-
-    /// A value made up by a unit test.
-    #[cfg(test)]
-    pub(crate) fn for_tests(value: T) -> Self {
-        NonPrivate(value)
-    }
-
-    /// A value derived from this one: still non-private, and made without a second witness.
-    pub fn map<U>(&self, derive: impl FnOnce(&T) -> U) -> NonPrivate<U> {
-        NonPrivate(derive(&self.0))
-    }
-
-    /// The value (for diagnostics and reports that label it non-private).
-    pub fn get(&self) -> &T {
-        &self.0
-    }
-
-    /// The value, mutably (to add diagnostics measured later in the round).
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
 }
 
 /// The non-private diagnostics of one simulated round (every field may be absent).
@@ -282,7 +248,7 @@ impl RoundMetrics {
         });
         for (name, value) in values.chain(histogram_edges) {
             if !value.is_finite() {
-                return Err(ServerError::argument(
+                return Err(RunError::argument(
                     "metrics",
                     format!("{name} = {value} in round {}", self.round),
                     "finite numbers only (use None for a value that was not computed)",
@@ -323,8 +289,7 @@ impl PendingCheckpoint {
     /// Syncs every file, then renames the folder to its final name; returns that path.
     pub fn commit(self) -> Result<PathBuf> {
         sync_tree(&self.partial)?;
-        fs::rename(&self.partial, &self.complete)
-            .map_err(|e| ServerError::io(&self.complete, e))?;
+        fs::rename(&self.partial, &self.complete).map_err(|e| RunError::io(&self.complete, e))?;
         sync_dir(self.complete.parent().unwrap_or(Path::new(".")))?;
         Ok(self.complete)
     }
@@ -344,14 +309,14 @@ impl RunDir {
             if !path.is_dir() {
                 return Err(run.error("exists and is not a directory: choose another --out"));
             }
-            let mut entries = fs::read_dir(path).map_err(|e| ServerError::io(path, e))?;
+            let mut entries = fs::read_dir(path).map_err(|e| RunError::io(path, e))?;
             if entries.next().is_some() {
                 run.check_same_config(config)?;
                 return Ok(run);
             }
         }
         fs::create_dir_all(run.checkpoints_dir())
-            .map_err(|e| ServerError::io(run.checkpoints_dir(), e))?;
+            .map_err(|e| RunError::io(run.checkpoints_dir(), e))?;
         write_atomic(&run.config_path(), wanted.as_bytes())?;
         Ok(run)
     }
@@ -375,13 +340,13 @@ impl RunDir {
     /// cohort up rather than draw again.
     pub fn save_open_cohort(&self, round: u64, cohort: &[usize]) -> Result<()> {
         let dir = self.root.join(PRIVATE_DIR);
-        fs::create_dir_all(&dir).map_err(|e| ServerError::io(&dir, e))?;
+        fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
         set_mode(&dir, 0o700)?;
         let json = serde_json::to_vec(&OpenCohort {
             round,
             clients: cohort.to_vec(),
         })
-        .map_err(|e| ServerError::argument("cohort", "(unserialisable)", e.to_string()))?;
+        .map_err(|e| RunError::argument("cohort", "(unserialisable)", e.to_string()))?;
         write_atomic_private(&dir.join(OPEN_COHORT), &json)
     }
 
@@ -391,9 +356,9 @@ impl RunDir {
         if !path.exists() {
             return Ok(None);
         }
-        let text = fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+        let text = fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
         let saved: OpenCohort = serde_json::from_str(&text)
-            .map_err(|e| ServerError::io(&path, std::io::Error::other(e)))?;
+            .map_err(|e| RunError::io(&path, std::io::Error::other(e)))?;
         Ok((saved.round == round).then_some(saved.clients))
     }
 
@@ -403,7 +368,7 @@ impl RunDir {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ServerError::io(&path, e)),
+            Err(e) => Err(RunError::io(&path, e)),
         }
     }
 
@@ -485,18 +450,18 @@ impl RunDir {
         let created = !path.exists();
         drop_torn_tail(&path)?;
         let mut line = serde_json::to_string(metrics).map_err(|e| {
-            ServerError::argument("metrics", format!("round {}", metrics.round), e.to_string())
+            RunError::argument("metrics", format!("round {}", metrics.round), e.to_string())
         })?;
         line.push('\n');
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| ServerError::io(&path, e))?;
+            .map_err(|e| RunError::io(&path, e))?;
         file.write_all(line.as_bytes())
             .and_then(|()| file.flush())
             .and_then(|()| file.sync_all())
-            .map_err(|e| ServerError::io(&path, e))?;
+            .map_err(|e| RunError::io(&path, e))?;
         if created {
             sync_dir(&self.root)?;
         }
@@ -509,14 +474,14 @@ impl RunDir {
         if !path.exists() {
             return Ok(Vec::new());
         }
-        let text = fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+        let text = fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete
             .lines()
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
             .map(|(i, line)| {
-                serde_json::from_str(line).map_err(|e| ServerError::Data {
+                serde_json::from_str(line).map_err(|e| RunError::Data {
                     path: path.clone(),
                     line: i + 1,
                     message: format!("not a metrics record ({e})"),
@@ -536,7 +501,7 @@ impl RunDir {
         let mut text = String::new();
         for metrics in &kept {
             let line = serde_json::to_string(metrics).map_err(|e| {
-                ServerError::argument("metrics", format!("round {}", metrics.round), e.to_string())
+                RunError::argument("metrics", format!("round {}", metrics.round), e.to_string())
             })?;
             text.push_str(&line);
             text.push('\n');
@@ -573,7 +538,7 @@ impl RunDir {
         let partial = self
             .checkpoints_dir()
             .join(format!(".{CHECKPOINT_PREFIX}{round:04}{PARTIAL_SUFFIX}"));
-        fs::create_dir_all(&partial).map_err(|e| ServerError::io(&partial, e))?;
+        fs::create_dir_all(&partial).map_err(|e| RunError::io(&partial, e))?;
         Ok(PendingCheckpoint {
             round,
             partial,
@@ -588,8 +553,8 @@ impl RunDir {
             return Ok(None);
         }
         let mut latest: Option<(u64, PathBuf)> = None;
-        for entry in fs::read_dir(&dir).map_err(|e| ServerError::io(&dir, e))? {
-            let entry = entry.map_err(|e| ServerError::io(&dir, e))?;
+        for entry in fs::read_dir(&dir).map_err(|e| RunError::io(&dir, e))? {
+            let entry = entry.map_err(|e| RunError::io(&dir, e))?;
             let name = entry.file_name();
             let round = name
                 .to_str()
@@ -607,15 +572,15 @@ impl RunDir {
 
     fn remove_partial_checkpoints(&self) -> Result<()> {
         let dir = self.checkpoints_dir();
-        fs::create_dir_all(&dir).map_err(|e| ServerError::io(&dir, e))?;
-        for entry in fs::read_dir(&dir).map_err(|e| ServerError::io(&dir, e))? {
-            let path = entry.map_err(|e| ServerError::io(&dir, e))?.path();
+        fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
+        for entry in fs::read_dir(&dir).map_err(|e| RunError::io(&dir, e))? {
+            let path = entry.map_err(|e| RunError::io(&dir, e))?.path();
             let partial = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with('.') && n.ends_with(PARTIAL_SUFFIX));
             if partial {
-                fs::remove_dir_all(&path).map_err(|e| ServerError::io(&path, e))?;
+                fs::remove_dir_all(&path).map_err(|e| RunError::io(&path, e))?;
             }
         }
         Ok(())
@@ -630,7 +595,7 @@ impl RunDir {
                  new directory"
             )));
         }
-        let existing = fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+        let existing = fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
         let differences = differing_keys(&existing, &config.to_toml()?);
         if differences.is_empty() {
             return Ok(());
@@ -642,8 +607,8 @@ impl RunDir {
         )))
     }
 
-    fn error(&self, message: impl Into<String>) -> ServerError {
-        ServerError::RunDir {
+    fn error(&self, message: impl Into<String>) -> RunError {
+        RunError::RunDir {
             path: self.root.clone(),
             message: message.into(),
         }
@@ -691,8 +656,8 @@ fn flatten_into(flat: &mut BTreeMap<String, String>, prefix: &str, value: &toml:
 
 /// Reads the JSON state file a checkpoint keeps beside its adapter (each method its own type).
 pub fn read_checkpoint_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::RunDir {
+    let text = std::fs::read_to_string(path).map_err(|e| RunError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| RunError::RunDir {
         path: path.to_path_buf(),
         message: format!("the checkpoint state cannot be read ({e})"),
     })
@@ -704,19 +669,19 @@ pub fn read_checkpoint_state<T: serde::de::DeserializeOwned>(path: &Path) -> Res
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
-        .ok_or_else(|| ServerError::argument("path", path.display(), "a file path"))?;
+        .ok_or_else(|| RunError::argument("path", path.display(), "a file path"))?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     {
-        let mut file = File::create(&tmp).map_err(|e| ServerError::io(&tmp, e))?;
+        let mut file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .map_err(|e| ServerError::io(&tmp, e))?;
+            .map_err(|e| RunError::io(&tmp, e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| ServerError::io(path, e))?;
+    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
     sync_dir(dir)
 }
 
@@ -728,20 +693,20 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| ServerError::argument("path", path.display(), "a file path"))?;
+        .ok_or_else(|| RunError::argument("path", path.display(), "a file path"))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     {
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp).map_err(|e| ServerError::io(&tmp, e))?;
+        let mut file = options.open(&tmp).map_err(|e| RunError::io(&tmp, e))?;
         set_mode(&tmp, 0o600)?;
         file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .map_err(|e| ServerError::io(&tmp, e))?;
+            .map_err(|e| RunError::io(&tmp, e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| ServerError::io(path, e))?;
+    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
     sync_dir(dir)
 }
 
@@ -751,7 +716,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(|e| ServerError::io(path, e))?;
+            .map_err(|e| RunError::io(path, e))?;
     }
     #[cfg(not(unix))]
     let _ = (path, mode);
@@ -770,7 +735,7 @@ fn drop_torn_tail(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let bytes = fs::read(path).map_err(|e| ServerError::io(path, e))?;
+    let bytes = fs::read(path).map_err(|e| RunError::io(path, e))?;
     if bytes.is_empty() || bytes.ends_with(b"\n") {
         return Ok(());
     }
@@ -778,16 +743,16 @@ fn drop_torn_tail(path: &Path) -> Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(|e| ServerError::io(path, e))?;
+        .map_err(|e| RunError::io(path, e))?;
     file.set_len(keep as u64)
         .and_then(|()| file.sync_all())
-        .map_err(|e| ServerError::io(path, e))
+        .map_err(|e| RunError::io(path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| ServerError::io(dir, e))
+        .map_err(|e| RunError::io(dir, e))
 }
 
 /// The lock file of a run directory; it holds the pid of the process that owns the run.
@@ -816,7 +781,7 @@ impl RunDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| ServerError::io(&path, e))?;
+            .map_err(|e| RunError::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -826,7 +791,7 @@ impl RunDirLock {
                     "" => "unknown pid".to_string(),
                     pid => format!("pid {pid}"),
                 };
-                return Err(ServerError::RunDir {
+                return Err(RunError::RunDir {
                     path: dir.to_path_buf(),
                     message: format!(
                         "is in use by another fedsyn process ({holder}); one run directory takes \
@@ -835,26 +800,26 @@ impl RunDirLock {
                     ),
                 });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(ServerError::io(&path, e)),
+            Err(fs::TryLockError::Error(e)) => return Err(RunError::io(&path, e)),
         }
         file.set_len(0)
             .and_then(|()| writeln!(file, "{}", std::process::id()))
             .and_then(|()| file.sync_all())
-            .map_err(|e| ServerError::io(&path, e))?;
+            .map_err(|e| RunError::io(&path, e))?;
         Ok(RunDirLock { _file: file })
     }
 }
 
 /// Syncs every file and folder under `dir`, then `dir` itself.
 fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(|e| ServerError::io(dir, e))? {
-        let path = entry.map_err(|e| ServerError::io(dir, e))?.path();
+    for entry in fs::read_dir(dir).map_err(|e| RunError::io(dir, e))? {
+        let path = entry.map_err(|e| RunError::io(dir, e))?.path();
         if path.is_dir() {
             sync_tree(&path)?;
         } else {
             File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| ServerError::io(&path, e))?;
+                .map_err(|e| RunError::io(&path, e))?;
         }
     }
     sync_dir(dir)
@@ -891,6 +856,10 @@ mod tests {
         RunConfig::from_toml(&text, Path::new("/")).unwrap()
     }
 
+    /// The witness of values a unit test makes up.
+    struct MadeUpData;
+    impl dp_mechanics::RawClientData for MadeUpData {}
+
     fn metrics(round: u64) -> RoundMetrics {
         RoundMetrics {
             round,
@@ -908,13 +877,16 @@ mod tests {
             reward_margin: None,
             seconds: PhaseSeconds::default(),
             noisy_score_histogram: None,
-            nonprivate: Some(NonPrivate(NonPrivateMetrics {
-                clients_nonprivate: Some(10),
-                clipped_fraction_nonprivate: Some(1.0),
-                mean_pre_clip_norm_nonprivate: Some(134.2),
-                preference_agreement_nonprivate: Some(0.4),
-                ..NonPrivateMetrics::default()
-            })),
+            nonprivate: Some(NonPrivate::measured(
+                &MadeUpData,
+                NonPrivateMetrics {
+                    clients_nonprivate: Some(10),
+                    clipped_fraction_nonprivate: Some(1.0),
+                    mean_pre_clip_norm_nonprivate: Some(134.2),
+                    preference_agreement_nonprivate: Some(0.4),
+                    ..NonPrivateMetrics::default()
+                },
+            )),
         }
     }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use plotters::prelude::*;
 
-use crate::error::{Result, ServerError};
-use crate::run_dir::Histogram;
+use runs::run_dir::Histogram;
+use runs::{Result, RunError};
 
 /// Size of a full-width chart, in pixels.
 const WIDE: (u32, u32) = (720, 320);
@@ -278,8 +278,8 @@ pub(crate) fn histogram_svg(title: &str, x_label: &str, histogram: &Histogram) -
     Ok(svg)
 }
 
-fn plot_error(title: &str, e: &dyn std::fmt::Display) -> ServerError {
-    ServerError::Plot {
+fn plot_error(title: &str, e: &dyn std::fmt::Display) -> RunError {
+    RunError::Plot {
         path: PathBuf::from(format!("(chart \"{title}\")")),
         message: e.to_string(),
     }

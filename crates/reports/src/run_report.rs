@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::chart::{histogram_svg, Line, LineChart};
-use super::document::{Block, Document};
-use super::record::{format_number, RunRecord};
-use crate::error::{Result, ServerError};
-use crate::evaluate::EvalReport;
-use crate::memorisation::ANCHOR_WORDS;
-use crate::run_dir::{write_atomic, RoundMetrics};
+use crate::chart::{histogram_svg, Line, LineChart};
+use crate::document::{Block, Document};
+use crate::record::{format_number, RunRecord};
+use runs::records::EvalReport;
+use runs::records::ANCHOR_WORDS;
+use runs::run_dir::{write_atomic, RoundMetrics};
+use runs::{Result, RunError};
 
 /// The Markdown report, in the run directory.
 pub const REPORT_MD: &str = "report.md";
@@ -54,7 +54,7 @@ pub fn write_run_report(dir: &Path, options: &ReportOptions) -> Result<ReportFil
     let record = RunRecord::load(dir)?;
     let doc = build(&record, options)?;
     let plots_dir = dir.join(REPORT_PLOTS);
-    std::fs::create_dir_all(&plots_dir).map_err(|e| ServerError::io(&plots_dir, e))?;
+    std::fs::create_dir_all(&plots_dir).map_err(|e| RunError::io(&plots_dir, e))?;
     let mut plots = Vec::new();
     for (file, svg) in doc.plots() {
         let path = dir.join(file);
@@ -110,10 +110,10 @@ fn overview(record: &RunRecord, doc: &mut Document) {
                 "rounds: {} ({}), noise multiplier σ = {:.4}",
                 summary.rounds,
                 match summary.stop_reason {
-                    crate::simulate::StopReason::RoundsCompleted => "all planned rounds ran",
-                    crate::simulate::StopReason::BudgetExhausted =>
+                    runs::records::StopReason::RoundsCompleted => "all planned rounds ran",
+                    runs::records::StopReason::BudgetExhausted =>
                         "stopped: the next round would have exceeded the target ε",
-                    crate::simulate::StopReason::Stopped => "stopped from outside",
+                    runs::records::StopReason::Stopped => "stopped from outside",
                 },
                 summary.sigma
             ));
@@ -460,7 +460,7 @@ fn first_texts(path: &Path, count: usize) -> Result<Vec<String>> {
     struct Line {
         text: String,
     }
-    let content = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
+    let content = std::fs::read_to_string(path).map_err(|e| RunError::io(path, e))?;
     content
         .lines()
         .enumerate()
@@ -469,7 +469,7 @@ fn first_texts(path: &Path, count: usize) -> Result<Vec<String>> {
         .map(|(i, line)| {
             serde_json::from_str::<Line>(line)
                 .map(|l| l.text)
-                .map_err(|e| ServerError::Data {
+                .map_err(|e| RunError::Data {
                     path: path.to_path_buf(),
                     line: i + 1,
                     message: format!("expected {{\"text\": …}} ({e})"),
@@ -487,7 +487,7 @@ fn statement(record: &RunRecord, doc: &mut Document) -> Result<()> {
         ));
         return Ok(());
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| ServerError::io(&path, e))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
     doc.push(Block::Markdown(demote_headings(&text)));
     Ok(())
 }

@@ -4,16 +4,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::chart::{Line, LineChart};
-use super::document::{Block, Document};
-use super::record::RunRecord;
-use super::stats::{
+use crate::chart::{Line, LineChart};
+use crate::document::{Block, Document};
+use crate::record::RunRecord;
+use crate::stats::{
     difference_interval, mean_interval, paired_bootstrap, Interval, LEVEL, RESAMPLES,
 };
-use crate::error::{Result, ServerError};
-use crate::evaluate::{Reference, TokenHits};
-use crate::memorisation::{MemorisationResult, ANCHOR_WORDS};
-use crate::run_dir::write_atomic;
+use runs::records::{MemorisationResult, ANCHOR_WORDS};
+use runs::records::{Reference, TokenHits};
+use runs::run_dir::write_atomic;
+use runs::{Result, RunError};
 
 /// What a row shows instead of numbers when its run has no `eval.json`.
 pub const NOT_EVALUATED: &str = "not evaluated (run `fedsyn eval DIR`)";
@@ -126,7 +126,7 @@ pub struct Comparison {
 /// or when two directories hold the same reference (pass one ε = ∞ and one ε = 0).
 pub fn compare_runs(dirs: &[PathBuf]) -> Result<Comparison> {
     if dirs.is_empty() {
-        return Err(ServerError::argument(
+        return Err(RunError::argument(
             "RUN_DIR",
             "none",
             "at least one run directory",
@@ -334,7 +334,7 @@ fn reference_accuracy(records: &[RunRecord], reference: Reference) -> Result<Opt
         return Ok(None);
     };
     if let Some(second) = found.next() {
-        return Err(ServerError::argument(
+        return Err(RunError::argument(
             "RUN_DIR",
             format!(
                 "{} and {} are both the `{}` reference",
@@ -645,7 +645,7 @@ impl Comparison {
     /// Writes `compare.md`, `compare.json` and the plots into `out` (created if needed);
     /// returns the files written.
     pub fn write(&self, out: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(out).map_err(|e| ServerError::io(out, e))?;
+        std::fs::create_dir_all(out).map_err(|e| RunError::io(out, e))?;
         let doc = self.document()?;
         let mut written = Vec::new();
         let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
@@ -656,7 +656,7 @@ impl Comparison {
         };
         put(COMPARE_MD, doc.to_markdown().as_bytes())?;
         let json = serde_json::to_string_pretty(self)
-            .map_err(|e| ServerError::argument("comparison", "(unserialisable)", e.to_string()))?;
+            .map_err(|e| RunError::argument("comparison", "(unserialisable)", e.to_string()))?;
         put(COMPARE_JSON, json.as_bytes())?;
         for (file, svg) in doc.plots() {
             put(file, svg.as_bytes())?;

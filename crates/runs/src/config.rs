@@ -14,10 +14,10 @@ use privacy_accounting::AccountantKind;
 pub use remote_client::protocol::Aggregation;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError};
 use crate::prompts::PromptTemplate;
-use crate::sampling::ClientSampling;
-pub use models::train::PreferenceConfig;
+use dp_mechanics::sampling::ClientSampling;
+pub use training_config::PreferenceConfig;
 
 /// The names of the seven Llama projections LoRA can adapt (PEFT module names).
 pub const LORA_TARGETS: [&str; 7] = [
@@ -838,7 +838,7 @@ impl RunConfig {
     /// paths (file values against the file's folder, override values against the current
     /// directory) and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| RunError::io(path, e))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -855,7 +855,7 @@ impl RunConfig {
     fn parse(text: &str, source_name: &str, base_dir: &Path, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table =
             text.parse()
-                .map_err(|e: toml::de::Error| ServerError::ConfigSyntax {
+                .map_err(|e: toml::de::Error| RunError::ConfigSyntax {
                     source_name: source_name.to_string(),
                     message: e.to_string(),
                 })?;
@@ -873,14 +873,14 @@ impl RunConfig {
         let mut config: RunConfig =
             toml::Value::Table(table)
                 .try_into()
-                .map_err(|e: toml::de::Error| ServerError::ConfigSyntax {
+                .map_err(|e: toml::de::Error| RunError::ConfigSyntax {
                     source_name,
                     // "… expected f64\nin `privacy.epsilon`" → one line.
                     message: e.to_string().trim_end().replace("\nin `", " in `"),
                 })?;
         // Absolute, so that the saved config means the same files wherever it is read from.
-        let current_dir = std::env::current_dir().map_err(|e| ServerError::io(".", e))?;
-        let base_dir = std::path::absolute(base_dir).map_err(|e| ServerError::io(base_dir, e))?;
+        let current_dir = std::env::current_dir().map_err(|e| RunError::io(".", e))?;
+        let base_dir = std::path::absolute(base_dir).map_err(|e| RunError::io(base_dir, e))?;
         config.resolve_paths(|key| {
             if overridden.contains(key) {
                 current_dir.as_path()
@@ -917,7 +917,7 @@ impl RunConfig {
 
     /// The resolved configuration as TOML (saved as `config.toml` in the run directory).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| ServerError::ConfigSyntax {
+        toml::to_string_pretty(self).map_err(|e| RunError::ConfigSyntax {
             source_name: "(resolved config)".into(),
             message: e.to_string(),
         })
@@ -1366,23 +1366,16 @@ impl RunConfig {
 
     /// `[dpo]` is the trainer's own configuration; its checks name the field.
     fn validate_dpo(&self) -> Result<()> {
-        self.dpo.validate().map_err(|e| match e {
-            models::ModelError::InvalidArgument { name, message } => ServerError::ConfigValue {
-                key: format!("dpo.{name}"),
-                value: "(see the fix)".to_string(),
-                fix: message,
-            },
-            other => ServerError::ConfigValue {
-                key: "dpo".to_string(),
-                value: "(section)".to_string(),
-                fix: other.to_string(),
-            },
+        self.dpo.validate().map_err(|e| RunError::ConfigValue {
+            key: format!("dpo.{}", e.name),
+            value: "(see the fix)".to_string(),
+            fix: e.message,
         })
     }
 }
 
-fn value_error(key: &str, value: impl fmt::Display, fix: impl Into<String>) -> ServerError {
-    ServerError::ConfigValue {
+fn value_error(key: &str, value: impl fmt::Display, fix: impl Into<String>) -> RunError {
+    RunError::ConfigValue {
         key: key.to_string(),
         value: value.to_string(),
         fix: fix.into(),
@@ -1408,7 +1401,7 @@ fn check_keys(table: &toml::Table, source_name: &str) -> Result<()> {
             ));
         };
         let toml::Value::Table(entries) = value else {
-            return Err(ServerError::ConfigSyntax {
+            return Err(RunError::ConfigSyntax {
                 source_name: source_name.to_string(),
                 message: format!("`{section}` must be a table ([{section}]), not a value"),
             });
@@ -1416,7 +1409,7 @@ fn check_keys(table: &toml::Table, source_name: &str) -> Result<()> {
         for key in entries.keys() {
             let dotted = format!("{section}.{key}");
             if let Some((_, why)) = REMOVED_KEYS.iter().find(|(k, _)| *k == dotted) {
-                return Err(ServerError::ConfigSyntax {
+                return Err(RunError::ConfigSyntax {
                     source_name: source_name.to_string(),
                     message: format!("`{dotted}` was removed: {why}"),
                 });
@@ -1454,7 +1447,7 @@ fn unknown_key<S: AsRef<str>>(
     key: &str,
     source_name: &str,
     known: impl Iterator<Item = S>,
-) -> ServerError {
+) -> RunError {
     let known: Vec<String> = known.map(|k| k.as_ref().to_string()).collect();
     let closest = known
         .iter()
@@ -1463,7 +1456,7 @@ fn unknown_key<S: AsRef<str>>(
         .filter(|(distance, _)| *distance <= 3)
         .map(|(_, k)| format!("did you mean `{k}`? "))
         .unwrap_or_default();
-    ServerError::ConfigSyntax {
+    RunError::ConfigSyntax {
         source_name: source_name.to_string(),
         message: format!(
             "unknown key `{key}`: {closest}known keys here: {}",
@@ -1490,7 +1483,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Applies one `section.key=value` override; returns the dotted key.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<String> {
     let source_name = format!("--set {assignment}");
-    let syntax = |message: String| ServerError::ConfigSyntax {
+    let syntax = |message: String| RunError::ConfigSyntax {
         source_name: source_name.clone(),
         message,
     };
@@ -1543,9 +1536,9 @@ mod tests {
         RunConfig::from_toml(text, Path::new("/base"))
     }
 
-    fn key_of(error: ServerError) -> String {
+    fn key_of(error: RunError) -> String {
         match error {
-            ServerError::ConfigValue { key, .. } => key,
+            RunError::ConfigValue { key, .. } => key,
             other => panic!("expected a ConfigValue error, got {other}"),
         }
     }
@@ -1718,8 +1711,8 @@ mod tests {
         .replace("[data.x]\n", "");
         let c = config(&text).unwrap();
         assert_eq!(c.privacy.epsilon, 7.0);
-        assert_eq!(c.dpo.schedule, models::train::LrSchedule::Linear);
-        assert_eq!(c.dpo.loss, models::train::PreferenceLoss::Dpo);
+        assert_eq!(c.dpo.schedule, training_config::LrSchedule::Linear);
+        assert_eq!(c.dpo.loss, training_config::PreferenceLoss::Dpo);
         let saved = c.to_toml().unwrap();
         let back = RunConfig::from_toml(&saved, Path::new("/elsewhere")).unwrap();
         assert_eq!(back, c);

@@ -4,14 +4,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::RunConfig;
-use crate::error::{Result, ServerError};
-use crate::evaluate::{read_report, EvalReport, Reference, EVAL_FILE};
-use crate::run_dir::{RoundMetrics, RunDir};
-use crate::simulate::SimulationSummary;
-
-/// `summary.json` of a finished run.
-pub const SUMMARY_FILE: &str = "summary.json";
+use runs::config::RunConfig;
+use runs::records::{read_report, EvalReport, Reference, EVAL_FILE};
+use runs::records::{SimulationSummary, SUMMARY_FILE};
+use runs::run_dir::{RoundMetrics, RunDir};
+use runs::{Result, RunError};
 
 /// One run directory as the reports see it: its configuration, and whichever of
 /// `summary.json`, `metrics.jsonl`, `eval.json` it has.
@@ -138,8 +135,8 @@ pub(crate) fn format_number(value: f64) -> String {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, fix: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ServerError::Data {
+    let text = std::fs::read_to_string(path).map_err(|e| RunError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| RunError::Data {
         path: path.to_path_buf(),
         line: e.line(),
         message: format!("cannot be read ({e}); {fix}"),

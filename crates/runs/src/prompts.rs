@@ -24,7 +24,7 @@ use std::path::Path;
 
 use rand::Rng;
 
-use crate::error::{Result, ServerError};
+use crate::error::{Result, RunError};
 
 /// A prompt template: literal text with placeholders `{0}` … `{n-1}` for n examples (Python
 /// `str.format` syntax as in the reference's template file; `{{` and `}}` are literal braces).
@@ -62,7 +62,7 @@ impl PromptTemplate {
     /// no other placeholder.
     pub fn parse(text: &str, examples: usize) -> Result<Self> {
         let invalid =
-            |message: String| ServerError::argument("template", format!("{text:?}"), message);
+            |message: String| RunError::argument("template", format!("{text:?}"), message);
         let mut segments = Vec::new();
         let mut literal = String::new();
         let mut chars = text.chars().peekable();
@@ -160,14 +160,14 @@ pub fn build_prompts_with<R: Rng + ?Sized>(
 ) -> Result<Vec<String>> {
     let examples = template.examples();
     if examples == 0 {
-        return Err(ServerError::argument(
+        return Err(RunError::argument(
             "examples",
             0,
             "at least one example per prompt",
         ));
     }
     if seed_pool.len() < examples {
-        return Err(ServerError::argument(
+        return Err(RunError::argument(
             "seed pool",
             format!("{} texts", seed_pool.len()),
             format!(
@@ -177,7 +177,7 @@ pub fn build_prompts_with<R: Rng + ?Sized>(
         ));
     }
     if let Some(blank) = seed_pool.iter().position(|t| t.trim().is_empty()) {
-        return Err(ServerError::argument(
+        return Err(RunError::argument(
             "seed pool",
             format!("empty text at index {blank}"),
             "every seed text must be non-empty",
@@ -222,10 +222,10 @@ pub fn clean_reply(text: &str) -> String {
 
 /// Public seed texts from a file with one text per line (blank lines are skipped).
 pub fn seed_pool_from_file(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| ServerError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| RunError::io(path, e))?;
     let mut texts = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = std::str::from_utf8(line).map_err(|e| ServerError::Data {
+        let line = std::str::from_utf8(line).map_err(|e| RunError::Data {
             path: path.to_path_buf(),
             line: i + 1,
             message: format!("not UTF-8 ({e}): save the seed file as UTF-8 text"),
@@ -236,7 +236,7 @@ pub fn seed_pool_from_file(path: &Path) -> Result<Vec<String>> {
         }
     }
     if texts.is_empty() {
-        return Err(ServerError::Data {
+        return Err(RunError::Data {
             path: path.to_path_buf(),
             line: 1,
             message: "no seed texts: put one public text per line".into(),

@@ -1,6 +1,9 @@
-//! Reports of finished runs: [`compare_runs`] (`fedsyn compare`: several runs and the ε = ∞ /
-//! ε = 0 references, method × ε) and [`write_run_report`] (`fedsyn report`: one run as
-//! Markdown and self-contained HTML).
+//! Reports of runs, without libtorch, so that `fedsyn compare` and `fedsyn report` run in the
+//! `fedsyn` binary, which never links it:
+//! - [`compare_runs`] (`fedsyn compare`): several runs and the ε = ∞ / ε = 0 references,
+//!   method × ε;
+//! - [`write_run_report`] (`fedsyn report`): one run as Markdown and self-contained HTML;
+//! - [`plot`]: the `rounds.svg` a run redraws after each round.
 //!
 //! Pure file reading and rendering: `config.toml`, `summary.json`, `metrics.jsonl`,
 //! `eval.json`, `synthetic.jsonl` and `privacy-statement.md` in, Markdown, XHTML, JSON and SVG
@@ -9,6 +12,7 @@
 mod chart;
 pub mod compare;
 mod document;
+pub mod plot;
 mod record;
 pub mod run_report;
 pub mod stats;
