@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use round_driver::Progress;
 use runs::config::RunConfig;
 use runs::records::{EvalReport, Reference};
-use server::engine::Progress;
 use server::evaluate::{evaluate_reference, evaluate_run, EvalOptions};
 
 /// Arguments of `fedsyn eval`.
@@ -59,7 +59,7 @@ pub fn run(args: &EvalArgs, json: bool) -> Result<()> {
         ..EvalOptions::default()
     };
     let progress: Box<dyn Progress> = if args.quiet || json {
-        Box::new(server::engine::Silent)
+        Box::new(round_driver::Silent)
     } else {
         Box::new(PhaseLines::default())
     };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use round_driver::Progress;
 use runs::config::RunConfig;
-use server::engine::Progress;
 use server::serve::{serve, ServeOptions};
 use server::simulate::round_line;
 use server::RoundMetrics;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use round_driver::Progress;
 use runs::config::RunConfig;
-use server::engine::Progress;
 use server::simulate::{round_line, Simulation};
 use server::RoundMetrics;
 
@@ -39,7 +39,7 @@ pub struct SimulateArgs {
 /// Runs `fedsyn simulate`.
 pub fn run(args: &SimulateArgs, json: bool) -> Result<()> {
     let progress: Box<dyn Progress> = if args.quiet || json {
-        Box::new(server::engine::Silent)
+        Box::new(round_driver::Silent)
     } else {
         Box::new(Bars::default())
     };

@@ -20,6 +20,7 @@ use crate::prompts::{clean_candidate, clean_reply};
 pub use crate::run_dir::PhaseSeconds;
 use crate::run_dir::{Histogram, NonPrivate, NonPrivateMetrics};
 use privacy_accounting::{LedgerEvent, Sampling};
+use round_driver::Progress;
 
 /// Bins of the per-round histogram of noisy scores in the metrics.
 const NOISY_SCORE_BINS: usize = 20;
@@ -100,25 +101,6 @@ pub struct RoundReport {
     pub noisy_scores: Option<Histogram>,
     pub dpo: Vec<StepMetrics>,
     pub seconds: PhaseSeconds,
-}
-
-/// Where a round reports its progress (a progress bar per phase in the CLI, nothing in tests).
-pub trait Progress {
-    /// A phase starts with `total` units of work.
-    fn start(&self, phase: &'static str, total: u64);
-    /// `done` more units of the current phase are finished.
-    fn advance(&self, done: u64);
-    /// The current phase is over.
-    fn finish(&self);
-}
-
-/// Progress that goes nowhere.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn start(&self, _: &'static str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn finish(&self) {}
 }
 
 /// The fixed settings of every round.

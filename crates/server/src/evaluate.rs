@@ -29,10 +29,8 @@ use rand::Rng;
 use serde::Deserialize;
 use tch::Tensor;
 
-use crate::budget::BudgetGuard;
 use crate::config::{Method, RunConfig};
 use crate::distribution::{knn_precision_recall, mauve, MauveOptions, DEFAULT_NEIGHBOURS};
-use crate::engine::Progress;
 use crate::error::{Result, RunError, ServerError};
 use crate::fid::frechet_distance;
 use crate::run_dir::{write_atomic, RunDir};
@@ -41,6 +39,7 @@ use crate::setup::{
     base_model_name, embed_with_progress, embedding_cache_dir, generator_path, load_data,
     load_embedder, lora_config, rows,
 };
+use round_driver::{BudgetGuard, Progress};
 use runs::records::{
     DistributionResult, DownstreamResult, EpochAccuracy, EvalReport, MemorisationResult, Reference,
     TokenHits, EVAL_FILE, EVAL_SCHEMA, MODEL_DIR,

@@ -40,10 +40,8 @@ use privacy_accounting::{LedgerEvent, Sampling};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::RunConfig;
-use crate::driver::{simulate_rounds, RoundMethod};
-use crate::engine::{derive_seed, Progress};
+use crate::engine::derive_seed;
 use crate::error::{Result, ServerError};
 use crate::noise::{GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{
@@ -55,6 +53,7 @@ use crate::setup::{
     base_model_name, load_data, load_generator, lora_config, sampling_rate, write_statement,
 };
 use crate::simulate::public_cohort;
+use round_driver::{plan_noise, simulate_rounds, BudgetGuard, Progress, RoundMethod};
 use runs::records::MODEL_DIR;
 use runs::records::{SimulationSummary, SUMMARY_FILE};
 
@@ -297,7 +296,7 @@ struct FedAvgRounds<'a> {
     next_clip: f64,
 }
 
-impl RoundMethod for FedAvgRounds<'_> {
+impl RoundMethod<ServerError> for FedAvgRounds<'_> {
     fn population(&self) -> usize {
         self.clients.len()
     }

@@ -1,13 +1,11 @@
-//! The POPri server: the round engine ([`engine`]), written once and driven either by the
-//! simulation ([`simulate`], in-process clients) or by the HTTP server (remote clients), and its
-//! building blocks: the run configuration, client sampling, the DP noise, preference pairs,
-//! prompts, FID, the run directory and the privacy budget.
+//! The server half of every method: POPri's round engine ([`engine`]), PE, PE+SFT and
+//! DP-FedAvg, each run by `round-driver`'s loop either in a simulation ([`simulate`],
+//! in-process clients) or by the HTTP server ([`serve`], remote clients); preference pairs,
+//! the evaluation ([`evaluate`]: downstream accuracy, FID, MAUVE, memorisation).
 
-pub mod budget;
 /// The run configuration, its prompts, the run directory and digests (from `runs`).
 pub use runs::{config, digest, prompts, run_dir};
 pub mod distribution;
-pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod evaluate;
@@ -24,7 +22,6 @@ pub mod serve;
 pub mod setup;
 pub mod simulate;
 
-pub use budget::{plan_noise, BudgetGuard, NoisePlan};
 pub use config::RunConfig;
 pub use error::{Result, RunError, ServerError};
 pub use noise::{NoiseSource, NoiseState};

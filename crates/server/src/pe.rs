@@ -44,12 +44,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::budget::{plan_noise, BudgetGuard, NoisePlan};
 use crate::config::{
     Method, PeSection, PeSelection, RunConfig, SyntheticPrompts, REPHRASE_PLACEHOLDER,
 };
-use crate::driver::{simulate_rounds, RoundMethod};
-use crate::engine::{derive_seed, Progress};
+use crate::engine::derive_seed;
 use crate::error::{Result, ServerError};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
@@ -64,6 +62,7 @@ use crate::setup::{
     write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
 use crate::simulate::{public_cohort, ROUNDS_PLOT_FILE};
+use round_driver::{plan_noise, simulate_rounds, BudgetGuard, NoisePlan, Progress, RoundMethod};
 use runs::records::{SimulationSummary, StopReason, SUMMARY_FILE};
 
 /// The L2 bound of every client's vote histogram: the sensitivity of the summed histogram.
@@ -250,7 +249,7 @@ impl<'a> PeRun<'a> {
     }
 }
 
-impl RoundMethod for PeRun<'_> {
+impl RoundMethod<ServerError> for PeRun<'_> {
     fn population(&self) -> usize {
         self.voters.len()
     }

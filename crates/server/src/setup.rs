@@ -16,7 +16,7 @@ use tch::{Device, Tensor};
 
 use crate::config::PromptStyle;
 use crate::config::{RunConfig, SyntheticPrompts, TrainData};
-use crate::engine::{derive_seed, Candidates, PopriEngine, Progress};
+use crate::engine::{derive_seed, Candidates, PopriEngine};
 use crate::error::{Result, RunError, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
 use crate::prompts::{
@@ -24,6 +24,7 @@ use crate::prompts::{
 };
 use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
+use round_driver::Progress;
 
 /// Texts per embedding batch.
 pub const EMBED_BATCH: usize = 64;

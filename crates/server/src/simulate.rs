@@ -23,14 +23,12 @@ use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Method, RunConfig};
 use runs::records::{SimulationSummary, SUMMARY_FILE};
 
-use crate::driver::{simulate_rounds, RoundMethod};
 use crate::engine::{
-    CollectedScores, ContributionStats, PopriEngine, Progress, RoundOutput, RoundReport,
-    RoundSettings, RoundTask, ScoreTransport,
+    CollectedScores, ContributionStats, PopriEngine, RoundOutput, RoundReport, RoundSettings,
+    RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
 use crate::noise::{GridSum, NoiseSource, NoiseState, PlannedRelease};
@@ -42,6 +40,7 @@ use crate::setup::{
     write_statement, SimulatedClients, EMBED_BATCH,
 };
 use clients::{FederatedData, SimulatedPopulation};
+use round_driver::{plan_noise, simulate_rounds, BudgetGuard, Progress, RoundMethod};
 
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -308,7 +307,7 @@ struct PopriRounds<'a> {
     eval_embeddings: Option<&'a Vec<Vec<f32>>>,
 }
 
-impl RoundMethod for PopriRounds<'_> {
+impl RoundMethod<ServerError> for PopriRounds<'_> {
     fn population(&self) -> usize {
         self.transport.population()
     }

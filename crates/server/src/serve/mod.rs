@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use crate::config::RunConfig;
 use crate::digest::{hex, sha256};
-use crate::engine::Progress;
 use crate::error::{Result, RunError, ServerError};
 use crate::run_dir::{RoundMetrics, RunDir};
 use coordinator::{CollectionRules, Coordinator};
+use round_driver::Progress;
 use store::{Store, DATABASE_FILE};
 
 /// The admin token file in the run directory (0600), unless `FEDSYN_ADMIN_TOKEN` is set.

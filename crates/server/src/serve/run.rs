@@ -48,12 +48,8 @@ use models::{Assets, DeviceChoice};
 use privacy_accounting::{Ledger, LedgerEvent, Sampling};
 use tch::Tensor;
 
-use crate::budget::{plan_noise, BudgetGuard};
 use crate::config::{Aggregation, RunConfig, WireDtype};
-use crate::driver::{Driver, LedgerStore, RoundLog, RoundMethod};
-use crate::engine::{
-    popri_release, Candidates, PopriEngine, Progress, RoundSettings, ScoreTransport,
-};
+use crate::engine::{popri_release, Candidates, PopriEngine, RoundSettings, ScoreTransport};
 use crate::error::{Result, RunError, ServerError};
 use crate::noise::{grid_for, NoiseSource, PlannedRelease};
 use crate::run_dir::{RoundMetrics, RunDir};
@@ -62,6 +58,7 @@ use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunSt
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
 use crate::simulate::{popri_settings, resume_popri, round_metrics, write_engine_checkpoint};
+use round_driver::{plan_noise, BudgetGuard, Driver, LedgerStore, Progress, RoundLog, RoundMethod};
 
 /// `meta` key of the noise multiplier, planned once when round 0 opens.
 const SIGMA_KEY: &str = "sigma";
@@ -194,7 +191,7 @@ struct ServedRounds<'a> {
     prepared: Option<Prepared>,
 }
 
-impl RoundMethod for ServedRounds<'_> {
+impl RoundMethod<ServerError> for ServedRounds<'_> {
     fn population(&self) -> usize {
         self.prepared.as_ref().map_or(0, |p| p.population.len())
     }
@@ -454,7 +451,7 @@ impl<'a> SqliteLedger<'a> {
     }
 }
 
-impl LedgerStore for SqliteLedger<'_> {
+impl LedgerStore<ServerError> for SqliteLedger<'_> {
     fn ledger(&self) -> &Ledger {
         &self.ledger
     }
@@ -488,7 +485,7 @@ struct ServedLog<'a> {
     coordinator: &'a Arc<Coordinator>,
 }
 
-impl RoundLog for ServedLog<'_> {
+impl RoundLog<ServerError> for ServedLog<'_> {
     fn cohort(
         &mut self,
         round: u64,

@@ -6,12 +6,12 @@
 //! 1. the method plans its release ([`RoundMethod::plan`]: mechanisms and the ledger event);
 //! 2. **budget rule**: unless round t is already charged (a run killed after its commit), the
 //!    run stops when the event would take ε past the target;
-//! 3. **cohort**: drawn once, from the OS ([`crate::sampling`]), kept as private state until
+//! 3. **cohort**: drawn once, from the OS ([`dp_mechanics::sampling`]), kept as private state until
 //!    the round is checkpointed, so that a resumed run takes the same cohort up;
 //! 4. the method collects the clients' contributions and releases them
 //!    ([`RoundMethod::run_round`]); the only way it can obtain noise is the charge that the
 //!    driver's commit hands back after the ledger write (**commit → noise → release**, see
-//!    [`crate::noise`]);
+//!    [`dp_mechanics::release`]);
 //! 5. the row gets ε from the ledger; the method writes its checkpoint (atomically), the cohort
 //!    is forgotten, the metrics row is appended.
 //!
@@ -24,21 +24,22 @@ use std::time::Instant;
 
 use privacy_accounting::{Ledger, LedgerEvent};
 
-use crate::budget::BudgetGuard;
-use crate::config::PrivacySection;
-use crate::engine::Progress;
-use crate::error::Result;
-use crate::noise::{NoiseSource, NoiseState, PlannedRelease};
-use crate::run_dir::{RoundMetrics, RunDir};
-use crate::sampling::ClientSampler;
+use dp_mechanics::{ClientSampler, NoiseSource, NoiseState, PlannedRelease};
+use runs::config::PrivacySection;
 use runs::records::StopReason;
+use runs::run_dir::{RoundMetrics, RunDir};
+use runs::RunError;
 
-/// Where the ledger lives: a store that makes one round's event durable.
-pub trait LedgerStore {
+use crate::budget::BudgetGuard;
+use crate::progress::Progress;
+
+/// Where the ledger lives: a store that makes one round's event durable. `E` is the error
+/// type of the caller's methods (the driver's own errors are [`RunError`]s, converted).
+pub trait LedgerStore<E> {
     /// The ledger as committed so far.
     fn ledger(&self) -> &Ledger;
     /// Appends `event` and makes it durable before returning.
-    fn commit(&mut self, event: &LedgerEvent) -> Result<()>;
+    fn commit(&mut self, event: &LedgerEvent) -> Result<(), E>;
 }
 
 /// The ledger of a run directory: `ledger.json`, replaced atomically on every commit.
@@ -49,73 +50,73 @@ pub struct JsonLedger<'a> {
 
 impl<'a> JsonLedger<'a> {
     /// The ledger of `dir` (empty for a new run), at the run's δ.
-    pub fn open(dir: &'a RunDir, delta: f64) -> Result<Self> {
+    pub fn open(dir: &'a RunDir, delta: f64) -> Result<Self, RunError> {
         let mut ledger = dir.load_ledger()?;
         ledger.delta.get_or_insert(delta);
         Ok(Self { dir, ledger })
     }
 }
 
-impl LedgerStore for JsonLedger<'_> {
+impl<E: From<RunError>> LedgerStore<E> for JsonLedger<'_> {
     fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
-    fn commit(&mut self, event: &LedgerEvent) -> Result<()> {
-        self.ledger.push(event.clone())?;
+    fn commit(&mut self, event: &LedgerEvent) -> Result<(), E> {
+        self.ledger.push(event.clone()).map_err(RunError::from)?;
         Ok(self.dir.save_ledger(&self.ledger)?)
     }
 }
 
 /// Where the driver keeps a round's cohort and its metrics rows.
-pub trait RoundLog {
+pub trait RoundLog<E> {
     /// The saved cohort of `round` if it was in progress, else a fresh draw (then saved).
     fn cohort(
         &mut self,
         round: u64,
         sampler: &ClientSampler,
         population: usize,
-    ) -> Result<Vec<usize>>;
+    ) -> Result<Vec<usize>, E>;
     /// Forgets the cohort once the round is checkpointed.
-    fn close_round(&mut self) -> Result<()>;
+    fn close_round(&mut self) -> Result<(), E>;
     /// Appends a finished round's row.
-    fn append(&mut self, metrics: &RoundMetrics) -> Result<()>;
+    fn append(&mut self, metrics: &RoundMetrics) -> Result<(), E>;
 }
 
 /// A simulation's log: the cohort of the round in progress is saved as private state in the run
 /// directory before any client is asked, so a resumed run takes it up rather than drawing again.
-impl RoundLog for &RunDir {
+impl<E: From<RunError>> RoundLog<E> for &RunDir {
     fn cohort(
         &mut self,
         round: u64,
         sampler: &ClientSampler,
         population: usize,
-    ) -> Result<Vec<usize>> {
+    ) -> Result<Vec<usize>, E> {
         if let Some(saved) = self.open_cohort(round)? {
             return Ok(saved);
         }
-        let cohort = sampler.sample(round, population)?;
+        let cohort = sampler.sample(round, population).map_err(RunError::from)?;
         self.save_open_cohort(round, &cohort)?;
         Ok(cohort)
     }
 
-    fn close_round(&mut self) -> Result<()> {
+    fn close_round(&mut self) -> Result<(), E> {
         Ok(self.clear_open_cohort()?)
     }
 
-    fn append(&mut self, metrics: &RoundMetrics) -> Result<()> {
+    fn append(&mut self, metrics: &RoundMetrics) -> Result<(), E> {
         Ok(self.append_metrics(metrics)?)
     }
 }
 
 /// What a method's round computes; the driver does the rest.
-pub trait RoundMethod {
+pub trait RoundMethod<E> {
     /// The number of clients the cohorts are drawn from.
     fn population(&self) -> usize;
 
     /// The release round `round` will make: its mechanisms and the ledger event covering them;
     /// `None` to end the run here (a served run that was stopped, or has no clients).
-    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>>;
+    fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>, E>;
 
     /// Runs round `round` with the clients `cohort`: collect their contributions, commit the
     /// release with `commit` (which returns only once the cost is durable) to get the charge,
@@ -127,14 +128,14 @@ pub trait RoundMethod {
         round: u64,
         cohort: &[usize],
         release: PlannedRelease,
-        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
+        commit: &mut dyn FnMut(&LedgerEvent) -> Result<(), E>,
         noise: &mut NoiseSource,
         progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>>;
+    ) -> Result<Option<RoundMetrics>, E>;
 
     /// Writes round `metrics.round`'s checkpoint, complete or not at all, with `metrics` (and the
     /// state of a test-seeded `noise`) in it.
-    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<()>;
+    fn checkpoint(&mut self, metrics: &RoundMetrics, noise: &NoiseSource) -> Result<(), E>;
 }
 
 /// Everything the loop needs besides the method.
@@ -149,13 +150,13 @@ pub struct Driver<'a> {
 impl Driver<'_> {
     /// Runs `rounds` of `method`; stops early, before anything of the round is computed or
     /// charged, when the next release would exceed the budget.
-    pub fn run(
+    pub fn run<E: From<RunError>>(
         &mut self,
-        method: &mut dyn RoundMethod,
-        ledger: &mut dyn LedgerStore,
-        log: &mut dyn RoundLog,
+        method: &mut dyn RoundMethod<E>,
+        ledger: &mut dyn LedgerStore<E>,
+        log: &mut dyn RoundLog<E>,
         rounds: Range<u64>,
-    ) -> Result<StopReason> {
+    ) -> Result<StopReason, E> {
         for round in rounds {
             let clock = Instant::now();
             let Some(release) = method.plan(round)? else {
@@ -173,7 +174,7 @@ impl Driver<'_> {
             let cohort = log.cohort(round, self.sampler, method.population())?;
             let metrics = {
                 let ledger = &mut *ledger;
-                let mut commit = |event: &LedgerEvent| -> Result<()> {
+                let mut commit = |event: &LedgerEvent| -> Result<(), E> {
                     if already_charged {
                         Ok(())
                     } else {
@@ -211,8 +212,8 @@ impl Driver<'_> {
 /// the last checkpoint (test seeds only) or a fresh one. Returns why the rounds ended and the
 /// ledger, for the privacy statement.
 #[allow(clippy::too_many_arguments)]
-pub fn simulate_rounds(
-    method: &mut dyn RoundMethod,
+pub fn simulate_rounds<E: From<RunError>>(
+    method: &mut dyn RoundMethod<E>,
     dir: &RunDir,
     privacy: &PrivacySection,
     sampler: &ClientSampler,
@@ -220,8 +221,8 @@ pub fn simulate_rounds(
     first_round: u64,
     progress: &dyn Progress,
     on_round: &dyn Fn(&RoundMetrics),
-) -> Result<(StopReason, Ledger)> {
-    let mut noise = NoiseSource::resume(saved_noise, privacy.noise_seed)?;
+) -> Result<(StopReason, Ledger), E> {
+    let mut noise = NoiseSource::resume(saved_noise, privacy.noise_seed).map_err(RunError::from)?;
     let guard = BudgetGuard::new(privacy);
     let mut ledger = JsonLedger::open(dir, privacy.delta)?;
     let stop = Driver {
@@ -242,11 +243,13 @@ mod tests {
 
     use privacy_accounting::Sampling;
 
+    use dp_mechanics::{ClientSampling, GaussianMechanism, GridSum};
+
     use super::*;
-    use crate::engine::Silent;
-    use crate::error::ServerError;
-    use crate::noise::{GaussianMechanism, GridSum};
-    use crate::sampling::ClientSampling;
+    use crate::progress::Silent;
+
+    /// The fakes fail with the driver's own error type.
+    type Result<T> = std::result::Result<T, RunError>;
 
     /// What happened, in order, across the fakes.
     type Journal = Rc<RefCell<Vec<String>>>;
@@ -257,14 +260,14 @@ mod tests {
         fail: bool,
     }
 
-    impl LedgerStore for FakeLedger {
+    impl LedgerStore<RunError> for FakeLedger {
         fn ledger(&self) -> &Ledger {
             &self.ledger
         }
 
         fn commit(&mut self, event: &LedgerEvent) -> Result<()> {
             if self.fail {
-                return Err(ServerError::argument("disk", "full", "free space"));
+                return Err(RunError::argument("disk", "full", "free space"));
             }
             self.ledger.push(event.clone())?;
             self.journal
@@ -281,7 +284,7 @@ mod tests {
         draws: usize,
     }
 
-    impl RoundLog for FakeLog {
+    impl RoundLog<RunError> for FakeLog {
         fn cohort(
             &mut self,
             round: u64,
@@ -319,7 +322,7 @@ mod tests {
         cohorts: Vec<Vec<usize>>,
     }
 
-    impl RoundMethod for FakeMethod {
+    impl RoundMethod<RunError> for FakeMethod {
         fn population(&self) -> usize {
             10
         }
@@ -353,7 +356,7 @@ mod tests {
             let mut charge = release.commit(|event| commit(event))?;
             if self.crash_after_commit == Some(round) {
                 self.crash_after_commit = None;
-                return Err(ServerError::argument("process", "killed", "resume"));
+                return Err(RunError::argument("process", "killed", "resume"));
             }
             self.released.push(noise.release(&mut charge, 0, &sum)?);
             self.journal.borrow_mut().push(format!("release {round}"));

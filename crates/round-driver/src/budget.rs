@@ -7,8 +7,8 @@ use privacy_accounting::calibration::{
 use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
 use serde::Serialize;
 
-use crate::config::PrivacySection;
-use crate::error::{Result, RunError, ServerError};
+use runs::config::PrivacySection;
+use runs::{Result, RunError};
 
 /// The noise multiplier of a run and what it buys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,7 +31,7 @@ pub struct NoisePlan {
 }
 
 /// σ for the run: calibrated so that `privacy.rounds` rounds of `sampling` (what
-/// [`crate::sampling::ClientSampler::accounting`] reports) meet `privacy.epsilon` at
+/// [`dp_mechanics::ClientSampler::accounting`] reports) meet `privacy.epsilon` at
 /// `privacy.delta` under `privacy.accountant`, or the configured σ after checking that at least
 /// one round fits the budget.
 pub fn plan_noise(privacy: &PrivacySection, sampling: Sampling) -> Result<NoisePlan> {
@@ -57,7 +57,7 @@ pub fn plan_noise(privacy: &PrivacySection, sampling: Sampling) -> Result<NoiseP
     let mechanism = sampling.bound(sigma)?;
     let one_round = epsilon_for(kind, mechanism, 1, delta)?.epsilon;
     if one_round > epsilon {
-        return Err(ServerError::Run(RunError::ConfigValue {
+        return Err(RunError::ConfigValue {
             key: "privacy.noise_multiplier".into(),
             value: sigma.to_string(),
             fix: format!(
@@ -65,7 +65,7 @@ pub fn plan_noise(privacy: &PrivacySection, sampling: Sampling) -> Result<NoiseP
                  ({kind}); raise the noise multiplier, or remove it to calibrate sigma from \
                  epsilon"
             ),
-        }));
+        });
     }
     let planned_epsilon = epsilon_for(kind, mechanism, rounds, delta)?.epsilon;
     let affordable_rounds = max_rounds(kind, mechanism, epsilon, delta)?.rounds;
