@@ -4,6 +4,9 @@
 #
 #   experiments/compare.sh sotu [EPSILON...]      (default ε: 1 7)
 #   SEEDS="1 2 3" experiments/compare.sh sotu 1   (each method at each ε once per seed)
+#   METHODS="popri pe" experiments/compare.sh sotu 1   (only these methods; default: all four)
+#   OUT=runs/mine experiments/compare.sh sotu 1        (where the runs go; default runs/compare)
+#   FEDSYN=/path/to/fedsyn ...                          (another build; default target/release)
 #
 # With SEEDS, every run is repeated with `run.seed` set to each seed (directories end in
 # -seed<s>) on the same data (`data.seed` = 0 for runs and references alike, so the seeds vary
@@ -22,13 +25,14 @@ data="${1:?usage: experiments/compare.sh sotu [EPSILON...]}"
 shift
 if [[ $# -gt 0 ]]; then epsilons=("$@"); else epsilons=(1 7); fi
 fedsyn="${FEDSYN:-target/release/fedsyn}"
-out=runs/compare
+out="${OUT:-runs/compare}"
 mkdir -p "$out"
 export OMP_WAIT_POLICY=PASSIVE
 
 # ε outer, methods inner, references after the first ε: a comparison cut short still has one
 # complete column.
 read -r -a seeds <<< "${SEEDS:-}"
+read -r -a methods <<< "${METHODS:-popri pe pe-sft dp-fedavg}"
 
 simulate_and_eval() { # METHOD EPSILON [SEED]
   local config="experiments/$data-$1.toml" run="$out/$data-$1-eps$2" seed_args=()
@@ -66,7 +70,7 @@ reference_eval() { # real|public
 
 runs=()
 for index in "${!epsilons[@]}"; do
-  for method in popri pe pe-sft dp-fedavg; do
+  for method in "${methods[@]}"; do
     if [[ ${#seeds[@]} -eq 0 ]]; then
       simulate_and_eval "$method" "${epsilons[$index]}"
     else

@@ -8,70 +8,15 @@
 //! leaves: a config.toml and an eval.json.
 
 mod common;
+use common::federation::{tiny_config, write_clients_and_seeds, CLIENT_DATA};
 use common::{fedsyn, have_default_models, scratch_dir};
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-const CLIENT_TOPICS: [&str; 6] = [
-    "the harbour lighthouse",
-    "winter wheat prices",
-    "the new canal locks",
-    "school libraries",
-    "the postal routes",
-    "river flood defences",
-];
-
-const SEEDS: &str = "\
-The committee met in the morning and agreed to publish its annual report.
-Farmers in the valley planted early this year because the rains came in March.
-The city opened a reading room for workers who finish their shifts at night.
-Engineers proposed a bridge of iron to replace the old wooden crossing.
-";
-
-const CONFIG: &str = r#"
-[run]
-name = "tiny"
-seed = 7
-device = "cpu"
-threads = 1
-
-[data]
-train = "clients.jsonl"
-eval_fraction = 0.25
-
-[prompts]
-seed_file = "seeds.txt"
-num_prompts = 3
-examples_per_prompt = 2
-
-[generation]
-candidates_per_prompt = 3
-max_new_tokens = 10
-truncate_tokens = 10
-batch_size = 9
-
-[pairs]
-rejected_rank = 2
-
-[lora]
-r = 4
-alpha = 8
-
-[dpo]
-beta = 0.1
-lr = 1e-3
-schedule = "constant"
-batch_size = 3
-grad_accum = 1
-max_prompt_length = 128
-max_length = 160
-
-[output]
-synthetic_samples = 3
-
-[eval]
+/// The privacy and eval sections of the real run.
+const EXTRA: &str = "[eval]
 fid_all_candidates = true
 
 [privacy]
@@ -79,26 +24,16 @@ epsilon = 2.0
 delta = 1e-5
 rounds = 2
 noise_seed = 42
-"#;
+";
 
 /// The real run, made once per test process.
 fn real_run(dir: &Path) -> PathBuf {
-    let mut jsonl = String::new();
-    for (c, topic) in CLIENT_TOPICS.iter().enumerate() {
-        for t in 0..4 {
-            let text = format!(
-                "Citizen {c} wrote note {t} about {topic}, asking the council for a clear answer \
-                 before the spring session of {}.",
-                1850 + 7 * c + t
-            );
-            jsonl
-                .push_str(&json!({ "client_id": format!("client-{c}"), "text": text }).to_string());
-            jsonl.push('\n');
-        }
-    }
-    std::fs::write(dir.join("clients.jsonl"), jsonl).unwrap();
-    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
-    std::fs::write(dir.join("config.toml"), CONFIG).unwrap();
+    write_clients_and_seeds(dir);
+    std::fs::write(
+        dir.join("config.toml"),
+        tiny_config("tiny", CLIENT_DATA, EXTRA),
+    )
+    .unwrap();
     let run = dir.join("popri-eps2");
     let output = fedsyn(&[
         "simulate",

@@ -4,7 +4,7 @@
 
 mod common;
 use common::federation::write_small_federation;
-use common::{fedsyn, have_default_models, scratch_dir};
+use common::{fedsyn, have_default_models, scratch_dir, simulate_json};
 
 use std::path::Path;
 
@@ -21,16 +21,7 @@ fn run_ok(args: &[&str]) -> Value {
 }
 
 fn simulate(config: &Path, out: &Path, method: &str) {
-    run_ok(&[
-        "simulate",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        &format!("run.method={method}"),
-    ]);
+    simulate_json(config, out, &["--set", &format!("run.method={method}")]);
 }
 
 fn eval_file(dir: &Path) -> Value {

@@ -4,6 +4,7 @@
 //! document against the live routes, `kill -9` during an open round then `--resume`, and HTTPS.
 
 mod common;
+use common::federation::PUBLIC_SEEDS;
 use common::{fedsyn_command, have_default_models, scratch_dir};
 
 use std::collections::HashMap;
@@ -16,16 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const SEEDS: &str = "\
-The committee met in the morning and agreed to publish its annual report.
-Farmers in the valley planted early this year because the rains came in March.
-The city opened a reading room for workers who finish their shifts at night.
-Engineers proposed a bridge of iron to replace the old wooden crossing.
-";
-
 /// J = 4 prompts × K = 2 candidates, 12 new tokens, one DPO step per round.
 fn write_config(dir: &Path, privacy: &str, serve: &str) -> PathBuf {
-    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
+    std::fs::write(dir.join("seeds.txt"), PUBLIC_SEEDS).unwrap();
     let config = format!(
         r#"
 [run]

@@ -5,6 +5,7 @@
 //! anything the server wrote.
 
 mod common;
+use common::federation::{tiny_config, PUBLIC_SEEDS};
 use common::{fedsyn_command, have_default_models};
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,13 +23,6 @@ use serde_json::Value;
 
 /// How long a whole run may take before the test gives up (2 cores shared with other tests).
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
-
-const SEEDS: &str = "\
-The committee met in the morning and agreed to publish its annual report.
-Farmers in the valley planted early this year because the rains came in March.
-The city opened a reading room for workers who finish their shifts at night.
-Engineers proposed a bridge of iron to replace the old wooden crossing.
-";
 
 /// Client `c`'s three texts; each holds a marker no public text has, so that a leak of any
 /// of them into the server's files is found by substring search.
@@ -63,7 +57,7 @@ impl Setup {
         let dir = std::env::temp_dir().join(format!("fedsyn-serve-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
+        std::fs::write(dir.join("seeds.txt"), PUBLIC_SEEDS).unwrap();
         std::fs::write(dir.join("config.toml"), config(clients)).unwrap();
         for c in 0..clients {
             let lines: String = client_texts(c)
@@ -182,49 +176,9 @@ impl Setup {
 /// The run configuration: tiny prompts and generations, 2 rounds, every client in every
 /// round, a round closing once all of them submitted.
 fn config(clients: usize) -> String {
-    format!(
-        r#"
-[run]
-name = "serve-e2e"
-seed = 7
-device = "cpu"
-threads = 1
-
-# Required by the configuration schema; `fedsyn serve` never reads private data.
-[data]
-train = "sotu"
-
-[prompts]
-seed_file = "seeds.txt"
-num_prompts = 3
-examples_per_prompt = 2
-
-[generation]
-candidates_per_prompt = 3
-max_new_tokens = 10
-truncate_tokens = 10
-batch_size = 9
-
-[pairs]
-rejected_rank = 2
-
-[lora]
-r = 4
-alpha = 8
-
-[dpo]
-beta = 0.1
-lr = 1e-3
-schedule = "constant"
-batch_size = 3
-grad_accum = 1
-max_prompt_length = 128
-max_length = 160
-
-[output]
-synthetic_samples = 3
-
-[eval]
+    // `[data]` is required by the configuration schema; `fedsyn serve` never reads private data.
+    let extra = format!(
+        r#"[eval]
 fid = false
 
 [privacy]
@@ -238,7 +192,8 @@ round_deadline_seconds = 600
 quorum = 1.0
 rate_limit_per_minute = 6000
 "#
-    )
+    );
+    tiny_config("serve-e2e", "train = \"sotu\"", &extra)
 }
 
 /// The URL of `listening on URL`, the first line the server prints; `None` when it exits or

@@ -3,107 +3,29 @@
 //! after `kill -9`, and that no client text reaches a prompt.
 
 mod common;
-use common::{fedsyn, have_default_models, kill_after_first_checkpoint_then_resume};
+use common::federation::{
+    client_text, tiny_config, write_clients_and_seeds, CLIENT_DATA, CLIENT_TOPICS, PUBLIC_SEEDS,
+};
+use common::{
+    fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, scratch_dir,
+    simulate_json,
+};
 
 use std::path::{Path, PathBuf};
 
 use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
 use serde_json::Value;
 
-/// Six clients, four texts each; every sentence is distinctive, so a leak into a prompt would
-/// be found by substring search.
-fn client_texts() -> Vec<(String, String)> {
-    let topics = [
-        "the harbour lighthouse",
-        "winter wheat prices",
-        "the new canal locks",
-        "school libraries",
-        "the postal routes",
-        "river flood defences",
-    ];
-    let mut rows = Vec::new();
-    for (c, topic) in topics.iter().enumerate() {
-        for t in 0..4 {
-            rows.push((
-                format!("client-{c}"),
-                format!(
-                    "Citizen {c} wrote note {t} about {topic}, asking the council for a clear \
-                     answer before the spring session of {}.",
-                    1850 + 7 * c + t
-                ),
-            ));
-        }
-    }
-    rows
-}
-
-const SEEDS: &str = "\
-The committee met in the morning and agreed to publish its annual report.
-Farmers in the valley planted early this year because the rains came in March.
-The city opened a reading room for workers who finish their shifts at night.
-Engineers proposed a bridge of iron to replace the old wooden crossing.
-";
-
-/// A folder with the data, the public seeds and a config of `extra` TOML appended.
+/// A folder with the data, the public seeds and the tiny config with `extra` appended.
 fn setup(name: &str, extra: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsyn-sim-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut jsonl = String::new();
-    for (client, text) in client_texts() {
-        jsonl.push_str(&serde_json::json!({ "client_id": client, "text": text }).to_string());
-        jsonl.push('\n');
-    }
-    std::fs::write(dir.join("clients.jsonl"), jsonl).unwrap();
-    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
-    let config = format!(
-        r#"
-[run]
-name = "e2e"
-seed = 7
-device = "cpu"
-threads = 1
-
-[data]
-train = "clients.jsonl"
-eval_fraction = 0.25
-
-[prompts]
-seed_file = "seeds.txt"
-num_prompts = 3
-examples_per_prompt = 2
-
-[generation]
-candidates_per_prompt = 3
-max_new_tokens = 10
-truncate_tokens = 10
-batch_size = 9
-
-[pairs]
-rejected_rank = 2
-
-[lora]
-r = 4
-alpha = 8
-
-[dpo]
-beta = 0.1
-lr = 1e-3
-schedule = "constant"
-batch_size = 3
-grad_accum = 1
-max_prompt_length = 128
-max_length = 160
-
-[output]
-synthetic_samples = 3
-
-[eval]
-fid_all_candidates = true
-
-{extra}"#
-    );
-    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let dir = scratch_dir(&format!("sim-{name}"));
+    write_clients_and_seeds(&dir);
+    let extra = format!("[eval]\nfid_all_candidates = true\n\n{extra}");
+    std::fs::write(
+        dir.join("config.toml"),
+        tiny_config("e2e", CLIENT_DATA, &extra),
+    )
+    .unwrap();
     dir
 }
 
@@ -112,22 +34,7 @@ fid_all_candidates = true
 const PRIVACY: &str = "[privacy]\nepsilon = 2.0\ndelta = 1e-5\nrounds = 2\nnoise_seed = 42\n";
 
 fn simulate(dir: &Path, run_dir: &str) -> Value {
-    let config = dir.join("config.toml");
-    let out = dir.join(run_dir);
-    let output = fedsyn(&[
-        "simulate",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints the summary")
+    simulate_json(&dir.join("config.toml"), &dir.join(run_dir), &[])
 }
 
 fn read(path: &Path) -> String {
@@ -222,7 +129,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
     // distinctive fragment of one) appears in them.
     let prompts: Vec<String> = serde_json::from_str(&read(&run_dir.join("prompts.json"))).unwrap();
     assert_eq!(prompts.len(), 3);
-    for (_, text) in client_texts() {
+    for text in (0..CLIENT_TOPICS.len()).flat_map(|c| (0..4).map(move |t| client_text(c, t))) {
         for prompt in &prompts {
             assert!(
                 !prompt.contains(&text[..40]),
@@ -236,7 +143,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
     }
     assert!(prompts
         .iter()
-        .all(|p| SEEDS.lines().any(|seed| p.contains(seed))));
+        .all(|p| PUBLIC_SEEDS.lines().any(|seed| p.contains(seed))));
 }
 
 #[test]

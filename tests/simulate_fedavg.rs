@@ -4,7 +4,7 @@
 
 mod common;
 use common::federation::write_small_federation;
-use common::{fedsyn, have_default_models, scratch_dir};
+use common::{fedsyn, have_default_models, scratch_dir, simulate_json};
 
 use std::path::Path;
 
@@ -12,25 +12,6 @@ use privacy_accounting::Ledger;
 use serde_json::Value;
 
 const FEDAVG: &str = "[fedavg]\nlocal_steps = 1\nlocal_batch = 2\nlocal_lr = 1e-3\n";
-
-fn simulate(config: &Path, out: &Path, extra_args: &[&str]) -> Value {
-    let mut args = vec![
-        "simulate",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra_args);
-    let output = fedsyn(&args);
-    assert!(
-        output.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints the summary")
-}
 
 fn metrics(run_dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
@@ -57,7 +38,7 @@ fn adaptive_cohort_rounds_clip_noise_and_charge_one_joint_mechanism() {
         &format!("{FEDAVG}adaptive_clip_quantile = 0.5\n{privacy}"),
     );
     let run = dir.join("run");
-    let summary = simulate(&config, &run, &["--set", "run.method=dp-fedavg"]);
+    let summary = simulate_json(&config, &run, &["--set", "run.method=dp-fedavg"]);
     assert_eq!(summary["rounds"], 2);
     assert_eq!(
         summary["synthetic_samples"], 0,
@@ -122,12 +103,12 @@ fn a_resumed_round_is_charged_once_and_ends_where_an_uninterrupted_run_ends() {
                    noise_seed = 9\n";
     let config = write_small_federation(&dir, &format!("{FEDAVG}{privacy}"));
     let whole = dir.join("whole");
-    simulate(&config, &whole, &["--set", "run.method=dp-fedavg"]);
+    simulate_json(&config, &whole, &["--set", "run.method=dp-fedavg"]);
 
     // A kill after round 1 was charged but before its checkpoint: the round's checkpoint,
     // metrics row and the final outputs are gone, its ledger entry stays.
     let cut = dir.join("cut");
-    simulate(&config, &cut, &["--set", "run.method=dp-fedavg"]);
+    simulate_json(&config, &cut, &["--set", "run.method=dp-fedavg"]);
     let mut checkpoints: Vec<_> = std::fs::read_dir(cut.join("checkpoints"))
         .unwrap()
         .map(|entry| entry.unwrap().path())

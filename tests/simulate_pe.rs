@@ -3,7 +3,11 @@
 //! directory, the ledger within the target ε, the synthetic set, and resume after `kill -9`.
 
 mod common;
-use common::{fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, scratch_dir};
+use common::federation::{tiny_config, write_clients_and_seeds, CLIENT_DATA};
+use common::{
+    fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, scratch_dir,
+    simulate_json,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -13,95 +17,18 @@ use serde_json::Value;
 /// The target ε of every run here.
 const EPSILON: f64 = 2.0;
 
-/// Six clients, four distinctive texts each.
-fn client_jsonl() -> String {
-    let topics = [
-        "the harbour lighthouse",
-        "winter wheat prices",
-        "the new canal locks",
-        "school libraries",
-        "the postal routes",
-        "river flood defences",
-    ];
-    let mut jsonl = String::new();
-    for (c, topic) in topics.iter().enumerate() {
-        for t in 0..4 {
-            let text = format!(
-                "Citizen {c} wrote note {t} about {topic}, asking the council for a clear answer \
-                 before the spring session of {}.",
-                1850 + 7 * c + t
-            );
-            let row = serde_json::json!({ "client_id": format!("client-{c}"), "text": text });
-            jsonl.push_str(&row.to_string());
-            jsonl.push('\n');
-        }
-    }
-    jsonl
-}
-
-const SEEDS: &str = "\
-The committee met in the morning and agreed to publish its annual report.
-Farmers in the valley planted early this year because the rains came in March.
-The city opened a reading room for workers who finish their shifts at night.
-Engineers proposed a bridge of iron to replace the old wooden crossing.
-";
-
 /// A folder with the data, the public seeds and a small config: M = 3 survivors, 2 variations
 /// each plus the survivors (9 samples a round), 10 tokens a sample, 2 rounds at ε = 2 with a
 /// fixed noise seed (test-only opt-in) so that runs can be compared.
 fn setup(name: &str) -> PathBuf {
     let dir = scratch_dir(&format!("pe-{name}"));
-    std::fs::write(dir.join("clients.jsonl"), client_jsonl()).unwrap();
-    std::fs::write(dir.join("seeds.txt"), SEEDS).unwrap();
-    let config = format!(
-        r#"
-[run]
-name = "pe-e2e"
-seed = 7
-device = "cpu"
-threads = 1
-
-[data]
-train = "clients.jsonl"
-eval_fraction = 0.25
-
-[prompts]
-seed_file = "seeds.txt"
-num_prompts = 3
-examples_per_prompt = 2
-
-[generation]
-max_new_tokens = 10
-truncate_tokens = 10
-batch_size = 9
-
-[lora]
-r = 4
-alpha = 8
-
-[dpo]
-lr = 1e-3
-schedule = "constant"
-batch_size = 3
-grad_accum = 1
-max_prompt_length = 128
-max_length = 160
-
-[pe]
-population = 3
-variations = 2
-keep_survivors = true
-
-[output]
-synthetic_samples = 3
-
-[privacy]
-epsilon = {EPSILON}
-delta = 1e-5
-rounds = 2
-noise_seed = 42
-"#
+    write_clients_and_seeds(&dir);
+    // The POPri sections PE does not read (candidates, pairs, β) are left as they are.
+    let extra = format!(
+        "[pe]\npopulation = 3\nvariations = 2\nkeep_survivors = true\n\n\
+         [privacy]\nepsilon = {EPSILON}\ndelta = 1e-5\nrounds = 2\nnoise_seed = 42\n"
     );
+    let config = tiny_config("pe-e2e", CLIENT_DATA, &extra);
     std::fs::write(dir.join("config.toml"), config).unwrap();
     dir
 }
@@ -113,29 +40,12 @@ fn simulate(dir: &Path, method: &str, run_dir: &str) -> Value {
 
 /// [`simulate`] with `--set` overrides.
 fn simulate_with(dir: &Path, method: &str, run_dir: &str, overrides: &[&str]) -> Value {
-    let config = dir.join("config.toml");
-    let out = dir.join(run_dir);
     let method = format!("run.method={method}");
-    let mut args = vec![
-        "simulate",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-        "--set",
-        &method,
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["--set", method.as_str()];
     for assignment in overrides {
         args.extend(["--set", assignment]);
     }
-    let output = fedsyn(&args);
-    assert!(
-        output.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints the summary")
+    simulate_json(&dir.join("config.toml"), &dir.join(run_dir), &args)
 }
 
 fn read(path: &Path) -> String {

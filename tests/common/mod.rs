@@ -26,6 +26,26 @@ pub fn fedsyn(args: &[&str]) -> Output {
         .expect("the fedsyn binary runs")
 }
 
+/// `fedsyn simulate --json --config CONFIG --out OUT EXTRA…`, which must succeed; its summary.
+pub fn simulate_json(config: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "simulate",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = fedsyn(&args);
+    assert!(
+        output.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints the summary")
+}
+
 /// Runs `fedsyn simulate --quiet ARGS` (which must write into `run_dir`), kills it (SIGKILL)
 /// once round 0 is checkpointed, checks that it had not finished, then resumes it with
 /// `fedsyn simulate --json --resume RUN_DIR` and returns the resumed run's output.
