@@ -31,6 +31,7 @@ const LEDGER: &str = "ledger.json";
 const METRICS: &str = "metrics.jsonl";
 const CHECKPOINTS: &str = "checkpoints";
 const SYNTHETIC: &str = "synthetic.jsonl";
+const ROUNDS_PLOT: &str = "rounds.svg";
 const STATEMENT_MD: &str = "privacy-statement.md";
 const STATEMENT_JSON: &str = "privacy-statement.json";
 const CHECKPOINT_PREFIX: &str = "round-";
@@ -400,6 +401,16 @@ impl RunDir {
     /// `metrics.jsonl`.
     pub fn metrics_path(&self) -> PathBuf {
         self.root.join(METRICS)
+    }
+
+    /// `rounds.svg`: ε and the non-private FID per round, redrawn at the end of a run.
+    pub fn rounds_plot_path(&self) -> PathBuf {
+        self.root.join(ROUNDS_PLOT)
+    }
+
+    /// `summary.json` of a finished run.
+    pub fn summary_path(&self) -> PathBuf {
+        self.root.join(crate::records::SUMMARY_FILE)
     }
 
     /// `synthetic.jsonl`.

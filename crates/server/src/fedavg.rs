@@ -49,20 +49,17 @@ use crate::run_dir::{
     RunDir,
 };
 use crate::sampling::ClientSampler;
-use crate::setup::{
-    base_model_name, load_data, load_generator, lora_config, sampling_rate, write_statement,
-};
-use crate::simulate::public_cohort;
-use round_driver::{plan_noise, simulate_rounds, BudgetGuard, Progress, RoundMethod};
+use crate::setup::{base_model_name, load_data, load_generator, lora_config, sampling_rate};
+use crate::simulate::{finish_simulation, public_cohort, Released};
+use round_driver::{plan_noise, simulate_rounds, Progress, RoundMethod};
+use runs::records::SimulationSummary;
 use runs::records::MODEL_DIR;
-use runs::records::{SimulationSummary, SUMMARY_FILE};
 
 /// The round state saved in every checkpoint beside the adapter.
 const STATE_FILE: &str = "state.json";
 /// The adapter's folder inside a checkpoint.
 const ADAPTER_DIR: &str = "adapter";
 /// FID and ε per round, drawn after the run (FID stays empty: DP-FedAvg writes no text).
-const ROUNDS_PLOT_FILE: &str = "rounds.svg";
 /// Salt of the clients' local-training seeds (apart from every other stream of the run seed).
 const LOCAL_SEED_STREAM: u64 = 0xFEDA_0000;
 
@@ -181,7 +178,6 @@ pub(crate) fn run_dp_fedavg(
     )?;
     let accounting = sampler.accounting(clients.len())?;
     let plan = plan_noise(&config.privacy, accounting)?;
-    let guard = BudgetGuard::new(&config.privacy);
     let denominator = expected_cohort(&accounting, clients.len());
     let fedavg = &config.fedavg;
     let adaptive = fedavg.adaptive_clip_quantile.map(|quantile| AdaptiveClip {
@@ -241,35 +237,21 @@ pub(crate) fn run_dp_fedavg(
     )?;
 
     save_model(dir, config, model)?;
-    write_statement(dir, &ledger, config, None)?;
-    let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
-    let metrics = dir.read_metrics()?;
-    reports::plot::write_rounds_svg(
-        &metrics,
-        config.privacy.epsilon,
-        &dir.root().join(ROUNDS_PLOT_FILE),
-    )?;
-    let summary = SimulationSummary {
-        run_dir: dir.root().to_path_buf(),
-        rounds: metrics.len() as u64,
-        stop_reason,
-        epsilon_rdp,
-        epsilon_pld,
-        target_epsilon: config.privacy.epsilon,
-        delta: config.privacy.delta,
-        sigma: plan.sigma,
-        fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
-        synthetic_fid_nonprivate: None,
-        synthetic_samples: 0,
-        // DP-FedAvg releases a model, not text: its adapter folder.
-        synthetic_path: dir.root().join(MODEL_DIR),
-        statement_path: dir.statement_md_path(),
-        seconds: clock.elapsed().as_secs_f64(),
+    // DP-FedAvg releases a model, not text: its adapter folder.
+    let released = Released {
+        samples: 0,
+        path: dir.root().join(MODEL_DIR),
+        fid_nonprivate: None,
     };
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
-    write_atomic(&dir.root().join(SUMMARY_FILE), json.as_bytes())?;
-    Ok(summary)
+    finish_simulation(
+        dir,
+        config,
+        &ledger,
+        stop_reason,
+        plan.sigma,
+        released,
+        clock,
+    )
 }
 
 /// A DP-FedAvg round of the simulation, for the [`Driver`]: the global adapter, the clients'

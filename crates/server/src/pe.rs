@@ -58,12 +58,12 @@ use crate::run_dir::{
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_statement,
-    write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
+    public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_synthetic_texts,
+    SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
-use crate::simulate::{public_cohort, ROUNDS_PLOT_FILE};
-use round_driver::{plan_noise, simulate_rounds, BudgetGuard, NoisePlan, Progress, RoundMethod};
-use runs::records::{SimulationSummary, StopReason, SUMMARY_FILE};
+use crate::simulate::{finish_simulation, public_cohort, synthetic_fid_nonprivate, Released};
+use round_driver::{plan_noise, simulate_rounds, NoisePlan, Progress, RoundMethod};
+use runs::records::{SimulationSummary, StopReason};
 
 /// The L2 bound of every client's vote histogram: the sensitivity of the summed histogram.
 const SENSITIVITY: f64 = 1.0;
@@ -470,42 +470,24 @@ impl PeRun<'_> {
             )
         };
         write_synthetic_texts(dir, &synthetic)?;
-        let synthetic_fid = match &self.eval_rows {
-            Some(eval) if synthetic.len() >= 2 => {
-                let embeddings = self.embedder.embed_tensor(&synthetic, EMBED_BATCH)?;
-                fid_to(eval, &rows(&embeddings)?)?.0
-            }
-            _ => None,
+        let released = Released {
+            samples: synthetic.len(),
+            path: dir.synthetic_path(),
+            fid_nonprivate: synthetic_fid_nonprivate(
+                self.eval_rows.as_deref(),
+                &self.embedder,
+                &synthetic,
+            )?,
         };
-        write_statement(dir, ledger, config, None)?;
-
-        let (epsilon_rdp, epsilon_pld) = BudgetGuard::new(&config.privacy).spent(ledger)?;
-        let metrics = dir.read_metrics()?;
-        let summary = SimulationSummary {
-            run_dir: dir.root().to_path_buf(),
-            rounds: metrics.len() as u64,
+        finish_simulation(
+            dir,
+            config,
+            ledger,
             stop_reason,
-            epsilon_rdp,
-            epsilon_pld,
-            target_epsilon: config.privacy.epsilon,
-            delta: config.privacy.delta,
-            sigma: self.plan.sigma,
-            fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
-            synthetic_fid_nonprivate: synthetic_fid,
-            synthetic_samples: synthetic.len(),
-            synthetic_path: dir.synthetic_path(),
-            statement_path: dir.statement_md_path(),
-            seconds: clock.elapsed().as_secs_f64(),
-        };
-        reports::plot::write_rounds_svg(
-            &metrics,
-            config.privacy.epsilon,
-            &dir.root().join(ROUNDS_PLOT_FILE),
-        )?;
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
-        write_atomic(&dir.root().join(SUMMARY_FILE), json.as_bytes())?;
-        Ok(summary)
+            self.plan.sigma,
+            released,
+            clock,
+        )
     }
 }
 

@@ -12,19 +12,19 @@
 //! process, so the one charge covers the one release). A kill between 2 and 3 is repaired from
 //! the checkpoint's copy of the row.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
 use models::train::PreferenceTrainer;
-use models::{Assets, DeviceChoice, Generator};
-use privacy_accounting::LedgerEvent;
+use models::{Assets, DeviceChoice, Generator, SentenceEmbedder};
 use privacy_accounting::Sampling;
+use privacy_accounting::{Ledger, LedgerEvent};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::config::{Method, RunConfig};
-use runs::records::{SimulationSummary, SUMMARY_FILE};
+use runs::records::{SimulationSummary, StopReason};
 
 use crate::engine::{
     CollectedScores, ContributionStats, PopriEngine, RoundOutput, RoundReport, RoundSettings,
@@ -44,8 +44,6 @@ use round_driver::{plan_noise, simulate_rounds, BudgetGuard, Progress, RoundMeth
 
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
 pub(crate) const STATE_FILE: &str = "state.json";
-/// FID and ε per round, drawn after the run.
-pub(crate) const ROUNDS_PLOT_FILE: &str = "rounds.svg";
 
 /// The simulated clients as a [`ScoreTransport`]: each sampled client scores the candidates
 /// against its own texts in this process, with the clients' code (`clients::scores`).
@@ -213,7 +211,6 @@ impl Simulation {
         )?;
         let accounting = sampler.accounting(population.len())?;
         let plan = plan_noise(&config.privacy, accounting)?;
-        let guard = BudgetGuard::new(&config.privacy);
 
         // Resume from the last checkpoint, or start fresh.
         let (trainer, saved_noise, first_round) =
@@ -254,45 +251,89 @@ impl Simulation {
             &seed_pool,
             progress,
         )?;
-        let synthetic_fid = match eval_embeddings {
-            Some(eval) if synthetic.texts.len() >= 2 => {
-                let embeddings = engine
-                    .embedder()
-                    .embed_tensor(&synthetic.texts, EMBED_BATCH)?;
-                fid_to(eval, &rows(&embeddings)?)?.0
-            }
-            _ => None,
+        let released = Released {
+            samples: synthetic.texts.len(),
+            path: self.dir.synthetic_path(),
+            fid_nonprivate: synthetic_fid_nonprivate(
+                eval_embeddings.map(Vec::as_slice),
+                engine.embedder(),
+                &synthetic.texts,
+            )?,
         };
-        write_statement(&self.dir, &ledger, config, None)?;
-
-        let (epsilon_rdp, epsilon_pld) = guard.spent(&ledger)?;
-        let metrics = self.dir.read_metrics()?;
-        let summary = SimulationSummary {
-            run_dir: self.dir.root().to_path_buf(),
-            rounds: metrics.len() as u64,
+        finish_simulation(
+            &self.dir,
+            config,
+            &ledger,
             stop_reason,
-            epsilon_rdp,
-            epsilon_pld,
-            target_epsilon: config.privacy.epsilon,
-            delta: config.privacy.delta,
-            sigma: plan.sigma,
-            fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
-            synthetic_fid_nonprivate: synthetic_fid,
-            synthetic_samples: synthetic.texts.len(),
-            synthetic_path: self.dir.synthetic_path(),
-            statement_path: self.dir.statement_md_path(),
-            seconds: clock.elapsed().as_secs_f64(),
-        };
-        reports::plot::write_rounds_svg(
-            &metrics,
-            config.privacy.epsilon,
-            &self.dir.root().join(ROUNDS_PLOT_FILE),
-        )?;
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| ServerError::argument("summary", "(unserialisable)", e.to_string()))?;
-        write_atomic(&self.dir.root().join(SUMMARY_FILE), json.as_bytes())?;
-        Ok(summary)
+            plan.sigma,
+            released,
+            clock,
+        )
     }
+}
+
+/// What a finished simulation released besides its rounds.
+pub(crate) struct Released {
+    /// Synthetic texts written (0 for DP-FedAvg, which releases a model).
+    pub samples: usize,
+    /// Where: `synthetic.jsonl`, or DP-FedAvg's adapter folder.
+    pub path: PathBuf,
+    /// Non-private diagnostic: FID of the synthetic texts to the private eval set.
+    pub fid_nonprivate: Option<f64>,
+}
+
+/// FID of `texts` to the private eval set's embeddings `eval` (non-private), when both have
+/// at least two members.
+pub(crate) fn synthetic_fid_nonprivate(
+    eval: Option<&[Vec<f32>]>,
+    embedder: &SentenceEmbedder,
+    texts: &[String],
+) -> Result<Option<f64>> {
+    match eval {
+        Some(eval) if texts.len() >= 2 => {
+            let embeddings = embedder.embed_tensor(texts, EMBED_BATCH)?;
+            Ok(fid_to(eval, &rows(&embeddings)?)?.0)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The end of every simulation, after its last round (post-processing of released values: no
+/// further privacy cost): the privacy statement, `rounds.svg` and `summary.json`, which it
+/// returns.
+pub(crate) fn finish_simulation(
+    dir: &RunDir,
+    config: &RunConfig,
+    ledger: &Ledger,
+    stop_reason: StopReason,
+    sigma: f64,
+    released: Released,
+    clock: Instant,
+) -> Result<SimulationSummary> {
+    write_statement(dir, ledger, config, None)?;
+    let (epsilon_rdp, epsilon_pld) = BudgetGuard::new(&config.privacy).spent(ledger)?;
+    let metrics = dir.read_metrics()?;
+    reports::plot::write_rounds_svg(&metrics, config.privacy.epsilon, &dir.rounds_plot_path())?;
+    let summary = SimulationSummary {
+        run_dir: dir.root().to_path_buf(),
+        rounds: metrics.len() as u64,
+        stop_reason,
+        epsilon_rdp,
+        epsilon_pld,
+        target_epsilon: config.privacy.epsilon,
+        delta: config.privacy.delta,
+        sigma,
+        fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
+        synthetic_fid_nonprivate: released.fid_nonprivate,
+        synthetic_samples: released.samples,
+        synthetic_path: released.path,
+        statement_path: dir.statement_md_path(),
+        seconds: clock.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| ServerError::internal(format!("summary.json cannot be encoded: {e}")))?;
+    write_atomic(&dir.summary_path(), json.as_bytes())?;
+    Ok(summary)
 }
 
 /// A POPri round of the simulation, for the [`Driver`]: the engine with the simulated clients,
