@@ -2,12 +2,13 @@
 //! `fedsyn serve` serialise these types and `fedsyn client` parses them (and the reverse for
 //! request bodies), so the two cannot drift apart. Request bodies refuse unknown fields.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::EmbeddingDtype;
 
 /// `POST /v1/enrol`: a one-time enrolment token for a client token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     /// The token the operator handed out (`fedsyn serve` writes them to a file).
@@ -15,14 +16,14 @@ pub struct EnrolRequest {
 }
 
 /// The answer to an enrolment: the client's id and its bearer token (`<id>.<secret>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Enrolment {
     pub client_id: String,
     pub token: String,
 }
 
 /// `GET /v1/tasks/next`: what the client should do now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum NextTask {
     /// Score the candidates of a round the client is sampled in.
@@ -34,7 +35,7 @@ pub enum NextTask {
 }
 
 /// How a round's score vectors reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum Aggregation {
     /// Each client sends its clipped vector in the clear (`POST /v1/rounds/{round}/scores`);
     /// the server sums them. For a server the clients trust.
@@ -47,7 +48,7 @@ pub enum Aggregation {
 }
 
 /// A round the client is sampled in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     pub round: u64,
     /// Always 0 (kept for clients of the time when a round could have several attempts).
@@ -69,7 +70,7 @@ pub struct Task {
 }
 
 /// The answer to a message of a secure-aggregation session: which step it answered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecAggReceipt {
     pub round: u64,
     pub session: u64,
@@ -77,25 +78,34 @@ pub struct SecAggReceipt {
 }
 
 /// `POST /v1/rounds/{round}/scores`: the client's clipped score vector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoresRequest {
+    /// One score per candidate of the round, in candidate order: as many as the task's
+    /// `candidates` (a vector of another length is answered 422).
+    #[schemars(length(min = 1))]
     pub scores: Vec<f64>,
 }
 
 /// The receipt of an accepted submission: the SHA-256 of the vector's bytes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Receipt {
     pub round: u64,
+    /// SHA-256 of the vector's little-endian f64 bytes, lower-case hex.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub receipt: String,
 }
 
+/// The most enrolment tokens one request may ask for.
+pub const MAX_ENROLMENT_TOKENS: usize = 10_000;
+
 /// `POST /v1/admin/enrolment-tokens`: how many one-time tokens to issue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokensRequest {
     /// A whole number; `3.0` is one too, as JSON Schema's `integer` says.
     #[serde(deserialize_with = "whole_number")]
+    #[schemars(range(min = 1, max = MAX_ENROLMENT_TOKENS))]
     pub count: usize,
 }
 
@@ -114,9 +124,133 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usi
 }
 
 /// The issued enrolment tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Tokens {
     pub tokens: Vec<String>,
+}
+
+/// `GET /v1/health`: whether the server answers, and what the run is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: Liveness,
+    pub state: RunState,
+    /// The open round, if any.
+    pub round: Option<u64>,
+}
+
+/// The server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Liveness {
+    #[serde(rename = "ok")]
+    Ok,
+}
+
+/// What a served run is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Loading models, or fewer than `serve.min_clients` are enrolled.
+    WaitingForClients,
+    /// A round is being prepared, collected or trained on.
+    Running,
+    /// The admin paused the run: no new round opens.
+    Paused,
+    /// Every round is done (or the run was stopped) and the outputs are written.
+    Finished,
+}
+
+/// An error (RFC 9457), served as `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Problem {
+    /// `urn:fedsyn:problem:<slug>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What was wrong and what to do.
+    pub detail: String,
+}
+
+/// `GET /v1/privacy`: the budget and every charged round. Every field is a function of the
+/// configuration and of released, noised results only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PrivacyReport {
+    pub target_epsilon: f64,
+    pub delta: f64,
+    /// ε spent so far at `delta`.
+    pub accountants: EpsilonSpent,
+    pub rounds: Vec<ChargedRound>,
+}
+
+/// ε spent, by accountant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EpsilonSpent {
+    pub rdp: f64,
+    pub pld: f64,
+}
+
+/// One round's ledger event and the ε spent after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChargedRound {
+    pub round: u64,
+    /// The noise multiplier σ.
+    pub sigma: f64,
+    /// How the cohort was sampled, as the ledger accounts for it.
+    pub sampling: serde_json::Value,
+    pub epsilon_rdp: f64,
+    pub epsilon_pld: f64,
+    pub committed_unix_ms: u64,
+}
+
+/// The admin's view of a served run (`GET /v1/admin/run`, and the answer to pause, resume and
+/// stop). It holds the open round's sampled and submitted counts: the operator is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunStatus {
+    pub state: RunState,
+    /// The open round, if any.
+    pub round: Option<u64>,
+    pub attempt: Option<u32>,
+    /// Whether the open round still takes submissions.
+    pub round_open: Option<bool>,
+    /// Clients enrolled.
+    pub enrolled: usize,
+    /// Clients sampled into the open round (0 when none is open).
+    pub sampled: usize,
+    /// Plain aggregation: clients of the open round that submitted.
+    pub submitted: usize,
+    /// `secagg+`: the session of the open round.
+    pub secure_aggregation: Option<SecureAggregationStatus>,
+    pub rounds_charged: usize,
+    pub epsilon_spent: EpsilonSpent,
+    /// The noise multiplier, once planned.
+    pub sigma: Option<f64>,
+    pub config: ServedConfig,
+}
+
+/// Where the open round's SecAgg+ session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecureAggregationStatus {
+    pub step: secure_aggregation::Step,
+    /// Participants of the step whose message has not arrived.
+    pub awaiting: usize,
+    /// Masked inputs received.
+    pub masked_inputs: usize,
+}
+
+/// The settings of a served run that the admin sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServedConfig {
+    pub name: String,
+    pub rounds: u64,
+    pub target_epsilon: f64,
+    pub delta: f64,
+    pub clip: f64,
+    pub prompts: usize,
+    pub candidates_per_prompt: usize,
+    pub min_clients: usize,
+    pub quorum: f64,
+    pub round_deadline_seconds: u64,
+    pub aggregation: Aggregation,
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_DEFLATE: u8 = 1;
 
 /// How the embedding values are stored on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingDtype {
     /// IEEE single precision, 4 bytes a value: exact.

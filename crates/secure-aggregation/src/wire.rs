@@ -94,3 +94,68 @@ pub mod words {
             .collect())
     }
 }
+
+/// The JSON Schemas of the encodings above, named as the OpenAPI document of `fedsyn serve`
+/// names them (`#/components/schemas/Bytes32`, …): the message types point their fields here.
+pub mod schema {
+    use std::borrow::Cow;
+
+    use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+
+    /// Declares a unit type whose schema is the given JSON, under the type's name.
+    macro_rules! named_schema {
+        ($(#[$doc:meta])* $name:ident, $schema:tt) => {
+            $(#[$doc])*
+            pub struct $name;
+
+            impl JsonSchema for $name {
+                fn schema_name() -> Cow<'static, str> {
+                    stringify!($name).into()
+                }
+
+                fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                    json_schema!($schema)
+                }
+            }
+        };
+    }
+
+    named_schema!(
+        /// 32 bytes ([`super::key`]): canonical padded base64 of 44 characters.
+        Bytes32,
+        {
+            "type": "string", "contentEncoding": "base64",
+            "pattern": "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+            "description": "32 bytes in canonical standard base64 (44 characters; unused bits zero)"
+        }
+    );
+
+    named_schema!(
+        /// Any bytes ([`super::bytes`]).
+        Base64,
+        {
+            "type": "string", "contentEncoding": "base64",
+            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+            "description": "Bytes in canonical standard base64 (padded; unused bits zero)"
+        }
+    );
+
+    named_schema!(
+        /// 64-bit words ([`super::words`]): a whole number of 8-byte groups.
+        Words64,
+        {
+            "type": "string", "contentEncoding": "base64",
+            "pattern": "^(?:[A-Za-z0-9+/]{32})*(?:[A-Za-z0-9+/]{10}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/]{21}[AQgw]==)?$",
+            "description": "Unsigned 64-bit words, little-endian, in canonical standard base64 (a whole number of 8-byte words)"
+        }
+    );
+
+    named_schema!(
+        /// A participant's index ([`super::index`]): 32-bit unsigned, `3.0` read as 3.
+        Index,
+        {
+            "type": "integer", "minimum": 0, "maximum": 4294967295u32,
+            "description": "A participant's index in the session (32-bit unsigned)"
+        }
+    );
+}

@@ -14,7 +14,6 @@ use secure_aggregation::{
     decode, per_client_units, Aggregator, ClientMessage, ProtocolError, Received, SessionView,
     Step, Unmasker,
 };
-use serde::Serialize;
 
 use crate::digest::{hex, sha256};
 use crate::engine::{CollectedScores, RoundTask, ScoreTransport};
@@ -30,19 +29,8 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What the run is doing, as `/v1/health` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Loading models, or fewer than `serve.min_clients` are enrolled.
-    WaitingForClients,
-    /// A round is being prepared, collected or trained on.
-    Running,
-    /// The admin paused the run: no new round opens.
-    Paused,
-    /// Every round is done (or the run was stopped) and the outputs are written.
-    Finished,
-}
+/// What the run is doing, as `/v1/health` reports it (one definition with the protocol).
+pub use remote_client::protocol::RunState;
 
 /// The fixed rules of collection.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::RunConfig;
@@ -27,15 +27,15 @@ use crate::serve::limits::RateLimiter;
 use crate::serve::metrics::Rejection;
 use crate::serve::problem::{Problem, PROBLEM_JSON};
 use remote_client::protocol::{
-    self, EnrolRequest, Enrolment, Receipt, ScoresRequest, SecAggReceipt, Tokens, TokensRequest,
+    self, ChargedRound, EnrolRequest, Enrolment, EpsilonSpent, Health, Liveness, PrivacyReport,
+    Receipt, RunStatus, ScoresRequest, SecAggReceipt, SecureAggregationStatus, ServedConfig,
+    Tokens, TokensRequest, MAX_ENROLMENT_TOKENS,
 };
 use remote_client::EmbeddingDtype;
 use secure_aggregation::{ClientMessage, ProtocolError, Received, SessionView};
 
 /// `meta` key of the SHA-256 (hex) of the admin token.
 pub const ADMIN_HASH_KEY: &str = "admin_token_hash";
-/// Most enrolment tokens one request may create.
-pub const MAX_ENROLMENT_TOKENS: usize = 10_000;
 /// How long one request may take before it is answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -454,13 +454,13 @@ fn client_id(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
     }
 }
 
-async fn health(State(state): Shared) -> Json<Value> {
+async fn health(State(state): Shared) -> Json<Health> {
     let (run_state, open) = state.coordinator.snapshot();
-    Json(json!({
-        "status": "ok",
-        "state": run_state,
-        "round": open.map(|o| o.round),
-    }))
+    Json(Health {
+        status: Liveness::Ok,
+        state: run_state,
+        round: open.map(|o| o.round),
+    })
 }
 
 async fn openapi(State(state): Shared) -> Json<Value> {
@@ -854,12 +854,12 @@ async fn secagg_message(
     })
 }
 
-async fn privacy(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn privacy(State(state): Shared, headers: HeaderMap) -> Result<Json<PrivacyReport>, Problem> {
     client(&state, &headers, Access::AdminOrClient)?;
     Ok(Json(privacy_report(&state)?))
 }
 
-fn privacy_report(state: &AppState) -> Result<Value, Problem> {
+fn privacy_report(state: &AppState) -> Result<PrivacyReport, Problem> {
     let privacy = &state.config.privacy;
     let store = state.coordinator.store();
     let rows = store.ledger_rows()?;
@@ -878,22 +878,28 @@ fn privacy_report(state: &AppState) -> Result<Value, Problem> {
         // No count of the clients who answered (nor of those sampled, which under Poisson
         // sampling is random and not covered by the noise either): every field here is a
         // function of the configuration and of released, noised results only.
-        rounds.push(json!({
-            "round": row.round,
-            "sigma": row.event.noise_multiplier,
-            "sampling": row.event.sampling,
-            "epsilon_rdp": epsilon(privacy_accounting::AccountantKind::Rdp)?,
-            "epsilon_pld": epsilon(privacy_accounting::AccountantKind::Pld)?,
-            "committed_unix_ms": row.committed_unix_ms,
-        }));
+        rounds.push(ChargedRound {
+            round: row.round,
+            sigma: row.event.noise_multiplier,
+            sampling: serde_json::to_value(row.event.sampling)
+                .map_err(|e| Problem::internal(format!("sampling: {e}")))?,
+            epsilon_rdp: epsilon(privacy_accounting::AccountantKind::Rdp)?,
+            epsilon_pld: epsilon(privacy_accounting::AccountantKind::Pld)?,
+            committed_unix_ms: row.committed_unix_ms,
+        });
     }
-    let last = |key: &str| rounds.last().map_or(json!(0.0), |r: &Value| r[key].clone());
-    Ok(json!({
-        "target_epsilon": privacy.epsilon,
-        "delta": privacy.delta,
-        "accountants": {"rdp": last("epsilon_rdp"), "pld": last("epsilon_pld")},
-        "rounds": rounds,
-    }))
+    let accountants = rounds
+        .last()
+        .map_or(EpsilonSpent { rdp: 0.0, pld: 0.0 }, |r| EpsilonSpent {
+            rdp: r.epsilon_rdp,
+            pld: r.epsilon_pld,
+        });
+    Ok(PrivacyReport {
+        target_epsilon: privacy.epsilon,
+        delta: privacy.delta,
+        accountants,
+        rounds,
+    })
 }
 
 async fn enrolment_tokens(
@@ -927,7 +933,7 @@ pub fn create_enrolment_tokens(
     Ok(issued.into_iter().map(|t| t.token).collect())
 }
 
-async fn run_status(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn run_status(State(state): Shared, headers: HeaderMap) -> Result<Json<RunStatus>, Problem> {
     authenticate(&state, &headers, Access::Admin)?;
     Ok(Json(status_report(&state)?))
 }
@@ -935,55 +941,59 @@ async fn run_status(State(state): Shared, headers: HeaderMap) -> Result<Json<Val
 /// The admin's view of the run. It holds the open round's sampled and submitted counts: the
 /// operator is trusted (in plain mode the server sees every submitted vector anyway), and these
 /// counts appear on no public route, in no log line and no file of the run directory.
-fn status_report(state: &AppState) -> Result<Value, Problem> {
+fn status_report(state: &AppState) -> Result<RunStatus, Problem> {
     let (run_state, open) = state.coordinator.snapshot();
     let store = state.coordinator.store();
     let sigma = store.meta("sigma")?.and_then(|s| s.parse::<f64>().ok());
     let privacy = privacy_report(state)?;
     let config = &state.config;
-    Ok(json!({
-        "state": run_state,
-        "round": open.as_ref().map(|o| o.round),
-        "attempt": open.as_ref().map(|o| o.attempt),
-        "round_open": open.as_ref().map(|o| !o.closed),
-        "enrolled": store.enrolled()?,
-        "sampled": open.as_ref().map_or(0, |o| o.sampled_count),
-        "submitted": open.as_ref().map_or(0, |o| o.submitted),
-        "secure_aggregation": state.coordinator.secagg_progress().map(|(step, awaiting, masked)| {
-            json!({"step": step, "awaiting": awaiting, "masked_inputs": masked})
-        }),
-        "rounds_charged": privacy["rounds"].as_array().map_or(0, Vec::len),
-        "epsilon_spent": privacy["accountants"],
-        "sigma": sigma,
-        "config": {
-            "name": config.run.name,
-            "rounds": config.privacy.rounds,
-            "target_epsilon": config.privacy.epsilon,
-            "delta": config.privacy.delta,
-            "clip": config.privacy.clip,
-            "prompts": config.prompts.num_prompts,
-            "candidates_per_prompt": config.generation.candidates_per_prompt,
-            "min_clients": config.serve.min_clients,
-            "quorum": config.serve.quorum,
-            "round_deadline_seconds": config.serve.round_deadline_seconds,
-            "aggregation": config.serve.aggregation,
+    Ok(RunStatus {
+        state: run_state,
+        round: open.as_ref().map(|o| o.round),
+        attempt: open.as_ref().map(|o| o.attempt),
+        round_open: open.as_ref().map(|o| !o.closed),
+        enrolled: store.enrolled()?,
+        sampled: open.as_ref().map_or(0, |o| o.sampled_count),
+        submitted: open.as_ref().map_or(0, |o| o.submitted),
+        secure_aggregation: state.coordinator.secagg_progress().map(
+            |(step, awaiting, masked_inputs)| SecureAggregationStatus {
+                step,
+                awaiting,
+                masked_inputs,
+            },
+        ),
+        rounds_charged: privacy.rounds.len(),
+        epsilon_spent: privacy.accountants,
+        sigma,
+        config: ServedConfig {
+            name: config.run.name.clone(),
+            rounds: config.privacy.rounds,
+            target_epsilon: config.privacy.epsilon,
+            delta: config.privacy.delta,
+            clip: config.privacy.clip,
+            prompts: config.prompts.num_prompts,
+            candidates_per_prompt: config.generation.candidates_per_prompt,
+            min_clients: config.serve.min_clients,
+            quorum: config.serve.quorum,
+            round_deadline_seconds: config.serve.round_deadline_seconds,
+            aggregation: config.serve.aggregation,
         },
-    }))
+    })
 }
 
-async fn pause(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn pause(State(state): Shared, headers: HeaderMap) -> Result<Json<RunStatus>, Problem> {
     authenticate(&state, &headers, Access::Admin)?;
     state.coordinator.set_paused(true)?;
     Ok(Json(status_report(&state)?))
 }
 
-async fn resume(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn resume(State(state): Shared, headers: HeaderMap) -> Result<Json<RunStatus>, Problem> {
     authenticate(&state, &headers, Access::Admin)?;
     state.coordinator.set_paused(false)?;
     Ok(Json(status_report(&state)?))
 }
 
-async fn stop(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+async fn stop(State(state): Shared, headers: HeaderMap) -> Result<Json<RunStatus>, Problem> {
     authenticate(&state, &headers, Access::Admin)?;
     state.coordinator.stop()?;
     Ok(Json(status_report(&state)?))

@@ -1,24 +1,48 @@
 //! The OpenAPI 3.1 document of the API, generated from the route table ([`ROUTES`]) that also
-//! builds the router: every documented operation exists and every route is documented.
+//! builds the router, so every documented operation exists and every route is documented, and
+//! from the types the handlers and `fedsyn client` serialise (`remote_client::protocol`,
+//! `secure_aggregation`'s messages): each body's schema is derived from its type (schemars),
+//! so the document and the wire cannot disagree.
 
+use remote_client::protocol::{
+    EnrolRequest, Enrolment, Health, NextTask, PrivacyReport, Problem, Receipt, RunStatus,
+    ScoresRequest, SecAggReceipt, Tokens, TokensRequest,
+};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use secure_aggregation::{ClientMessage, SessionView};
 use serde_json::{json, Map, Value};
 
 use crate::serve::http::{Access, Endpoint, ROUTES};
 
 /// The document.
 pub fn document() -> Value {
+    let mut schemas = SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
     let mut paths = Map::new();
     for route in ROUTES {
         let item = paths
             .entry(route.path.to_string())
             .or_insert_with(|| json!({}));
         let mut responses = Map::new();
-        responses.insert(route.success.to_string(), success(route.endpoint));
+        responses.insert(
+            route.success.to_string(),
+            success(route.endpoint, &mut schemas),
+        );
         if route.endpoint == Endpoint::Scores {
-            responses.insert("200".into(), json!({"description": "An identical retry: the first receipt", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Receipt"}}}}));
+            let content = json_content::<Receipt>(&mut schemas);
+            responses.insert(
+                "200".into(),
+                json!({"description": "An identical retry: the first receipt", "content": content}),
+            );
         }
         if route.endpoint == Endpoint::SecAggMessage {
-            responses.insert("200".into(), json!({"description": "An identical retry", "content": json_content("SecAggReceipt")}));
+            let content = json_content::<SecAggReceipt>(&mut schemas);
+            responses.insert(
+                "200".into(),
+                json!({"description": "An identical retry", "content": content}),
+            );
         }
         for status in route.errors {
             responses.insert(
@@ -45,11 +69,12 @@ pub fn document() -> Value {
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
         }
-        if let Some(body) = request_body(route.endpoint) {
+        if let Some(body) = request_body(route.endpoint, &mut schemas) {
             operation["requestBody"] = body;
         }
         item[route.method.as_str().to_ascii_lowercase()] = operation;
     }
+    let problem = schemas.subschema_for::<Problem>();
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -68,10 +93,10 @@ pub fn document() -> Value {
             "responses": {
                 "Problem": {
                     "description": "An error (RFC 9457)",
-                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                    "content": {"application/problem+json": {"schema": problem}}
                 }
             },
-            "schemas": schemas(),
+            "schemas": schemas.take_definitions(true),
         }
     })
 }
@@ -85,179 +110,43 @@ fn security(access: Access) -> Value {
     }
 }
 
-fn json_content(schema: &str) -> Value {
-    json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}})
+/// A JSON body of type `T`: a reference to its schema, which `schemas` keeps.
+fn json_content<T: JsonSchema>(schemas: &mut SchemaGenerator) -> Value {
+    json!({"application/json": {"schema": schemas.subschema_for::<T>()}})
 }
 
-fn success(endpoint: Endpoint) -> Value {
+fn success(endpoint: Endpoint, schemas: &mut SchemaGenerator) -> Value {
     let (description, content) = match endpoint {
-        Endpoint::Health => ("The run's state", json_content("Health")),
+        Endpoint::Health => ("The run's state", json_content::<Health>(schemas)),
         Endpoint::OpenApi => ("This document", json!({"application/json": {"schema": {"type": "object"}}})),
         Endpoint::Metrics => ("Prometheus text", json!({"text/plain": {"schema": {"type": "string"}}})),
-        Endpoint::Enrol => ("The client's id and bearer token (shown once)", json_content("Enrolment")),
-        Endpoint::NextTask => ("A task, wait, or finished", json_content("NextTask")),
+        Endpoint::Enrol => ("The client's id and bearer token (shown once)", json_content::<Enrolment>(schemas)),
+        Endpoint::NextTask => ("A task, wait, or finished", json_content::<NextTask>(schemas)),
         Endpoint::Candidates => (
             "FSCAND01 wire format: header, SHA-256 of the values, f16/f32 values (deflated when flagged)",
             json!({"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}),
         ),
-        Endpoint::Scores => ("Stored", json_content("Receipt")),
-        Endpoint::SecAggView => ("The session as this client sees it", json_content("SessionView")),
-        Endpoint::SecAggMessage => ("Stored", json_content("SecAggReceipt")),
-        Endpoint::Privacy => ("Budget report and per-round ledger", json_content("Privacy")),
-        Endpoint::EnrolmentTokens => ("The tokens (shown once)", json_content("Tokens")),
+        Endpoint::Scores => ("Stored", json_content::<Receipt>(schemas)),
+        Endpoint::SecAggView => ("The session as this client sees it", json_content::<SessionView>(schemas)),
+        Endpoint::SecAggMessage => ("Stored", json_content::<SecAggReceipt>(schemas)),
+        Endpoint::Privacy => ("Budget report and per-round ledger", json_content::<PrivacyReport>(schemas)),
+        Endpoint::EnrolmentTokens => ("The tokens (shown once)", json_content::<Tokens>(schemas)),
         Endpoint::RunStatus | Endpoint::Pause | Endpoint::Resume | Endpoint::Stop => {
-            ("The run's status", json_content("RunStatus"))
+            ("The run's status", json_content::<RunStatus>(schemas))
         }
     };
     json!({"description": description, "content": content})
 }
 
-fn request_body(endpoint: Endpoint) -> Option<Value> {
-    let schema = match endpoint {
-        Endpoint::Enrol => "EnrolRequest",
-        Endpoint::Scores => "ScoresRequest",
-        Endpoint::SecAggMessage => "SecAggMessage",
-        Endpoint::EnrolmentTokens => "TokensRequest",
+fn request_body(endpoint: Endpoint, schemas: &mut SchemaGenerator) -> Option<Value> {
+    let content = match endpoint {
+        Endpoint::Enrol => json_content::<EnrolRequest>(schemas),
+        Endpoint::Scores => json_content::<ScoresRequest>(schemas),
+        Endpoint::SecAggMessage => json_content::<ClientMessage>(schemas),
+        Endpoint::EnrolmentTokens => json_content::<TokensRequest>(schemas),
         _ => return None,
     };
-    Some(json!({"required": true, "content": json_content(schema)}))
-}
-
-fn schemas() -> Value {
-    json!({
-        "Problem": {
-            "type": "object",
-            "required": ["type", "title", "status", "detail"],
-            "properties": {
-                "type": {"type": "string"}, "title": {"type": "string"},
-                "status": {"type": "integer"}, "detail": {"type": "string"}
-            }
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status", "state", "round"],
-            "properties": {
-                "status": {"const": "ok"},
-                "state": {"enum": ["waiting_for_clients", "running", "paused", "finished"]},
-                "round": {"type": ["integer", "null"]}
-            }
-        },
-        "EnrolRequest": {
-            "type": "object", "required": ["enrolment_token"],
-            "properties": {"enrolment_token": {"type": "string"}}, "additionalProperties": false
-        },
-        "Enrolment": {
-            "type": "object", "required": ["client_id", "token"],
-            "properties": {"client_id": {"type": "string"}, "token": {"type": "string"}}
-        },
-        "NextTask": {
-            "type": "object", "required": ["state"],
-            "properties": {
-                "state": {"enum": ["task", "wait", "finished"]},
-                "round": {"type": "integer"}, "attempt": {"type": "integer"},
-                "clip": {"type": "number"}, "candidates": {"type": "integer"},
-                "dim": {"type": "integer"}, "dtype": {"enum": ["f16", "f32"]},
-                "deadline_unix_ms": {"type": "integer"}, "candidates_url": {"type": "string"},
-                "aggregation": {"enum": ["plain", "secagg+"]},
-                "retry_after_ms": {"type": "integer"}
-            }
-        },
-        "ScoresRequest": {
-            "type": "object", "required": ["scores"], "additionalProperties": false,
-            "properties": {"scores": {
-                "type": "array", "items": {"type": "number"}, "minItems": 1,
-                "description": "One score per candidate of the round, in candidate order: as many as the task's `candidates` (a vector of another length is answered 422)"
-            }}
-        },
-        "SessionView": {
-            "type": "object",
-            "required": ["round", "session", "step", "dim", "participant", "received"],
-            "properties": {
-                "round": {"type": "integer"}, "session": {"type": "integer"},
-                "step": {"$ref": "#/components/schemas/SecAggStep"}, "dim": {"type": "integer"},
-                "participant": {"type": "boolean"}, "received": {"type": "boolean"},
-                "roster": {
-                    "type": "object", "required": ["index", "threshold", "neighbours"],
-                    "properties": {
-                        "index": {"type": "integer"}, "threshold": {"type": "integer"},
-                        "neighbours": {"type": "array", "items": {
-                            "type": "object", "required": ["index", "keys"],
-                            "properties": {"index": {"type": "integer"}, "keys": {"$ref": "#/components/schemas/PublicKeys"}}
-                        }}
-                    }
-                },
-                "inbox": {"type": "object", "required": ["packets"], "properties": {"packets": {"type": "array", "items": {"$ref": "#/components/schemas/Packet"}}}},
-                "survivors": {"type": "object", "required": ["survivors"], "properties": {"survivors": {"type": "array", "items": {"type": "integer"}}}}
-            }
-        },
-        "SecAggStep": {"enum": ["keys", "shares", "masked", "unmask", "done"]},
-        "PublicKeys": {
-            "type": "object", "required": ["cipher", "mask", "self_mask_commitment"], "additionalProperties": false,
-            "description": "X25519 public keys and the SHA-256 of the self-mask seed (standard base64, 32 bytes each)",
-            "properties": {"cipher": {"$ref": "#/components/schemas/Bytes32"}, "mask": {"$ref": "#/components/schemas/Bytes32"}, "self_mask_commitment": {"$ref": "#/components/schemas/Bytes32"}}
-        },
-        "Bytes32": {
-            "type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
-            "description": "32 bytes in canonical standard base64 (44 characters; unused bits zero)"
-        },
-        "Index": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "description": "A participant's index in the session (32-bit unsigned)"},
-        "Words64": {
-            "type": "string", "contentEncoding": "base64",
-            "pattern": "^(?:[A-Za-z0-9+/]{32})*(?:[A-Za-z0-9+/]{10}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/]{21}[AQgw]==)?$",
-            "description": "Unsigned 64-bit words, little-endian, in canonical standard base64 (a whole number of 8-byte words)"
-        },
-        "Base64": {
-            "type": "string", "contentEncoding": "base64",
-            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
-            "description": "Bytes in canonical standard base64 (padded; unused bits zero)"
-        },
-        "Packet": {
-            "type": "object", "required": ["from", "to", "ciphertext"], "additionalProperties": false,
-            "properties": {"from": {"$ref": "#/components/schemas/Index"}, "to": {"$ref": "#/components/schemas/Index"}, "ciphertext": {"$ref": "#/components/schemas/Base64"}}
-        },
-        "SecAggMessage": {
-            "description": "The client's message for the current step, tagged by `step`",
-            "oneOf": [
-                {"type": "object", "required": ["step", "cipher", "mask", "self_mask_commitment"], "additionalProperties": false,
-                 "properties": {"step": {"const": "keys"}, "cipher": {"$ref": "#/components/schemas/Bytes32"}, "mask": {"$ref": "#/components/schemas/Bytes32"}, "self_mask_commitment": {"$ref": "#/components/schemas/Bytes32"}}},
-                {"type": "object", "required": ["step", "packets"], "additionalProperties": false,
-                 "properties": {"step": {"const": "shares"}, "packets": {"type": "array", "items": {"$ref": "#/components/schemas/Packet"}}}},
-                {"type": "object", "required": ["step", "masked"], "additionalProperties": false,
-                 "description": "masked: the base64 of the masked vector's little-endian 64-bit words",
-                 "properties": {"step": {"const": "masked"}, "masked": {"$ref": "#/components/schemas/Words64"}}},
-                {"type": "object", "required": ["step", "shares"], "additionalProperties": false,
-                 "properties": {"step": {"const": "unmask"}, "shares": {"type": "array", "items": {
-                     "type": "object", "required": ["owner", "secret", "share"], "additionalProperties": false,
-                     "properties": {"owner": {"$ref": "#/components/schemas/Index"}, "secret": {"enum": ["self_mask", "mask_key"]}, "share": {"$ref": "#/components/schemas/Base64"}}
-                 }}}}
-            ]
-        },
-        "SecAggReceipt": {
-            "type": "object", "required": ["round", "session", "step"],
-            "properties": {"round": {"type": "integer"}, "session": {"type": "integer"}, "step": {"$ref": "#/components/schemas/SecAggStep"}}
-        },
-        "Receipt": {
-            "type": "object", "required": ["round", "receipt"],
-            "properties": {"round": {"type": "integer"}, "receipt": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
-        },
-        "Privacy": {
-            "type": "object", "required": ["target_epsilon", "delta", "accountants", "rounds"],
-            "properties": {
-                "target_epsilon": {"type": "number"}, "delta": {"type": "number"},
-                "accountants": {"type": "object", "properties": {"rdp": {"type": "number"}, "pld": {"type": "number"}}},
-                "rounds": {"type": "array", "items": {"type": "object"}}
-            }
-        },
-        "TokensRequest": {
-            "type": "object", "required": ["count"], "additionalProperties": false,
-            "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 10000}}
-        },
-        "Tokens": {
-            "type": "object", "required": ["tokens"],
-            "properties": {"tokens": {"type": "array", "items": {"type": "string"}}}
-        },
-        "RunStatus": {"type": "object", "required": ["state"], "properties": {"state": {"type": "string"}}}
-    })
+    Some(json!({"required": true, "content": content}))
 }
 
 #[cfg(test)]
@@ -351,5 +240,54 @@ mod tests {
             let operation = &paths[route.path][&method];
             assert!(operation["responses"][route.success.to_string()].is_object());
         }
+    }
+
+    /// Every `$ref` of the document names a schema or response it defines, and the derived
+    /// schemas keep the wire's rules (bounds, closed request bodies, the tagged messages).
+    #[test]
+    fn derived_schemas_resolve_and_keep_the_wire_rules() {
+        fn refs(value: &Value, found: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::String(target)) = map.get("$ref") {
+                        found.push(target.clone());
+                    }
+                    map.values().for_each(|v| refs(v, found));
+                }
+                Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+                _ => {}
+            }
+        }
+        let document = document();
+        let mut found = Vec::new();
+        refs(&document, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for target in &found {
+            let pointer = target.strip_prefix('#').expect("a local reference");
+            assert!(document.pointer(pointer).is_some(), "{target} is not defined");
+        }
+        let schemas = &document["components"]["schemas"];
+        let tokens = &schemas["TokensRequest"];
+        assert_eq!(tokens["additionalProperties"], false);
+        assert_eq!(tokens["properties"]["count"]["minimum"], 1);
+        assert_eq!(
+            tokens["properties"]["count"]["maximum"],
+            remote_client::protocol::MAX_ENROLMENT_TOKENS
+        );
+        assert_eq!(schemas["ScoresRequest"]["properties"]["scores"]["minItems"], 1);
+        let steps: Vec<&Value> = schemas["ClientMessage"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|variant| &variant["properties"]["step"]["const"])
+            .collect();
+        assert_eq!(steps, ["keys", "shares", "masked", "unmask"]);
+        let states: Vec<&Value> = schemas["NextTask"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|variant| &variant["properties"]["state"]["const"])
+            .collect();
+        assert_eq!(states, ["task", "wait", "finished"]);
     }
 }

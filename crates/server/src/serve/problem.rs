@@ -3,7 +3,6 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 /// The media type of every error response.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -19,15 +18,6 @@ pub struct Problem {
     pub detail: String,
     /// Seconds the client should wait (sent as `Retry-After`).
     pub retry_after_seconds: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
 }
 
 impl Problem {
@@ -84,11 +74,11 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");
-        let body = Body {
+        let body = remote_client::protocol::Problem {
             kind: format!("urn:fedsyn:problem:{}", self.slug),
-            title,
+            title: title.to_string(),
             status: self.status.as_u16(),
-            detail: &self.detail,
+            detail: self.detail.clone(),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, json).into_response();
