@@ -692,130 +692,29 @@ impl Default for FedAvgSection {
     }
 }
 
-/// Every key of the schema, by section. `deny_unknown_fields` rejects anything else too; this
-/// list gives the error a dotted name and a suggestion, for file keys and overrides alike.
-const SCHEMA: &[(&str, &[&str])] = &[
-    ("run", &["name", "seed", "device", "threads", "method"]),
-    (
-        "data",
-        &[
-            "train",
-            "eval",
-            "eval_fraction",
-            "max_clients",
-            "max_texts_per_client",
-            "seed",
-        ],
-    ),
-    ("model", &["generator", "embedder"]),
-    (
-        "prompts",
-        &[
-            "seed_file",
-            "topics",
-            "seeds_per_topic",
-            "num_prompts",
-            "examples_per_prompt",
-            "template",
-            "style",
-            "instruction",
-        ],
-    ),
-    (
-        "generation",
-        &[
-            "candidates_per_prompt",
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "truncate_tokens",
-            "batch_size",
-        ],
-    ),
-    (
-        "privacy",
-        &[
-            "epsilon",
-            "delta",
-            "rounds",
-            "noise_multiplier",
-            "clip",
-            "sampling",
-            "q",
-            "cohort",
-            "accountant",
-            "noise_seed",
-            "sampling_seed",
-        ],
-    ),
-    ("pairs", &["rejected_rank"]),
-    ("lora", &["r", "alpha", "dropout", "targets"]),
-    (
-        "dpo",
-        &[
-            "loss",
-            "beta",
-            "label_smoothing",
-            "lr",
-            "schedule",
-            "warmup_steps",
-            "lr_min",
-            "epochs",
-            "batch_size",
-            "grad_accum",
-            "max_grad_norm",
-            "max_prompt_length",
-            "max_length",
-            "weight_decay",
-            "betas",
-            "eps",
-            "seed",
-            "total_steps",
-            "max_steps",
-        ],
-    ),
-    ("output", &["synthetic_samples", "synthetic_prompts"]),
-    ("eval", &["fid", "fid_all_candidates"]),
-    (
-        "pe",
-        &[
-            "population",
-            "variations",
-            "threshold",
-            "selection",
-            "keep_survivors",
-            "rephrase_template",
-        ],
-    ),
-    (
-        "fedavg",
-        &[
-            "local_steps",
-            "local_lr",
-            "local_batch",
-            "server_lr",
-            "adaptive_clip_quantile",
-            "adaptive_clip_lr",
-            "adaptive_clip_noise",
-        ],
-    ),
-    (
-        "serve",
-        &[
-            "bind",
-            "min_clients",
-            "round_deadline_seconds",
-            "quorum",
-            "max_body_bytes",
-            "rate_limit_per_minute",
-            "embedding_dtype",
-            "compress",
-            "aggregation",
-            "secagg_neighbours",
-            "secagg_step_seconds",
-        ],
-    ),
-];
+/// Every key of the schema, by section, read from the section types themselves (their serde
+/// field names), so that a new field is a known key with no second list to keep.
+/// `deny_unknown_fields` rejects anything else too; this gives the error a dotted name and a
+/// suggestion, for file keys and overrides alike.
+fn schema() -> [(&'static str, &'static [&'static str]); 14] {
+    use serde_aux::serde_introspection::serde_introspect as keys;
+    [
+        ("run", keys::<RunSection>()),
+        ("data", keys::<DataSection>()),
+        ("model", keys::<ModelSection>()),
+        ("prompts", keys::<PromptSection>()),
+        ("generation", keys::<GenerationSection>()),
+        ("privacy", keys::<PrivacySection>()),
+        ("pairs", keys::<PairSection>()),
+        ("lora", keys::<LoraSection>()),
+        ("dpo", keys::<PreferenceConfig>()),
+        ("output", keys::<OutputSection>()),
+        ("eval", keys::<EvalSection>()),
+        ("serve", keys::<ServeSection>()),
+        ("pe", keys::<PeSection>()),
+        ("fedavg", keys::<FedAvgSection>()),
+    ]
+}
 
 /// The keys that hold paths (resolved against the config file's folder, or against the current
 /// directory when they come from an override).
@@ -1397,7 +1296,7 @@ fn check_keys(table: &toml::Table, source_name: &str) -> Result<()> {
             return Err(unknown_key(
                 section,
                 source_name,
-                SCHEMA.iter().map(|s| s.0),
+                schema().into_iter().map(|s| s.0),
             ));
         };
         let toml::Value::Table(entries) = value else {
@@ -1437,10 +1336,10 @@ pub const REMOVED_KEYS: &[(&str, &str)] = &[(
 )];
 
 fn section_keys(section: &str) -> Option<&'static [&'static str]> {
-    SCHEMA
-        .iter()
+    schema()
+        .into_iter()
         .find(|(name, _)| *name == section)
-        .map(|(_, keys)| *keys)
+        .map(|(_, keys)| keys)
 }
 
 fn unknown_key<S: AsRef<str>>(
@@ -1688,8 +1587,8 @@ mod tests {
                 (s.clone(), keys)
             })
             .collect();
-        let mut schema: Vec<(String, Vec<String>)> = SCHEMA
-            .iter()
+        let mut schema: Vec<(String, Vec<String>)> = schema()
+            .into_iter()
             .map(|(s, keys)| {
                 let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
                 keys.sort();
@@ -1700,6 +1599,13 @@ mod tests {
         let mut serialised = serialised;
         serialised.sort();
         assert_eq!(serialised, schema);
+    }
+
+    #[test]
+    fn the_key_list_has_every_section_of_the_config_type() {
+        let sections: Vec<&str> = schema().into_iter().map(|(name, _)| name).collect();
+        let fields = serde_aux::serde_introspection::serde_introspect::<RunConfig>();
+        assert_eq!(sections, fields);
     }
 
     #[test]

@@ -264,7 +264,10 @@ mod tests {
         assert!(found.len() > 20, "{found:?}");
         for target in &found {
             let pointer = target.strip_prefix('#').expect("a local reference");
-            assert!(document.pointer(pointer).is_some(), "{target} is not defined");
+            assert!(
+                document.pointer(pointer).is_some(),
+                "{target} is not defined"
+            );
         }
         let schemas = &document["components"]["schemas"];
         let tokens = &schemas["TokensRequest"];
@@ -274,7 +277,10 @@ mod tests {
             tokens["properties"]["count"]["maximum"],
             remote_client::protocol::MAX_ENROLMENT_TOKENS
         );
-        assert_eq!(schemas["ScoresRequest"]["properties"]["scores"]["minItems"], 1);
+        assert_eq!(
+            schemas["ScoresRequest"]["properties"]["scores"]["minItems"],
+            1
+        );
         let steps: Vec<&Value> = schemas["ClientMessage"]["oneOf"]
             .as_array()
             .unwrap()
