@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use round_driver::Progress;
 use runs::config::RunConfig;
+use runs::RoundMetrics;
 use server::serve::{serve, ServeOptions};
 use server::simulate::round_line;
-use server::RoundMetrics;
 
 /// Arguments of `fedsyn serve`.
 #[derive(Debug, Args)]

@@ -9,8 +9,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use round_driver::Progress;
 use runs::config::RunConfig;
+use runs::RoundMetrics;
 use server::simulate::{round_line, Simulation};
-use server::RoundMetrics;
 
 /// Arguments of `fedsyn simulate`.
 #[derive(Debug, Args)]

@@ -1,7 +1,7 @@
 //! Every configuration in `experiments/` parses and passes validation (the files users start
 //! from must not rot as the schema changes).
 
-use server::RunConfig;
+use runs::RunConfig;
 
 #[test]
 fn every_experiment_config_is_valid() {

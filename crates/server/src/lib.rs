@@ -3,28 +3,20 @@
 //! in-process clients) or by the HTTP server ([`serve`], remote clients); preference pairs,
 //! the evaluation ([`evaluate`]: downstream accuracy, FID, MAUVE, memorisation).
 
-/// The run configuration, its prompts, the run directory and digests (from `runs`).
-pub use runs::{config, digest, prompts, run_dir};
+// Paths inside this crate for the modules of `runs` and `dp-mechanics` it uses most.
+pub(crate) use dp_mechanics::{release as noise, sampling};
+pub(crate) use runs::{config, digest, prompts, run_dir};
 pub mod distribution;
-pub mod engine;
+mod engine;
 pub mod error;
 pub mod evaluate;
 mod fedavg;
 pub mod fid;
-pub mod memorisation;
-/// The DP release of a round (from `dp-mechanics`).
-pub use dp_mechanics::release as noise;
-pub mod pairs;
+mod memorisation;
+mod pairs;
 mod pe;
-/// Client sampling (from `dp-mechanics`).
-pub use dp_mechanics::sampling;
 pub mod serve;
-pub mod setup;
+mod setup;
 pub mod simulate;
 
-pub use config::RunConfig;
 pub use error::{Result, RunError, ServerError};
-pub use noise::{NoiseSource, NoiseState};
-pub use pairs::{preference_agreement, preference_pairs, RankedPair};
-pub use run_dir::{write_atomic, Histogram, PendingCheckpoint, PhaseSeconds, RoundMetrics, RunDir};
-pub use sampling::{ClientSampler, ClientSampling};
