@@ -99,6 +99,9 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
             || cause
                 .downcast_ref::<runs::RunError>()
                 .is_some_and(runs::RunError::is_bad_input)
+            || cause
+                .downcast_ref::<training_config::InvalidHyperparameter>()
+                .is_some()
     })
 }
 
