@@ -1,0 +1,209 @@
+//! Where sampling's time goes, phase by phase, against the machine's own matrix-product
+//! limit: the prefill of J prompts, then for each of T steps the decoder layers over the J·K
+//! rows (their linear layers and attention), the LM head and the sampler (temperature and
+//! top-p). Each phase's FLOPs are counted from the model's shapes, and its rate is compared
+//! with an fp32 matrix product of the same layer's size measured on the same threads first
+//! (`peak`), so the table says how far each phase is from what the hardware does.
+//!
+//! `cargo run --release -p models --example sampling_profile -- [J] [K] [PROMPT_TOKENS] [NEW_TOKENS]`
+//! (default: the demo round's 24 × 4, 64-token prompts, 48 new tokens).
+
+use std::time::Instant;
+
+use models::llama::{Sampler, SamplingParams};
+use models::{Assets, CausalLm};
+use tch::{Device, Kind, Tensor};
+
+/// FLOPs of a product of `[m, k]` by `[k, n]`.
+fn matmul_flops(m: usize, k: usize, n: usize) -> f64 {
+    2.0 * (m * k * n) as f64
+}
+
+/// Seconds per call of `f`, best of `repeats` (after one warm-up call).
+fn best_of(repeats: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("arguments are whole numbers"))
+        .collect();
+    let arg = |i: usize, default: usize| *args.get(i).unwrap_or(&default);
+    let (j, k, prompt_len, new_tokens) = (arg(0, 24), arg(1, 4), arg(2, 64), arg(3, 48));
+    let rows = j * k;
+    tch::set_num_threads(2);
+    let path = Assets::discover()
+        .smollm2_gguf()
+        .expect("scripts/setup.sh installs SmolLM2");
+    let model = CausalLm::from_gguf(&path, Device::Cpu).unwrap();
+    let c = model.config().clone();
+    let (d, kv_dim) = (c.hidden_size, c.num_kv_heads * c.head_dim);
+    let _no_grad = tch::no_grad_guard();
+
+    // The linear layers of one block, as (out, in) shapes: q, k, v, o, gate, up, down.
+    let linears = [
+        (c.num_heads * c.head_dim, d),
+        (kv_dim, d),
+        (kv_dim, d),
+        (d, c.num_heads * c.head_dim),
+        (c.intermediate_size, d),
+        (c.intermediate_size, d),
+        (d, c.intermediate_size),
+    ];
+    let block_linear_flops = |tokens: usize| -> f64 {
+        linears
+            .iter()
+            .map(|&(o, i)| matmul_flops(tokens, i, o))
+            .sum()
+    };
+    // Attention of `queries` new positions against `context` positions, per block: QKᵀ and
+    // the weighted sum of V, each 2·queries·context·(heads·head_dim) FLOPs.
+    let attention_flops = |queries: usize, context: usize| -> f64 {
+        4.0 * (queries * context * c.num_heads * c.head_dim) as f64
+    };
+
+    // The limit: fp32 products of the shapes that dominate (the MLP's up projection for the
+    // decode rows and for the prefill tokens, and the LM head), best of 5.
+    let peak = |m: usize, k_: usize, n: usize| {
+        let a = Tensor::randn([m as i64, k_ as i64], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([k_ as i64, n as i64], (Kind::Float, Device::Cpu));
+        matmul_flops(m, k_, n)
+            / best_of(5, || {
+                let _ = a.matmul(&b);
+            })
+    };
+    let peak_decode = peak(rows, d, c.intermediate_size);
+    let peak_prefill = peak(j * prompt_len, d, c.intermediate_size);
+    let peak_head = peak(rows, d, c.vocab_size);
+
+    // Prefill: J prompts of `prompt_len` random tokens (no padding).
+    let ids = Tensor::randint(
+        c.vocab_size as i64,
+        [j as i64, prompt_len as i64],
+        (Kind::Int64, Device::Cpu),
+    );
+    let positions = Tensor::arange(prompt_len as i64, (Kind::Int64, Device::Cpu))
+        .unsqueeze(0)
+        .repeat([j as i64, 1]);
+    let mask = Tensor::ones([j as i64, prompt_len as i64], (Kind::Int64, Device::Cpu));
+    let mut cache = model.new_cache(j, prompt_len + new_tokens).unwrap();
+    let start = Instant::now();
+    let hidden = model
+        .forward_hidden(&ids, &positions, &mask, Some(&mut cache))
+        .unwrap();
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let prefill_flops = c.num_layers as f64
+        * (block_linear_flops(j * prompt_len) + j as f64 * attention_flops(prompt_len, prompt_len));
+    let start = Instant::now();
+    let mut logits = model.logits(&hidden.select(1, prompt_len as i64 - 1));
+    let mut head_seconds = start.elapsed().as_secs_f64();
+    let mut head_flops = matmul_flops(j, d, c.vocab_size);
+    // The K samples of each prompt share its prefill: copy its cache rows.
+    let expand = Tensor::arange(j as i64, (Kind::Int64, Device::Cpu))
+        .repeat_interleave_self_int(k as i64, 0, None);
+    cache.keep_rows(&expand);
+    logits = logits.index_select(0, &expand);
+
+    let params = SamplingParams {
+        max_new_tokens: new_tokens,
+        temperature: 0.9,
+        top_p: 0.95,
+        ..SamplingParams::default()
+    };
+    let mut sampler = Sampler::new(&params, rows);
+    let slots: Vec<usize> = (0..rows).collect();
+    let (mut layers_seconds, mut sample_seconds) = (0.0, 0.0);
+    let (mut layers_flops, mut attention_share) = (0.0, 0.0);
+    for step in 0..new_tokens {
+        let start = Instant::now();
+        let tokens = sampler.sample(&logits, &slots);
+        let _host = Vec::<i64>::try_from(&tokens).unwrap();
+        sample_seconds += start.elapsed().as_secs_f64();
+        if step + 1 == new_tokens {
+            break;
+        }
+        let context = prompt_len + step + 1;
+        let position = Tensor::full(
+            [rows as i64, 1],
+            (prompt_len + step) as i64,
+            (Kind::Int64, Device::Cpu),
+        );
+        let step_mask = Tensor::ones([rows as i64, context as i64], (Kind::Int64, Device::Cpu));
+        let start = Instant::now();
+        let hidden = model
+            .forward_hidden(
+                &tokens.view([-1, 1]),
+                &position,
+                &step_mask,
+                Some(&mut cache),
+            )
+            .unwrap();
+        layers_seconds += start.elapsed().as_secs_f64();
+        let attention = c.num_layers as f64 * rows as f64 * attention_flops(1, context);
+        layers_flops += c.num_layers as f64 * block_linear_flops(rows) + attention;
+        attention_share += attention;
+        let start = Instant::now();
+        logits = model.logits(&hidden.squeeze_dim(1));
+        head_seconds += start.elapsed().as_secs_f64();
+        head_flops += matmul_flops(rows, d, c.vocab_size);
+    }
+    let total = prefill_seconds + layers_seconds + head_seconds + sample_seconds;
+    println!(
+        "J = {j}, K = {k}: {rows} rows, {prompt_len}-token prompts, {new_tokens} new tokens; \
+         {} layers, d = {d}, vocab = {}; 2 threads",
+        c.num_layers, c.vocab_size
+    );
+    println!(
+        "matmul peak (fp32, GFLOP/s): decode MLP {:.1}, prefill MLP {:.1}, LM head {:.1}",
+        peak_decode / 1e9,
+        peak_prefill / 1e9,
+        peak_head / 1e9
+    );
+    println!("| phase | s | share of time | GFLOP | GFLOP/s | of the matmul peak |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, seconds: f64, flops: f64, peak: f64| {
+        let rate = flops / seconds;
+        println!(
+            "| {name} | {seconds:.2} | {:.0} % | {:.1} | {:.1} | {} |",
+            100.0 * seconds / total,
+            flops / 1e9,
+            rate / 1e9,
+            if peak > 0.0 {
+                format!("{:.0} %", 100.0 * rate / peak)
+            } else {
+                "-".to_string()
+            }
+        );
+    };
+    row(
+        "prefill (J prompts)",
+        prefill_seconds,
+        prefill_flops,
+        peak_prefill,
+    );
+    row(
+        "decode: decoder layers",
+        layers_seconds,
+        layers_flops,
+        peak_decode,
+    );
+    row("decode: LM head", head_seconds, head_flops, peak_head);
+    row(
+        "decode: sampler (T 0.9, top-p 0.95)",
+        sample_seconds,
+        0.0,
+        0.0,
+    );
+    println!(
+        "attention is {:.1} % of the decoder layers' FLOPs; total {total:.2} s",
+        100.0 * attention_share / layers_flops
+    );
+}
