@@ -22,3 +22,17 @@ pub fn exit_code(result: anyhow::Result<()>, is_bad_input: fn(&anyhow::Error) ->
         }
     }
 }
+
+/// Whether `cause` is one of the errors both binaries can meet (privacy accounting, the run
+/// configuration and directory, the remote client) and the user can fix it.
+pub fn shared_bad_input(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause
+        .downcast_ref::<privacy_accounting::AccountingError>()
+        .is_some()
+        || cause
+            .downcast_ref::<runs::RunError>()
+            .is_some_and(runs::RunError::is_bad_input)
+        || cause
+            .downcast_ref::<remote_client::RemoteError>()
+            .is_some_and(remote_client::RemoteError::is_bad_input)
+}

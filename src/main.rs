@@ -130,15 +130,6 @@ fn exec(binary: &std::path::Path, args: &[OsString]) -> std::io::Error {
 /// Bad input is anything the user can fix by changing what they typed or gave us.
 fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        cause
-            .downcast_ref::<privacy_accounting::AccountingError>()
-            .is_some()
-            || cause.downcast_ref::<budget::UsageError>().is_some()
-            || cause
-                .downcast_ref::<remote_client::RemoteError>()
-                .is_some_and(remote_client::RemoteError::is_bad_input)
-            || cause
-                .downcast_ref::<runs::RunError>()
-                .is_some_and(runs::RunError::is_bad_input)
+        exit_status::shared_bad_input(cause) || cause.downcast_ref::<budget::UsageError>().is_some()
     })
 }

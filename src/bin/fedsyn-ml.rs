@@ -91,14 +91,9 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
                 .downcast_ref::<clients::ClientsError>()
                 .is_some_and(clients::ClientsError::is_bad_input)
             || cause
-                .downcast_ref::<remote_client::RemoteError>()
-                .is_some_and(remote_client::RemoteError::is_bad_input)
-            || cause
                 .downcast_ref::<server::ServerError>()
                 .is_some_and(server::ServerError::is_bad_input)
-            || cause
-                .downcast_ref::<runs::RunError>()
-                .is_some_and(runs::RunError::is_bad_input)
+            || exit_status::shared_bad_input(cause)
             || cause
                 .downcast_ref::<training_config::InvalidHyperparameter>()
                 .is_some()
