@@ -1,17 +1,17 @@
 //! Where sampling's time goes, phase by phase, against the machine's own matrix-product
-//! limit: the prefill of J prompts, then for each of T steps the decoder layers over the J·K
-//! rows (their linear layers and attention), the LM head and the sampler (temperature and
-//! top-p). Each phase's FLOPs are counted from the model's shapes, and its rate is compared
+//! limit: the prefill of J prompts (the demo's chat requests, one topic each, left-padded),
+//! then for each of T steps the decoder layers over the J·K rows (their linear layers and
+//! attention), the LM head and the sampler (temperature 0.9 and top-p 0.95, the demo's). Each phase's FLOPs are counted from the model's shapes, and its rate is compared
 //! with an fp32 matrix product of the same layer's size measured on the same threads first
 //! (`peak`), so the table says how far each phase is from what the hardware does.
 //!
-//! `cargo run --release -p models --example sampling_profile -- [J] [K] [PROMPT_TOKENS] [NEW_TOKENS]`
-//! (default: the demo round's 24 × 4, 64-token prompts, 48 new tokens).
+//! `cargo run --release -p models --example sampling_profile -- [J] [K] [NEW_TOKENS]`
+//! (default: the demo round's 24 × 4 and 48 new tokens).
 
 use std::time::Instant;
 
-use models::llama::{Sampler, SamplingParams};
-use models::{Assets, CausalLm};
+use models::llama::{Generator, Sampler, SamplingParams};
+use models::Assets;
 use tch::{Device, Kind, Tensor};
 
 /// FLOPs of a product of `[m, k]` by `[k, n]`.
@@ -37,13 +37,14 @@ fn main() {
         .map(|a| a.parse().expect("arguments are whole numbers"))
         .collect();
     let arg = |i: usize, default: usize| *args.get(i).unwrap_or(&default);
-    let (j, k, prompt_len, new_tokens) = (arg(0, 24), arg(1, 4), arg(2, 64), arg(3, 48));
+    let (j, k, new_tokens) = (arg(0, 24), arg(1, 4), arg(2, 48));
     let rows = j * k;
     tch::set_num_threads(2);
     let path = Assets::discover()
         .smollm2_gguf()
         .expect("scripts/setup.sh installs SmolLM2");
-    let model = CausalLm::from_gguf(&path, Device::Cpu).unwrap();
+    let generator = Generator::from_gguf(&path, Device::Cpu).unwrap();
+    let model = generator.model();
     let c = model.config().clone();
     let (d, kv_dim) = (c.hidden_size, c.num_kv_heads * c.head_dim);
     let _no_grad = tch::no_grad_guard();
@@ -71,35 +72,72 @@ fn main() {
     };
 
     // The limit: fp32 products of the shapes that dominate (the MLP's up projection for the
-    // decode rows and for the prefill tokens, and the LM head), best of 5.
+    // decode rows and for the prefill tokens, and the LM head), best of 5 runs of 30.
     let peak = |m: usize, k_: usize, n: usize| {
         let a = Tensor::randn([m as i64, k_ as i64], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([k_ as i64, n as i64], (Kind::Float, Device::Cpu));
-        matmul_flops(m, k_, n)
+        // 30 products back to back, as a decode step runs its layers: the threads stay
+        // awake, as they do in the model.
+        30.0 * matmul_flops(m, k_, n)
             / best_of(5, || {
-                let _ = a.matmul(&b);
+                for _ in 0..30 {
+                    let _ = a.matmul(&b);
+                }
             })
     };
+
+    // Prefill: the demo's chat requests (experiments/sotu-popri.toml), left-padded.
+    let topics = [
+        "the economy and public finances",
+        "foreign relations and treaties",
+        "the army and the navy",
+        "agriculture and farmers",
+        "education and schools",
+        "taxes and tariffs",
+        "roads, railroads and canals",
+        "immigration and citizenship",
+        "health care",
+        "energy and the environment",
+        "civil rights",
+        "war and peace",
+        "the national debt",
+        "trade with other nations",
+        "jobs and wages",
+        "science and exploration",
+    ];
+    let prompts: Vec<Vec<u32>> = (0..j)
+        .map(|p| {
+            let request = format!(
+                "Write one short paragraph of a State of the Union address about {}. Reply \
+                 with the paragraph only.",
+                topics[p % topics.len()]
+            );
+            generator.encode_prompt(&request, true).unwrap()
+        })
+        .collect();
+    let prompt_len = prompts.iter().map(Vec::len).max().unwrap();
+    let shortest = prompts.iter().map(Vec::len).min().unwrap();
+    let (mut ids, mut pad) = (Vec::new(), Vec::new());
+    for prompt in &prompts {
+        let padding = prompt_len - prompt.len();
+        ids.extend(std::iter::repeat_n(0i64, padding));
+        ids.extend(prompt.iter().map(|&t| i64::from(t)));
+        pad.extend((0..prompt_len).map(|i| i64::from(i >= padding)));
+    }
+    let shape = [j as i64, prompt_len as i64];
+    let ids = Tensor::from_slice(&ids).view(shape);
+    let mask = Tensor::from_slice(&pad).view(shape);
+    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
     let peak_decode = peak(rows, d, c.intermediate_size);
     let peak_prefill = peak(j * prompt_len, d, c.intermediate_size);
     let peak_head = peak(rows, d, c.vocab_size);
-
-    // Prefill: J prompts of `prompt_len` random tokens (no padding).
-    let ids = Tensor::randint(
-        c.vocab_size as i64,
-        [j as i64, prompt_len as i64],
-        (Kind::Int64, Device::Cpu),
-    );
-    let positions = Tensor::arange(prompt_len as i64, (Kind::Int64, Device::Cpu))
-        .unsqueeze(0)
-        .repeat([j as i64, 1]);
-    let mask = Tensor::ones([j as i64, prompt_len as i64], (Kind::Int64, Device::Cpu));
     let mut cache = model.new_cache(j, prompt_len + new_tokens).unwrap();
     let start = Instant::now();
     let hidden = model
         .forward_hidden(&ids, &positions, &mask, Some(&mut cache))
         .unwrap();
     let prefill_seconds = start.elapsed().as_secs_f64();
+    // Padded positions are computed too: count them (the work done), not only real tokens.
     let prefill_flops = c.num_layers as f64
         * (block_linear_flops(j * prompt_len) + j as f64 * attention_flops(prompt_len, prompt_len));
     let start = Instant::now();
@@ -111,6 +149,11 @@ fn main() {
         .repeat_interleave_self_int(k as i64, 0, None);
     cache.keep_rows(&expand);
     logits = logits.index_select(0, &expand);
+    let row_mask = mask.index_select(0, &expand);
+    let first_position = positions
+        .select(1, prompt_len as i64 - 1)
+        .index_select(0, &expand)
+        + 1;
 
     let params = SamplingParams {
         max_new_tokens: new_tokens,
@@ -122,7 +165,31 @@ fn main() {
     let slots: Vec<usize> = (0..rows).collect();
     let (mut layers_seconds, mut sample_seconds) = (0.0, 0.0);
     let (mut layers_flops, mut attention_share) = (0.0, 0.0);
+    // How many rows' nucleus lies in their 256 / 4,096 most likely tokens (the sampler's
+    // partial sorts), or needs the full sort.
+    let mut nucleus_widths = [0usize; 3];
     for step in 0..new_tokens {
+        let scaled = &logits / params.temperature;
+        let log_norm = scaled.logsumexp([-1], true);
+        let mass = |prefix: i64| {
+            let (values, _) = scaled.topk(prefix, -1, true, true);
+            Vec::<f64>::try_from((values - &log_norm).exp().sum_dim_intlist(
+                -1,
+                false,
+                Kind::Double,
+            ))
+            .unwrap()
+        };
+        for (m256, m4096) in mass(256).into_iter().zip(mass(4096)) {
+            let level = if m256 >= params.top_p {
+                0
+            } else if m4096 >= params.top_p {
+                1
+            } else {
+                2
+            };
+            nucleus_widths[level] += 1;
+        }
         let start = Instant::now();
         let tokens = sampler.sample(&logits, &slots);
         let _host = Vec::<i64>::try_from(&tokens).unwrap();
@@ -131,12 +198,14 @@ fn main() {
             break;
         }
         let context = prompt_len + step + 1;
-        let position = Tensor::full(
-            [rows as i64, 1],
-            (prompt_len + step) as i64,
-            (Kind::Int64, Device::Cpu),
+        let position = (&first_position + step as i64).view([-1, 1]);
+        let step_mask = Tensor::cat(
+            &[
+                row_mask.shallow_clone(),
+                Tensor::ones([rows as i64, (step + 1) as i64], (Kind::Int64, Device::Cpu)),
+            ],
+            1,
         );
-        let step_mask = Tensor::ones([rows as i64, context as i64], (Kind::Int64, Device::Cpu));
         let start = Instant::now();
         let hidden = model
             .forward_hidden(
@@ -157,7 +226,7 @@ fn main() {
     }
     let total = prefill_seconds + layers_seconds + head_seconds + sample_seconds;
     println!(
-        "J = {j}, K = {k}: {rows} rows, {prompt_len}-token prompts, {new_tokens} new tokens; \
+        "J = {j}, K = {k}: {rows} rows, prompts of {shortest}–{prompt_len} tokens, {new_tokens} new tokens; \
          {} layers, d = {d}, vocab = {}; 2 threads",
         c.num_layers, c.vocab_size
     );
@@ -206,4 +275,30 @@ fn main() {
         "attention is {:.1} % of the decoder layers' FLOPs; total {total:.2} s",
         100.0 * attention_share / layers_flops
     );
+    println!(
+        "row-steps whose nucleus lies in the top 256: {}, top 4,096: {}, beyond: {}",
+        nucleus_widths[0], nucleus_widths[1], nucleus_widths[2]
+    );
+    let scaled = &logits / params.temperature;
+    for (name, seconds) in [
+        (
+            "topk 256",
+            best_of(3, || drop(scaled.topk(256, -1, true, true))),
+        ),
+        (
+            "topk 4096",
+            best_of(3, || drop(scaled.topk(4096, -1, true, true))),
+        ),
+        ("full sort", best_of(3, || drop(scaled.sort(-1, true)))),
+        (
+            "logsumexp",
+            best_of(3, || drop(scaled.logsumexp([-1], true))),
+        ),
+    ] {
+        println!(
+            "{name} of [{rows}, {}]: {:.1} ms",
+            c.vocab_size,
+            1e3 * seconds
+        );
+    }
 }

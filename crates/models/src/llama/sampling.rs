@@ -169,37 +169,47 @@ impl Sampler {
 fn sample_filtered(params: &SamplingParams, logits: &Tensor, uniforms: &Tensor) -> Tensor {
     let vocab = logits.size()[1];
     let scaled = logits.to_kind(Kind::Float) / params.temperature;
-    // Candidates in descending order of probability when filtering needs an order (with
-    // their probabilities under the distribution being filtered); the full vocabulary in id
-    // order otherwise (no sort needed).
-    let (mut probabilities, candidate_ids) = if params.top_k > 0 && (params.top_k as i64) < vocab {
+    if params.top_k > 0 && (params.top_k as i64) < vocab {
         let (values, ids) = scaled.topk(params.top_k as i64, -1, true, true);
-        (values.softmax(-1, Kind::Float), Some(ids))
+        draw_from_sorted(
+            &values.softmax(-1, Kind::Float),
+            &ids,
+            uniforms,
+            params.top_p,
+        )
     } else if params.top_p < 1.0 {
-        let (probabilities, ids) = nucleus_candidates(&scaled, params.top_p);
-        (probabilities, Some(ids))
+        sample_nucleus(&scaled, params.top_p, uniforms)
     } else {
-        (scaled.softmax(-1, Kind::Float), None)
-    };
-    if params.top_p < 1.0 {
-        // Keep a token while the mass of the more likely tokens before it is below top_p:
-        // the smallest prefix reaching top_p, and always the most likely token.
-        let mass_before = probabilities.cumsum(-1, Kind::Float) - &probabilities;
-        probabilities = &probabilities * mass_before.lt(params.top_p).to_kind(Kind::Float);
+        // The full vocabulary in id order: no sort needed.
+        draw(&scaled.softmax(-1, Kind::Float), uniforms)
     }
-    let cumulative = probabilities.cumsum(-1, Kind::Float);
+}
+
+/// Inverse-CDF draws from candidates in descending order of probability (`probabilities`
+/// under the distribution being filtered, `ids` their token ids), after the top-p filter: a
+/// token is kept while the mass of the more likely tokens before it is below `top_p` (the
+/// smallest prefix reaching `top_p`, and always the most likely token).
+fn draw_from_sorted(probabilities: &Tensor, ids: &Tensor, uniforms: &Tensor, top_p: f64) -> Tensor {
+    let kept = if top_p < 1.0 {
+        let mass_before = probabilities.cumsum(-1, Kind::Float) - probabilities;
+        probabilities * mass_before.lt(top_p).to_kind(Kind::Float)
+    } else {
+        probabilities.shallow_clone()
+    };
+    let choice = draw(&kept, uniforms);
+    ids.gather(-1, &choice.unsqueeze(-1), false).squeeze_dim(-1)
+}
+
+/// For each row, the index of the first candidate whose cumulative mass reaches u · total
+/// (the weights need not sum to 1).
+fn draw(weights: &Tensor, uniforms: &Tensor) -> Tensor {
+    let cumulative = weights.cumsum(-1, Kind::Float);
     let count = cumulative.size()[1];
-    let total = cumulative.narrow(1, count - 1, 1);
-    // The first candidate whose cumulative mass reaches u · total.
-    let threshold = uniforms * total;
-    let choice = cumulative
+    let threshold = uniforms * cumulative.narrow(1, count - 1, 1);
+    cumulative
         .lt_tensor(&threshold)
         .sum_dim_intlist(-1, false, Kind::Int64)
-        .clamp_max(count - 1);
-    match candidate_ids {
-        Some(ids) => ids.gather(-1, &choice.unsqueeze(-1), false).squeeze_dim(-1),
-        None => choice,
-    }
+        .clamp_max(count - 1)
 }
 
 /// Partial sorts tried before a full one, in order: most rows' nucleus lies among their few
@@ -207,29 +217,70 @@ fn sample_filtered(params: &SamplingParams, logits: &Tensor, uniforms: &Tensor) 
 /// vocabulary (which doubled the time of sampling SmolLM2 at top-p 0.95 on the CPU).
 const NUCLEUS_PREFIXES: [i64; 2] = [256, 4096];
 
-/// The most likely tokens of each row, most likely first, with their probabilities under
-/// the whole distribution: enough of them to hold every row's nucleus of mass `top_p`.
+/// Top-p sampling of every row from its most likely tokens: each row is drawn from the
+/// shortest prefix of [`NUCLEUS_PREFIXES`] (or the full sort) that holds its nucleus, and
+/// only the rows a prefix does not cover go on to the next, longer one. (On the demo's
+/// SmolLM2 round about one row in ten needs 4,096 tokens; taking them for every row because
+/// one needed them cost four times the 256-token prefix.)
 ///
-/// A prefix holds the nucleus when its own mass reaches `top_p`: every later token then has
-/// at least `top_p` before it and is dropped. The margin keeps float rounding (a sum here, a
-/// cumulative sum later) from deciding.
-fn nucleus_candidates(scaled: &Tensor, top_p: f64) -> (Tensor, Tensor) {
+/// A prefix holds a row's nucleus of mass `top_p` when its own mass reaches `top_p` under the
+/// whole distribution: every later token then has at least `top_p` before it and is dropped.
+/// The margin keeps float rounding (a sum here, a cumulative sum later) from deciding.
+fn sample_nucleus(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> Tensor {
     const MARGIN: f64 = 1e-4;
-    let vocab = scaled.size()[1];
+    let (rows, vocab) = (scaled.size()[0], scaled.size()[1]);
+    let device = scaled.device();
     let log_norm = scaled.logsumexp([-1], true);
-    for prefix in NUCLEUS_PREFIXES.into_iter().filter(|&k| k < vocab) {
-        let (values, ids) = scaled.topk(prefix, -1, true, true);
-        let probabilities = (values - &log_norm).exp();
-        let least_mass = probabilities
-            .sum_dim_intlist(-1, false, Kind::Float)
-            .min()
-            .double_value(&[]);
-        if least_mass >= top_p + MARGIN {
-            return (probabilities, ids);
+    let mut tokens = Tensor::zeros([rows], (Kind::Int64, device));
+    // The rows not drawn yet (all of them, as `None`, until a prefix covers some).
+    let mut pending: Option<Tensor> = None;
+    let widths = NUCLEUS_PREFIXES
+        .into_iter()
+        .filter(|&k| k < vocab)
+        .chain([vocab]);
+    for width in widths {
+        let select = |t: &Tensor| match &pending {
+            Some(rows) => t.index_select(0, rows),
+            None => t.shallow_clone(),
+        };
+        let candidates = select(scaled);
+        let (values, ids) = if width < vocab {
+            candidates.topk(width, -1, true, true)
+        } else {
+            candidates.sort(-1, true)
+        };
+        let probabilities = (values - select(&log_norm)).exp();
+        let covered = if width < vocab {
+            probabilities
+                .sum_dim_intlist(-1, false, Kind::Float)
+                .ge(top_p + MARGIN)
+        } else {
+            Tensor::ones([ids.size()[0]], (Kind::Bool, device))
+        };
+        let here = covered.nonzero().squeeze_dim(1);
+        if here.size()[0] > 0 {
+            let drawn = draw_from_sorted(
+                &probabilities.index_select(0, &here),
+                &ids.index_select(0, &here),
+                &select(uniforms).index_select(0, &here),
+                top_p,
+            );
+            let rows_here = match &pending {
+                Some(rows) => rows.index_select(0, &here),
+                None => here,
+            };
+            tokens = tokens.index_copy(0, &rows_here, &drawn);
         }
+        let left = covered.logical_not().nonzero().squeeze_dim(1);
+        if left.size()[0] == 0 {
+            break;
+        }
+        pending = Some(match &pending {
+            Some(rows) => rows.index_select(0, &left),
+            None => left,
+        });
     }
-    let (values, ids) = scaled.sort(-1, true);
-    ((values - &log_norm).exp(), ids)
+    tokens
 }
 
 #[cfg(test)]
@@ -266,12 +317,34 @@ mod tests {
             temperature,
             ..SamplingParams::default()
         };
-        // Which sort each row takes at top-p 0.95, temperature 1.
-        let widths: Vec<i64> = (0..3)
-            .map(|row| nucleus_candidates(&logits.narrow(0, row, 1), 0.95).1.size()[1])
+        // Which sort each row takes at top-p 0.95, temperature 1: the mass of its prefixes.
+        let log_norm = logits.logsumexp([-1], true);
+        let mass = |prefix: i64| {
+            let (values, _) = logits.topk(prefix, -1, true, true);
+            Vec::<f64>::try_from((values - &log_norm).exp().sum_dim_intlist(
+                -1,
+                false,
+                Kind::Double,
+            ))
+            .unwrap()
+        };
+        let widths: Vec<i64> = mass(256)
+            .into_iter()
+            .zip(mass(4096))
+            .map(|(m256, m4096)| match (m256 >= 0.95, m4096 >= 0.95) {
+                (true, _) => 256,
+                (false, true) => 4096,
+                _ => vocab,
+            })
             .collect();
         assert_eq!(widths, [256, 4096, vocab]);
-        let batches = [vec![0i64], vec![1], vec![2], vec![0, 1, 2]];
+        let batches = [
+            vec![0i64],
+            vec![1],
+            vec![2],
+            vec![0, 1, 2],
+            vec![2, 0, 1, 0],
+        ];
         for rows in batches {
             let batch = logits.index_select(0, &Tensor::from_slice(&rows));
             for (top_p, temperature) in [(0.5, 1.0), (0.9, 0.7), (0.95, 1.0)] {
