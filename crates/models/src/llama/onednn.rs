@@ -1,10 +1,11 @@
-//! fp32 matrix products on the CPU through oneDNN instead of MKL.
+//! fp32 matrix products on the CPU through oneDNN instead of MKL, where that is faster.
 //!
 //! libtorch sends fp32 `linear` to MKL's sgemm, which on AMD processors runs its AVX2 kernels
 //! (MKL chooses AVX-512 code only on Intel parts); oneDNN, also inside libtorch, dispatches on
 //! the instruction set and runs AVX-512 there: about twice the fp32 throughput per core on the
 //! Zen machines this project runs on, same IEEE fp32 arithmetic (only the summation order
-//! differs). `mkldnn_linear` wants its input in oneDNN's tensor layout; tch wraps every
+//! differs). On Intel processors MKL runs AVX-512 itself and is the faster of the two
+//! ([`mkl_runs_avx512`] tells them apart). `mkldnn_linear` wants its input in oneDNN's tensor layout; tch wraps every
 //! piece but the dense-to-oneDNN conversion, which is called here through torch-sys.
 
 use std::ffi::{c_char, c_void, CStr};
@@ -15,6 +16,25 @@ extern "C" {
     /// The C library's `free`, for the error strings torch-sys hands over (allocated with
     /// `malloc` by its C wrapper).
     fn free(ptr: *mut c_void);
+}
+
+/// Whether MKL's sgemm runs its AVX-512 kernels here: on Intel processors with AVX-512 (MKL
+/// checks the vendor, and runs AVX2 code on every other x86 processor).
+pub(crate) fn mkl_runs_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 (the vendor string) exists on every x86-64 processor.
+        let leaf = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        vendor == b"GenuineIntel" && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether this libtorch has oneDNN, so that [`linear`] can run.
@@ -73,6 +93,26 @@ mod tests {
     use tch::Device;
 
     use super::*;
+
+    /// The vendor check agrees with what the kernel reports for the first processor.
+    #[test]
+    fn mkl_avx512_means_an_intel_processor_with_avx512() {
+        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return;
+        };
+        let field = |name: &str| {
+            cpuinfo
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split(':').nth(1))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let expected = field("vendor_id") == "GenuineIntel"
+            && field("flags").split_whitespace().any(|f| f == "avx512f");
+        assert_eq!(mkl_runs_avx512(), expected);
+    }
 
     #[test]
     fn onednn_linear_is_torch_linear() {
