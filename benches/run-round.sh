@@ -18,8 +18,9 @@
 #   the timed part ran, and the table warns when there were any.
 # Environment:
 #   THREADS (2): torch threads of both sides.
-#   OMP_WAIT_POLICY (PASSIVE): passed to both sides (libgomp's default busy-waiting makes a run
-#     that shares the cores with anything else several times slower).
+#   OMP_WAIT_POLICY (unset): passed to both sides; unset, both sides get GOMP_SPINCOUNT=3000
+#     (fedsyn's default: idle threads spin briefly, then sleep; PASSIVE made fedsyn's decoding
+#     1.55x slower, libgomp's default long spin starves anything sharing the cores).
 #   SETS: extra `KEY=VALUE` overrides of the demo configuration, space-separated, applied to
 #     both sides (e.g. SETS="prompts.num_prompts=2 generation.max_new_tokens=8" for a quick
 #     check of the script).
@@ -34,14 +35,18 @@ cd "${repo_root}"
 
 out_dir="${1:-${repo_root}/target/bench-round}"
 threads="${THREADS:-2}"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# Both sides get the same libgomp settings: fedsyn's own default (a short spin before idle
+# threads sleep, GOMP_SPINCOUNT=3000; see src/main.rs) unless OMP_WAIT_POLICY is given.
+if [[ -z ${OMP_WAIT_POLICY:-} ]]; then
+  export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-3000}"
+fi
 config="experiments/sotu-popri.toml"
 anchor="benches/python/popri_round_anchor.py"
 
 machine_line() {
   echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores;" \
     "$(date -u +%Y-%m-%d); load average before/after: $1 / $(cut -d' ' -f1-3 /proc/loadavg);" \
-    "OMP_WAIT_POLICY=${OMP_WAIT_POLICY}"
+    "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}, GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-unset}"
 }
 
 # Other processes that would share the cores: fedsyn-ml, cargo and rustc, except this

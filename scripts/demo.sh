@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --bin fedsyn --bin fedsyn-ml
-# libgomp's busy-waiting threads slow libtorch down several-fold when anything else shares the
-# cores; sleeping waits cost little when nothing does.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# libgomp's threads: fedsyn sets a short spin before they sleep (GOMP_SPINCOUNT=3000) unless
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT is set (src/main.rs).
 exec target/release/fedsyn simulate --config experiments/sotu-popri.toml "$@"

@@ -16,6 +16,13 @@ struct AssetCheck {
     problem: Option<String>,
 }
 
+/// libgomp's idle-thread settings from the environment.
+#[derive(Debug, Serialize)]
+struct OpenMpWait {
+    omp_wait_policy: Option<String>,
+    gomp_spincount: Option<String>,
+}
+
 /// Everything `doctor` reports.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -23,6 +30,9 @@ struct Report {
     libtorch_version: Option<String>,
     libtorch_dir: Option<PathBuf>,
     threads: i32,
+    /// libgomp's idle-thread settings as this process got them (`OMP_WAIT_POLICY`,
+    /// `GOMP_SPINCOUNT`; `fedsyn` sets the spin when neither is given).
+    openmp_wait: OpenMpWait,
     libtorch_cuda_loaded: bool,
     cuda_devices: usize,
     cudnn: bool,
@@ -71,6 +81,10 @@ fn collect() -> Report {
         libtorch_version: libtorch_dir.as_deref().and_then(libtorch_version),
         libtorch_dir,
         threads: tch::get_num_threads(),
+        openmp_wait: OpenMpWait {
+            omp_wait_policy: std::env::var("OMP_WAIT_POLICY").ok(),
+            gomp_spincount: std::env::var("GOMP_SPINCOUNT").ok(),
+        },
         libtorch_cuda_loaded: libtorch_has_cuda(),
         cuda_devices: cuda_device_count(),
         cudnn: tch::Cuda::cudnn_is_available(),
@@ -100,6 +114,12 @@ fn print_table(report: &Report) {
         )
     );
     println!("threads         {}", report.threads);
+    let wait = &report.openmp_wait;
+    println!(
+        "openmp wait     OMP_WAIT_POLICY={}, GOMP_SPINCOUNT={}",
+        wait.omp_wait_policy.as_deref().unwrap_or("unset"),
+        wait.gomp_spincount.as_deref().unwrap_or("unset")
+    );
     let cuda = match (report.libtorch_cuda_loaded, report.cuda_devices) {
         (false, _) => "not available: this libtorch has no CUDA library loaded".to_string(),
         (true, 0) => "libtorch_cuda loaded, no CUDA device visible (CPU only)".to_string(),

@@ -20,6 +20,32 @@ fn doctor_reports_libtorch_and_the_default_models() {
     }
 }
 
+/// `fedsyn` gives the model commands a short OpenMP spin unless the user chose a wait policy.
+#[test]
+fn fedsyn_sets_a_short_openmp_spin_unless_the_user_chose() {
+    let wait = |env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fedsyn"));
+        command
+            .args(["doctor", "--json"])
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("GOMP_SPINCOUNT");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let out = command.output().expect("fedsyn runs");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["openmp_wait"].clone()
+    };
+    let default = wait(&[]);
+    assert_eq!(default["gomp_spincount"], "3000");
+    assert!(default["omp_wait_policy"].is_null());
+    let passive = wait(&[("OMP_WAIT_POLICY", "PASSIVE")]);
+    assert_eq!(passive["omp_wait_policy"], "PASSIVE");
+    assert!(passive["gomp_spincount"].is_null());
+    let spin = wait(&[("GOMP_SPINCOUNT", "10")]);
+    assert_eq!(spin["gomp_spincount"], "10");
+}
+
 #[test]
 fn doctor_names_the_fix_when_models_are_missing() {
     let empty = std::env::temp_dir().join(format!("fedsyn-doctor-{}", std::process::id()));
