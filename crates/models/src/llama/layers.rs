@@ -27,19 +27,18 @@ impl MatmulBackend {
     /// example). libtorch's `linear` on every other device or dtype.
     /// `FEDSYN_CPU_MATMUL=torch` or `=onednn` forces one (to compare the two).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {
-        static FORCED: std::sync::OnceLock<Option<MatmulBackend>> = std::sync::OnceLock::new();
-        let forced = *FORCED.get_or_init(|| match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
-            Ok("torch") => Some(MatmulBackend::Torch),
-            Ok("onednn") => Some(MatmulBackend::OneDnn),
-            _ => None,
-        });
-        if weight.device() != Device::Cpu || weight.kind() != Kind::Float || !onednn::available() {
+        // Decided once per process: the environment, the processor and the libtorch build
+        // are the same for every layer.
+        static CPU_FP32: std::sync::OnceLock<MatmulBackend> = std::sync::OnceLock::new();
+        if weight.device() != Device::Cpu || weight.kind() != Kind::Float {
             return MatmulBackend::Torch;
         }
-        forced.unwrap_or(if onednn::mkl_runs_avx512() {
-            MatmulBackend::Torch
-        } else {
-            MatmulBackend::OneDnn
+        *CPU_FP32.get_or_init(|| match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
+            _ if !onednn::available() => MatmulBackend::Torch,
+            Ok("torch") => MatmulBackend::Torch,
+            Ok("onednn") => MatmulBackend::OneDnn,
+            _ if onednn::mkl_runs_avx512() => MatmulBackend::Torch,
+            _ => MatmulBackend::OneDnn,
         })
     }
 }
