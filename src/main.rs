@@ -102,14 +102,14 @@ const GOMP_SPINCOUNT: &str = "3000";
 fn forward_to_torch_binary() -> ExitCode {
     let binary = torch_binary_path();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    // libgomp reads its settings when libtorch loads, so they are set here, for the child.
+    // libgomp reads its settings when libtorch loads, so they go into the child's environment.
+    let mut command = std::process::Command::new(&binary);
+    command.args(&args);
     if std::env::var_os("OMP_WAIT_POLICY").is_none() && std::env::var_os("GOMP_SPINCOUNT").is_none()
     {
-        // SAFETY: single-threaded at this point (clap has parsed, nothing was spawned), and
-        // the variable is for the process about to replace this one.
-        unsafe { std::env::set_var("GOMP_SPINCOUNT", GOMP_SPINCOUNT) };
+        command.env("GOMP_SPINCOUNT", GOMP_SPINCOUNT);
     }
-    let error = exec(&binary, &args);
+    let error = exec(command);
     eprintln!(
         "error: cannot run {}: {error}\n  the model commands live in `{TORCH_BINARY}`, built \
          next to `fedsyn` by `cargo build --release`; run scripts/setup.sh first if libtorch is \
@@ -129,14 +129,14 @@ fn torch_binary_path() -> PathBuf {
 }
 
 #[cfg(unix)]
-fn exec(binary: &std::path::Path, args: &[OsString]) -> std::io::Error {
+fn exec(mut command: std::process::Command) -> std::io::Error {
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(binary).args(args).exec()
+    command.exec()
 }
 
 #[cfg(not(unix))]
-fn exec(binary: &std::path::Path, args: &[OsString]) -> std::io::Error {
-    match std::process::Command::new(binary).args(args).status() {
+fn exec(mut command: std::process::Command) -> std::io::Error {
+    match command.status() {
         Ok(status) => std::process::exit(status.code().unwrap_or(1)),
         Err(error) => error,
     }
