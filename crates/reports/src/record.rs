@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use runs::config::RunConfig;
+use runs::records::SimulationSummary;
 use runs::records::{read_report, EvalReport, Reference, EVAL_FILE};
-use runs::records::{SimulationSummary, SUMMARY_FILE};
 use runs::run_dir::{RoundMetrics, RunDir};
 use runs::{Result, RunError};
 
@@ -31,7 +31,7 @@ impl RunRecord {
     pub fn load(dir: &Path) -> Result<RunRecord> {
         let run = RunDir::open(dir)?;
         let config = run.load_config()?;
-        let summary_path = dir.join(SUMMARY_FILE);
+        let summary_path = run.summary_path();
         let summary = if summary_path.is_file() {
             Some(read_json(&summary_path, "rerun the run to the end")?)
         } else {
