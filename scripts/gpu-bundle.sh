@@ -12,8 +12,9 @@
 #   data/sotu/                  the State of the Union addresses since 1961 (CC0), the text the
 #                               round, the DPO pairs and the embedding benchmark use
 #   configs/paper-scale.toml    the POPri configuration the timed round starts from
-#   gpu_check.py, dpo_step_anchor.py
-#                               the GPU-side script and the PEFT DPO step it times
+#   gpu_check.py, dpo_step_anchor.py, anchor_common.py
+#                               the GPU-side script, the PEFT DPO step it times and the
+#                               helpers that step imports
 #   manifest.json               the libtorch the binaries were built against, the newest glibc
 #                               and libstdc++ symbol versions they need, the commit, file sizes
 #
@@ -26,7 +27,7 @@
 # Then, with the device tool: run `python3 target/gpu-bundle/gpu_check.py` with
 # carry ["target/gpu-bundle"]; it writes $OUT/summary.json. On a machine without a GPU,
 # `python3 target/gpu-bundle/gpu_check.py --device cpu --tiny` runs the same steps on tiny
-# shapes (tests/gpu_bundle.rs does that).
+# shapes (crates/fedsyn-ml/tests/gpu_bundle.rs does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -95,7 +96,8 @@ shopt -u nullglob
 cp "${addresses[@]}" "$out/data/sotu/"
 
 cp experiments/paper-scale.toml "$out/configs/"
-cp scripts/gpu/gpu_check.py benches/python/dpo_step_anchor.py "$out/"
+cp scripts/gpu/gpu_check.py benches/python/dpo_step_anchor.py benches/python/anchor_common.py \
+    "$out/"
 
 # The newest versioned glibc / libstdc++ symbols the binaries import: the GPU machine's own
 # libraries must provide them (gpu_check.py checks this first).

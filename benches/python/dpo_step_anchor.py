@@ -24,27 +24,14 @@ Usage:
 
 import argparse
 import json
-import os
-import platform
-import resource
-import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from anchor_common import (load_gguf_model, models_env, offline, peak_rss_mib, run_or_tabulate,
+                           stack_text, versions)
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BETA = 0.01
-
-
-def models_env() -> dict:
-    env_file = REPO_ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    values = {k.strip(): v.strip() for k, _, v in pairs if k and not k.startswith("#")}
-    values.update({k: v for k, v in os.environ.items() if k.startswith("FEDSYN_") and v})
-    return values
 
 
 def batch(pairs):
@@ -105,19 +92,16 @@ def step(model, optimizer, params, tensors, n, reference=None):
 
 
 def run(args) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    offline()
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
     pairs = json.loads(Path(args.pairs).read_text())
     gguf_path = Path(models_env()["FEDSYN_SMOLLM2_GGUF"])
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model = load_gguf_model(gguf_path)
     load_seconds = time.perf_counter() - start
     lora = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0, target_modules=TARGETS,
                       bias="none", task_type="CAUSAL_LM")
@@ -130,7 +114,6 @@ def run(args) -> None:
     warm_up_seconds = step(model, optimizer, params, tensors, len(pairs))[0]
     seconds, reference_seconds, loss, grad_norm, logps = step(
         model, optimizer, params, tensors, len(pairs))
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({
         "tool": "pytorch+peft",
         "model": gguf_path.name,
@@ -150,14 +133,9 @@ def run(args) -> None:
         "loss": loss,
         "grad_norm": grad_norm,
         "logps_chosen": logps,
-        "peak_rss_mib": peak_kib / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "attention": model.config._attn_implementation,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": version("transformers"),
-            "peft": version("peft"),
-        },
+        "versions": versions("peft"),
     }))
 
 
@@ -187,31 +165,22 @@ def markdown(paths: list) -> None:
               f"{base / run['seconds']:.2f}× | {rss[0]:.0f}–{rss[-1]:.0f} | {run['loss']:.6f} | "
               f"{run['grad_norm']:.4g} |")
     print()
-    v = python["versions"]
     print(f"One DPO optimiser step: {python['pairs']} pairs of {python['prompt_tokens']} prompt + "
           f"{python['completion_tokens']} completion tokens (one batch of "
           f"{2 * python['pairs']} sequences), LoRA r {python['rank']} on all seven projections "
           f"({python['trainable_parameters']:,} trainable parameters), fp32 on the CPU, "
           f"{python['threads']} torch threads, each run its own process; time = reference "
           f"log-probabilities (adapter off, no grad) + forward, backward, clipping and AdamW, "
-          f"on both sides; model load excluded. Python {v['python']}, torch {v['torch']}, "
-          f"transformers {v['transformers']} (attention: {python['attention']}), peft {v['peft']}.")
+          f"on both sides; model load excluded. {stack_text(python)}, "
+          f"peft {python['versions']['peft']}.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", help="JSON list of {prompt, chosen, rejected} id lists")
+    pairs = parser.add_argument("--pairs", help="JSON list of {prompt, chosen, rejected} id lists")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--markdown", nargs="+", metavar="JSON",
-                        help="result files of both tools: print the comparison table")
-    args = parser.parse_args()
-    if args.markdown:
-        markdown(args.markdown)
-    elif args.pairs:
-        run(args)
-    else:
-        parser.error("give --pairs FILE (run) or --markdown JSON... (table)")
+    run_or_tabulate(parser, pairs, run, markdown)
 
 
 if __name__ == "__main__":

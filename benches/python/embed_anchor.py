@@ -20,26 +20,14 @@ Usage:
 
 import argparse
 import json
-import os
-import platform
-import resource
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from anchor_common import (REPO_ROOT, models_env, offline, peak_rss_mib, stack_text,
+                           versions)
+
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "shakespeare_roles" / "train.jsonl"
-
-
-def models_env() -> dict:
-    env_file = REPO_ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    values = {k.strip(): v.strip() for k, _, v in pairs if k and not k.startswith("#")}
-    values.update({k: v for k, v in os.environ.items() if k.startswith("FEDSYN_") and v})
-    return values
 
 
 def read_texts(path: Path, field: str, count: int) -> list:
@@ -55,9 +43,7 @@ def read_texts(path: Path, field: str, count: int) -> list:
 
 
 def run(args) -> None:
-    # Offline: the model folder is local, nothing may be fetched.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    offline()
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -74,7 +60,6 @@ def run(args) -> None:
 
     if args.save:
         embeddings.astype("<f4").tofile(args.save)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({
         "tool": "sentence-transformers",
         "docs": len(texts),
@@ -83,13 +68,8 @@ def run(args) -> None:
         "seconds": seconds,
         "docs_per_s": len(texts) / seconds,
         "dim": int(embeddings.shape[1]),
-        "peak_rss_mib": peak_kib / 1024,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": version("transformers"),
-            "sentence-transformers": version("sentence-transformers"),
-        },
+        "peak_rss_mib": peak_rss_mib(),
+        "versions": versions("sentence-transformers"),
     }))
 
 
@@ -127,10 +107,8 @@ def markdown(python_path: str, rust_paths: list, compare: list) -> None:
               f"{run['seconds']:.2f} | {run['docs_per_s'] / python['docs_per_s']:.2f}× | "
               f"{agreement} | {run['peak_rss_mib']:.0f} |")
     print()
-    v = python["versions"]
-    print(f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}; "
-          f"fedsyn: tch 0.24 on the same libtorch. Tokens in the {python['docs']} documents: "
-          f"{runs[0]['tokens']} (after truncation to 256).")
+    print(f"{stack_text(python)}; fedsyn: tch 0.24 on the same libtorch. Tokens in the "
+          f"{python['docs']} documents: {runs[0]['tokens']} (after truncation to 256).")
 
 
 def main() -> None:

@@ -18,32 +18,17 @@ Usage:
 
 import argparse
 import json
-import os
-import platform
-import resource
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def models_env() -> dict:
-    env_file = REPO_ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    values = {k.strip(): v.strip() for k, _, v in pairs if k and not k.startswith("#")}
-    values.update({k: v for k, v in os.environ.items() if k.startswith("FEDSYN_") and v})
-    return values
+from anchor_common import (load_gguf_model, models_env, offline, peak_rss_mib, run_or_tabulate,
+                           stack_text, versions)
 
 
 def run(args) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    offline()
     import torch
-    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
     prompts = json.loads(Path(args.prompts).read_text())
@@ -52,8 +37,7 @@ def run(args) -> None:
     gguf_path = Path(models_env()["FEDSYN_SMOLLM2_GGUF"])
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model = load_gguf_model(gguf_path)
     model.eval()
     load_seconds = time.perf_counter() - start
 
@@ -72,7 +56,6 @@ def run(args) -> None:
         seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
     generated = output.shape[0] * (output.shape[1] - input_ids.shape[1])
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({
         "tool": "transformers",
         "model": gguf_path.name,
@@ -87,13 +70,9 @@ def run(args) -> None:
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "tokens_per_second": generated / seconds,
-        "peak_rss_mib": peak_kib / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "attention": model.config._attn_implementation,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": version("transformers"),
-        },
+        "versions": versions(),
     }))
 
 
@@ -127,30 +106,21 @@ def markdown(paths: list) -> None:
                   f"{run['seconds']:.2f} | {run['cpu_seconds']:.2f} | {ratio} | {rss} | "
                   f"{run['load_seconds']:.2f} |")
     print()
-    v = python["versions"]
     print(f"Each run: {python['prompt_tokens']}-token prompts (no padding), "
           f"{python['new_tokens']} new tokens per row sampled at temperature 1.0, fp32 on the "
           f"CPU, {python['threads']} torch threads, its own process; time = prefill + all "
-          f"decoding steps, model load excluded. Python {v['python']}, torch {v['torch']}, "
-          f"transformers {v['transformers']} (attention: {python['attention']}); fedsyn: tch 0.24 "
-          f"on the same libtorch, matmuls through {rust.get('matmul', '?')}.")
+          f"decoding steps, model load excluded. {stack_text(python)}; fedsyn: tch 0.24 on the "
+          f"same libtorch, matmuls through {rust.get('matmul', '?')}.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", help="JSON list of prompt id lists (from the Rust side)")
+    prompts = parser.add_argument("--prompts",
+                                  help="JSON list of prompt id lists (from the Rust side)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--markdown", nargs="+", metavar="JSON",
-                        help="result files of both tools: print the comparison table")
-    args = parser.parse_args()
-    if args.markdown:
-        markdown(args.markdown)
-    elif args.prompts:
-        run(args)
-    else:
-        parser.error("give --prompts FILE (run) or --markdown JSON... (table)")
+    run_or_tabulate(parser, prompts, run, markdown)
 
 
 if __name__ == "__main__":

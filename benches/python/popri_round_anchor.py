@@ -51,19 +51,17 @@ Usage:
 
 import argparse
 import json
-import platform
 import random
 import re
-import resource
 import sys
 import time
 import tomllib
-from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchor_common import (load_gguf_model, models_env, offline, peak_rss_mib,  # noqa: E402
+                           stack_text, versions)
 from dpo_step_anchor import TARGETS, batch as sequence_batch, log_probs  # noqa: E402
-from generate_anchor import models_env  # noqa: E402
 
 PHASES = ("generate", "embed", "score", "aggregate", "dpo")
 STOP_STRING = "Original Text Sample"
@@ -276,15 +274,12 @@ def train_dpo(model, tokenizer, pairs: list, dpo: dict, seed: int) -> dict:
 
 
 def run(args) -> None:
-    import os
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    offline()
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
     mirrored = read_run(args.run_dir)
@@ -297,8 +292,7 @@ def run(args) -> None:
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model = load_gguf_model(gguf_path)
     model = get_peft_model(model, LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
         target_modules=lora.get("targets", TARGETS), bias="none", task_type="CAUSAL_LM"))
@@ -354,7 +348,7 @@ def run(args) -> None:
     seconds["dpo"] = time.perf_counter() - clock
     total = time.perf_counter() - round_start
 
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_rss = peak_rss_mib()  # of the round, before the report tokenises the candidates
     print(json.dumps({
         "tool": "python",
         "run_dir": str(args.run_dir),
@@ -372,15 +366,8 @@ def run(args) -> None:
         "mean_candidate_tokens": sum(len(tokenizer(t, add_special_tokens=False).input_ids)
                                      for t in candidates) / len(candidates),
         "dpo": dpo_result,
-        "peak_rss_mib": peak_kib / 1024,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": version("transformers"),
-            "sentence-transformers": version("sentence-transformers"),
-            "peft": version("peft"),
-            "numpy": version("numpy"),
-        },
+        "peak_rss_mib": peak_rss,
+        "versions": versions("sentence-transformers", "peft", "numpy"),
     }))
 
 
@@ -438,9 +425,8 @@ def markdown(fedsyn_path: str, python_path: str) -> None:
           f"{python['mean_candidate_tokens']:.1f} tokens. DPO mean loss / reward accuracy: "
           f"Python {python['dpo']['mean_loss']:.4f} / {python['dpo']['reward_accuracy']:.2f}, "
           f"fedsyn {fedsyn['dpo']['mean_loss']:.4f} / {fedsyn['dpo']['reward_accuracy']:.2f}. "
-          f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
-          f"sentence-transformers {v['sentence-transformers']}, peft {v['peft']}, numpy "
-          f"{v['numpy']}.")
+          f"{stack_text(python)}, sentence-transformers {v['sentence-transformers']}, peft "
+          f"{v['peft']}, numpy {v['numpy']}.")
 
 
 def ratio(python_seconds: float, fedsyn_seconds: float) -> str:

@@ -61,23 +61,29 @@ PROMPT = ("Fellow-Citizens of the Senate and House of Representatives: In meetin
 # visibly instead of hiding in a near-uniform distribution.
 INIT_STD = 0.05
 
+
+def encoder_shape(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+    """BertConfig's size arguments."""
+    return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads)
+
+
+def decoder_shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                  rope_theta: float) -> dict:
+    """LlamaConfig's size arguments: a BERT's, and the KV heads and RoPE base."""
+    return dict(encoder_shape(hidden, intermediate, layers, heads),
+                num_key_value_heads=kv_heads, rope_theta=rope_theta)
+
+
+# The models' shapes, real on the GPU and tiny in the dry run: hidden size, MLP size, layers,
+# attention heads (and for the decoders KV heads, RoPE base).
 SHAPES = {
-    "full": {
-        "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                        num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0),
-        "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
-        "minilm": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
-                       num_attention_heads=12),
-    },
-    "tiny": {
-        "smollm2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, rope_theta=100000.0),
-        "llama-1b": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-                         num_attention_heads=6, num_key_value_heads=2, rope_theta=500000.0),
-        "minilm": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4),
-    },
+    "full": {"smollm2": decoder_shape(576, 1536, 30, 9, 3, 100000.0),
+             "llama-1b": decoder_shape(2048, 8192, 16, 32, 8, 500000.0),
+             "minilm": encoder_shape(384, 1536, 6, 12)},
+    "tiny": {"smollm2": decoder_shape(64, 128, 2, 4, 2, 100000.0),
+             "llama-1b": decoder_shape(96, 192, 3, 6, 2, 500000.0),
+             "minilm": encoder_shape(64, 128, 2, 4)},
 }
 
 # Sizes of the workloads: real on the GPU, small enough for CI in the dry run.

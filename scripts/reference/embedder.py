@@ -12,13 +12,11 @@ Run from the repository root (needs the benchmark venv, scripts/bench-venv.sh):
     .venv-bench/bin/python scripts/reference/embedder.py
 """
 
-import json
 import os
-import sys
 from importlib.metadata import version
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from reference_common import ROOT, models_env, write_fixture
+
 OUTPUT = ROOT / "crates" / "models" / "tests" / "fixtures" / "embedder_reference.json"
 
 # Significant digits kept in the fixture: far below the test's cosine tolerance (1e-4).
@@ -69,14 +67,6 @@ TEXTS = [
 ]
 
 
-def models_env() -> dict:
-    env_file = ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    return {k.strip(): v.strip() for k, _, v in pairs if k and not k.startswith("#")}
-
-
 def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -101,10 +91,8 @@ def main() -> None:
         "token_counts": token_counts,
         "embeddings": [[float(f"{x:.{DIGITS}g}") for x in row] for row in embeddings.tolist()],
     }
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(reference, ensure_ascii=False) + "\n")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}: {len(TEXTS)} texts, dim {embeddings.shape[1]}, "
-          f"token counts {token_counts}")
+    write_fixture(OUTPUT, reference,
+                  f"{len(TEXTS)} texts, dim {embeddings.shape[1]}, token counts {token_counts}")
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ Run with the benchmark venv (scripts/bench-venv.sh) from the repository root:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[2]
+from reference_common import ROOT, models_env
+
 FIXTURES = ROOT / "crates" / "models" / "tests" / "fixtures"
 
 PROMPTS = [
@@ -44,14 +44,6 @@ PROMPTS = [
 GREEDY_TOKENS = 24
 TOP_LOGITS = 50
 LOGIT_STRIDE = 97
-
-
-def models_env() -> dict:
-    env_file = ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    return {key.strip(): value.strip() for key, _, value in pairs if key and not key.startswith("#")}
 
 
 def rounded(values) -> list:

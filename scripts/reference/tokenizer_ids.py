@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from reference_common import ROOT, models_env, write_fixture
+
 PYDEPS = ROOT / ".cache" / "reference-pydeps"
 REQUIREMENTS = {"gguf": "gguf==0.19.0", "tokenizers": "tokenizers==0.22.2"}
 OUTPUT = ROOT / "crates" / "models" / "tests" / "fixtures" / "tokenizer_reference.json"
@@ -73,14 +74,6 @@ def import_packages():
     import tokenizers
 
     return gguf, tokenizers
-
-
-def models_env() -> dict:
-    env_file = ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    return {key.strip(): value.strip() for key, _, value in pairs if key and not key.startswith("#")}
 
 
 def field_strings(reader, key: str) -> list:
@@ -142,10 +135,7 @@ def main() -> None:
         "minilm_ids": [e.ids for e in minilm_encodings],
         "minilm_attention_mask": [e.attention_mask for e in minilm_encodings],
     }
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(reference, ensure_ascii=False) + "\n")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}: {len(TEXTS)} texts "
-          f"(tokenizers {tokenizers.__version__})")
+    write_fixture(OUTPUT, reference, f"{len(TEXTS)} texts (tokenizers {tokenizers.__version__})")
 
 
 if __name__ == "__main__":
