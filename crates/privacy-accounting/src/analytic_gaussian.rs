@@ -20,7 +20,7 @@ use std::f64::consts::{FRAC_1_SQRT_2, LN_2};
 
 use libm::{erf, erfc};
 
-use crate::error::{check_delta, check_epsilon, AccountingError, Result};
+use crate::error::{check_delta, check_epsilon, require_positive, AccountingError, Result};
 
 /// Relative tolerance of the bisections that invert the privacy profile.
 pub const ANALYTIC_TOLERANCE: f64 = 1e-10;
@@ -96,26 +96,16 @@ pub fn analytic_gaussian_epsilon(delta: f64, noise_std: f64, sensitivity: f64) -
         return Ok(0.0);
     }
     // δ(ε) decreases to 0 as ε grows: double until below target, then bisect.
-    let mut low = 0.0;
-    let mut high = 1.0;
-    while profile_delta(high, ratio) > delta {
-        low = high;
-        high *= 2.0;
-        if !high.is_finite() {
-            return Err(AccountingError::Unreachable(format!(
-                "no finite epsilon reaches delta = {delta} with noise_std/sensitivity = {ratio}"
-            )));
-        }
-    }
-    while high - low > ANALYTIC_TOLERANCE * high {
-        let mid = 0.5 * (low + high);
-        if profile_delta(mid, ratio) > delta {
-            low = mid;
-        } else {
-            high = mid;
-        }
-    }
-    Ok(high)
+    // "Not above" rather than "at most": a NaN δ (a ratio that overflowed to ∞) then ends the
+    // search at a small ε instead of doubling ε until it overflows.
+    let above_target = |epsilon: f64| profile_delta(epsilon, ratio) > delta;
+    let within_target = |epsilon: f64| !above_target(epsilon);
+    let (low, high) = bracket_by_doubling(0.0, 1.0, within_target).ok_or_else(|| {
+        AccountingError::Unreachable(format!(
+            "no finite epsilon reaches delta = {delta} with noise_std/sensitivity = {ratio}"
+        ))
+    })?;
+    Ok(bisect_to_threshold(low, high, within_target))
 }
 
 /// The smallest noise standard deviation (within relative tolerance [`ANALYTIC_TOLERANCE`],
@@ -128,33 +118,54 @@ pub fn analytic_gaussian_sigma(epsilon: f64, delta: f64, sensitivity: f64) -> Re
     // δ decreases in the noise ratio s/Δ; it tends to 1 as s → 0 and to 0 as s → ∞, so the
     // bracket always closes. Work with the ratio, then scale by Δ.
     let too_noisy = |ratio: f64| profile_delta(epsilon, ratio) <= delta;
-    let mut low = 1.0;
-    let mut high = 1.0;
-    if too_noisy(high) {
+    let (low, high) = if too_noisy(1.0) {
+        let (mut low, mut high) = (1.0, 1.0);
         while too_noisy(low) {
             high = low;
             low *= 0.5;
         }
+        (low, high)
     } else {
-        while !too_noisy(high) {
-            low = high;
-            high *= 2.0;
-            if !high.is_finite() {
-                return Err(AccountingError::Unreachable(format!(
-                    "no finite noise reaches (epsilon = {epsilon}, delta = {delta})"
-                )));
-            }
+        bracket_by_doubling(1.0, 1.0, too_noisy).ok_or_else(|| {
+            AccountingError::Unreachable(format!(
+                "no finite noise reaches (epsilon = {epsilon}, delta = {delta})"
+            ))
+        })?
+    };
+    Ok(bisect_to_threshold(low, high, too_noisy) * sensitivity)
+}
+
+/// Doubles `high` (moving `low` up behind it) until `holds(high)`, for a predicate that is
+/// false below some threshold and true above it: the bracket (low, high] then contains the
+/// threshold. `None` when `high` overflows first (the threshold is not a finite number).
+fn bracket_by_doubling(
+    mut low: f64,
+    mut high: f64,
+    holds: impl Fn(f64) -> bool,
+) -> Option<(f64, f64)> {
+    while !holds(high) {
+        low = high;
+        high *= 2.0;
+        if !high.is_finite() {
+            return None;
         }
     }
+    Some((low, high))
+}
+
+/// Bisects the bracket from `low` to `high` of a threshold predicate (false at `low`, true at
+/// `high`) until its relative width is at most [`ANALYTIC_TOLERANCE`], and returns its upper end: the
+/// smallest value known to satisfy `holds`, so the answer errs on the safe side.
+fn bisect_to_threshold(mut low: f64, mut high: f64, holds: impl Fn(f64) -> bool) -> f64 {
     while high - low > ANALYTIC_TOLERANCE * high {
         let mid = 0.5 * (low + high);
-        if too_noisy(mid) {
+        if holds(mid) {
             high = mid;
         } else {
             low = mid;
         }
     }
-    Ok(high * sensitivity)
+    high
 }
 
 /// δ(ε) for the noise-to-sensitivity ratio s/Δ, with a = Δ/(2s) and b = εs/Δ (so ε = 2ab).
@@ -190,36 +201,25 @@ pub(crate) fn log_expm1(x: f64) -> f64 {
 }
 
 fn check_noise_std(noise_std: f64) -> Result<()> {
-    if noise_std.is_finite() && noise_std > 0.0 {
-        Ok(())
-    } else {
-        Err(AccountingError::InvalidArgument {
-            name: "noise_std",
-            value: format!("{noise_std}"),
-            expected: "the noise standard deviation must be a finite number > 0",
-        })
-    }
+    require_positive(
+        "noise_std",
+        noise_std,
+        "the noise standard deviation must be a finite number > 0",
+    )
 }
 
 fn check_sensitivity(sensitivity: f64) -> Result<()> {
-    if sensitivity.is_finite() && sensitivity > 0.0 {
-        Ok(())
-    } else {
-        Err(AccountingError::InvalidArgument {
-            name: "sensitivity",
-            value: format!("{sensitivity}"),
-            expected: "the L2 sensitivity must be a finite number > 0 (the clip bound)",
-        })
-    }
+    require_positive(
+        "sensitivity",
+        sensitivity,
+        "the L2 sensitivity must be a finite number > 0 (the clip bound)",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn relative_error(value: f64, reference: f64) -> f64 {
-        ((value - reference) / reference).abs()
-    }
+    use crate::test_support::assert_relative_error_below;
 
     #[test]
     fn tail_functions_match_high_precision_values() {
@@ -232,10 +232,7 @@ mod tests {
             (1e4, -9.782_705_319_900_883, -100_000_009.782_705_32),
         ] {
             assert!((log_erfcx(x) - log_erfcx_ref).abs() < 1e-13, "erfcx {x}");
-            assert!(
-                relative_error(log_erfc(x), log_erfc_ref) < 1e-14,
-                "erfc {x}"
-            );
+            assert_relative_error_below(log_erfc(x), log_erfc_ref, 1e-14, format_args!("erfc {x}"));
         }
         for (x, reference) in [
             (-40.0, -804.608_442_013_753_8),
@@ -244,10 +241,7 @@ mod tests {
             (0.0, -std::f64::consts::LN_2),
             (2.0, -0.023_012_909_328_963_488),
         ] {
-            assert!(
-                relative_error(log_normal_cdf(x), reference) < 1e-14,
-                "Φ {x}"
-            );
+            assert_relative_error_below(log_normal_cdf(x), reference, 1e-14, format_args!("Φ {x}"));
         }
         assert_eq!(log_normal_cdf(40.0), 0.0);
     }
@@ -275,9 +269,11 @@ mod tests {
             (40.0, 0.5, 8.082_866_373_294_299e-82),
         ] {
             let delta = analytic_gaussian_delta(epsilon, noise_std, 1.0).unwrap();
-            assert!(
-                relative_error(delta, reference) < 1e-11,
-                "{epsilon} {noise_std}: {delta}"
+            assert_relative_error_below(
+                delta,
+                reference,
+                1e-11,
+                format_args!("δ({epsilon}) at noise_std {noise_std}"),
             );
         }
     }
@@ -301,9 +297,11 @@ mod tests {
         {
             let formula = analytic_gaussian_delta(epsilon, noise_std, sensitivity).unwrap();
             let integral = hockey_stick_by_quadrature(epsilon, noise_std, sensitivity);
-            assert!(
-                relative_error(formula, integral) < 1e-6,
-                "{epsilon} {noise_std} {sensitivity}: {formula} vs {integral}"
+            assert_relative_error_below(
+                formula,
+                integral,
+                1e-6,
+                format_args!("{epsilon} {noise_std} {sensitivity}"),
             );
         }
     }
@@ -327,7 +325,7 @@ mod tests {
         // Sensitivity scales σ linearly.
         let one = analytic_gaussian_sigma(1.0, 1e-6, 1.0).unwrap();
         let three = analytic_gaussian_sigma(1.0, 1e-6, 3.0).unwrap();
-        assert!(relative_error(three, 3.0 * one) < 1e-9);
+        assert_relative_error_below(three, 3.0 * one, 1e-9, "σ at sensitivity 3 vs 3 × σ at 1");
         // ε = 0 is reachable with enough noise.
         assert!(analytic_gaussian_sigma(0.0, 1e-3, 1.0).unwrap() > 100.0);
     }
@@ -339,10 +337,7 @@ mod tests {
                 let epsilon = analytic_gaussian_epsilon(delta, noise_std, 1.0).unwrap();
                 let back = analytic_gaussian_delta(epsilon, noise_std, 1.0).unwrap();
                 assert!(back <= delta, "{noise_std} {delta}: {back}");
-                assert!(
-                    relative_error(back, delta) < 1e-7,
-                    "{noise_std} {delta}: {back}"
-                );
+                assert_relative_error_below(back, delta, 1e-7, format_args!("{noise_std} {delta}"));
             }
         }
         // So much noise that δ(0) is already below the target: ε = 0.

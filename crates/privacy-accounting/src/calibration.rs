@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use crate::error::{check_delta, check_epsilon, check_noise_multiplier, check_sampling_rate};
+use crate::error::{
+    check_delta, check_epsilon, check_noise_multiplier, check_sampling_rate, require,
+};
 use crate::rdp::{rdp_to_epsilon, RdpAccountant};
 use crate::{
     Accountant, AccountantKind, AccountingError, EpsilonEstimate, PoissonGaussian, Result,
@@ -339,27 +341,21 @@ fn check_target(target_epsilon: f64) -> Result<()> {
 }
 
 fn check_steps(steps: u64) -> Result<()> {
-    if steps == 0 {
-        Err(AccountingError::InvalidArgument {
-            name: "steps",
-            value: "0".into(),
-            expected: "at least one release to calibrate noise for",
-        })
-    } else {
-        Ok(())
-    }
+    require(
+        steps != 0,
+        "steps",
+        steps,
+        "at least one release to calibrate noise for",
+    )
 }
 
 fn check_tolerance(tolerance: f64) -> Result<()> {
-    if tolerance.is_finite() && tolerance > 0.0 && tolerance < 1.0 {
-        Ok(())
-    } else {
-        Err(AccountingError::InvalidArgument {
-            name: "tolerance",
-            value: format!("{tolerance}"),
-            expected: "a relative tolerance in (0, 1), e.g. 1e-4",
-        })
-    }
+    require(
+        tolerance.is_finite() && tolerance > 0.0 && tolerance < 1.0,
+        "tolerance",
+        tolerance,
+        "a relative tolerance in (0, 1), e.g. 1e-4",
+    )
 }
 
 #[cfg(test)]

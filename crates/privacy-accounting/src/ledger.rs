@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_delta, check_noise_multiplier, AccountingError, Result};
+use crate::error::{
+    check_delta, check_noise_multiplier, require, require_positive, AccountingError, Result,
+};
 use crate::sampling::Sampling;
 use crate::{Accountant, AccountantKind, EpsilonEstimate};
 
@@ -80,21 +82,18 @@ impl LedgerEvent {
     pub fn validate(&self) -> Result<()> {
         check_noise_multiplier(self.noise_multiplier)?;
         self.sampling.validate()?;
-        if self.count == 0 {
-            return Err(AccountingError::InvalidArgument {
-                name: "count",
-                value: "0".into(),
-                expected: "a ledger entry stands for at least one release",
-            });
-        }
+        require(
+            self.count != 0,
+            "count",
+            self.count,
+            "a ledger entry stands for at least one release",
+        )?;
         if let Some(c) = self.clip_bound {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(AccountingError::InvalidArgument {
-                    name: "clip_bound",
-                    value: format!("{c}"),
-                    expected: "the clip bound must be a finite number > 0",
-                });
-            }
+            require_positive(
+                "clip_bound",
+                c,
+                "the clip bound must be a finite number > 0",
+            )?;
         }
         Ok(())
     }

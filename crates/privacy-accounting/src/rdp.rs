@@ -30,10 +30,7 @@ use std::f64::consts::{LN_2, SQRT_2};
 use libm::erfc;
 
 use crate::analytic_gaussian::{log_erfcx, log_expm1};
-use crate::error::{
-    check_delta, check_epsilon, check_noise_multiplier, check_sampling_rate, AccountingError,
-    Result,
-};
+use crate::error::{check_delta, check_epsilon, require, Result};
 use crate::{Accountant, AccountantKind, EpsilonEstimate, PoissonGaussian};
 
 /// ln 3.
@@ -649,13 +646,12 @@ pub struct RdpAccountant {
 impl RdpAccountant {
     /// An accountant over `orders` (each finite and > 1), with nothing composed yet.
     pub fn new(orders: Vec<f64>) -> Result<Self> {
-        if orders.is_empty() || orders.iter().any(|a| !(a.is_finite() && *a > 1.0)) {
-            return Err(AccountingError::InvalidArgument {
-                name: "orders",
-                value: format!("{orders:?}"),
-                expected: "a non-empty list of finite Rényi orders > 1, e.g. the default grid",
-            });
-        }
+        require(
+            !orders.is_empty() && orders.iter().all(|a| a.is_finite() && *a > 1.0),
+            "orders",
+            format_args!("{orders:?}"),
+            "a non-empty list of finite Rényi orders > 1, e.g. the default grid",
+        )?;
         let rdp = vec![0.0; orders.len()];
         Ok(Self { orders, rdp })
     }
@@ -686,8 +682,7 @@ impl Accountant for RdpAccountant {
     }
 
     fn compose(&mut self, mechanism: PoissonGaussian, count: u64) -> Result<()> {
-        check_sampling_rate(mechanism.q)?;
-        check_noise_multiplier(mechanism.sigma)?;
+        mechanism.validate()?;
         if count == 0 {
             return Ok(());
         }
@@ -774,10 +769,8 @@ mod tests {
     use std::f64::consts::PI;
 
     use super::*;
-
-    fn relative_error(value: f64, reference: f64) -> f64 {
-        ((value - reference) / reference).abs()
-    }
+    use crate::test_support::assert_relative_error_below;
+    use crate::AccountingError;
 
     /// A − 1 = E_{z~N(0,σ²)}[(1 − q + q·e^{(2z−1)/(2σ²)})^α − 1] by composite Simpson
     /// quadrature over ±14σ around the two modes (0 and α) of the integrand.
@@ -819,10 +812,7 @@ mod tests {
         for (q, sigma) in [(0.3f64, 0.5f64), (0.01, 1.0), (1e-4, 100.0), (1e-7, 1e4)] {
             let expected = (q * q * (1.0 / (sigma * sigma)).exp_m1()).ln_1p();
             let rdp = rdp_poisson_gaussian(q, sigma, 2.0);
-            assert!(
-                relative_error(rdp, expected) < 1e-13,
-                "{q} {sigma}: {rdp} vs {expected}"
-            );
+            assert_relative_error_below(rdp, expected, 1e-13, format_args!("{q} {sigma}"));
         }
     }
 
@@ -837,9 +827,11 @@ mod tests {
         ] {
             let expected = a_minus_one_by_quadrature(q, sigma, order).ln_1p() / (order - 1.0);
             let rdp = rdp_poisson_gaussian(q, sigma, order);
-            assert!(
-                relative_error(rdp, expected) < 1e-9,
-                "q={q} σ={sigma} α={order}: {rdp} vs {expected}"
+            assert_relative_error_below(
+                rdp,
+                expected,
+                1e-9,
+                format_args!("q={q} σ={sigma} α={order}"),
             );
         }
     }
@@ -860,9 +852,11 @@ mod tests {
             (0.3, 0.3, 10.9, 5.922996933665125e1),
         ] {
             let rdp = rdp_poisson_gaussian(q, sigma, order);
-            assert!(
-                relative_error(rdp, expected) < 1e-10,
-                "q={q} σ={sigma} α={order}: {rdp} vs {expected}"
+            assert_relative_error_below(
+                rdp,
+                expected,
+                1e-10,
+                format_args!("q={q} σ={sigma} α={order}"),
             );
         }
     }
@@ -874,9 +868,11 @@ mod tests {
                 let exact = rdp_poisson_gaussian(q, sigma, k);
                 for order in [k - 1e-9, k + 1e-9] {
                     let series = rdp_poisson_gaussian(q, sigma, order);
-                    assert!(
-                        relative_error(series, exact) < 1e-7,
-                        "q={q} σ={sigma} α={order}: {series} vs {exact}"
+                    assert_relative_error_below(
+                        series,
+                        exact,
+                        1e-7,
+                        format_args!("q={q} σ={sigma} α={order}"),
                     );
                 }
             }
@@ -1030,10 +1026,7 @@ mod tests {
         for delta in [1e-3, 1e-5, 1e-10] {
             let epsilon = accountant.epsilon(delta).unwrap().epsilon;
             let back = accountant.delta(epsilon).unwrap();
-            assert!(
-                relative_error(back, delta) < 1e-9,
-                "{delta} -> {epsilon} -> {back}"
-            );
+            assert_relative_error_below(back, delta, 1e-9, format_args!("{delta} -> {epsilon}"));
         }
         // δ never exceeds 1, and shrinks as ε grows.
         let at_zero = accountant.delta(0.0).unwrap();
@@ -1048,8 +1041,12 @@ mod tests {
         let mut piecewise = RdpAccountant::default();
         piecewise.compose(mechanism, 100).unwrap();
         piecewise.compose(mechanism, 200).unwrap();
-        for (a, b) in once.rdp().iter().zip(piecewise.rdp()) {
-            assert!(relative_error(*b, *a) < 1e-14);
+        for (&order, (&at_once, &in_pieces)) in once
+            .orders()
+            .iter()
+            .zip(once.rdp().iter().zip(piecewise.rdp()))
+        {
+            assert_relative_error_below(in_pieces, at_once, 1e-14, format_args!("α={order}"));
         }
         let mut empty = RdpAccountant::default();
         empty.compose(mechanism, 0).unwrap();

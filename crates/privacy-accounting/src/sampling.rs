@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_noise_multiplier, check_sampling_rate, AccountingError, Result};
+use crate::error::{check_noise_multiplier, check_sampling_rate, require, Result};
 
 /// The client-sampling scheme of one round. Poisson and fixed-size cohorts are different
 /// mechanisms; a fixed cohort is never silently accounted as Poisson.
@@ -39,9 +39,16 @@ pub struct PoissonGaussian {
 impl PoissonGaussian {
     /// Validates and builds the mechanism.
     pub fn new(q: f64, sigma: f64) -> Result<Self> {
-        check_sampling_rate(q)?;
-        check_noise_multiplier(sigma)?;
-        Ok(Self { q, sigma })
+        let mechanism = Self { q, sigma };
+        mechanism.validate()?;
+        Ok(mechanism)
+    }
+
+    /// Fails unless `q` is a sampling rate in (0, 1] and `sigma` a finite noise multiplier > 0.
+    /// The fields are public, so the accountants check every mechanism they are given.
+    pub fn validate(&self) -> Result<()> {
+        check_sampling_rate(self.q)?;
+        check_noise_multiplier(self.sigma)
     }
 }
 
@@ -50,17 +57,12 @@ impl Sampling {
     pub fn validate(&self) -> Result<()> {
         match *self {
             Sampling::Poisson { q } => check_sampling_rate(q),
-            Sampling::FixedCohort { m, n } => {
-                if m == 0 || n == 0 || m > n {
-                    Err(AccountingError::InvalidArgument {
-                        name: "cohort",
-                        value: format!("{m} of {n}"),
-                        expected: "a fixed cohort needs 1 <= m <= n clients",
-                    })
-                } else {
-                    Ok(())
-                }
-            }
+            Sampling::FixedCohort { m, n } => require(
+                m != 0 && n != 0 && m <= n,
+                "cohort",
+                format_args!("{m} of {n}"),
+                "a fixed cohort needs 1 <= m <= n clients",
+            ),
             Sampling::Full => Ok(()),
         }
     }

@@ -15,36 +15,21 @@
 use privacy_accounting::calibration::{
     calibrate_sigma, epsilon_for, max_rounds, DEFAULT_SIGMA_TOLERANCE,
 };
-use privacy_accounting::pld::PldAccountant;
-use privacy_accounting::rdp::RdpAccountant;
-use privacy_accounting::{Accountant, AccountantKind, EpsilonEstimate, PoissonGaussian};
+use privacy_accounting::{AccountantKind, EpsilonEstimate, PoissonGaussian};
 use proptest::prelude::*;
 
 /// Float noise allowed in RDP comparisons (relative).
 const RDP_SLACK: f64 = 1e-9;
 const DELTA: f64 = 1e-5;
 
-fn rdp_epsilon(q: f64, sigma: f64, steps: u64) -> f64 {
-    estimate(RdpAccountant::default(), q, sigma, steps).epsilon
-}
-
-fn pld_estimate(q: f64, sigma: f64, steps: u64) -> EpsilonEstimate {
-    estimate(PldAccountant::default(), q, sigma, steps)
-}
-
-fn estimate(mut accountant: impl Accountant, q: f64, sigma: f64, steps: u64) -> EpsilonEstimate {
-    let mechanism = PoissonGaussian::new(q, sigma).expect("strategies draw valid mechanisms");
-    accountant.compose(mechanism, steps).expect("compose");
-    accountant.epsilon(DELTA).expect("epsilon")
-}
-
 /// `a` ≤ `b` up to float noise.
 fn at_most(a: f64, b: f64) -> bool {
     a <= b + RDP_SLACK * b.abs().max(1.0)
 }
 
-/// PLD estimate `a` (of the smaller exact ε) against `b`: `a` may exceed `b` by `a`'s error.
-fn pld_at_most(a: &EpsilonEstimate, b: &EpsilonEstimate) -> bool {
+/// Estimate `a` (of the smaller exact ε) against `b`: `a` may exceed `b` by the discretisation
+/// error `a` states (PLD; RDP states none, so its estimates must be ordered up to float noise).
+fn no_larger(a: &EpsilonEstimate, b: &EpsilonEstimate) -> bool {
     at_most(a.epsilon, b.epsilon + a.discretisation_error.unwrap_or(0.0))
 }
 
@@ -58,9 +43,62 @@ fn ordered_pair(lo: f64, hi: f64) -> impl Strategy<Value = (f64, f64)> {
     (log_uniform(lo, hi), log_uniform(lo, hi)).prop_map(|(a, b)| (a.min(b), a.max(b)))
 }
 
+/// The estimate of `kind` after `steps` releases at rate `q` and noise `sigma`, at [`DELTA`].
 fn sampled_epsilon(kind: AccountantKind, q: f64, sigma: f64, steps: u64) -> EpsilonEstimate {
-    let mechanism = PoissonGaussian { q, sigma };
+    let mechanism = PoissonGaussian::new(q, sigma).expect("valid mechanism");
     epsilon_for(kind, mechanism, steps, DELTA).expect("epsilon_for")
+}
+
+/// More releases never lower ε.
+fn check_grows_with_rounds(
+    kind: AccountantKind,
+    q: f64,
+    sigma: f64,
+    steps: u64,
+    extra: u64,
+) -> Result<(), TestCaseError> {
+    let fewer = sampled_epsilon(kind, q, sigma, steps);
+    let more = sampled_epsilon(kind, q, sigma, steps + extra);
+    prop_assert!(
+        no_larger(&fewer, &more),
+        "{kind}: T={steps}: {fewer:?} > T={}: {more:?}",
+        steps + extra
+    );
+    Ok(())
+}
+
+/// A higher sampling rate never lowers ε.
+fn check_grows_with_sampling_rate(
+    kind: AccountantKind,
+    q_low: f64,
+    q_high: f64,
+    sigma: f64,
+    steps: u64,
+) -> Result<(), TestCaseError> {
+    let low = sampled_epsilon(kind, q_low, sigma, steps);
+    let high = sampled_epsilon(kind, q_high, sigma, steps);
+    prop_assert!(
+        no_larger(&low, &high),
+        "{kind}: q={q_low}: {low:?} > q={q_high}: {high:?}"
+    );
+    Ok(())
+}
+
+/// More noise never raises ε.
+fn check_falls_with_noise(
+    kind: AccountantKind,
+    q: f64,
+    sigma_low: f64,
+    sigma_high: f64,
+    steps: u64,
+) -> Result<(), TestCaseError> {
+    let noisy = sampled_epsilon(kind, q, sigma_high, steps);
+    let quiet = sampled_epsilon(kind, q, sigma_low, steps);
+    prop_assert!(
+        no_larger(&noisy, &quiet),
+        "{kind}: sigma={sigma_high}: {noisy:?} > sigma={sigma_low}: {quiet:?}"
+    );
+    Ok(())
 }
 
 proptest! {
@@ -73,9 +111,7 @@ proptest! {
         steps in 1u64..100_000,
         extra in 1u64..100_000,
     ) {
-        let fewer = rdp_epsilon(q, sigma, steps);
-        let more = rdp_epsilon(q, sigma, steps + extra);
-        prop_assert!(at_most(fewer, more), "T={steps}: {fewer} > T={}: {more}", steps + extra);
+        check_grows_with_rounds(AccountantKind::Rdp, q, sigma, steps, extra)?;
     }
 
     #[test]
@@ -84,9 +120,7 @@ proptest! {
         sigma in log_uniform(0.5, 20.0),
         steps in 1u64..100_000,
     ) {
-        let low = rdp_epsilon(q_low, sigma, steps);
-        let high = rdp_epsilon(q_high, sigma, steps);
-        prop_assert!(at_most(low, high), "q={q_low}: {low} > q={q_high}: {high}");
+        check_grows_with_sampling_rate(AccountantKind::Rdp, q_low, q_high, sigma, steps)?;
     }
 
     #[test]
@@ -95,9 +129,7 @@ proptest! {
         (sigma_low, sigma_high) in ordered_pair(0.3, 50.0),
         steps in 1u64..100_000,
     ) {
-        let noisy = rdp_epsilon(q, sigma_high, steps);
-        let quiet = rdp_epsilon(q, sigma_low, steps);
-        prop_assert!(at_most(noisy, quiet), "sigma={sigma_high}: {noisy} > sigma={sigma_low}: {quiet}");
+        check_falls_with_noise(AccountantKind::Rdp, q, sigma_low, sigma_high, steps)?;
     }
 }
 
@@ -111,9 +143,7 @@ proptest! {
         steps in 1u64..40,
         extra in 1u64..40,
     ) {
-        let fewer = pld_estimate(q, sigma, steps);
-        let more = pld_estimate(q, sigma, steps + extra);
-        prop_assert!(pld_at_most(&fewer, &more), "T={steps}: {fewer:?} > T={}: {more:?}", steps + extra);
+        check_grows_with_rounds(AccountantKind::Pld, q, sigma, steps, extra)?;
     }
 
     #[test]
@@ -122,9 +152,7 @@ proptest! {
         sigma in log_uniform(0.6, 10.0),
         steps in 1u64..40,
     ) {
-        let low = pld_estimate(q_low, sigma, steps);
-        let high = pld_estimate(q_high, sigma, steps);
-        prop_assert!(pld_at_most(&low, &high), "q={q_low}: {low:?} > q={q_high}: {high:?}");
+        check_grows_with_sampling_rate(AccountantKind::Pld, q_low, q_high, sigma, steps)?;
     }
 
     #[test]
@@ -133,9 +161,7 @@ proptest! {
         (sigma_low, sigma_high) in ordered_pair(0.6, 10.0),
         steps in 1u64..40,
     ) {
-        let noisy = pld_estimate(q, sigma_high, steps);
-        let quiet = pld_estimate(q, sigma_low, steps);
-        prop_assert!(pld_at_most(&noisy, &quiet), "sigma={sigma_high}: {noisy:?} > sigma={sigma_low}: {quiet:?}");
+        check_falls_with_noise(AccountantKind::Pld, q, sigma_low, sigma_high, steps)?;
     }
 
     #[test]
@@ -144,11 +170,11 @@ proptest! {
         sigma in log_uniform(0.6, 10.0),
         steps in 1u64..200,
     ) {
-        let pld = pld_estimate(q, sigma, steps);
-        let rdp = rdp_epsilon(q, sigma, steps);
+        let pld = sampled_epsilon(AccountantKind::Pld, q, sigma, steps);
+        let rdp = sampled_epsilon(AccountantKind::Rdp, q, sigma, steps);
         prop_assert!(
-            pld_at_most(&pld, &EpsilonEstimate { epsilon: rdp, ..pld.clone() }),
-            "q={q} sigma={sigma} T={steps}: PLD {pld:?} > RDP {rdp}"
+            no_larger(&pld, &rdp),
+            "q={q} sigma={sigma} T={steps}: PLD {pld:?} > RDP {rdp:?}"
         );
     }
 }

@@ -305,34 +305,34 @@ fn pld_epsilon_matches_converged_dp_accounting() {
 fn analytic_gaussian_matches_dp_accounting() {
     let fixture = fixture();
     for case in &fixture.analytic_gaussian.cases {
-        let sigma =
-            analytic_gaussian_sigma(case.epsilon, case.delta, case.sensitivity).expect("sigma");
-        assert!(
-            close(sigma, case.sigma, RELATIVE),
-            "eps={} delta={} sens={}: sigma {sigma} vs dp_accounting {}",
-            case.epsilon,
-            case.delta,
-            case.sensitivity,
-            case.sigma
+        let inputs = format!(
+            "eps={} delta={} sigma={} sens={}",
+            case.epsilon, case.delta, case.sigma, case.sensitivity
         );
-        // The reference σ is a root found to 1e-14, so ε and δ round-trip through it.
-        let delta =
-            analytic_gaussian_delta(case.epsilon, case.sigma, case.sensitivity).expect("delta");
-        assert!(
-            close(delta, case.delta, RELATIVE),
-            "eps={} sigma={}: delta {delta} vs {}",
-            case.epsilon,
-            case.sigma,
-            case.delta
-        );
-        let epsilon =
-            analytic_gaussian_epsilon(case.delta, case.sigma, case.sensitivity).expect("epsilon");
-        assert!(
-            close(epsilon, case.epsilon, RELATIVE),
-            "delta={} sigma={}: epsilon {epsilon} vs {}",
-            case.delta,
-            case.sigma,
-            case.epsilon
-        );
+        // σ is calibrated from (ε, δ). The reference σ is a root found to 1e-14, so ε and δ
+        // also round-trip through it.
+        for (what, ours, reference) in [
+            (
+                "sigma",
+                analytic_gaussian_sigma(case.epsilon, case.delta, case.sensitivity),
+                case.sigma,
+            ),
+            (
+                "delta",
+                analytic_gaussian_delta(case.epsilon, case.sigma, case.sensitivity),
+                case.delta,
+            ),
+            (
+                "epsilon",
+                analytic_gaussian_epsilon(case.delta, case.sigma, case.sensitivity),
+                case.epsilon,
+            ),
+        ] {
+            let ours = ours.unwrap_or_else(|e| panic!("{inputs}: {what}: {e}"));
+            assert!(
+                close(ours, reference, RELATIVE),
+                "{inputs}: {what} {ours} vs dp_accounting {reference}"
+            );
+        }
     }
 }
