@@ -5,20 +5,20 @@
 #
 # Usage: benches/run-models.sh embed [OUT_DIR]    (default OUT_DIR: target/bench-models)
 #   embed: docs/s embedding 2,000 Shakespeare speeches with all-MiniLM-L6-v2 at batch 64,
-#          CPU fp32, 2 torch threads: fedsyn (benches/embed.rs) vs sentence-transformers
+#          CPU fp32, 2 torch threads: fedsyn (crates/models/benches/embed.rs) vs sentence-transformers
 #          (benches/python/embed_anchor.py); then fedsyn once more in bf16. Also reports how
 #          closely each fedsyn run's embeddings agree with sentence-transformers'.
 #        benches/run-models.sh generate [OUT_DIR]
 #   generate: tokens/s sampling 64 new tokens (temperature 1.0) after 222-token prompts with
 #          SmolLM2-135M-Instruct (GGUF → fp32), CPU, 2 torch threads, at batch 16 and 64:
-#          fedsyn (benches/generate.rs) vs transformers generate
+#          fedsyn (crates/models/benches/generate.rs) vs transformers generate
 #          (benches/python/generate_anchor.py), same prompt ids, one process per run,
 #          alternating, best of REPEATS (default 3) runs of each.
 #        benches/run-models.sh dpo [OUT_DIR]
 #   dpo:   seconds for one DPO optimiser step (reference log-probs included on both sides) of
 #          8 pairs (128 prompt + 64 completion tokens) with a rank-16 LoRA on all seven
 #          projections of SmolLM2-135M-Instruct (GGUF → fp32), CPU, 2 torch threads: fedsyn
-#          (benches/dpo_step.rs) vs PyTorch + PEFT (benches/python/dpo_step_anchor.py), same
+#          (crates/models/benches/dpo_step.rs) vs PyTorch + PEFT (benches/python/dpo_step_anchor.py), same
 #          ids, one process per run, alternating, best of REPEATS (default 3) runs of each.
 # Needs scripts/setup.sh (models) and the benchmark venv (created on first use by
 # scripts/bench-venv.sh). Set THREADS to change the torch thread count of both sides.
@@ -42,8 +42,8 @@ run_embed() {
   python="$(scripts/bench-venv.sh)"
   load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-  echo "building and running the Rust benchmark (cargo bench --bench embed), fp32 ..." >&2
-  cargo bench --quiet --bench embed -- --threads "${threads}" \
+  echo "building and running the Rust benchmark (cargo bench -p models --bench embed), fp32 ..." >&2
+  cargo bench --quiet -p models --bench embed -- --threads "${threads}" \
     --save "${out_dir}/embed-rust.f32" >"${out_dir}/embed-rust.json"
 
   echo "running sentence-transformers (benches/python/embed_anchor.py) ..." >&2
@@ -53,7 +53,7 @@ run_embed() {
   # Not the like-for-like comparison (sentence-transformers runs fp32): what bf16 on a CPU
   # with AVX512-BF16 gives, and how far its embeddings move.
   echo "running the Rust benchmark again with --kind bf16 ..." >&2
-  cargo bench --quiet --bench embed -- --threads "${threads}" --kind bf16 \
+  cargo bench --quiet -p models --bench embed -- --threads "${threads}" --kind bf16 \
     --save "${out_dir}/embed-rust-bf16.f32" >"${out_dir}/embed-rust-bf16.json"
 
   {
@@ -76,8 +76,8 @@ run_generate() {
     # Alternating runs, best of REPEATS per tool: on a shared machine a slow run measures
     # whatever else was running, not the tool.
     for run in $(seq 1 "${repeats}"); do
-      echo "batch ${batch}, run ${run}/${repeats}: fedsyn (cargo bench --bench generate) ..." >&2
-      cargo bench --quiet --bench generate -- --batch "${batch}" --threads "${threads}" \
+      echo "batch ${batch}, run ${run}/${repeats}: fedsyn (cargo bench -p models --bench generate) ..." >&2
+      cargo bench --quiet -p models --bench generate -- --batch "${batch}" --threads "${threads}" \
         --save-prompts "${out_dir}/generate-prompts-${batch}.json" \
         >"${out_dir}/generate-rust-${batch}-${run}.json"
       echo "batch ${batch}, run ${run}/${repeats}: transformers (generate_anchor.py) ..." >&2
@@ -103,8 +103,8 @@ run_dpo() {
   local results=() run
   # Alternating runs, best of REPEATS per tool (see run_generate).
   for run in $(seq 1 "${repeats}"); do
-    echo "run ${run}/${repeats}: fedsyn (cargo bench --bench dpo_step) ..." >&2
-    cargo bench --quiet --bench dpo_step -- --threads "${threads}" \
+    echo "run ${run}/${repeats}: fedsyn (cargo bench -p models --bench dpo_step) ..." >&2
+    cargo bench --quiet -p models --bench dpo_step -- --threads "${threads}" \
       --save-pairs "${out_dir}/dpo-pairs.json" >"${out_dir}/dpo-rust-${run}.json"
     echo "run ${run}/${repeats}: PyTorch + PEFT (dpo_step_anchor.py) ..." >&2
     "${python}" benches/python/dpo_step_anchor.py --threads "${threads}" \
@@ -124,6 +124,8 @@ run_dpo() {
 benchmark="$1"
 out_dir="${2:-${repo_root}/target/bench-models}"
 mkdir -p "${out_dir}"
+# Absolute: cargo runs the benchmarks from crates/models, not from here.
+out_dir="$(cd "${out_dir}" && pwd)"
 
 case "${benchmark}" in
   embed) run_embed "${out_dir}" ;;

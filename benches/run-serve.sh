@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load on `fedsyn serve`'s submission path (benches/serve_load.rs): CLIENTS concurrent clients
+# Load on `fedsyn serve`'s submission path (crates/server/benches/serve_load.rs): CLIENTS concurrent clients
 # (default 1000) each submit one score vector of J·K = 18,000 values to an open round, all at
 # the same moment, on loopback only. Prints one JSON object per run: accepted submissions,
 # lost ones (accepted but missing from the server's SQLite store; must be 0), submissions/s,
@@ -19,8 +19,8 @@ runs="${1:-3}"
 export FEDSYN_LOAD_CLIENTS="${CLIENTS:-1000}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
-cargo bench --bench serve_load --no-run
-binary="$(cargo bench --bench serve_load --no-run --message-format=json 2>/dev/null \
+cargo bench -p server --bench serve_load --no-run
+binary="$(cargo bench -p server --bench serve_load --no-run --message-format=json 2>/dev/null \
   | sed -n 's/.*"executable":"\([^"]*serve_load[^"]*\)".*/\1/p' | tail -n 1)"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), \
 $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)" >&2

@@ -18,7 +18,8 @@ use remote_client::{
     RemoteConfig,
 };
 
-use crate::exit_status::EXIT_BAD_INPUT;
+use fedsyn::exit_status::EXIT_BAD_INPUT;
+use fedsyn::torch_commands::torch_binary_path;
 
 /// Arguments of `fedsyn client`.
 #[derive(Debug, Args)]
@@ -94,7 +95,7 @@ fn profile(args: &ClientArgs, texts: &[String]) -> Result<Profile> {
     if let Some(profile) = cached_profile(texts, embedder, &args.state_dir)? {
         return Ok(profile);
     }
-    let binary = crate::torch_binary_path();
+    let binary = torch_binary_path();
     let mut command = Command::new(&binary);
     command
         .arg("client-embed")

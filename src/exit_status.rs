@@ -1,4 +1,4 @@
-//! Exit codes shared by `fedsyn` and `fedsyn-ml` (`#[path]`-included by both):
+//! Exit codes shared by `fedsyn` and `fedsyn-ml`:
 //! 0 success, 1 runtime failure, 2 bad input (arguments, files, unreachable targets).
 
 use std::process::ExitCode;
@@ -23,16 +23,19 @@ pub fn exit_code(result: anyhow::Result<()>, is_bad_input: fn(&anyhow::Error) ->
     }
 }
 
+/// Whether `cause` is an `E` that the user can fix, as `is_bad_input` tells (`|_| true` for
+/// error types that are always bad input).
+pub fn bad_input_of<E: std::error::Error + 'static>(
+    cause: &(dyn std::error::Error + 'static),
+    is_bad_input: impl Fn(&E) -> bool,
+) -> bool {
+    cause.downcast_ref::<E>().is_some_and(is_bad_input)
+}
+
 /// Whether `cause` is one of the errors both binaries can meet (privacy accounting, the run
 /// configuration and directory, the remote client) and the user can fix it.
 pub fn shared_bad_input(cause: &(dyn std::error::Error + 'static)) -> bool {
-    cause
-        .downcast_ref::<privacy_accounting::AccountingError>()
-        .is_some()
-        || cause
-            .downcast_ref::<runs::RunError>()
-            .is_some_and(runs::RunError::is_bad_input)
-        || cause
-            .downcast_ref::<remote_client::RemoteError>()
-            .is_some_and(remote_client::RemoteError::is_bad_input)
+    bad_input_of::<privacy_accounting::AccountingError>(cause, |_| true)
+        || bad_input_of(cause, runs::RunError::is_bad_input)
+        || bad_input_of(cause, remote_client::RemoteError::is_bad_input)
 }

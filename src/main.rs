@@ -1,35 +1,25 @@
 //! `fedsyn`: differentially private synthetic text and federated learning.
 //!
 //! This executable does not link libtorch. Commands that need a model (see
-//! `src/torch_commands.rs`) are implemented in `src/bin/fedsyn-ml.rs` and forwarded there,
-//! arguments untouched; everything else (privacy budgets, the remote client, comparisons and
+//! `src/torch_commands.rs`) are implemented in `fedsyn-ml` (crates/fedsyn-ml) and forwarded
+//! there, arguments untouched; everything else (privacy budgets, the remote client, comparisons and
 //! reports of run directories) runs here.
 
 mod budget;
 mod client_cli;
 mod compare_cli;
-mod exit_status;
 mod report_cli;
-mod torch_commands;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Arg, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Arg, CommandFactory, FromArgMatches, Subcommand};
 
-use torch_commands::{TORCH_BINARY, TORCH_COMMANDS};
+use fedsyn::exit_status;
+use fedsyn::output_format::CommandLine;
+use fedsyn::torch_commands::{torch_binary_path, TORCH_BINARY, TORCH_COMMANDS};
 
-/// Differentially private synthetic text and federated learning.
-#[derive(Debug, Parser)]
-#[command(name = "fedsyn", version, about, long_about = None)]
-struct Cli {
-    /// Print machine-readable JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
+type Cli = CommandLine<Command>;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -62,10 +52,10 @@ fn main() -> ExitCode {
         Err(error) => error.exit(),
     };
     let result = match cli.command {
-        Command::Budget(command) => budget::run(command, cli.json),
-        Command::Client(args) => client_cli::run(&args, cli.json),
-        Command::Compare(args) => compare_cli::run(&args, cli.json),
-        Command::Report(args) => report_cli::run(&args, cli.json),
+        Command::Budget(command) => budget::run(command, cli.output.json),
+        Command::Client(args) => client_cli::run(&args, cli.output.json),
+        Command::Compare(args) => compare_cli::run(&args, cli.output.json),
+        Command::Report(args) => report_cli::run(&args, cli.output.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -119,15 +109,6 @@ fn forward_to_torch_binary() -> ExitCode {
     ExitCode::from(exit_status::EXIT_FAILURE)
 }
 
-fn torch_binary_path() -> PathBuf {
-    let name = format!("{TORCH_BINARY}{}", std::env::consts::EXE_SUFFIX);
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)))
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 #[cfg(unix)]
 fn exec(mut command: std::process::Command) -> std::io::Error {
     use std::os::unix::process::CommandExt;
@@ -145,6 +126,7 @@ fn exec(mut command: std::process::Command) -> std::io::Error {
 /// Bad input is anything the user can fix by changing what they typed or gave us.
 fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        exit_status::shared_bad_input(cause) || cause.downcast_ref::<budget::UsageError>().is_some()
+        exit_status::shared_bad_input(cause)
+            || exit_status::bad_input_of::<budget::UsageError>(cause, |_| true)
     })
 }

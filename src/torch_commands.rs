@@ -1,8 +1,9 @@
 //! The subcommands that need libtorch. They live in the `fedsyn-ml` executable, installed next
 //! to `fedsyn`; `fedsyn` forwards them there, so that `fedsyn budget …` never loads libtorch
 //! (loading it takes about half a second and 500 MB) and still answers in milliseconds.
-//! Shared by both binaries (`#[path]`-included), and checked against `fedsyn-ml`'s own command
-//! list by its tests.
+//! `fedsyn-ml`'s tests check this list against its own commands.
+
+use std::path::PathBuf;
 
 /// The name of the executable holding the libtorch commands.
 pub const TORCH_BINARY: &str = "fedsyn-ml";
@@ -43,3 +44,13 @@ pub const TORCH_COMMANDS: &[(&str, &str)] = &[
         "Serve a POPri run to remote clients over HTTP(S): enrolment, rounds, privacy ledger",
     ),
 ];
+
+/// Where `fedsyn-ml` is: next to the running executable, else wherever the PATH has it.
+pub fn torch_binary_path() -> PathBuf {
+    let name = format!("{TORCH_BINARY}{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}

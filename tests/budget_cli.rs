@@ -1,9 +1,25 @@
 //! End-to-end tests of `fedsyn budget …`: the binary as a user runs it.
 
-mod common;
-use common::{fedsyn, scratch_dir};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use serde_json::Value;
+
+/// Runs `fedsyn ARGS` to the end (budgets need no libtorch: `fedsyn` answers them itself).
+fn fedsyn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fedsyn"))
+        .args(args)
+        .output()
+        .expect("the fedsyn binary runs")
+}
+
+/// A fresh folder of this test process.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedsyn-budget-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 /// A command line written as one string (no argument here contains a space).
 fn words(line: &str) -> Vec<&str> {

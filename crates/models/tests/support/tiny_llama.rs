@@ -20,7 +20,7 @@ use tch::Tensor;
 /// includes this file.
 pub fn fixture_dir(name: &str) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["tests/fixtures", "crates/models/tests/fixtures"]
+    ["tests/fixtures", "../models/tests/fixtures"]
         .iter()
         .map(|fixtures| manifest.join(fixtures).join(name))
         .find(|dir| dir.is_dir())

@@ -3,46 +3,25 @@
 //! as `fedsyn` would.
 //!
 //! To add a command: a variant in `Command` (with its implementation in a module here) and an
-//! entry in `src/torch_commands.rs`, so that `fedsyn` lists and forwards it.
+//! entry in the `fedsyn` package's `src/torch_commands.rs`, so that `fedsyn` lists and forwards
+//! it.
 
-#[path = "../client_embed_cli.rs"]
 mod client_embed_cli;
-#[path = "../doctor.rs"]
 mod doctor;
-#[path = "../eval_cli.rs"]
 mod eval_cli;
-#[path = "../exit_status.rs"]
-mod exit_status;
-#[path = "../jsonl_input.rs"]
 mod jsonl_input;
-#[path = "../models_cli.rs"]
 mod models_cli;
-#[path = "../serve_cli.rs"]
 mod serve_cli;
-#[path = "../simulate_cli.rs"]
 mod simulate_cli;
-#[path = "../train_cli.rs"]
 mod train_cli;
-// Only the tests read these (to check that `fedsyn` forwards exactly our commands).
-#[cfg(test)]
-#[allow(dead_code)] // TORCH_BINARY is for `fedsyn`
-#[path = "../torch_commands.rs"]
-mod torch_commands;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fedsyn::exit_status::{self, bad_input_of};
+use fedsyn::output_format::CommandLine;
 
-/// Differentially private synthetic text and federated learning (model commands).
-#[derive(Debug, Parser)]
-#[command(name = "fedsyn", bin_name = "fedsyn", version, about, long_about = None)]
-struct Cli {
-    /// Print machine-readable JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
+type Cli = CommandLine<Command>;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -68,14 +47,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Generate(args) => models_cli::generate(args, cli.json),
-        Command::Embed(args) => models_cli::embed(args, cli.json),
-        Command::Doctor => doctor::run(cli.json),
-        Command::Dpo(args) => train_cli::dpo(args, cli.json),
-        Command::Simulate(args) => simulate_cli::run(&args, cli.json),
-        Command::Eval(args) => eval_cli::run(&args, cli.json),
-        Command::ClientEmbed(args) => client_embed_cli::run(&args, cli.json),
-        Command::Serve(args) => serve_cli::run(&args, cli.json),
+        Command::Generate(args) => models_cli::generate(args, cli.output.json),
+        Command::Embed(args) => models_cli::embed(args, cli.output.json),
+        Command::Doctor => doctor::run(cli.output.json),
+        Command::Dpo(args) => train_cli::dpo(args, cli.output.json),
+        Command::Simulate(args) => simulate_cli::run(&args, cli.output.json),
+        Command::Eval(args) => eval_cli::run(&args, cli.output.json),
+        Command::ClientEmbed(args) => client_embed_cli::run(&args, cli.output.json),
+        Command::Serve(args) => serve_cli::run(&args, cli.output.json),
     };
     exit_status::exit_code(result, is_bad_input)
 }
@@ -83,20 +62,12 @@ fn main() -> ExitCode {
 /// Bad input: a problem the user can fix in what they typed or gave us.
 fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        cause
-            .downcast_ref::<models::ModelError>()
-            .is_some_and(models::ModelError::is_bad_input)
-            || cause.downcast_ref::<jsonl_input::InputError>().is_some()
-            || cause
-                .downcast_ref::<clients::ClientsError>()
-                .is_some_and(clients::ClientsError::is_bad_input)
-            || cause
-                .downcast_ref::<server::ServerError>()
-                .is_some_and(server::ServerError::is_bad_input)
+        bad_input_of(cause, models::ModelError::is_bad_input)
+            || bad_input_of::<jsonl_input::InputError>(cause, |_| true)
+            || bad_input_of(cause, clients::ClientsError::is_bad_input)
+            || bad_input_of(cause, server::ServerError::is_bad_input)
+            || bad_input_of::<training_config::InvalidHyperparameter>(cause, |_| true)
             || exit_status::shared_bad_input(cause)
-            || cause
-                .downcast_ref::<training_config::InvalidHyperparameter>()
-                .is_some()
     })
 }
 
@@ -104,7 +75,7 @@ fn is_bad_input(error: &anyhow::Error) -> bool {
 mod tests {
     use clap::CommandFactory;
 
-    use super::torch_commands::TORCH_COMMANDS;
+    use fedsyn::torch_commands::TORCH_COMMANDS;
 
     #[test]
     fn fedsyn_forwards_exactly_the_commands_defined_here() {

@@ -5,7 +5,7 @@ use runs::RunConfig;
 
 #[test]
 fn every_experiment_config_is_valid() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments");
     let mut checked = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

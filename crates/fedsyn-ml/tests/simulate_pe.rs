@@ -5,8 +5,8 @@
 mod common;
 use common::federation::{tiny_config, write_clients_and_seeds, CLIENT_DATA};
 use common::{
-    fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, scratch_dir,
-    simulate_json,
+    fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, metrics_rows, read_text,
+    scratch_dir, simulate_json, without_timings,
 };
 
 use std::path::{Path, PathBuf};
@@ -48,19 +48,8 @@ fn simulate_with(dir: &Path, method: &str, run_dir: &str, overrides: &[&str]) ->
     simulate_json(&dir.join("config.toml"), &dir.join(run_dir), &args)
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn metrics(run_dir: &Path) -> Vec<Value> {
-    read(&run_dir.join("metrics.jsonl"))
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a metrics line is JSON"))
-        .collect()
-}
-
 fn synthetic_texts(run_dir: &Path) -> Vec<String> {
-    read(&run_dir.join("synthetic.jsonl"))
+    read_text(&run_dir.join("synthetic.jsonl"))
         .lines()
         .map(|line| {
             let sample: Value = serde_json::from_str(line).unwrap();
@@ -96,7 +85,7 @@ fn check_complete_run(run_dir: &Path, summary: &Value, checkpoint_files: &[&str]
         assert!(spent <= EPSILON, "{kind}: ε {spent} > {EPSILON}");
     }
 
-    let rows = metrics(run_dir);
+    let rows = metrics_rows(run_dir);
     assert_eq!(rows.len(), 2);
     for (round, row) in rows.iter().enumerate() {
         assert_eq!(row["round"], round as u64);
@@ -126,8 +115,8 @@ fn check_complete_run(run_dir: &Path, summary: &Value, checkpoint_files: &[&str]
     }
     assert_eq!(synthetic_texts(run_dir).len(), 3);
     assert_eq!(summary["synthetic_samples"], 3);
-    assert!(read(&run_dir.join("rounds.svg")).starts_with("<svg"));
-    let statement = read(&run_dir.join("privacy-statement.md"));
+    assert!(read_text(&run_dir.join("rounds.svg")).starts_with("<svg"));
+    let statement = read_text(&run_dir.join("privacy-statement.md"));
     assert!(
         statement
             .lines()
@@ -136,11 +125,12 @@ fn check_complete_run(run_dir: &Path, summary: &Value, checkpoint_files: &[&str]
             .contains("NOT differentially private"),
         "a test seed voids the guarantee: {statement}"
     );
-    let saved: Value = serde_json::from_str(&read(&run_dir.join("summary.json"))).unwrap();
+    let saved: Value = serde_json::from_str(&read_text(&run_dir.join("summary.json"))).unwrap();
     assert_eq!(saved["rounds"], 2);
 
     // The generator's prompts come from the public seeds only.
-    let prompts: Vec<String> = serde_json::from_str(&read(&run_dir.join("prompts.json"))).unwrap();
+    let prompts: Vec<String> =
+        serde_json::from_str(&read_text(&run_dir.join("prompts.json"))).unwrap();
     assert!(prompts.iter().all(|p| !p.contains("Citizen")));
 }
 
@@ -153,15 +143,17 @@ fn pe_writes_a_complete_run_within_the_budget() {
     let summary = simulate(&dir, "pe", "run");
     let run_dir = dir.join("run");
     check_complete_run(&run_dir, &summary, &[]);
-    assert!(read(&run_dir.join("config.toml")).contains("method = \"pe\""));
+    assert!(read_text(&run_dir.join("config.toml")).contains("method = \"pe\""));
     // PE trains nothing: no adapter, no training loss.
     assert!(!run_dir.join("checkpoints/round-0000/adapter").exists());
-    assert!(metrics(&run_dir)
+    assert!(metrics_rows(&run_dir)
         .iter()
         .all(|row| row["train_loss"].is_null()));
     // The synthetic set is the last survivors first: they are in the last round's population.
-    let state: Value =
-        serde_json::from_str(&read(&run_dir.join("checkpoints/round-0001/state.json"))).unwrap();
+    let state: Value = serde_json::from_str(&read_text(
+        &run_dir.join("checkpoints/round-0001/state.json"),
+    ))
+    .unwrap();
     let first_survivor = state["survivors"][0]["text"].as_str().unwrap();
     assert_eq!(synthetic_texts(&run_dir)[0], first_survivor);
     assert_eq!(state["next_population"].as_array().unwrap().len(), 9);
@@ -184,15 +176,17 @@ fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
             "trainer/trainer_state.json",
         ],
     );
-    for row in metrics(&run_dir) {
+    for row in metrics_rows(&run_dir) {
         let loss = row["train_loss"]
             .as_f64()
             .expect("the SFT loss of the round");
         assert!(loss.is_finite() && loss > 0.0, "SFT loss {loss}");
     }
     // Every survivor trained on was written by a public prompt.
-    let state: Value =
-        serde_json::from_str(&read(&run_dir.join("checkpoints/round-0000/state.json"))).unwrap();
+    let state: Value = serde_json::from_str(&read_text(
+        &run_dir.join("checkpoints/round-0000/state.json"),
+    ))
+    .unwrap();
     assert!(state["survivors"]
         .as_array()
         .unwrap()
@@ -209,7 +203,7 @@ fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(synthetic_texts(&run_dir), before);
-    assert_eq!(metrics(&run_dir).len(), 2);
+    assert_eq!(metrics_rows(&run_dir).len(), 2);
     assert_eq!(
         Ledger::load(&run_dir.join("ledger.json"))
             .unwrap()
@@ -256,14 +250,6 @@ fn pe_stops_before_a_round_would_exceed_the_budget() {
     assert_eq!(synthetic_texts(&dir.join("run")).len(), 3);
 }
 
-/// A metrics row without its timings (which differ between runs).
-fn without_timings(mut row: Value) -> Value {
-    let object = row.as_object_mut().unwrap();
-    object.remove("seconds");
-    object.remove("wall_seconds");
-    row
-}
-
 #[test]
 fn pe_resume_after_kill_gives_the_uninterrupted_result() {
     if !have_default_models() {
@@ -290,7 +276,10 @@ fn pe_resume_after_kill_gives_the_uninterrupted_result() {
     let uninterrupted = dir.join("uninterrupted");
     assert_eq!(synthetic_texts(&killed), synthetic_texts(&uninterrupted));
     let strip = |rows: Vec<Value>| rows.into_iter().map(without_timings).collect::<Vec<_>>();
-    assert_eq!(strip(metrics(&killed)), strip(metrics(&uninterrupted)));
+    assert_eq!(
+        strip(metrics_rows(&killed)),
+        strip(metrics_rows(&uninterrupted))
+    );
     // Budget neither lost nor counted twice.
     let events = |run: &Path| {
         Ledger::load(&run.join("ledger.json"))

@@ -18,13 +18,14 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The repository root (this package is crates/fedsyn-ml).
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// Makes the bundle from this build's binaries into `dir/bundle`.
 fn bundle(dir: &Path) -> PathBuf {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_fedsyn")).parent().unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_fedsyn-ml")).parent().unwrap();
     let out = dir.join("bundle");
     let status = Command::new(repo().join("scripts/gpu-bundle.sh"))
         .arg("--bin-dir")

@@ -3,9 +3,9 @@
 //! `fedsyn-ml`.
 
 mod common;
-use common::{fedsyn, scratch_dir};
+use common::{fedsyn, json_of, scratch_dir, words};
 
-#[path = "../crates/models/tests/support/tiny_llama.rs"]
+#[path = "../../models/tests/support/tiny_llama.rs"]
 mod tiny_llama;
 
 use std::path::{Path, PathBuf};
@@ -37,37 +37,16 @@ fn toy_lines() -> Vec<String> {
 /// `fedsyn dpo` on the tiny Llama with small-model settings, plus `extra`; its JSON report.
 fn dpo_json(pairs: &Path, out: &Path, extra: &[&str]) -> Value {
     let model = tiny_llama::tiny_llama_dir();
-    let mut args = vec![
-        "dpo",
-        "--json",
-        "--device",
-        "cpu",
-        "--model",
-        model.to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--lora-r",
-        "4",
-        "--lora-alpha",
-        "8",
-        "--beta",
-        "0.1",
-        "--lr",
-        "5e-3",
-        "--schedule",
-        "constant",
-        "--batch-size",
-        "4",
-        "--grad-accum",
-        "1",
-    ];
+    let line = format!(
+        "dpo --json --device cpu --model {} --pairs {} --out {} --lora-r 4 --lora-alpha 8 \
+         --beta 0.1 --lr 5e-3 --schedule constant --batch-size 4 --grad-accum 1",
+        model.display(),
+        pairs.display(),
+        out.display()
+    );
+    let mut args = words(&line);
     args.extend_from_slice(extra);
-    let result = fedsyn(&args);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "fedsyn {args:?} failed: {stderr}");
-    serde_json::from_slice(&result.stdout).expect("--json prints one JSON object")
+    json_of(&args)
 }
 
 fn step_values(report: &Value, field: &str) -> Vec<f64> {
@@ -147,18 +126,13 @@ fn bad_lines_and_arguments_exit_2_naming_the_line() {
     let dir = scratch_dir("bad");
     let model = tiny_llama::tiny_llama_dir();
     let run = |pairs: &Path, extra: &[&str]| -> (Option<i32>, String) {
-        let mut args = vec![
-            "dpo",
-            "--device",
-            "cpu",
-            "--model",
-            model.to_str().unwrap(),
-            "--pairs",
-            pairs.to_str().unwrap(),
-            "--out",
-        ];
-        let out = dir.join("out");
-        args.push(out.to_str().unwrap());
+        let line = format!(
+            "dpo --device cpu --model {} --pairs {} --out {}",
+            model.display(),
+            pairs.display(),
+            dir.join("out").display()
+        );
+        let mut args = words(&line);
         args.extend_from_slice(extra);
         let result = fedsyn(&args);
         (

@@ -5,7 +5,7 @@
 
 mod common;
 use common::federation::PUBLIC_SEEDS;
-use common::{fedsyn_command, have_default_models, scratch_dir};
+use common::{fedsyn_command, have_default_models, scratch_dir, scratch_dir_for_models, words};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -696,28 +696,7 @@ fn a_server_killed_during_an_open_round_continues_it_after_resume() {
         assert_no_vector_bytes(&out, &vector(seed));
     }
     let db = rusqlite::Connection::open(out.join("server.sqlite")).unwrap();
-    let ledger: Vec<i64> = db
-        .prepare("SELECT round FROM ledger ORDER BY round")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(ledger, vec![0, 1]);
-    let rounds: Vec<(i64, i64, String)> = db
-        .prepare("SELECT round, attempt, status FROM rounds ORDER BY round, attempt")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        rounds,
-        vec![
-            (0, 0, "released".to_string()),
-            (1, 0, "released".to_string())
-        ]
-    );
+    assert_two_rounds_released_and_charged_once(&db);
     let vectors: i64 = db
         .query_row(
             "SELECT COUNT(*) FROM submissions WHERE vector IS NOT NULL",
@@ -742,10 +721,9 @@ fn a_server_killed_during_an_open_round_continues_it_after_resume() {
 
 #[test]
 fn https_with_a_self_signed_certificate() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("serve-tls") else {
         return;
-    }
-    let dir = scratch_dir("serve-tls");
+    };
     let config = write_config(
         &dir,
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1",
@@ -805,10 +783,9 @@ fn https_with_a_self_signed_certificate() {
 
 #[test]
 fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("serve-rate") else {
         return;
-    }
-    let dir = scratch_dir("serve-rate");
+    };
     let config = write_config(
         &dir,
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1",
@@ -816,17 +793,11 @@ fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     );
     let out = dir.join("run");
     let admin = "3f9a0c5e7b21d4f86a0e9c3b5d7f1a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f";
-    let mut command = fedsyn_command(&[
-        "serve",
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--enrolment-tokens",
-        "1",
-    ]);
+    let mut command = fedsyn_command(&words(&format!(
+        "serve --bind 127.0.0.1:0 --config {} --out {} --enrolment-tokens 1",
+        config.display(),
+        out.display()
+    )));
     command.env("FEDSYN_ADMIN_TOKEN", admin);
     let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
@@ -1062,36 +1033,9 @@ fn a_mostly_silent_cohort_is_released_at_the_deadline_without_a_second_cohort() 
     assert!(status.success(), "{status:?}");
 
     let db = rusqlite::Connection::open(out.join("server.sqlite")).unwrap();
-    let rounds: Vec<(i64, i64, String)> = db
-        .prepare("SELECT round, attempt, status FROM rounds ORDER BY round, attempt")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        rounds,
-        vec![
-            (0, 0, "released".to_string()),
-            (1, 0, "released".to_string())
-        ]
-    );
-    let ledger: Vec<i64> = db
-        .prepare("SELECT round FROM ledger ORDER BY round")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(ledger, vec![0, 1]);
+    assert_two_rounds_released_and_charged_once(&db);
     // Released rounds keep their receipts but no record of who was sampled or who answered.
-    let cohorts: Vec<String> = db
-        .prepare("SELECT sampled FROM rounds")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let cohorts: Vec<String> = column(&db, "SELECT sampled FROM rounds");
     assert_eq!(cohorts, vec!["[]", "[]"]);
     let (receipts, linked): (i64, i64) = db
         .query_row(
@@ -1129,4 +1073,29 @@ fn a_mostly_silent_cohort_is_released_at_the_deadline_without_a_second_cohort() 
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
     }
+}
+
+/// The first column of every row `sql` selects from the server's store.
+fn column<T: rusqlite::types::FromSql>(db: &rusqlite::Connection, sql: &str) -> Vec<T> {
+    db.prepare(sql)
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Rounds 0 and 1 were each released at their first attempt and charged exactly once.
+fn assert_two_rounds_released_and_charged_once(db: &rusqlite::Connection) {
+    let ledger: Vec<i64> = column(db, "SELECT round FROM ledger ORDER BY round");
+    assert_eq!(ledger, vec![0, 1]);
+    let rounds: Vec<(i64, i64, String)> = db
+        .prepare("SELECT round, attempt, status FROM rounds ORDER BY round, attempt")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let released = |round| (round, 0, "released".to_string());
+    assert_eq!(rounds, vec![released(0), released(1)]);
 }

@@ -2,9 +2,9 @@
 //! scripts/reference/peft_adapter.py) on the tiny Llama, sampled through the binary.
 
 mod common;
-use common::fedsyn;
+use common::{assert_refused, fedsyn};
 
-#[path = "../crates/models/tests/support/tiny_llama.rs"]
+#[path = "../../models/tests/support/tiny_llama.rs"]
 mod tiny_llama;
 
 use std::path::Path;
@@ -81,8 +81,6 @@ fn bad_adapter_folders_exit_with_status_2_and_the_reason() {
     ];
     for (dir, expected) in cases {
         let output = generate(&["--adapter", dir]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{dir}: {stderr}");
-        assert!(stderr.contains(expected), "{dir}: {stderr}");
+        assert_refused(&output, expected);
     }
 }

@@ -17,7 +17,7 @@
 //! same size (so that the timed step is a step of a running training loop, not the first
 //! touch of its activation memory). Peak memory is the process's VmHWM at the end (Linux).
 //!
-//! Run: `cargo bench --bench dpo_step [-- --pairs N --prompt-tokens P --completion-tokens C
+//! Run: `cargo bench -p models --bench dpo_step [-- --pairs N --prompt-tokens P --completion-tokens C
 //! --rank R --threads T --device D --save-pairs FILE.json]`. `--save-pairs` writes the token
 //! ids for the Python side.
 

@@ -9,7 +9,7 @@
 //! `embed` of all documents, which tokenises, sorts by length, batches, and pools. Peak memory
 //! is the process's VmHWM at the end (Linux).
 //!
-//! Run: `cargo bench --bench embed [-- --docs N --batch-size B --threads T --device D
+//! Run: `cargo bench -p models --bench embed [-- --docs N --batch-size B --threads T --device D
 //! --kind f32|bf16 --save FILE.f32]`. `--save` writes the embeddings as raw little-endian f32
 //! (docs × 384, input order) for the agreement check of `run-models.sh`.
 
@@ -33,7 +33,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         data: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/shakespeare_roles/train.jsonl"),
+            .join("../../../shared/data/shakespeare_roles/train.jsonl"),
         docs: 2000,
         batch_size: 64,
         threads: 2,

@@ -2,7 +2,7 @@
 //! `fedsyn-ml`).
 
 mod common;
-use common::{fedsyn, scratch_dir};
+use common::{fedsyn, scratch_dir, words};
 
 use std::path::PathBuf;
 
@@ -65,16 +65,11 @@ fn embeds_every_line_in_input_order_with_ids() {
     ];
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
 
-    let result = fedsyn(&[
-        "embed",
-        input.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let result = fedsyn(&words(&format!(
+        "embed {} --device cpu --batch-size 2 --out {}",
+        input.display(),
+        out.display()
+    )));
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "fedsyn embed failed: {stderr}");
 

@@ -4,28 +4,20 @@
 
 mod common;
 use common::federation::write_small_federation;
-use common::{fedsyn, have_default_models, scratch_dir, simulate_json};
+use common::{
+    assert_refused, fedsyn, json_of, read_json, scratch_dir_for_models, simulate_json, words,
+};
 
 use std::path::Path;
 
 use serde_json::Value;
-
-fn run_ok(args: &[&str]) -> Value {
-    let output = fedsyn(args);
-    assert!(
-        output.status.success(),
-        "fedsyn {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints one object")
-}
 
 fn simulate(config: &Path, out: &Path, method: &str) {
     simulate_json(config, out, &["--set", &format!("run.method={method}")]);
 }
 
 fn eval_file(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap()
+    read_json(&dir.join("eval.json"))
 }
 
 /// Checks the parts of `eval.json` every method has.
@@ -59,10 +51,9 @@ fn check_downstream(report: &Value) {
 
 #[test]
 fn a_popri_run_is_scored_on_test_with_the_epoch_chosen_on_validation() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("eval-popri") else {
         return;
-    }
-    let dir = scratch_dir("eval-popri");
+    };
     let privacy = "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1\nnoise_seed = 3\n";
     let config = write_small_federation(&dir, privacy);
     let run = dir.join("run");
@@ -74,15 +65,10 @@ fn a_popri_run_is_scored_on_test_with_the_epoch_chosen_on_validation() {
     let mut synthetic = std::fs::read_to_string(run.join("synthetic.jsonl")).unwrap();
     synthetic.push_str(&format!("{}\n", serde_json::json!({ "text": planted })));
     std::fs::write(run.join("synthetic.jsonl"), synthetic).unwrap();
-    let printed = run_ok(&[
-        "eval",
-        "--json",
-        run.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--max-train-texts",
-        "4",
-    ]);
+    let printed = json_of(&words(&format!(
+        "eval --json {} --epochs 2 --max-train-texts 4",
+        run.display()
+    )));
     let report = eval_file(&run);
     assert_eq!(printed, report, "--json prints what eval.json holds");
     check_downstream(&report);
@@ -145,16 +131,15 @@ fn a_popri_run_is_scored_on_test_with_the_epoch_chosen_on_validation() {
 
 #[test]
 fn a_dp_fedavg_run_is_scored_with_its_own_adapter() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("eval-fedavg") else {
         return;
-    }
-    let dir = scratch_dir("eval-fedavg");
+    };
     let extra = "[fedavg]\nlocal_steps = 1\nlocal_batch = 2\n\
                  [privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1\nclip = 0.05\nnoise_seed = 3\n";
     let config = write_small_federation(&dir, extra);
     let run = dir.join("run");
     simulate(&config, &run, "dp-fedavg");
-    run_ok(&["eval", "--json", run.to_str().unwrap()]);
+    json_of(&["eval", "--json", run.to_str().unwrap()]);
     let report = eval_file(&run);
     check_downstream(&report);
     assert_eq!(report["method"], "dp-fedavg");
@@ -168,25 +153,18 @@ fn a_dp_fedavg_run_is_scored_with_its_own_adapter() {
 
 #[test]
 fn references_score_the_public_model_and_training_on_real_texts() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("eval-references") else {
         return;
-    }
-    let dir = scratch_dir("eval-references");
+    };
     let config = write_small_federation(&dir, "[privacy]\nepsilon = 4.0\n");
     let reference = |name: &str| -> Value {
         let out = dir.join(name);
-        run_ok(&[
-            "eval",
-            "--json",
-            "--reference",
+        json_of(&words(&format!(
+            "eval --json --reference {} --config {} --out {} --epochs 1",
             name,
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "1",
-        ]);
+            config.display(),
+            out.display()
+        )));
         assert!(out.join("config.toml").is_file());
         eval_file(&out)
     };
@@ -215,17 +193,12 @@ fn references_score_the_public_model_and_training_on_real_texts() {
     assert_eq!(real["distribution"]["synthetic_texts"], 6);
 
     // Bad input exits 2 and names the problem.
-    let output = fedsyn(&[
-        "eval",
-        "--reference",
-        "infinite",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        dir.join("x").to_str().unwrap(),
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--reference"));
+    let output = fedsyn(&words(&format!(
+        "eval --reference infinite --config {} --out {}",
+        config.display(),
+        dir.join("x").display()
+    )));
+    assert_refused(&output, "--reference");
     let output = fedsyn(&["eval", dir.join("no-such-run").to_str().unwrap()]);
     assert_eq!(
         output.status.code(),

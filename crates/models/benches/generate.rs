@@ -10,7 +10,7 @@
 //! 2 × 4 tokens (untimed); then one timed `generate` (prefill + 64 decoding steps). Peak
 //! memory is the process's VmHWM at the end (Linux).
 //!
-//! Run: `cargo bench --bench generate [-- --batch B --new-tokens N --prompt-tokens P
+//! Run: `cargo bench -p models --bench generate [-- --batch B --new-tokens N --prompt-tokens P
 //! --threads T --device D --seed S --save-prompts FILE.json]`. `--save-prompts` writes the
 //! prompt ids for the Python side.
 

@@ -6,7 +6,7 @@
 
 mod common;
 use common::federation::{tiny_config, PUBLIC_SEEDS};
-use common::{fedsyn_command, have_default_models};
+use common::{fedsyn_command, scratch_dir_for_models, words};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -53,10 +53,10 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(name: &str, clients: usize) -> Setup {
-        let dir = std::env::temp_dir().join(format!("fedsyn-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    /// The scratch folder of test `name`: the run's config, the public seeds and the data of
+    /// `clients` clients. `None` (the test is skipped) when the default models are missing.
+    fn new(name: &str, clients: usize) -> Option<Setup> {
+        let dir = scratch_dir_for_models(&format!("serve-{name}"))?;
         std::fs::write(dir.join("seeds.txt"), PUBLIC_SEEDS).unwrap();
         std::fs::write(dir.join("config.toml"), config(clients)).unwrap();
         for c in 0..clients {
@@ -66,7 +66,13 @@ impl Setup {
                 .collect();
             std::fs::write(dir.join(format!("client-{c}.jsonl")), lines).unwrap();
         }
-        Setup { dir, clients }
+        Some(Setup { dir, clients })
+    }
+
+    /// [`check_finished_run`], then removes the scratch folder.
+    fn check_finished_run_and_remove(self) {
+        check_finished_run(&self);
+        std::fs::remove_dir_all(&self.dir).unwrap();
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -94,20 +100,12 @@ impl Setup {
 
     /// [`Setup::start_client`] with `extra` arguments.
     fn start_client_with(&self, c: usize, url: &str, token: Option<&str>, extra: &[&str]) -> Child {
-        let data = self.dir.join(format!("client-{c}.jsonl"));
-        let state = self.state_dir(c);
-        let mut args = vec![
-            "client",
-            "--json",
-            "--server",
-            url,
-            "--data",
-            data.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--max-wait-seconds",
-            "120",
-        ];
+        let line = format!(
+            "client --json --server {url} --data {} --state-dir {} --max-wait-seconds 120",
+            self.dir.join(format!("client-{c}.jsonl")).display(),
+            self.state_dir(c).display()
+        );
+        let mut args = words(&line);
         if let Some(token) = token {
             args.extend(["--enroll", token]);
         }
@@ -124,16 +122,12 @@ impl Setup {
     /// `fedsyn serve` on the run folder, with `extra` arguments; returns the process and its
     /// URL (read from the `listening on` line).
     fn start_server(&self, extra: &[&str]) -> (Child, String) {
-        let config = self.dir.join("config.toml");
-        let run = self.run_dir();
-        let mut args = vec![
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--exit-when-finished",
-        ];
+        let line = format!(
+            "serve --config {} --out {} --exit-when-finished",
+            self.dir.join("config.toml").display(),
+            self.run_dir().display()
+        );
+        let mut args = words(&line);
         args.extend(extra);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -543,11 +537,10 @@ fn mib(kib: u64) -> f64 {
 
 #[test]
 fn fifty_client_processes_complete_two_rounds() {
-    if !have_default_models() {
-        return;
-    }
     const CLIENTS: usize = 50;
-    let setup = Setup::new("fifty", CLIENTS);
+    let Some(setup) = Setup::new("fifty", CLIENTS) else {
+        return;
+    };
     // Two clients embed their own texts (the model load on a cache miss); the others find
     // their profile prepared.
     setup.prepare_profiles(2..CLIENTS);
@@ -609,17 +602,15 @@ fn fifty_client_processes_complete_two_rounds() {
         "clients hold {:.0} MiB PSS each",
         mib(peak.pss_kib) / CLIENTS as f64
     );
-    check_finished_run(&setup);
-    std::fs::remove_dir_all(&setup.dir).unwrap();
+    setup.check_finished_run_and_remove();
 }
 
 #[test]
 fn a_server_killed_mid_round_resumes_and_charges_each_round_once() {
-    if !have_default_models() {
-        return;
-    }
     const CLIENTS: usize = 8;
-    let setup = Setup::new("kill", CLIENTS);
+    let Some(setup) = Setup::new("kill", CLIENTS) else {
+        return;
+    };
     setup.prepare_profiles(0..CLIENTS);
     let (mut server, url) = setup.start_server(&[
         "--bind",
@@ -690,17 +681,15 @@ fn a_server_killed_mid_round_resumes_and_charges_each_round_once() {
         let submitted = summary["rounds_submitted"].as_array().unwrap();
         assert!(submitted.contains(&Value::from(1)), "{summary}");
     }
-    check_finished_run(&setup);
-    std::fs::remove_dir_all(&setup.dir).unwrap();
+    setup.check_finished_run_and_remove();
 }
 
 #[test]
 fn clients_join_over_https_trusting_the_servers_certificate() {
-    if !have_default_models() {
-        return;
-    }
     const CLIENTS: usize = 3;
-    let setup = Setup::new("tls", CLIENTS);
+    let Some(setup) = Setup::new("tls", CLIENTS) else {
+        return;
+    };
     setup.prepare_profiles(0..CLIENTS);
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (setup.dir.join("cert.pem"), setup.dir.join("key.pem"));
@@ -759,20 +748,18 @@ fn clients_join_over_https_trusting_the_servers_certificate() {
     );
     wait_for_exit(&setup, &mut server);
     assert_both_rounds_submitted(&summaries);
-    check_finished_run(&setup);
-    std::fs::remove_dir_all(&setup.dir).unwrap();
+    setup.check_finished_run_and_remove();
 }
 
 #[test]
 fn a_secure_run_releases_each_round_with_clients_leaving_mid_session_and_no_vector_in_the_clear() {
-    if !have_default_models() {
-        return;
-    }
     // Five `fedsyn client` processes and three clients scripted here: one sends a planted
     // vector through every step, one leaves after the keys step, one after the shares step
     // (its masks are removed with its mask key, rebuilt from its neighbours' shares).
     const PROCESSES: usize = 5;
-    let setup = Setup::new("secagg", PROCESSES + 3);
+    let Some(setup) = Setup::new("secagg", PROCESSES + 3) else {
+        return;
+    };
     let config = std::fs::read_to_string(setup.dir.join("config.toml")).unwrap();
     let config = config.replace(
         "round_deadline_seconds = 600",

@@ -9,7 +9,10 @@
 
 mod common;
 use common::federation::{tiny_config, write_clients_and_seeds, CLIENT_DATA};
-use common::{fedsyn, have_default_models, scratch_dir};
+use common::{
+    assert_refused, fedsyn, fedsyn_ok, json_of, path_str, read_json, scratch_dir,
+    scratch_dir_for_models, words,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -35,14 +38,11 @@ fn real_run(dir: &Path) -> PathBuf {
     )
     .unwrap();
     let run = dir.join("popri-eps2");
-    let output = fedsyn(&[
-        "simulate",
-        "--quiet",
-        "--config",
-        dir.join("config.toml").to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let output = fedsyn(&words(&format!(
+        "simulate --quiet --config {} --out {}",
+        dir.join("config.toml").display(),
+        run.display()
+    )));
     assert!(
         output.status.success(),
         "simulate failed: {}",
@@ -121,26 +121,11 @@ fn reference(dir: &Path, run: &Path, method: &str, accuracy: f64) -> PathBuf {
     out
 }
 
-fn stdout_of(args: &[&str]) -> String {
-    let output = fedsyn(args);
-    assert!(
-        output.status.success(),
-        "fedsyn {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 #[test]
 fn compare_and_report_on_runs_made_from_a_real_run() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("compare-report") else {
         return;
-    }
-    let dir = scratch_dir("compare-report");
+    };
     let popri = real_run(&dir);
     write_eval(&popri, "popri", Some(2.0), 0.30, 0.7);
 
@@ -153,8 +138,7 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
         "method = \"pe\"",
     );
     set_toml_line(&pe.join("config.toml"), "epsilon = 2.0", "epsilon = 7.0");
-    let mut summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(pe.join("summary.json")).unwrap()).unwrap();
+    let mut summary: Value = read_json(&pe.join("summary.json"));
     summary["target_epsilon"] = json!(7.0);
     std::fs::write(pe.join("summary.json"), summary.to_string()).unwrap();
     write_eval(&pe, "pe", Some(7.0), 0.35, 0.8);
@@ -169,7 +153,7 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
     let dirs = [&popri, &pe, &unevaluated, &real, &public];
     let mut args = vec!["compare", "--json", "--out", path_str(&out)];
     args.extend(dirs.iter().map(|d| path_str(d)));
-    let comparison: Value = serde_json::from_str(&stdout_of(&args)).unwrap();
+    let comparison: Value = json_of(&args);
 
     let rows = comparison["rows"].as_array().unwrap();
     let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
@@ -198,9 +182,7 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
     assert_eq!(pending["evaluated"], false);
     assert!(pending["accuracy"].is_null() && pending["gap_closed"].is_null());
     // ε spent comes from the run's own summary, not from eval.json.
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(popri.join("summary.json")).unwrap())
-            .unwrap();
+    let summary: Value = read_json(&popri.join("summary.json"));
     close(
         &row_of(&popri)["epsilon_rdp"],
         summary["epsilon_rdp"].as_f64().unwrap(),
@@ -221,7 +203,7 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
     // The plain table says what to do about the unevaluated run.
     let mut args = vec!["compare"];
     args.extend(dirs.iter().map(|d| path_str(d)));
-    let table = stdout_of(&args);
+    let table = String::from_utf8(fedsyn_ok(&args).stdout).unwrap();
     assert!(
         table.contains(&format!(
             "not evaluated (run `fedsyn eval {}`)",
@@ -248,8 +230,7 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
         format!("{}\n{synthetic}", json!({ "text": hostile })),
     )
     .unwrap();
-    let files: Value =
-        serde_json::from_str(&stdout_of(&["report", "--json", path_str(&popri)])).unwrap();
+    let files: Value = json_of(&["report", "--json", path_str(&popri)]);
     let html_path = PathBuf::from(files["html"].as_str().unwrap());
     assert_eq!(html_path, popri.join("report.html"));
     let html = std::fs::read_to_string(&html_path).unwrap();
@@ -306,7 +287,7 @@ fn compare_and_report_on_runs_made_from_a_real_run() {
     }
 
     // A report of the unevaluated run says how to evaluate it.
-    stdout_of(&["report", path_str(&unevaluated)]);
+    fedsyn_ok(&["report", path_str(&unevaluated)]);
     let html = std::fs::read_to_string(unevaluated.join("report.html")).unwrap();
     check_self_contained_xhtml(&html);
     assert!(html.contains("Not evaluated: run <code>fedsyn eval"));
@@ -364,27 +345,24 @@ fn compare_rejects_two_references_of_one_kind_and_non_runs() {
         write_eval(&out, "real", None, 0.4, 0.0);
         references.push(out);
     }
-    let output = fedsyn(&[
-        "compare",
-        path_str(&references[0]),
-        path_str(&references[1]),
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("are both the `real` reference"), "{stderr}");
+    let output = fedsyn(&words(&format!(
+        "compare {} {}",
+        references[0].display(),
+        references[1].display()
+    )));
+    assert_refused(&output, "are both the `real` reference");
 
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let output = fedsyn(&["report", path_str(&empty)]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("config.toml"));
+    assert_refused(&output, "config.toml");
 
     // Both run in `fedsyn` itself: a copy of it alone, with no `fedsyn-ml` beside it or on
     // the PATH, gives the same answers (it would fail to forward them otherwise).
     let alone = dir.join("fedsyn-alone");
     std::fs::create_dir_all(&alone).unwrap();
     let binary = alone.join("fedsyn");
-    std::fs::copy(env!("CARGO_BIN_EXE_fedsyn"), &binary).unwrap();
+    std::fs::copy(common::fedsyn_binary(), &binary).unwrap();
     for args in [
         vec![
             "compare",

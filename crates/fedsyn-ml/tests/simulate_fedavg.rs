@@ -4,22 +4,13 @@
 
 mod common;
 use common::federation::write_small_federation;
-use common::{fedsyn, have_default_models, scratch_dir, simulate_json};
+use common::{fedsyn, metrics_rows, scratch_dir_for_models, simulate_json};
 
 use std::path::Path;
 
 use privacy_accounting::Ledger;
-use serde_json::Value;
 
 const FEDAVG: &str = "[fedavg]\nlocal_steps = 1\nlocal_batch = 2\nlocal_lr = 1e-3\n";
-
-fn metrics(run_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn ledger(run_dir: &Path) -> Ledger {
     serde_json::from_str(&std::fs::read_to_string(run_dir.join("ledger.json")).unwrap()).unwrap()
@@ -27,10 +18,9 @@ fn ledger(run_dir: &Path) -> Ledger {
 
 #[test]
 fn adaptive_cohort_rounds_clip_noise_and_charge_one_joint_mechanism() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("fedavg-adaptive") else {
         return;
-    }
-    let dir = scratch_dir("fedavg-adaptive");
+    };
     let privacy = "[privacy]\nepsilon = 2.0\ndelta = 1e-5\nrounds = 2\nclip = 0.05\n\
                    sampling = \"cohort\"\ncohort = 3\nnoise_seed = 42\n";
     let config = write_small_federation(
@@ -49,7 +39,7 @@ fn adaptive_cohort_rounds_clip_noise_and_charge_one_joint_mechanism() {
     }
     assert!(run.join("privacy-statement.md").is_file());
 
-    let rows = metrics(&run);
+    let rows = metrics_rows(&run);
     let ledger = ledger(&run);
     assert_eq!(rows.len(), 2);
     assert_eq!(ledger.events.len(), 2, "one charge per round");
@@ -95,10 +85,9 @@ fn adaptive_cohort_rounds_clip_noise_and_charge_one_joint_mechanism() {
 
 #[test]
 fn a_resumed_round_is_charged_once_and_ends_where_an_uninterrupted_run_ends() {
-    if !have_default_models() {
+    let Some(dir) = scratch_dir_for_models("fedavg-resume") else {
         return;
-    }
-    let dir = scratch_dir("fedavg-resume");
+    };
     let privacy = "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2\nclip = 0.05\n\
                    noise_seed = 9\n";
     let config = write_small_federation(&dir, &format!("{FEDAVG}{privacy}"));
@@ -135,7 +124,7 @@ fn a_resumed_round_is_charged_once_and_ends_where_an_uninterrupted_run_ends() {
         2,
         "round 1 re-ran under its charge"
     );
-    assert_eq!(metrics(&cut).len(), 2);
+    assert_eq!(metrics_rows(&cut).len(), 2);
     let weights = |run: &Path| std::fs::read(run.join("model/adapter_model.safetensors")).unwrap();
     assert_eq!(
         weights(&whole),

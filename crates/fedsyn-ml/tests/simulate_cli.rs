@@ -7,8 +7,8 @@ use common::federation::{
     client_text, tiny_config, write_clients_and_seeds, CLIENT_DATA, CLIENT_TOPICS, PUBLIC_SEEDS,
 };
 use common::{
-    fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, scratch_dir,
-    simulate_json,
+    assert_refused, fedsyn, have_default_models, kill_after_first_checkpoint_then_resume,
+    metrics_rows, read_text, scratch_dir, simulate_json, without_timings, words,
 };
 
 use std::path::{Path, PathBuf};
@@ -35,17 +35,6 @@ const PRIVACY: &str = "[privacy]\nepsilon = 2.0\ndelta = 1e-5\nrounds = 2\nnoise
 
 fn simulate(dir: &Path, run_dir: &str) -> Value {
     simulate_json(&dir.join("config.toml"), &dir.join(run_dir), &[])
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn metrics(run_dir: &Path) -> Vec<Value> {
-    read(&run_dir.join("metrics.jsonl"))
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a metrics line is JSON"))
-        .collect()
 }
 
 #[test]
@@ -78,7 +67,7 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
         "ledger ε {rdp} vs summary {epsilon}"
     );
 
-    let rows = metrics(&run_dir);
+    let rows = metrics_rows(&run_dir);
     assert_eq!(rows.len(), 2);
     for (round, row) in rows.iter().enumerate() {
         assert_eq!(row["round"], round as u64);
@@ -106,28 +95,29 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
             assert!(checkpoint.join(file).is_file(), "{round}/{file} missing");
         }
     }
-    let synthetic = read(&run_dir.join("synthetic.jsonl"));
+    let synthetic = read_text(&run_dir.join("synthetic.jsonl"));
     assert_eq!(synthetic.lines().count(), 3);
     for line in synthetic.lines() {
         let sample: Value = serde_json::from_str(line).unwrap();
         assert!(sample["text"].is_string());
     }
-    assert!(read(&run_dir.join("rounds.svg")).starts_with("<svg"));
+    assert!(read_text(&run_dir.join("rounds.svg")).starts_with("<svg"));
     // A test seed voids the guarantee, and the statement says so on its first line.
-    let statement = read(&run_dir.join("privacy-statement.md"));
+    let statement = read_text(&run_dir.join("privacy-statement.md"));
     let first = statement.lines().next().unwrap();
     assert!(
         first.contains("NOT differentially private") && first.contains("privacy.noise_seed"),
         "{statement}"
     );
     assert!(!statement.contains("This run satisfies"), "{statement}");
-    assert!(read(&run_dir.join("config.toml")).contains("noise_seed = 42"));
+    assert!(read_text(&run_dir.join("config.toml")).contains("noise_seed = 42"));
     // The round's cohort is private state, gone once the round is checkpointed.
     assert!(!run_dir.join("private/open-cohort.json").exists());
 
     // The prompts are built from the public seeds only: no client sentence (nor any
     // distinctive fragment of one) appears in them.
-    let prompts: Vec<String> = serde_json::from_str(&read(&run_dir.join("prompts.json"))).unwrap();
+    let prompts: Vec<String> =
+        serde_json::from_str(&read_text(&run_dir.join("prompts.json"))).unwrap();
     assert_eq!(prompts.len(), 3);
     for text in (0..CLIENT_TOPICS.len()).flat_map(|c| (0..4).map(move |t| client_text(c, t))) {
         for prompt in &prompts {
@@ -179,15 +169,10 @@ fn simulate_stops_before_a_round_would_exceed_the_budget() {
     );
     assert!(summary["epsilon_rdp"].as_f64().unwrap() <= target);
     // The outputs of the one finished round are still written.
-    assert_eq!(read(&dir.join("run/synthetic.jsonl")).lines().count(), 3);
-}
-
-/// A metrics row without its timings (which differ between runs).
-fn without_timings(mut row: Value) -> Value {
-    let object = row.as_object_mut().unwrap();
-    object.remove("seconds");
-    object.remove("wall_seconds");
-    row
+    assert_eq!(
+        read_text(&dir.join("run/synthetic.jsonl")).lines().count(),
+        3
+    );
 }
 
 #[test]
@@ -213,11 +198,14 @@ fn resume_after_kill_gives_the_uninterrupted_result() {
 
     let uninterrupted = dir.join("uninterrupted");
     assert_eq!(
-        read(&killed.join("synthetic.jsonl")),
-        read(&uninterrupted.join("synthetic.jsonl"))
+        read_text(&killed.join("synthetic.jsonl")),
+        read_text(&uninterrupted.join("synthetic.jsonl"))
     );
     let strip = |rows: Vec<Value>| rows.into_iter().map(without_timings).collect::<Vec<_>>();
-    assert_eq!(strip(metrics(&killed)), strip(metrics(&uninterrupted)));
+    assert_eq!(
+        strip(metrics_rows(&killed)),
+        strip(metrics_rows(&uninterrupted))
+    );
     let adapter = "checkpoints/round-0001/adapter/adapter_model.safetensors";
     assert!(
         std::fs::read(killed.join(adapter)).unwrap()
@@ -241,40 +229,27 @@ fn bad_config_and_bad_data_are_named_with_exit_status_2() {
     let dir = setup("bad", &format!("{PRIVACY}epsilom = 1.0\n"));
     let config = dir.join("config.toml");
     let output = fedsyn(&["simulate", "--config", config.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("privacy.epsilom"), "{stderr}");
+    assert_refused(&output, "privacy.epsilom");
     let config = setup("bad-set", PRIVACY).join("config.toml");
-    let output = fedsyn(&[
-        "simulate",
-        "--config",
-        config.to_str().unwrap(),
-        "--set",
-        "privacy.epsilon=1",
-        "--set",
-        "generation.tempreature=0.5",
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("generation.temperature"), "{stderr}");
+    let output = fedsyn(&words(&format!(
+        "simulate --config {} --set privacy.epsilon=1 --set generation.tempreature=0.5",
+        config.display()
+    )));
+    assert_refused(&output, "generation.temperature");
 
     if !have_default_models() {
         return;
     }
     let dir = setup("bad-data", PRIVACY);
     let data = dir.join("clients.jsonl");
-    let mut text = read(&data);
+    let mut text = read_text(&data);
     text.push_str("{\"client_id\": \"client-9\", \"text\": \"   \"}\n");
     std::fs::write(&data, text).unwrap();
     let out = dir.join("run");
-    let output = fedsyn(&[
-        "simulate",
-        "--config",
-        dir.join("config.toml").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("clients.jsonl:25"), "{stderr}");
+    let output = fedsyn(&words(&format!(
+        "simulate --config {} --out {}",
+        dir.join("config.toml").display(),
+        out.display()
+    )));
+    assert_refused(&output, "clients.jsonl:25");
 }
