@@ -109,6 +109,24 @@ impl<E: From<RunError>> RoundLog<E> for &RunDir {
     }
 }
 
+/// One round as the driver hands it to [`RoundMethod::run_round`]: the clients drawn for it, its
+/// planned release, and the only way to noise: `commit` makes the release's ledger event durable
+/// (given to [`PlannedRelease::commit`], it yields the charge) and `noise` draws against that
+/// charge.
+pub struct Round<'a, E> {
+    /// The round number (0-based).
+    pub number: u64,
+    /// The clients drawn for the round (indices into the population).
+    pub cohort: &'a [usize],
+    /// The mechanisms and ledger event [`RoundMethod::plan`] made for the round.
+    pub release: PlannedRelease,
+    /// Makes the release's ledger event durable; returns only once the cost is on disk.
+    pub commit: &'a mut dyn FnMut(&LedgerEvent) -> Result<(), E>,
+    /// The noise of the run, drawn only against the charge that `commit` leads to.
+    pub noise: &'a mut NoiseSource,
+    pub progress: &'a dyn Progress,
+}
+
 /// What a method's round computes; the driver does the rest.
 pub trait RoundMethod<E> {
     /// The number of clients the cohorts are drawn from.
@@ -118,20 +136,12 @@ pub trait RoundMethod<E> {
     /// `None` to end the run here (a served run that was stopped, or has no clients).
     fn plan(&mut self, round: u64) -> Result<Option<PlannedRelease>, E>;
 
-    /// Runs round `round` with the clients `cohort`: collect their contributions, commit the
-    /// release with `commit` (which returns only once the cost is durable) to get the charge,
-    /// draw the noise from `noise` against it, and use the released values. Returns the round's
-    /// metrics row (the driver fills in ε and the wall time), or `None` when the run was
-    /// stopped before the commit (nothing charged, nothing released).
-    fn run_round(
-        &mut self,
-        round: u64,
-        cohort: &[usize],
-        release: PlannedRelease,
-        commit: &mut dyn FnMut(&LedgerEvent) -> Result<(), E>,
-        noise: &mut NoiseSource,
-        progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>, E>;
+    /// Runs `round` with the clients of its cohort: collect their contributions, commit the
+    /// release with `round.commit` (which returns only once the cost is durable) to get the
+    /// charge, draw the noise from `round.noise` against it, and use the released values.
+    /// Returns the round's metrics row (the driver fills in ε and the wall time), or `None` when
+    /// the run was stopped before the commit (nothing charged, nothing released).
+    fn run_round(&mut self, round: Round<'_, E>) -> Result<Option<RoundMetrics>, E>;
 
     /// Writes round `metrics.round`'s checkpoint, complete or not at all, with `metrics` (and the
     /// state of a test-seeded `noise`) in it.
@@ -181,14 +191,14 @@ impl Driver<'_> {
                         ledger.commit(event)
                     }
                 };
-                method.run_round(
-                    round,
-                    &cohort,
+                method.run_round(Round {
+                    number: round,
+                    cohort: &cohort,
                     release,
-                    &mut commit,
-                    self.noise,
-                    self.progress,
-                )?
+                    commit: &mut commit,
+                    noise: self.noise,
+                    progress: self.progress,
+                })?
             };
             let Some(mut metrics) = metrics else {
                 return Ok(StopReason::Stopped);
@@ -337,29 +347,23 @@ mod tests {
             )))
         }
 
-        fn run_round(
-            &mut self,
-            round: u64,
-            cohort: &[usize],
-            release: PlannedRelease,
-            commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-            noise: &mut NoiseSource,
-            _: &dyn Progress,
-        ) -> Result<Option<RoundMetrics>> {
-            let mechanism = *release.mechanism(0).unwrap();
+        fn run_round(&mut self, round: Round<'_, RunError>) -> Result<Option<RoundMetrics>> {
+            let number = round.number;
+            let mechanism = *round.release.mechanism(0).unwrap();
             let mut sum = GridSum::zeros(&mechanism);
-            for _ in cohort {
+            for _ in round.cohort {
                 sum.add(&mechanism, &[1.0, 0.0, 0.0])?;
             }
-            self.journal.borrow_mut().push(format!("collect {round}"));
-            self.cohorts.push(cohort.to_vec());
-            let mut charge = release.commit(|event| commit(event))?;
-            if self.crash_after_commit == Some(round) {
+            self.journal.borrow_mut().push(format!("collect {number}"));
+            self.cohorts.push(round.cohort.to_vec());
+            let mut charge = round.release.commit(|event| (round.commit)(event))?;
+            if self.crash_after_commit == Some(number) {
                 self.crash_after_commit = None;
                 return Err(RunError::argument("process", "killed", "resume"));
             }
-            self.released.push(noise.release(&mut charge, 0, &sum)?);
-            self.journal.borrow_mut().push(format!("release {round}"));
+            self.released
+                .push(round.noise.release(&mut charge, 0, &sum)?);
+            self.journal.borrow_mut().push(format!("release {number}"));
             Ok(Some(RoundMetrics::default()))
         }
 
@@ -371,21 +375,48 @@ mod tests {
         }
     }
 
-    fn fakes(journal: &Journal) -> (FakeMethod, FakeLedger, FakeLog) {
-        (
-            FakeMethod {
-                journal: journal.clone(),
-                crash_after_commit: None,
-                released: Vec::new(),
-                cohorts: Vec::new(),
-            },
-            FakeLedger {
-                ledger: Ledger::new(),
-                journal: journal.clone(),
-                fail: false,
-            },
-            FakeLog::default(),
-        )
+    /// A method, ledger and log that write what happens, in order, to one journal.
+    struct Fakes {
+        journal: Journal,
+        method: FakeMethod,
+        ledger: FakeLedger,
+        log: FakeLog,
+    }
+
+    impl Fakes {
+        fn new() -> Fakes {
+            let journal = Journal::default();
+            Fakes {
+                method: FakeMethod {
+                    journal: journal.clone(),
+                    crash_after_commit: None,
+                    released: Vec::new(),
+                    cohorts: Vec::new(),
+                },
+                ledger: FakeLedger {
+                    ledger: Ledger::new(),
+                    journal: journal.clone(),
+                    fail: false,
+                },
+                log: FakeLog::default(),
+                journal,
+            }
+        }
+
+        /// Drives `rounds` of the fakes under the budget `epsilon`.
+        fn run(&mut self, epsilon: f64, rounds: Range<u64>) -> Result<StopReason> {
+            let sampler = ClientSampler::new(ClientSampling::Poisson { q: 0.5 }, None).unwrap();
+            let guard = BudgetGuard::new(&privacy(epsilon));
+            let mut noise = NoiseSource::from_os().unwrap();
+            Driver {
+                sampler: &sampler,
+                guard: &guard,
+                noise: &mut noise,
+                progress: &Silent,
+                on_round: &|_| {},
+            }
+            .run(&mut self.method, &mut self.ledger, &mut self.log, rounds)
+        }
     }
 
     fn privacy(epsilon: f64) -> PrivacySection {
@@ -396,34 +427,13 @@ mod tests {
         }
     }
 
-    fn run(
-        method: &mut FakeMethod,
-        ledger: &mut FakeLedger,
-        log: &mut FakeLog,
-        epsilon: f64,
-        rounds: Range<u64>,
-    ) -> Result<StopReason> {
-        let sampler = ClientSampler::new(ClientSampling::Poisson { q: 0.5 }, None).unwrap();
-        let guard = BudgetGuard::new(&privacy(epsilon));
-        let mut noise = NoiseSource::from_os().unwrap();
-        Driver {
-            sampler: &sampler,
-            guard: &guard,
-            noise: &mut noise,
-            progress: &Silent,
-            on_round: &|_| {},
-        }
-        .run(method, ledger, log, rounds)
-    }
-
     #[test]
     fn each_round_commits_before_it_releases_then_checkpoints() {
-        let journal = Journal::default();
-        let (mut method, mut ledger, mut log) = fakes(&journal);
-        let stop = run(&mut method, &mut ledger, &mut log, 100.0, 0..2).unwrap();
+        let mut fakes = Fakes::new();
+        let stop = fakes.run(100.0, 0..2).unwrap();
         assert_eq!(stop, StopReason::RoundsCompleted);
         assert_eq!(
-            *journal.borrow(),
+            *fakes.journal.borrow(),
             [
                 "collect 0",
                 "commit 0",
@@ -435,55 +445,60 @@ mod tests {
                 "checkpoint 1"
             ]
         );
-        assert_eq!(ledger.ledger.events.len(), 2);
-        let rows: Vec<u64> = log.rows.iter().map(|m| m.round).collect();
+        assert_eq!(fakes.ledger.ledger.events.len(), 2);
+        let rows: Vec<u64> = fakes.log.rows.iter().map(|m| m.round).collect();
         assert_eq!(rows, [0, 1]);
-        assert!(log.rows[1].epsilon_rdp > log.rows[0].epsilon_rdp);
+        assert!(fakes.log.rows[1].epsilon_rdp > fakes.log.rows[0].epsilon_rdp);
         assert!(
-            log.open.is_none(),
+            fakes.log.open.is_none(),
             "the cohort is forgotten after the checkpoint"
         );
     }
 
     #[test]
     fn a_failed_ledger_write_releases_nothing() {
-        let journal = Journal::default();
-        let (mut method, mut ledger, mut log) = fakes(&journal);
-        ledger.fail = true;
-        assert!(run(&mut method, &mut ledger, &mut log, 100.0, 0..1).is_err());
-        assert_eq!(*journal.borrow(), ["collect 0"]);
-        assert!(method.released.is_empty() && log.rows.is_empty());
+        let mut fakes = Fakes::new();
+        fakes.ledger.fail = true;
+        assert!(fakes.run(100.0, 0..1).is_err());
+        assert_eq!(*fakes.journal.borrow(), ["collect 0"]);
+        assert!(fakes.method.released.is_empty() && fakes.log.rows.is_empty());
     }
 
     #[test]
     fn the_budget_stops_the_run_before_the_round_is_computed() {
-        let journal = Journal::default();
-        let (mut method, mut ledger, mut log) = fakes(&journal);
+        let mut fakes = Fakes::new();
         // One round of σ = 2 at q = 0.5 costs more than ε = 0.05 at δ = 1e-5.
-        let stop = run(&mut method, &mut ledger, &mut log, 0.05, 0..3).unwrap();
+        let stop = fakes.run(0.05, 0..3).unwrap();
         assert_eq!(stop, StopReason::BudgetExhausted);
-        assert!(journal.borrow().is_empty(), "{:?}", journal.borrow());
-        assert_eq!((log.draws, ledger.ledger.events.len()), (0, 0));
+        assert!(
+            fakes.journal.borrow().is_empty(),
+            "{:?}",
+            fakes.journal.borrow()
+        );
+        assert_eq!((fakes.log.draws, fakes.ledger.ledger.events.len()), (0, 0));
     }
 
     #[test]
     fn a_round_killed_after_its_commit_reruns_with_its_cohort_under_one_charge() {
-        let journal = Journal::default();
-        let (mut method, mut ledger, mut log) = fakes(&journal);
-        method.crash_after_commit = Some(1);
-        assert!(run(&mut method, &mut ledger, &mut log, 100.0, 0..3).is_err());
-        assert_eq!(ledger.ledger.events.len(), 2, "rounds 0 and 1 are charged");
-        assert_eq!(log.rows.len(), 1, "only round 0 finished");
+        let mut fakes = Fakes::new();
+        fakes.method.crash_after_commit = Some(1);
+        assert!(fakes.run(100.0, 0..3).is_err());
+        assert_eq!(
+            fakes.ledger.ledger.events.len(),
+            2,
+            "rounds 0 and 1 are charged"
+        );
+        assert_eq!(fakes.log.rows.len(), 1, "only round 0 finished");
         // Resume at round 1: no second charge, the same cohort (drawn once), then round 2.
-        let stop = run(&mut method, &mut ledger, &mut log, 100.0, 1..3).unwrap();
+        let stop = fakes.run(100.0, 1..3).unwrap();
         assert_eq!(stop, StopReason::RoundsCompleted);
-        let rounds: Vec<Option<u64>> = ledger.ledger.events.iter().map(|e| e.round).collect();
+        let rounds: Vec<Option<u64>> = fakes.ledger.ledger.events.iter().map(|e| e.round).collect();
         assert_eq!(rounds, [Some(0), Some(1), Some(2)]);
         assert_eq!(
-            method.cohorts[1], method.cohorts[2],
+            fakes.method.cohorts[1], fakes.method.cohorts[2],
             "round 1 kept its cohort"
         );
-        assert_eq!(log.draws, 3, "one draw per round");
-        assert_eq!(method.released.len(), 3, "one release per round");
+        assert_eq!(fakes.log.draws, 3, "one draw per round");
+        assert_eq!(fakes.method.released.len(), 3, "one release per round");
     }
 }

@@ -10,5 +10,5 @@ pub mod driver;
 pub mod progress;
 
 pub use budget::{plan_noise, BudgetGuard, NoisePlan};
-pub use driver::{simulate_rounds, Driver, JsonLedger, LedgerStore, RoundLog, RoundMethod};
+pub use driver::{simulate_rounds, Driver, JsonLedger, LedgerStore, Round, RoundLog, RoundMethod};
 pub use progress::{Progress, Silent};

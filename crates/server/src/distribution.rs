@@ -31,6 +31,9 @@
 //! MAUVE(P, P) = 1; `mauve-text` orders them by an unstable sort and gives anything from 0.75
 //! to 1 there.
 
+use std::iter::Sum;
+use std::ops::{Add, AddAssign};
+
 use nalgebra::{DMatrix, SymmetricEigen};
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -258,21 +261,30 @@ impl Rows<f64> {
 
 /// Squared Euclidean distance, in f64 (four partial sums, which the compiler vectorises).
 fn distance_sq(a: &[f64], b: &[f64]) -> f64 {
-    let mut sums = [0.0f64; 4];
-    let (a_chunks, b_chunks) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = a_chunks
+    lane_sum::<f64, 4>(a, b, |x, y| (x - y) * (x - y))
+}
+
+/// Σ `term(a[i], b[i])` with `LANES` partial sums, one per lane of a chunk, which the compiler
+/// keeps in vector registers; the coordinates past the last whole chunk are summed apart and
+/// added last.
+fn lane_sum<T, const LANES: usize>(a: &[T], b: &[T], term: impl Fn(T, T) -> T) -> T
+where
+    T: Copy + Default + AddAssign + Sum<T> + Add<Output = T>,
+{
+    let mut sums = [T::default(); LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: T = a_chunks
         .remainder()
         .iter()
         .zip(b_chunks.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
+        .map(|(&x, &y)| term(x, y))
         .sum();
     for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..4 {
-            let d = x[lane] - y[lane];
-            sums[lane] += d * d;
+        for lane in 0..LANES {
+            sums[lane] += term(x[lane], y[lane]);
         }
     }
-    sums.iter().sum::<f64>() + tail
+    sums.into_iter().sum::<T>() + tail
 }
 
 /// The squared distance of each row to its k-th nearest other row.
@@ -499,20 +511,7 @@ fn update_centroids(data: &Rows<f32>, labels: &[usize], centroids: &mut [f32]) {
 
 /// Dot product in f32 with eight partial sums (vectorised by the compiler).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0.0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..8 {
-            sums[lane] += x[lane] * y[lane];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
+    lane_sum::<f32, 8>(a, b, |x, y| x * y)
 }
 
 /// Normalised counts of `labels` over `0..clusters`.

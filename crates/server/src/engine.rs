@@ -14,13 +14,13 @@ use models::{Generator, SamplingParams, SentenceEmbedder};
 use tch::Tensor;
 
 use crate::error::{Result, ServerError};
-use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, PlannedRelease};
+use crate::noise::{l2_norm, GaussianMechanism, GridSum, PlannedRelease};
 use crate::pairs::{preference_agreement, preference_pairs, RankedPair};
 use crate::prompts::{clean_candidate, clean_reply};
 pub use crate::run_dir::PhaseSeconds;
 use crate::run_dir::{Histogram, NonPrivate, NonPrivateMetrics};
-use privacy_accounting::{LedgerEvent, Sampling};
-use round_driver::Progress;
+use privacy_accounting::Sampling;
+use round_driver::{Progress, Round};
 
 /// Bins of the per-round histogram of noisy scores in the metrics.
 const NOISY_SCORE_BINS: usize = 20;
@@ -206,47 +206,36 @@ impl PopriEngine {
         )
     }
 
-    /// Runs round `round` with the clients `sampled` under `release` (from
+    /// Runs `round` with the clients of its cohort under its release (from
     /// [`Self::planned_release`]).
     ///
-    /// `commit_cost` is given the round's ledger event after the clients' vectors are summed and
-    /// before any noise is drawn or the sum is used: it must make the cost durable (the ledger).
-    /// Noise exists only through the charge it returns, so no noisy value can exist whose cost
-    /// is not on disk.
-    #[allow(clippy::too_many_arguments)]
+    /// `round.commit` is given the round's ledger event after the clients' vectors are summed
+    /// and before any noise is drawn or the sum is used: it must make the cost durable (the
+    /// ledger). Noise exists only through the charge it returns, so no noisy value can exist
+    /// whose cost is not on disk.
     pub fn run_round(
         &mut self,
-        round: u64,
-        sampled: &[usize],
+        round: Round<'_, ServerError>,
         transport: &mut dyn ScoreTransport,
-        noise: &mut NoiseSource,
-        release: PlannedRelease,
-        commit_cost: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-        progress: &dyn Progress,
     ) -> Result<RoundOutput> {
         let mut seconds = PhaseSeconds::default();
 
         let clock = Instant::now();
         let prompts = self.prompts.clone();
-        let candidates =
-            self.sample_candidates(&prompts, self.settings.per_prompt, round, progress)?;
+        let candidates = self.sample_candidates(
+            &prompts,
+            self.settings.per_prompt,
+            round.number,
+            round.progress,
+        )?;
         seconds.generate = clock.elapsed().as_secs_f64();
 
         let clock = Instant::now();
-        let embeddings = self.embed_candidates(&candidates.texts, progress)?;
+        let embeddings = self.embed_candidates(&candidates.texts, round.progress)?;
         seconds.embed = clock.elapsed().as_secs_f64();
 
-        let mut output = self.run_round_with_candidates(
-            round,
-            candidates,
-            embeddings,
-            sampled,
-            transport,
-            noise,
-            release,
-            commit_cost,
-            progress,
-        )?;
+        let mut output =
+            self.run_round_with_candidates(round, candidates, embeddings, transport)?;
         output.report.seconds.generate = seconds.generate;
         output.report.seconds.embed = seconds.embed;
         Ok(output)
@@ -263,30 +252,32 @@ impl PopriEngine {
         Ok(embeddings)
     }
 
-    /// Runs round `round` on candidates made earlier (by [`Self::sample_candidates`] and
+    /// Runs `round` on candidates made earlier (by [`Self::sample_candidates`] and
     /// [`Self::embed_candidates`]): the
     /// HTTP server persists a round's candidates when it opens the round, so that after a
     /// restart the clients keep scoring, and DPO trains on, exactly the texts they were sent.
-    #[allow(clippy::too_many_arguments)]
     pub fn run_round_with_candidates(
         &mut self,
-        round: u64,
+        round: Round<'_, ServerError>,
         candidates: Candidates,
         embeddings: Tensor,
-        sampled: &[usize],
         transport: &mut dyn ScoreTransport,
-        noise: &mut NoiseSource,
-        release: PlannedRelease,
-        commit_cost: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-        progress: &dyn Progress,
     ) -> Result<RoundOutput> {
+        let Round {
+            number,
+            cohort: sampled,
+            release,
+            commit,
+            noise,
+            progress,
+        } = round;
         let mut seconds = PhaseSeconds::default();
         let clock = Instant::now();
         let mechanism = *release
             .mechanism(0)
             .ok_or_else(|| ServerError::internal("a POPri release without a mechanism"))?;
         let task = RoundTask {
-            round,
+            round: number,
             clip: self.settings.clip,
             mechanism: &mechanism,
             candidates: &embeddings,
@@ -302,7 +293,7 @@ impl PopriEngine {
         }
 
         let clock = Instant::now();
-        let mut charge = release.commit(|event| commit_cost(event))?;
+        let mut charge = release.commit(|event| commit(event))?;
         let noise_std = mechanism.noise_std();
         let noisy = noise.release(&mut charge, 0, &collected.sum)?;
         let pairs = preference_pairs(
@@ -344,7 +335,7 @@ impl PopriEngine {
         seconds.dpo = clock.elapsed().as_secs_f64();
 
         let report = RoundReport {
-            round,
+            round: number,
             sampled: sampled.len(),
             noise_std,
             nonprivate,
@@ -398,15 +389,11 @@ impl PopriEngine {
         stream: u64,
         progress: &dyn Progress,
     ) -> Result<Candidates> {
-        let has_adapter = self.generator.model().lora_config().is_some();
-        if has_adapter {
-            self.generator.model_mut().merge_lora()?;
-        }
-        let sampled = self.sample_with_current_weights(prompts, per_prompt, stream, progress);
-        if has_adapter {
-            self.generator.model_mut().unmerge_lora()?;
-        }
-        sampled
+        with_adapter_merged(
+            self,
+            |engine| &mut engine.generator,
+            |engine| engine.sample_with_current_weights(prompts, per_prompt, stream, progress),
+        )
     }
 
     fn sample_with_current_weights(
@@ -438,7 +425,11 @@ impl PopriEngine {
                 } else {
                     clean_reply(&completion.text)
                 };
-                texts.push(self.truncate(&text)?);
+                texts.push(truncate_to_tokens(
+                    &self.generator,
+                    &text,
+                    self.settings.truncate_tokens,
+                )?);
             }
             progress.advance(batch.len() as u64);
         }
@@ -448,22 +439,6 @@ impl PopriEngine {
             prompts: prompts.len(),
             per_prompt,
         })
-    }
-
-    /// `text` cut to the first `truncate_tokens` generator tokens.
-    fn truncate(&self, text: &str) -> Result<String> {
-        let tokenizer = self.generator.tokenizer();
-        let encoding = tokenizer
-            .encode(text, false)
-            .map_err(|e| ServerError::Tokenizer(e.to_string()))?;
-        let ids = encoding.get_ids();
-        if ids.len() <= self.settings.truncate_tokens {
-            return Ok(text.to_string());
-        }
-        tokenizer
-            .decode(&ids[..self.settings.truncate_tokens], true)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| ServerError::Tokenizer(e.to_string()))
     }
 }
 
@@ -492,6 +467,45 @@ pub fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
         x = splitmix64(x ^ splitmix64(part.wrapping_add(0x9E37_79B9_7F4A_7C15)));
     }
     x
+}
+
+/// `sample(owner)` with the adapter of `owner`'s generator merged into the base weights
+/// (sampling at base-model speed), and unmerged after, whether or not sampling succeeded,
+/// restoring the base weights bit for bit. Without an adapter, just `sample(owner)`.
+pub(crate) fn with_adapter_merged<S, T>(
+    owner: &mut S,
+    generator: fn(&mut S) -> &mut Generator,
+    sample: impl FnOnce(&S) -> Result<T>,
+) -> Result<T> {
+    let has_adapter = generator(owner).model().lora_config().is_some();
+    if has_adapter {
+        generator(owner).model_mut().merge_lora()?;
+    }
+    let sampled = sample(owner);
+    if has_adapter {
+        generator(owner).model_mut().unmerge_lora()?;
+    }
+    sampled
+}
+
+/// `text` cut to its first `max_tokens` tokens of `generator`'s tokenizer (trimmed when cut).
+pub(crate) fn truncate_to_tokens(
+    generator: &Generator,
+    text: &str,
+    max_tokens: usize,
+) -> Result<String> {
+    let tokenizer = generator.tokenizer();
+    let encoding = tokenizer
+        .encode(text, false)
+        .map_err(|e| ServerError::Tokenizer(e.to_string()))?;
+    let ids = encoding.get_ids();
+    if ids.len() <= max_tokens {
+        return Ok(text.to_string());
+    }
+    tokenizer
+        .decode(&ids[..max_tokens], true)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| ServerError::Tokenizer(e.to_string()))
 }
 
 fn splitmix64(mut z: u64) -> u64 {

@@ -15,15 +15,15 @@
 //! epoch on the eval set itself, which overstates the accuracy).
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
+use clients::local_update::{adapter_values, set_adapter};
 use clients::FederatedData;
 use models::llama::LoraConfig;
 use models::train::{
     encode_texts, next_token_hits, CausalLmConfig, CausalLmTrainer, TokenAccuracy,
 };
-use models::{Assets, CausalLm, DeviceChoice, Generator, SentenceEmbedder};
+use models::{Assets, CausalLm, Generator, SentenceEmbedder};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Deserialize;
@@ -37,7 +37,7 @@ use crate::run_dir::{write_atomic, RunDir};
 use crate::sampling::derived_rng;
 use crate::setup::{
     base_model_name, embed_with_progress, embedding_cache_dir, generator_path, load_data,
-    load_embedder, lora_config, rows,
+    load_embedder, lora_config, rows, run_device,
 };
 use round_driver::{BudgetGuard, Progress};
 use runs::records::{
@@ -353,8 +353,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn open(config: &RunConfig, options: &'a EvalOptions) -> Result<Session<'a>> {
-        tch::set_num_threads(config.run.threads.max(1) as i32);
-        let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+        let device = run_device(config)?;
         let assets = Assets::discover();
         let generator_path = generator_path(config, &assets)?;
         Ok(Session {
@@ -477,13 +476,13 @@ impl<'a> Session<'a> {
                 TokenAccuracy::of(&score(model, &validation, progress, "validate")?).accuracy();
             curve.push(EpochAccuracy { epoch, accuracy });
             if best.as_ref().is_none_or(|(_, top, _)| accuracy > *top) {
-                best = Some((epoch, accuracy, adapter_snapshot(model)));
+                best = Some((epoch, accuracy, adapter_values(model)));
             }
         }
         let (chosen_epoch, _, snapshot) = best.ok_or_else(|| {
             ServerError::argument("--epochs", 0, "at least one epoch of training")
         })?;
-        restore_adapter(model, &snapshot);
+        set_adapter(model, &snapshot)?;
         let hits = score(model, &test, progress, "test")?;
         let accuracy = TokenAccuracy::of(&hits);
         Ok(DownstreamResult {
@@ -590,24 +589,6 @@ fn score(
     }
     progress.finish();
     Ok(hits)
-}
-
-/// Copies of the adapter's tensors.
-fn adapter_snapshot(model: &CausalLm) -> Vec<Tensor> {
-    let _no_grad = tch::no_grad_guard();
-    model
-        .lora_parameters()
-        .iter()
-        .map(|(_, tensor)| tensor.detach().copy())
-        .collect()
-}
-
-/// Writes `snapshot` (from [`adapter_snapshot`] of the same model) back into the adapter.
-fn restore_adapter(model: &CausalLm, snapshot: &[Tensor]) {
-    let _no_grad = tch::no_grad_guard();
-    for ((_, tensor), saved) in model.lora_parameters().iter().zip(snapshot) {
-        tensor.shallow_clone().copy_(saved);
-    }
 }
 
 #[cfg(test)]

@@ -28,15 +28,14 @@
 //! final adapter is written to `model/` (PEFT format).
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Instant;
 
 use clients::local_update::{adapter_values, set_adapter};
 use clients::{local_update, LocalTraining};
 use models::train::downstream::DEFAULT_MAX_TOKENS;
 use models::train::{encode_texts, CausalLmConfig, LrSchedule};
-use models::{Assets, CausalLm, DeviceChoice};
-use privacy_accounting::{LedgerEvent, Sampling};
+use models::{Assets, CausalLm};
+use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -48,10 +47,12 @@ use crate::run_dir::{
     read_checkpoint_state, write_atomic, NonPrivate, NonPrivateMetrics, PhaseSeconds, RoundMetrics,
     RunDir,
 };
-use crate::sampling::ClientSampler;
-use crate::setup::{base_model_name, load_data, load_generator, lora_config, sampling_rate};
+use crate::setup::{
+    base_model_name, load_data, load_generator, lora_config, run_device, sampling_rate,
+    simulation_sampling,
+};
 use crate::simulate::{finish_simulation, public_cohort, Released};
-use round_driver::{plan_noise, simulate_rounds, Progress, RoundMethod};
+use round_driver::{simulate_rounds, Progress, Round, RoundMethod};
 use runs::records::SimulationSummary;
 use runs::records::MODEL_DIR;
 
@@ -166,18 +167,12 @@ pub(crate) fn run_dp_fedavg(
     on_round: &dyn Fn(&RoundMetrics),
 ) -> Result<SimulationSummary> {
     let clock = Instant::now();
-    tch::set_num_threads(config.run.threads.max(1) as i32);
-    let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+    let device = run_device(config)?;
     let assets = Assets::discover();
     let mut generator = load_generator(config, &assets, device)?;
     let (data, clients) = client_sequences(config, &assets, generator.tokenizer())?;
 
-    let sampler = ClientSampler::new(
-        config.privacy.client_sampling()?,
-        config.privacy.sampling_seed,
-    )?;
-    let accounting = sampler.accounting(clients.len())?;
-    let plan = plan_noise(&config.privacy, accounting)?;
+    let (sampler, accounting, plan) = simulation_sampling(config, clients.len())?;
     let denominator = expected_cohort(&accounting, clients.len());
     let fedavg = &config.fedavg;
     let adaptive = fedavg.adaptive_clip_quantile.map(|quantile| AdaptiveClip {
@@ -308,38 +303,31 @@ impl RoundMethod<ServerError> for FedAvgRounds<'_> {
         )))
     }
 
-    fn run_round(
-        &mut self,
-        round: u64,
-        sampled: &[usize],
-        release: PlannedRelease,
-        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-        noise: &mut NoiseSource,
-        progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>> {
+    fn run_round(&mut self, round: Round<'_, ServerError>) -> Result<Option<RoundMetrics>> {
         let config = self.config;
-        let update = *release
+        let update = *round
+            .release
             .mechanism(0)
             .ok_or_else(|| ServerError::internal("a DP-FedAvg release without a mechanism"))?;
-        let count = release.mechanism(1).copied();
+        let count = round.release.mechanism(1).copied();
         let local_clock = Instant::now();
         let round_sum = client_updates(
             self.model,
             &self.global,
             self.clients,
-            sampled,
+            round.cohort,
             config,
-            round,
+            round.number,
             (&update, count.as_ref()),
-            progress,
+            round.progress,
         )?;
         let local_seconds = local_clock.elapsed().as_secs_f64();
 
         let aggregate_clock = Instant::now();
         // Released from here on: noise exists only through the charge, made after the cost is
         // on disk.
-        let mut charge = release.commit(|event| commit(event))?;
-        let noisy = noise.release(&mut charge, 0, &round_sum.sum)?;
+        let mut charge = round.release.commit(|event| (round.commit)(event))?;
+        let noisy = round.noise.release(&mut charge, 0, &round_sum.sum)?;
         let released_average = unflatten(&average(noisy, self.denominator)?, &self.global)?;
         self.global = self
             .global
@@ -350,7 +338,10 @@ impl RoundMethod<ServerError> for FedAvgRounds<'_> {
         set_adapter(self.model, &self.global)?;
         self.next_clip = match (&self.adaptive, &round_sum.unclipped_minus_half) {
             (Some(adaptive), Some(count)) => {
-                let noisy = average(noise.release(&mut charge, 1, count)?, self.denominator)?;
+                let noisy = average(
+                    round.noise.release(&mut charge, 1, count)?,
+                    self.denominator,
+                )?;
                 adaptive.next_clip(self.clip, noisy[0] + 0.5)
             }
             _ => self.clip,
@@ -359,12 +350,12 @@ impl RoundMethod<ServerError> for FedAvgRounds<'_> {
 
         let contributed = round_sum.contributed;
         Ok(Some(RoundMetrics {
-            round,
+            round: round.number,
             delta: config.privacy.delta,
             sigma: self.sigma,
             q: sampling_rate(&self.accounting),
             clip: self.clip,
-            cohort: public_cohort(&self.accounting, sampled.len()),
+            cohort: public_cohort(&self.accounting, round.cohort.len()),
             noise_std: update.noise_std(),
             nonprivate: Some(NonPrivate::measured(
                 self.data,
@@ -566,6 +557,14 @@ fn remove_dir_if_present(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The adaptive clipping of the tests (γ ½, η 0.2, σ_b 4), under the planned σ 2.
+    const ADAPTIVE: AdaptiveClip = AdaptiveClip {
+        quantile: 0.5,
+        lr: 0.2,
+        count_noise: 4.0,
+    };
+    const PLANNED_SIGMA: f64 = 2.0;
+
     #[test]
     fn a_diverged_client_is_dropped_and_other_errors_end_the_run() {
         let diverged = clients::ClientsError::NonFinite {
@@ -599,12 +598,7 @@ mod tests {
 
     #[test]
     fn the_joint_release_of_update_and_count_is_charged_at_the_planned_sigma() {
-        let adaptive = AdaptiveClip {
-            quantile: 0.5,
-            lr: 0.2,
-            count_noise: 4.0,
-        };
-        let sigma = 2.0;
+        let (adaptive, sigma) = (ADAPTIVE, PLANNED_SIGMA);
         let update =
             GaussianMechanism::new(adaptive.update_sigma(sigma).unwrap(), 0.6, 10).unwrap();
         let count = GaussianMechanism::new(2.0 * adaptive.count_noise, 0.5, 1).unwrap();
@@ -616,12 +610,7 @@ mod tests {
 
     #[test]
     fn adaptive_clipping_splits_the_budget_and_follows_the_quantile() {
-        let adaptive = AdaptiveClip {
-            quantile: 0.5,
-            lr: 0.2,
-            count_noise: 4.0,
-        };
-        let sigma = 2.0;
+        let (adaptive, sigma) = (ADAPTIVE, PLANNED_SIGMA);
         let update_sigma = adaptive.update_sigma(sigma).unwrap();
         // The joint mechanism has exactly the planned multiplier.
         let joint = (update_sigma.powi(-2) + (2.0 * adaptive.count_noise).powi(-2)).powf(-0.5);

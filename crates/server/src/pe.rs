@@ -32,13 +32,12 @@
 //! reused public prompts as POPri does (`output.synthetic_prompts`).
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::time::Instant;
 
 use clients::VotingPopulation;
 use models::train::{PreferenceConfig, PreferenceLoss, PreferencePair, PreferenceTrainer};
-use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
-use privacy_accounting::{Ledger, LedgerEvent, Sampling};
+use models::{Assets, Generator, SamplingParams, SentenceEmbedder};
+use privacy_accounting::{Ledger, Sampling};
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -47,7 +46,7 @@ use tch::{Device, Tensor};
 use crate::config::{
     Method, PeSection, PeSelection, RunConfig, SyntheticPrompts, REPHRASE_PLACEHOLDER,
 };
-use crate::engine::derive_seed;
+use crate::engine::{derive_seed, truncate_to_tokens, with_adapter_merged};
 use crate::error::{Result, ServerError};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
@@ -58,11 +57,11 @@ use crate::run_dir::{
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_synthetic_texts,
-    SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
+    public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
+    simulation_sampling, write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
 use crate::simulate::{finish_simulation, public_cohort, synthetic_fid_nonprivate, Released};
-use round_driver::{plan_noise, simulate_rounds, NoisePlan, Progress, RoundMethod};
+use round_driver::{simulate_rounds, NoisePlan, Progress, Round, RoundMethod};
 use runs::records::{SimulationSummary, StopReason};
 
 /// The L2 bound of every client's vote histogram: the sensitivity of the summed histogram.
@@ -167,8 +166,7 @@ impl<'a> PeRun<'a> {
                 ))
             }
         };
-        tch::set_num_threads(config.run.threads.max(1) as i32);
-        let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+        let device = run_device(config)?;
         let assets = Assets::discover();
 
         let embedder = load_embedder(config, &assets, device)?;
@@ -180,12 +178,7 @@ impl<'a> PeRun<'a> {
         let template = prompt_template(config)?;
         let prompts = public_prompts(config, dir, &template, &seed_pool, &generator)?;
 
-        let sampler = ClientSampler::new(
-            config.privacy.client_sampling()?,
-            config.privacy.sampling_seed,
-        )?;
-        let accounting = sampler.accounting(voters.len())?;
-        let plan = plan_noise(&config.privacy, accounting)?;
+        let (sampler, accounting, plan) = simulation_sampling(config, voters.len())?;
         let run = PeRun {
             dir,
             config,
@@ -265,19 +258,13 @@ impl RoundMethod<ServerError> for PeRun<'_> {
         )))
     }
 
-    /// Round `round` over the current population: votes, noise, survivors, the next population.
-    fn run_round(
-        &mut self,
-        round: u64,
-        sampled: &[usize],
-        release: PlannedRelease,
-        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-        noise: &mut NoiseSource,
-        progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>> {
+    /// Runs `round` over the current population: votes, noise, survivors, the next population.
+    fn run_round(&mut self, round: Round<'_, ServerError>) -> Result<Option<RoundMetrics>> {
+        let progress = round.progress;
         let mut seconds = PhaseSeconds::default();
         let population = std::mem::take(&mut self.population);
-        let mechanism = *release
+        let mechanism = *round
+            .release
             .mechanism(0)
             .ok_or_else(|| ServerError::internal("a PE release without a mechanism"))?;
 
@@ -286,10 +273,10 @@ impl RoundMethod<ServerError> for PeRun<'_> {
         seconds.embed = phase.elapsed().as_secs_f64();
 
         let phase = Instant::now();
-        progress.start("votes", sampled.len() as u64);
+        progress.start("votes", round.cohort.len() as u64);
         let votes = self
             .voters
-            .vote_sum(&embeddings, sampled, mechanism.grid(), |done| {
+            .vote_sum(&embeddings, round.cohort, mechanism.grid(), |done| {
                 progress.advance(done as u64)
             })?;
         progress.finish();
@@ -298,16 +285,16 @@ impl RoundMethod<ServerError> for PeRun<'_> {
 
         let phase = Instant::now();
         // Noisy values exist only through the charge, made after the cost is on disk.
-        let mut charge = release.commit(|event| commit(event))?;
+        let mut charge = round.release.commit(|event| (round.commit)(event))?;
         let noise_std = mechanism.noise_std();
-        let noisy = noise.release(&mut charge, 0, &votes_sum)?;
+        let noisy = round.noise.release(&mut charge, 0, &votes_sum)?;
         let pe = &self.config.pe;
         let counts = thresholded(&noisy, pe.threshold);
         let selected = select_survivors(
             &counts,
             pe.population,
             pe.selection,
-            &mut derived_rng(self.config.run.seed, "pe selection", round),
+            &mut derived_rng(self.config.run.seed, "pe selection", round.number),
         )?;
         let survivors: Vec<Sample> = ranked_distinct(&selected, &counts)
             .into_iter()
@@ -323,17 +310,18 @@ impl RoundMethod<ServerError> for PeRun<'_> {
         };
         seconds.eval = phase.elapsed().as_secs_f64();
 
-        let (next_population, sft_loss) = self.evolve(round, chosen, &mut seconds, progress)?;
+        let (next_population, sft_loss) =
+            self.evolve(round.number, chosen, &mut seconds, progress)?;
 
         let clean = votes_sum.values_nonprivate();
         let expected_noise = noise_std * (clean.len() as f64).sqrt();
         let metrics = RoundMetrics {
-            round,
+            round: round.number,
             delta: self.config.privacy.delta,
             sigma: self.plan.sigma,
             q: sampling_rate(&self.accounting),
             clip: SENSITIVITY,
-            cohort: public_cohort(&self.accounting, sampled.len()),
+            cohort: public_cohort(&self.accounting, round.cohort.len()),
             noise_std,
             train_loss: sft_loss,
             seconds,
@@ -352,7 +340,7 @@ impl RoundMethod<ServerError> for PeRun<'_> {
             ..RoundMetrics::default()
         };
         self.pending = Some(PeState {
-            round,
+            round: round.number,
             noise: None,
             metrics: metrics.clone(),
             survivors,
@@ -789,15 +777,11 @@ impl<'a> Writer<'a> {
         stream: u64,
         progress: &dyn Progress,
     ) -> Result<Vec<String>> {
-        let has_adapter = self.generator.model().lora_config().is_some();
-        if has_adapter {
-            self.generator.model_mut().merge_lora()?;
-        }
-        let sampled = self.sample_with_current_weights(requests, task, stream, progress);
-        if has_adapter {
-            self.generator.model_mut().unmerge_lora()?;
-        }
-        sampled
+        with_adapter_merged(
+            self,
+            |writer| &mut *writer.generator,
+            |writer| writer.sample_with_current_weights(requests, task, stream, progress),
+        )
     }
 
     fn sample_with_current_weights(
@@ -825,28 +809,16 @@ impl<'a> Writer<'a> {
                     Task::Continue => clean_candidate(&completion.text),
                     Task::Rephrase => without_preamble(&completion.text),
                 };
-                texts.push(self.truncate(&text)?);
+                texts.push(truncate_to_tokens(
+                    self.generator,
+                    &text,
+                    self.truncate_tokens,
+                )?);
             }
             progress.advance(batch.len() as u64);
         }
         progress.finish();
         Ok(texts)
-    }
-
-    /// `text` cut to the first `truncate_tokens` generator tokens.
-    fn truncate(&self, text: &str) -> Result<String> {
-        let tokenizer = self.generator.tokenizer();
-        let encoding = tokenizer
-            .encode(text, false)
-            .map_err(|e| ServerError::Tokenizer(e.to_string()))?;
-        let ids = encoding.get_ids();
-        if ids.len() <= self.truncate_tokens {
-            return Ok(text.to_string());
-        }
-        tokenizer
-            .decode(&ids[..self.truncate_tokens], true)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| ServerError::Tokenizer(e.to_string()))
     }
 }
 

@@ -9,7 +9,7 @@ use clients::{
     embed_cached, sample_per_client, sotu_documents, FederatedData, SimulatedPopulation,
 };
 use models::llama::{LoraConfig, LoraTarget};
-use models::{Assets, Generator, SamplingParams, SentenceEmbedder};
+use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
 use privacy_accounting::statement::PrivacyStatement;
 use privacy_accounting::{AccountantKind, Ledger, Sampling};
 use tch::{Device, Tensor};
@@ -23,8 +23,8 @@ use crate::prompts::{
     build_prompts_with, chat_requests, clean_candidate, seed_pool_from_file, PromptTemplate,
 };
 use crate::run_dir::{write_atomic, RunDir};
-use crate::sampling::derived_rng;
-use round_driver::Progress;
+use crate::sampling::{derived_rng, ClientSampler};
+use round_driver::{plan_noise, NoisePlan, Progress};
 
 /// Texts per embedding batch.
 pub const EMBED_BATCH: usize = 64;
@@ -230,6 +230,29 @@ pub fn fid_to(eval: &[Vec<f32>], samples: &[Vec<f32>]) -> Result<(Option<f64>, O
         Some(frechet_distance(samples, eval)?),
         Some(mean_distance_sq(samples, eval)?),
     ))
+}
+
+/// The device `run.device` names, with libtorch's CPU threads set to `run.threads` first (the
+/// models are loaded onto it).
+pub fn run_device(config: &RunConfig) -> Result<Device> {
+    tch::set_num_threads(config.run.threads.max(1) as i32);
+    Ok(DeviceChoice::from_str(&config.run.device)?.resolve()?)
+}
+
+/// A simulation's client sampler (`privacy.client_sampling`; secret cohorts unless the test seed
+/// `privacy.sampling_seed` is set), how its cohorts of `population` clients are accounted, and
+/// the noise planned for them.
+pub fn simulation_sampling(
+    config: &RunConfig,
+    population: usize,
+) -> Result<(ClientSampler, Sampling, NoisePlan)> {
+    let sampler = ClientSampler::new(
+        config.privacy.client_sampling()?,
+        config.privacy.sampling_seed,
+    )?;
+    let accounting = sampler.accounting(population)?;
+    let plan = plan_noise(&config.privacy, accounting)?;
+    Ok((sampler, accounting, plan))
 }
 
 /// The embedder of `config` (the installed all-MiniLM-L6-v2 unless `model.embedder` says).

@@ -2,7 +2,7 @@
 //! survives a kill, and the budget rule that stops before a round would overspend.
 //!
 //! Durable writes of round t, in this order (why resuming never loses or double-counts budget):
-//! 1. the ledger entry of round t, saved before any noise is drawn (the engine's `commit_cost`);
+//! 1. the ledger entry of round t, saved before any noise is drawn (the round's `commit`);
 //! 2. the checkpoint of round t (adapter, trainer state, noise state, its metrics row), written
 //!    under a temporary name and renamed when complete;
 //! 3. the metrics row, appended to `metrics.jsonl`.
@@ -13,13 +13,11 @@
 //! the checkpoint's copy of the row.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
 use models::train::PreferenceTrainer;
-use models::{Assets, DeviceChoice, Generator, SentenceEmbedder};
-use privacy_accounting::Sampling;
-use privacy_accounting::{Ledger, LedgerEvent};
+use models::{Assets, Generator, SentenceEmbedder};
+use privacy_accounting::{Ledger, Sampling};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -33,14 +31,13 @@ use crate::engine::{
 use crate::error::{Result, ServerError};
 use crate::noise::{GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{read_checkpoint_state, write_atomic, NonPrivate, RoundMetrics, RunDir};
-use crate::sampling::ClientSampler;
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    public_prompts, rows, sampling_params, sampling_rate, seed_pool, write_popri_synthetic,
-    write_statement, SimulatedClients, EMBED_BATCH,
+    public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
+    simulation_sampling, write_popri_synthetic, write_statement, SimulatedClients, EMBED_BATCH,
 };
 use clients::{FederatedData, SimulatedPopulation};
-use round_driver::{plan_noise, simulate_rounds, BudgetGuard, Progress, RoundMethod};
+use round_driver::{simulate_rounds, BudgetGuard, Progress, Round, RoundMethod};
 
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -188,8 +185,7 @@ impl Simulation {
     ) -> Result<SimulationSummary> {
         let clock = Instant::now();
         let config = &self.config;
-        tch::set_num_threads(config.run.threads.max(1) as i32);
-        let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+        let device = run_device(config)?;
         let assets = Assets::discover();
 
         // The clients: private data, embedded once (cached), kept as per-client sums.
@@ -205,12 +201,7 @@ impl Simulation {
         let template = prompt_template(config)?;
         let prompts = public_prompts(config, &self.dir, &template, &seed_pool, &generator)?;
 
-        let sampler = ClientSampler::new(
-            config.privacy.client_sampling()?,
-            config.privacy.sampling_seed,
-        )?;
-        let accounting = sampler.accounting(population.len())?;
-        let plan = plan_noise(&config.privacy, accounting)?;
+        let (sampler, accounting, plan) = simulation_sampling(config, population.len())?;
 
         // Resume from the last checkpoint, or start fresh.
         let (trainer, saved_noise, first_round) =
@@ -359,24 +350,8 @@ impl RoundMethod<ServerError> for PopriRounds<'_> {
             .map(Some)
     }
 
-    fn run_round(
-        &mut self,
-        round: u64,
-        cohort: &[usize],
-        release: PlannedRelease,
-        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-        noise: &mut NoiseSource,
-        progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>> {
-        let output = self.engine.run_round(
-            round,
-            cohort,
-            &mut self.transport,
-            noise,
-            release,
-            commit,
-            progress,
-        )?;
+    fn run_round(&mut self, round: Round<'_, ServerError>) -> Result<Option<RoundMetrics>> {
+        let output = self.engine.run_round(round, &mut self.transport)?;
         let eval_clock = Instant::now();
         let (fid, mean_distance) = match self.eval_embeddings {
             Some(eval) => fid_to(

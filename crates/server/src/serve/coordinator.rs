@@ -797,13 +797,7 @@ impl ScoreTransport for RemoteTransport {
         let store = self.coordinator.store();
         let charged = store.ledger_rows()?.iter().any(|r| r.round == closed.round);
         if self.coordinator.stop_requested() && !charged {
-            self.coordinator
-                .retire(closed.round, closed.attempt, RoundStatus::Abandoned)?;
-            self.stopped = true;
-            return Err(ServerError::Http(format!(
-                "round {} abandoned: the run was stopped",
-                closed.round
-            )));
+            return self.abandon_stopped(closed.round, closed.attempt);
         }
         self.sampled = closed.sampled_count;
         let units = store.sum_submissions(
@@ -820,6 +814,17 @@ impl ScoreTransport for RemoteTransport {
 }
 
 impl RemoteTransport {
+    /// Abandons the attempt `attempt` of round `round` because the admin stopped the run:
+    /// nothing of it is charged or released, and [`Self::stopped`] says so.
+    fn abandon_stopped(&mut self, round: u64, attempt: u32) -> Result<CollectedScores> {
+        self.coordinator
+            .retire(round, attempt, RoundStatus::Abandoned)?;
+        self.stopped = true;
+        Err(ServerError::Http(format!(
+            "round {round} abandoned: the run was stopped"
+        )))
+    }
+
     /// [`ScoreTransport::collect`] under secure aggregation: one SecAgg+ session, whose
     /// unmasked sum is kept (and the round closed) in one transaction before it is used, so a
     /// restart charges and releases that sum and never aggregates the round again.
@@ -848,15 +853,7 @@ impl RemoteTransport {
         let store = self.coordinator.store();
         if !open.closed {
             let sum = match self.coordinator.run_secure_session(rules)? {
-                SessionEnd::Stopped => {
-                    self.coordinator
-                        .retire(open.round, open.attempt, RoundStatus::Abandoned)?;
-                    self.stopped = true;
-                    return Err(ServerError::Http(format!(
-                        "round {} abandoned: the run was stopped",
-                        open.round
-                    )));
-                }
+                SessionEnd::Stopped => return self.abandon_stopped(open.round, open.attempt),
                 SessionEnd::Sum(sum) => sum,
                 SessionEnd::Unrecoverable(why) => {
                     eprintln!(
@@ -895,15 +892,24 @@ mod tests {
     /// The release of the tests' two-candidate rounds (σ 1, C 1: grid 2^−20).
     static MECHANISM: std::sync::LazyLock<GaussianMechanism> =
         std::sync::LazyLock::new(|| GaussianMechanism::new(1.0, 1.0, 2).unwrap());
+    use crate::serve::scratch_dir;
     use crate::serve::store::DATABASE_FILE;
     use privacy_accounting::{LedgerEvent, Sampling};
 
     fn coordinator(name: &str, rules: CollectionRules) -> Arc<Coordinator> {
-        let dir = std::env::temp_dir().join(format!("fedsyn-coord-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(&format!("coord-{name}"));
         let store = Arc::new(Store::open(&dir.join(DATABASE_FILE)).unwrap());
         Arc::new(Coordinator::new(store, rules, Arc::new(Metrics::default())).unwrap())
+    }
+
+    /// A coordinator (plain aggregation) with round `round` open for `sampled` until
+    /// `deadline_ms` from now.
+    fn open_round(name: &str, round: u64, sampled: &[&str], deadline_ms: u64) -> Arc<Coordinator> {
+        let coordinator = coordinator(name, rules(deadline_ms));
+        coordinator
+            .open_attempt(&record(round, sampled, deadline_ms))
+            .unwrap();
+        coordinator
     }
 
     fn rules(deadline_ms: u64) -> CollectionRules {
@@ -932,32 +938,34 @@ mod tests {
         }
     }
 
-    fn task_tensor() -> tch::Tensor {
-        tch::Tensor::zeros([2, 4], (tch::Kind::Float, tch::Device::Cpu))
-    }
-
     fn transport(coordinator: &Arc<Coordinator>) -> RemoteTransport {
         RemoteTransport::new(coordinator.clone(), 3)
     }
 
+    /// Collects round `round` of the tests' two candidates through `transport`.
+    fn collect(
+        transport: &mut RemoteTransport,
+        round: u64,
+        sampled: &[usize],
+    ) -> Result<CollectedScores> {
+        let candidates = tch::Tensor::zeros([2, 4], (tch::Kind::Float, tch::Device::Cpu));
+        let task = RoundTask {
+            round,
+            clip: 1.0,
+            mechanism: &MECHANISM,
+            candidates: &candidates,
+        };
+        transport.collect(&task, sampled)
+    }
+
     #[test]
     fn quorum_closes_the_round_before_the_deadline() {
-        let coordinator = coordinator("quorum", rules(600_000));
-        coordinator
-            .open_attempt(&record(0, &["a", "b"], 600_000))
-            .unwrap();
+        let coordinator = open_round("quorum", 0, &["a", "b"], 600_000);
         for (client, scores) in [("a", [0.6, 0.8]), ("b", [3.0, 4.0])] {
             let accepted = coordinator.submit(0, client, &scores).unwrap();
             assert!(matches!(accepted, Accepted::New { .. }));
         }
-        let embeddings = task_tensor();
-        let task = RoundTask {
-            round: 0,
-            clip: 1.0,
-            mechanism: &MECHANISM,
-            candidates: &embeddings,
-        };
-        let collected = transport(&coordinator).collect(&task, &[0, 1]).unwrap();
+        let collected = collect(&mut transport(&coordinator), 0, &[0, 1]).unwrap();
         // b's vector (norm 5) was re-clipped to norm 1 on the server (and counted nowhere).
         assert!((collected.sum.values_nonprivate()[0] - 1.2).abs() < 1e-5);
         assert!((collected.sum.values_nonprivate()[1] - 1.6).abs() < 1e-5);
@@ -977,19 +985,9 @@ mod tests {
 
     #[test]
     fn the_deadline_closes_the_round_and_late_submissions_are_gone() {
-        let coordinator = coordinator("deadline", rules(50));
-        coordinator
-            .open_attempt(&record(0, &["a", "b"], 50))
-            .unwrap();
+        let coordinator = open_round("deadline", 0, &["a", "b"], 50);
         coordinator.submit(0, "a", &[0.0, 1.0]).unwrap();
-        let embeddings = task_tensor();
-        let task = RoundTask {
-            round: 0,
-            clip: 1.0,
-            mechanism: &MECHANISM,
-            candidates: &embeddings,
-        };
-        let collected = transport(&coordinator).collect(&task, &[0, 1]).unwrap();
+        let collected = collect(&mut transport(&coordinator), 0, &[0, 1]).unwrap();
         assert_eq!(collected.sum.values_nonprivate(), vec![0.0, 1.0]);
         assert!(matches!(
             coordinator.submit(0, "b", &[0.0, 1.0]),
@@ -1007,20 +1005,10 @@ mod tests {
 
     #[test]
     fn a_mostly_silent_cohort_is_released_at_the_deadline_and_never_sampled_again() {
-        let coordinator = coordinator("silent", rules(50));
-        coordinator
-            .open_attempt(&record(3, &["a", "b", "c"], 50))
-            .unwrap();
+        let coordinator = open_round("silent", 3, &["a", "b", "c"], 50);
         coordinator.submit(3, "c", &[1.0, 0.0]).unwrap();
-        let embeddings = task_tensor();
-        let task = RoundTask {
-            round: 3,
-            clip: 1.0,
-            mechanism: &MECHANISM,
-            candidates: &embeddings,
-        };
         let mut transport = transport(&coordinator);
-        let collected = transport.collect(&task, &[0, 1, 2]).unwrap();
+        let collected = collect(&mut transport, 3, &[0, 1, 2]).unwrap();
         // Two of three silent: released with the one vector (the others add zero), the same
         // cohort, no second attempt.
         assert_eq!(collected.sum.values_nonprivate(), vec![1.0, 0.0]);
@@ -1053,29 +1041,18 @@ mod tests {
         coordinator
             .open_attempt(&record(4, &["a", "b"], 50))
             .unwrap();
-        let task = RoundTask { round: 4, ..task };
-        let collected = transport.collect(&task, &[0, 1]).unwrap();
+        let collected = collect(&mut transport, 4, &[0, 1]).unwrap();
         assert_eq!(collected.sum.values_nonprivate(), vec![0.0, 0.0]);
         assert_eq!(store.latest_attempt(4).unwrap().unwrap().attempt, 0);
     }
 
     #[test]
     fn a_stop_abandons_the_open_round_without_a_charge() {
-        let coordinator = coordinator("stop", rules(600_000));
-        coordinator
-            .open_attempt(&record(1, &["a", "b"], 600_000))
-            .unwrap();
+        let coordinator = open_round("stop", 1, &["a", "b"], 600_000);
         coordinator.submit(1, "a", &[0.5, 0.5]).unwrap();
         coordinator.stop().unwrap();
-        let embeddings = task_tensor();
-        let task = RoundTask {
-            round: 1,
-            clip: 1.0,
-            mechanism: &MECHANISM,
-            candidates: &embeddings,
-        };
         let mut transport = transport(&coordinator);
-        assert!(transport.collect(&task, &[0, 1]).is_err());
+        assert!(collect(&mut transport, 1, &[0, 1]).is_err());
         assert!(transport.stopped());
         let store = coordinator.store();
         assert!(store.ledger_rows().unwrap().is_empty());
@@ -1085,10 +1062,7 @@ mod tests {
 
     #[test]
     fn invalid_vectors_are_refused_before_anything_is_stored() {
-        let coordinator = coordinator("invalid", rules(600_000));
-        coordinator
-            .open_attempt(&record(0, &["a"], 600_000))
-            .unwrap();
+        let coordinator = open_round("invalid", 0, &["a"], 600_000);
         for bad in [vec![1.0], vec![f64::NAN, 0.0], vec![f64::INFINITY, 0.0]] {
             assert!(matches!(
                 coordinator.submit(0, "a", &bad),
@@ -1136,17 +1110,8 @@ mod tests {
         let engine = {
             let coordinator = coordinator.clone();
             std::thread::spawn(move || {
-                let embeddings = task_tensor();
-                let task = RoundTask {
-                    round: 0,
-                    clip: 1.0,
-                    mechanism: &MECHANISM,
-                    candidates: &embeddings,
-                };
                 let mut transport = RemoteTransport::new(coordinator, 6);
-                transport
-                    .collect(&task, &[])
-                    .map(|c| c.sum.values_nonprivate())
+                collect(&mut transport, 0, &[]).map(|c| c.sum.values_nonprivate())
             })
         };
         let vectors = [
@@ -1252,10 +1217,7 @@ mod tests {
 
     #[test]
     fn a_restarted_coordinator_takes_up_the_open_attempt() {
-        let dir = std::env::temp_dir().join(format!("fedsyn-coord-restart-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(DATABASE_FILE);
+        let path = scratch_dir("coord-restart").join(DATABASE_FILE);
         {
             let store = Arc::new(Store::open(&path).unwrap());
             let first =

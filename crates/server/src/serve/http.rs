@@ -24,7 +24,7 @@ use crate::digest::decode_hex;
 use crate::serve::auth::{self, bearer, secret_matches, split};
 use crate::serve::coordinator::{now_unix_ms, Accepted, Coordinator, NextTask, RoundError};
 use crate::serve::limits::RateLimiter;
-use crate::serve::metrics::Rejection;
+use crate::serve::metrics::{Metrics, Rejection};
 use crate::serve::problem::{Problem, PROBLEM_JSON};
 use remote_client::protocol::{
     self, ChargedRound, EnrolRequest, Enrolment, EpsilonSpent, Health, Liveness, PrivacyReport,
@@ -656,23 +656,11 @@ fn submit_scores(
     let metrics = state.coordinator.metrics();
     let id = match client_id(state, headers) {
         Ok(id) => id,
-        Err(problem) => {
-            metrics.reject(match problem.status {
-                StatusCode::TOO_MANY_REQUESTS => Rejection::RateLimited,
-                _ => Rejection::Unauthorized,
-            });
-            return problem.into_response();
-        }
+        Err(problem) => return refused(metrics, problem, Rejection::Unauthorized),
     };
     let request: ScoresRequest = match json_body(body, r#"{"scores": [finite numbers…]}"#) {
         Ok(request) => request,
-        Err(problem) => {
-            metrics.reject(match problem.status {
-                StatusCode::PAYLOAD_TOO_LARGE => Rejection::TooLarge,
-                _ => Rejection::Invalid,
-            });
-            return problem.into_response();
-        }
+        Err(problem) => return refused(metrics, problem, Rejection::Invalid),
     };
     let round = match round_number(round) {
         Ok(round) => round,
@@ -693,6 +681,17 @@ fn submit_scores(
             problem.into_response()
         }
     }
+}
+
+/// Counts a refused submission, by the status of its `problem` where that names the reason (a
+/// rate limit, a body over the limit) and as `otherwise` else, and answers with the problem.
+fn refused(metrics: &Metrics, problem: Problem, otherwise: Rejection) -> Response {
+    metrics.reject(match problem.status {
+        StatusCode::TOO_MANY_REQUESTS => Rejection::RateLimited,
+        StatusCode::PAYLOAD_TOO_LARGE => Rejection::TooLarge,
+        _ => otherwise,
+    });
+    problem.into_response()
 }
 
 /// The problem of a refused round request, and the rejection it counts as (for submissions).

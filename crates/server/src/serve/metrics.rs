@@ -7,7 +7,7 @@
 //! the exact number of sampled clients who answered, a count the noise does not cover), not
 //! how many had to be re-clipped (a function of the clients' scores), not their norms.
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -102,60 +102,60 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
+        single(
+            &mut out,
             "fedsyn_enrolments_total",
+            "counter",
             "Clients enrolled.",
             load(&self.enrolments),
         );
-        counter(
+        single(
+            &mut out,
             "fedsyn_rounds_released_total",
+            "counter",
             "Rounds released (noise added, DPO done, checkpoint written).",
             load(&self.rounds_released),
         );
         let name = "fedsyn_submissions_rejected_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Score submissions refused, by reason.\n# TYPE {name} counter"
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Score submissions refused, by reason.",
         );
         for (why, count) in Rejection::ALL.iter().zip(&self.rejected) {
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", why.label(), load(count));
         }
-        let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        gauge(
+        single(
+            &mut out,
             "fedsyn_enrolled_clients",
+            "gauge",
             "Clients enrolled.",
-            load(&self.enrolled_clients).to_string(),
+            load(&self.enrolled_clients),
         );
         let round = load(&self.current_round_plus_one);
-        gauge(
+        single(
+            &mut out,
             "fedsyn_current_round",
+            "gauge",
             "The open or last round (-1 before the first).",
-            (round as i64 - 1).to_string(),
+            round as i64 - 1,
         );
         let [rdp, pld] = [0, 1].map(|i| f64::from_bits(load(&self.epsilon_bits[i])));
         let name = "fedsyn_epsilon_spent";
+        family(
+            &mut out,
+            name,
+            "gauge",
+            "Privacy budget spent, by accountant.",
+        );
         let _ = writeln!(
             out,
-            "# HELP {name} Privacy budget spent, by accountant.\n# TYPE {name} gauge\n\
-             {name}{{accountant=\"rdp\"}} {rdp}\n{name}{{accountant=\"pld\"}} {pld}"
+            "{name}{{accountant=\"rdp\"}} {rdp}\n{name}{{accountant=\"pld\"}} {pld}"
         );
         let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let name = "fedsyn_request_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} HTTP request latency.\n# TYPE {name} histogram"
-        );
+        family(&mut out, name, "histogram", "HTTP request latency.");
         for (bound, count) in LATENCY_BUCKETS.iter().zip(latency.buckets) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
         }
@@ -167,6 +167,17 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of the metric family `name` of type `kind`.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric family of one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]

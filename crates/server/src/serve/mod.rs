@@ -429,6 +429,16 @@ async fn tls_config(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::
         })
 }
 
+/// A fresh, empty folder for the test `name` (`fedsyn-NAME-PID` in the system's temporary
+/// folder; what an earlier run of the test left there is removed).
+#[cfg(test)]
+pub(crate) fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fedsyn-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,9 +488,7 @@ mod tests {
 
     #[test]
     fn secrets_are_owner_only_on_every_write() {
-        let dir = std::env::temp_dir().join(format!("fedsyn-secret-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("secret");
         let path = dir.join(ENROLMENT_TOKENS_FILE);
         std::fs::write(&path, "old\n").unwrap();
         #[cfg(unix)]

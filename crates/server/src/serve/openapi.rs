@@ -281,19 +281,23 @@ mod tests {
             schemas["ScoresRequest"]["properties"]["scores"]["minItems"],
             1
         );
-        let steps: Vec<&Value> = schemas["ClientMessage"]["oneOf"]
+        assert_eq!(
+            variant_tags(&schemas["ClientMessage"], "step"),
+            ["keys", "shares", "masked", "unmask"]
+        );
+        assert_eq!(
+            variant_tags(&schemas["NextTask"], "state"),
+            ["task", "wait", "finished"]
+        );
+    }
+
+    /// The constant of the property `tag` in each variant of the tagged union `schema`.
+    fn variant_tags<'a>(schema: &'a Value, tag: &str) -> Vec<&'a Value> {
+        schema["oneOf"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|variant| &variant["properties"]["step"]["const"])
-            .collect();
-        assert_eq!(steps, ["keys", "shares", "masked", "unmask"]);
-        let states: Vec<&Value> = schemas["NextTask"]["oneOf"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|variant| &variant["properties"]["state"]["const"])
-            .collect();
-        assert_eq!(states, ["task", "wait", "finished"]);
+            .map(|variant| &variant["properties"][tag]["const"])
+            .collect()
     }
 }

@@ -16,7 +16,7 @@
 //!    in one transaction. A kill during the session restarts it for the same cohort; a kill
 //!    after it charges and releases the kept sum.)
 //! 4. the ledger row of round t, the kept sum and the erasure of the client vectors, in one
-//!    SQLite transaction (primary key = round; the engine's `commit_cost`, before any noise
+//!    SQLite transaction (primary key = round; the round's `commit`, before any noise
 //!    exists), mirrored to `ledger.json`;
 //! 5. noise, DPO, then the checkpoint of round t (adapter, trainer, state) renamed into place;
 //! 6. the round is marked released (its kept sum and its cohort record erased), then the
@@ -37,19 +37,18 @@
 //!   if it was not (erasing its sum) and continues with t + 1, repairing `metrics.jsonl` from
 //!   the checkpoint's copy of the row.
 
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clients::{encode_candidates, CandidateMatrix, EmbeddingDtype};
 use models::train::PreferenceTrainer;
-use models::{Assets, DeviceChoice};
+use models::Assets;
 use privacy_accounting::{Ledger, LedgerEvent, Sampling};
 use tch::Tensor;
 
 use crate::config::{Aggregation, RunConfig, WireDtype};
-use crate::engine::{popri_release, Candidates, PopriEngine, RoundSettings, ScoreTransport};
+use crate::engine::{popri_release, Candidates, PopriEngine, RoundSettings};
 use crate::error::{Result, RunError, ServerError};
 use crate::noise::{grid_for, NoiseSource, PlannedRelease};
 use crate::run_dir::{RoundMetrics, RunDir};
@@ -58,7 +57,9 @@ use crate::serve::coordinator::{now_unix_ms, Coordinator, RemoteTransport, RunSt
 use crate::serve::store::{RoundRecord, RoundStatus};
 use crate::setup;
 use crate::simulate::{popri_settings, resume_popri, round_metrics, write_engine_checkpoint};
-use round_driver::{plan_noise, BudgetGuard, Driver, LedgerStore, Progress, RoundLog, RoundMethod};
+use round_driver::{
+    plan_noise, BudgetGuard, Driver, LedgerStore, Progress, Round, RoundLog, RoundMethod,
+};
 
 /// `meta` key of the noise multiplier, planned once when round 0 opens.
 const SIGMA_KEY: &str = "sigma";
@@ -75,8 +76,7 @@ pub fn run_rounds(
     if coordinator.snapshot().0 == RunState::Finished {
         return Ok(());
     }
-    tch::set_num_threads(config.run.threads.max(1) as i32);
-    let device = DeviceChoice::from_str(&config.run.device)?.resolve()?;
+    let device = setup::run_device(config)?;
     let assets = Assets::discover();
     let embedder = setup::load_embedder(config, &assets, device)?;
     let mut generator = setup::load_generator(config, &assets, device)?;
@@ -259,18 +259,11 @@ impl RoundMethod<ServerError> for ServedRounds<'_> {
         Ok(Some(release))
     }
 
-    /// Opens the round with `cohort` (or takes up its record held from before a restart),
+    /// Opens the round with its cohort (or takes up its record held from before a restart),
     /// collects, charges, adds noise and trains; `None` when a stop abandoned it (nothing
     /// charged).
-    fn run_round(
-        &mut self,
-        round: u64,
-        cohort: &[usize],
-        release: PlannedRelease,
-        commit: &mut dyn FnMut(&LedgerEvent) -> Result<()>,
-        noise: &mut NoiseSource,
-        progress: &dyn Progress,
-    ) -> Result<Option<RoundMetrics>> {
+    fn run_round(&mut self, round: Round<'_, ServerError>) -> Result<Option<RoundMetrics>> {
+        let progress = round.progress;
         let prepared = self
             .prepared
             .take()
@@ -293,15 +286,17 @@ impl RoundMethod<ServerError> for ServedRounds<'_> {
             None => {
                 let prompts = engine.prompts().to_vec();
                 let per_prompt = self.config.generation.candidates_per_prompt;
-                let candidates = engine.sample_candidates(&prompts, per_prompt, round, progress)?;
+                let candidates =
+                    engine.sample_candidates(&prompts, per_prompt, round.number, progress)?;
                 let embeddings = engine.embed_candidates(&candidates.texts, progress)?;
-                let record = first_record(self.config, round, &candidates, &embeddings)?;
+                let record = first_record(self.config, round.number, &candidates, &embeddings)?;
                 let deadline = self.config.serve.round_deadline_seconds * 1000;
                 self.coordinator.open_attempt(&RoundRecord {
                     attempt: 0,
                     status: RoundStatus::Open,
                     population: prepared.population.len(),
-                    sampled: cohort
+                    sampled: round
+                        .cohort
                         .iter()
                         .map(|&i| prepared.population[i].clone())
                         .collect(),
@@ -315,22 +310,14 @@ impl RoundMethod<ServerError> for ServedRounds<'_> {
 
         let mut transport =
             RemoteTransport::new(self.coordinator.clone(), prepared.population.len());
-        let population_indices: Vec<usize> = (0..transport.population()).collect();
-        let output = match engine.run_round_with_candidates(
-            round,
-            candidates,
-            embeddings,
-            &population_indices,
-            &mut transport,
-            noise,
-            release,
-            commit,
-            progress,
-        ) {
-            Ok(output) => output,
-            Err(_) if transport.stopped() => return Ok(None),
-            Err(error) => return Err(error),
-        };
+        // The remote transport reads the cohort from the round's record, not from the indices
+        // the engine hands it.
+        let output =
+            match engine.run_round_with_candidates(round, candidates, embeddings, &mut transport) {
+                Ok(output) => output,
+                Err(_) if transport.stopped() => return Ok(None),
+                Err(error) => return Err(error),
+            };
         let mut report = output.report;
         report.sampled = transport.sampled();
         // Generation and embedding happened when the round opened.

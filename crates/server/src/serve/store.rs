@@ -759,10 +759,7 @@ mod tests {
     use privacy_accounting::Sampling;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fedsyn-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(DATABASE_FILE)
+        crate::serve::scratch_dir(&format!("store-{name}")).join(DATABASE_FILE)
     }
 
     fn record(round: u64, attempt: u32) -> RoundRecord {
