@@ -5,7 +5,7 @@
 
 mod common;
 use common::federation::PUBLIC_SEEDS;
-use common::{fedsyn_command, have_default_models, scratch_dir, scratch_dir_for_models, words};
+use common::{fedsyn_command, scratch_dir, scratch_dir_for_models, words};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -93,19 +93,20 @@ impl Drop for Server {
 impl Server {
     /// A new run in a fresh scratch folder `name`: the config of `privacy` and `serve`, then
     /// `fedsyn serve --config … --out DIR/run` with `extra` arguments. Returns the server and
-    /// the run directory.
-    fn new_run(name: &str, privacy: &str, serve: &str, extra: &[&str]) -> (Server, PathBuf) {
-        let dir = scratch_dir(name);
+    /// the run directory; `None` (the test is skipped) without the default models.
+    fn new_run(
+        name: &str,
+        privacy: &str,
+        serve: &str,
+        extra: &[&str],
+    ) -> Option<(Server, PathBuf)> {
+        let dir = scratch_dir_for_models(name)?;
         let config = write_config(&dir, privacy, serve);
         let out = dir.join("run");
-        let mut args = vec![
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
+        let line = format!("--config {} --out {}", config.display(), out.display());
+        let mut args = words(&line);
         args.extend_from_slice(extra);
-        (Server::start(&out, &args), out)
+        Some((Server::start(&out, &args), out))
     }
 
     /// Starts `fedsyn serve ARGS --bind 127.0.0.1:0` and waits for its listening line.
@@ -366,15 +367,14 @@ fn raw(text: &str) -> Vec<u8> {
 
 #[test]
 fn malformed_inputs_are_refused_and_change_nothing_and_the_api_matches_its_document() {
-    if !have_default_models() {
-        return;
-    }
-    let (mut server, out) = Server::new_run(
+    let Some((mut server, out)) = Server::new_run(
         "serve-api",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2\nsampling = \"cohort\"\ncohort = 2",
         "[serve]\nmin_clients = 3\nround_deadline_seconds = 15\nrate_limit_per_minute = 100000",
         &["--enrolment-tokens", "4", "--exit-when-finished"],
-    );
+    ) else {
+        return;
+    };
     let health = server.get("/v1/health", None).json();
     assert_eq!(health["status"], "ok");
 
@@ -626,15 +626,14 @@ fn check_openapi_against_the_routes(server: &Server, client: &str, unused_enrolm
 
 #[test]
 fn a_server_killed_during_an_open_round_continues_it_after_resume() {
-    if !have_default_models() {
-        return;
-    }
-    let (mut server, out) = Server::new_run(
+    let Some((mut server, out)) = Server::new_run(
         "serve-kill",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2",
         "[serve]\nmin_clients = 2\nround_deadline_seconds = 600",
         &["--enrolment-tokens", "2"],
-    );
+    ) else {
+        return;
+    };
     let clients: Vec<String> = server
         .enrolment_tokens()
         .iter()
@@ -972,15 +971,14 @@ fn serve_refuses_test_seeds_weak_admin_tokens_and_plain_http_off_loopback() {
 
 #[test]
 fn a_second_process_on_a_run_directory_exits_2_naming_the_holders_pid() {
-    if !have_default_models() {
-        return;
-    }
-    let (server, out) = Server::new_run(
+    let Some((server, out)) = Server::new_run(
         "serve-lock",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 1",
         "[serve]\nmin_clients = 5",
         &[],
-    );
+    ) else {
+        return;
+    };
     let holder = format!("pid {}", server.child.id());
     let out_arg = out.to_str().unwrap();
     let config = out.parent().unwrap().join("config.toml");
@@ -1007,15 +1005,14 @@ fn a_second_process_on_a_run_directory_exits_2_naming_the_holders_pid() {
 
 #[test]
 fn a_mostly_silent_cohort_is_released_at_the_deadline_without_a_second_cohort() {
-    if !have_default_models() {
-        return;
-    }
-    let (mut server, out) = Server::new_run(
+    let Some((mut server, out)) = Server::new_run(
         "serve-silent",
         "[privacy]\nepsilon = 4.0\ndelta = 1e-5\nrounds = 2",
         "[serve]\nmin_clients = 3\nround_deadline_seconds = 3",
         &["--enrolment-tokens", "3", "--exit-when-finished"],
-    );
+    ) else {
+        return;
+    };
     let clients: Vec<String> = server
         .enrolment_tokens()
         .iter()

@@ -7,13 +7,14 @@ use common::federation::{
     client_text, tiny_config, write_clients_and_seeds, CLIENT_DATA, CLIENT_TOPICS, PUBLIC_SEEDS,
 };
 use common::{
-    assert_refused, fedsyn, have_default_models, kill_after_first_checkpoint_then_resume,
-    metrics_rows, read_text, scratch_dir, simulate_json, without_timings, words,
+    assert_refused, epsilon_between_one_and_two_rounds, fedsyn, have_default_models,
+    kill_after_first_checkpoint_then_resume, metrics_rows, read_text, scratch_dir, simulate_json,
+    without_timings, words,
 };
 
 use std::path::{Path, PathBuf};
 
-use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
+use privacy_accounting::{AccountantKind, Ledger, Sampling};
 use serde_json::Value;
 
 /// A folder with the data, the public seeds and the tiny config with `extra` appended.
@@ -143,16 +144,7 @@ fn simulate_stops_before_a_round_would_exceed_the_budget() {
     }
     // σ = 2 with everyone every round: one round costs ε₁, two cost ε₂ > ε₁; a target between
     // them allows exactly one round of the three planned.
-    let epsilon_after = |rounds: u64| {
-        let mut ledger = Ledger::new();
-        for round in 0..rounds {
-            ledger
-                .push(LedgerEvent::gaussian(2.0, Sampling::Full, 1).with_round(round))
-                .unwrap();
-        }
-        ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon
-    };
-    let target = (epsilon_after(1) + epsilon_after(2)) / 2.0;
+    let target = epsilon_between_one_and_two_rounds();
     let privacy = format!(
         "[privacy]\nepsilon = {target}\ndelta = 1e-5\nrounds = 3\nnoise_multiplier = 2.0\n\
          noise_seed = 1\n"

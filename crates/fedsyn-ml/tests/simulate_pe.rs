@@ -5,8 +5,9 @@
 mod common;
 use common::federation::{tiny_config, write_clients_and_seeds, CLIENT_DATA};
 use common::{
-    fedsyn, have_default_models, kill_after_first_checkpoint_then_resume, metrics_rows, read_text,
-    scratch_dir, simulate_json, without_timings,
+    epsilon_between_one_and_two_rounds, fedsyn, have_default_models,
+    kill_after_first_checkpoint_then_resume, metrics_rows, read_text, scratch_dir, simulate_json,
+    without_timings,
 };
 
 use std::path::{Path, PathBuf};
@@ -220,15 +221,7 @@ fn pe_stops_before_a_round_would_exceed_the_budget() {
     }
     // σ = 2 with everyone every round: a target between the ε of one and of two rounds allows
     // exactly one of the three planned.
-    let epsilon_after = |rounds: u64| {
-        let mut ledger = Ledger::new();
-        for round in 0..rounds {
-            let event = privacy_accounting::LedgerEvent::gaussian(2.0, Sampling::Full, 1);
-            ledger.push(event.with_round(round)).unwrap();
-        }
-        ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon
-    };
-    let target = (epsilon_after(1) + epsilon_after(2)) / 2.0;
+    let target = epsilon_between_one_and_two_rounds();
     let dir = setup("budget");
     let epsilon = format!("privacy.epsilon={target}");
     let summary = simulate_with(

@@ -173,6 +173,21 @@ pub fn scratch_dir_for_models(name: &str) -> Option<PathBuf> {
     have_default_models().then(|| scratch_dir(name))
 }
 
+/// An ε target that σ = 2 with every client in every round (δ = 1e-5, RDP) meets after one
+/// round but not after two: a run planned for more stops after exactly one.
+pub fn epsilon_between_one_and_two_rounds() -> f64 {
+    use privacy_accounting::{AccountantKind, Ledger, LedgerEvent, Sampling};
+    let epsilon_after = |rounds: u64| {
+        let mut ledger = Ledger::new();
+        for round in 0..rounds {
+            let event = LedgerEvent::gaussian(2.0, Sampling::Full, 1);
+            ledger.push(event.with_round(round)).unwrap();
+        }
+        ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon
+    };
+    (epsilon_after(1) + epsilon_after(2)) / 2.0
+}
+
 /// Whether the default models (SmolLM2 GGUF, all-MiniLM-L6-v2) are installed: `false` (skip)
 /// when not, and a failure under CI, which must have them.
 pub fn have_default_models() -> bool {
