@@ -26,16 +26,17 @@ use std::time::Instant;
 
 use models::llama::{Generator, LoraConfig};
 use models::train::{LrSchedule, PreferenceConfig, PreferenceTrainer, TokenizedPair};
-use models::{Assets, DeviceChoice};
 use serde_json::{json, Value};
+use support::{Flags, Runtime};
+
+mod support;
 
 struct Options {
     pairs: usize,
     prompt_tokens: usize,
     completion_tokens: usize,
     rank: i64,
-    threads: i32,
-    device: DeviceChoice,
+    runtime: Runtime,
     save_pairs: Option<PathBuf>,
 }
 
@@ -45,65 +46,28 @@ fn options() -> Options {
         prompt_tokens: 128,
         completion_tokens: 64,
         rank: 16,
-        threads: 2,
-        device: DeviceChoice::Cpu,
+        runtime: Runtime::default(),
         save_pairs: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--pairs" => options.pairs = value().parse().expect("--pairs N"),
-            "--prompt-tokens" => {
-                options.prompt_tokens = value().parse().expect("--prompt-tokens N")
-            }
-            "--completion-tokens" => {
-                options.completion_tokens = value().parse().expect("--completion-tokens N")
-            }
-            "--rank" => options.rank = value().parse().expect("--rank R"),
-            "--threads" => options.threads = value().parse().expect("--threads N"),
-            "--device" => options.device = value().parse().expect("--device auto|cpu|cuda[:N]"),
-            "--save-pairs" => options.save_pairs = Some(PathBuf::from(value())),
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
+            "--pairs" => options.pairs = flags.parse("N"),
+            "--prompt-tokens" => options.prompt_tokens = flags.parse("N"),
+            "--completion-tokens" => options.completion_tokens = flags.parse("N"),
+            "--rank" => options.rank = flags.parse("R"),
+            "--save-pairs" => options.save_pairs = Some(flags.path()),
+            other => options.runtime.read_shared_flag(other, &mut flags),
         }
     }
     options
-}
-
-/// The token ids of the addresses, in file-name order, each cut to `length` tokens.
-fn address_ids(generator: &Generator, count: usize, length: usize) -> Vec<Vec<u32>> {
-    let dir = Assets::discover()
-        .sotu_dir()
-        .expect("the State of the Union texts (scripts/setup.sh)");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("readable SOTU folder")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "txt"))
-        .collect();
-    files.sort();
-    (0..count)
-        .map(|i| {
-            let file = &files[i % files.len()];
-            let text = std::fs::read_to_string(file).expect("readable address");
-            // Enough characters for `length` tokens (English BPE: ≥ 2 characters per token).
-            let head: String = text.chars().take(length * 8).collect();
-            let ids = generator.encode_prompt(&head, false).expect("tokenises");
-            assert!(ids.len() >= length, "{} is too short", file.display());
-            ids[..length].to_vec()
-        })
-        .collect()
 }
 
 /// Pair i: prompt = address i's first P tokens, chosen = its next C − 1, rejected = address
 /// i + 1's tokens at the same place; EOS appended to both completions.
 fn pairs(generator: &Generator, options: &Options) -> Vec<TokenizedPair> {
     let (p, c) = (options.prompt_tokens, options.completion_tokens - 1);
-    let addresses = address_ids(generator, options.pairs + 1, p + c);
+    let addresses = support::address_ids(generator, options.pairs + 1, p + c);
     let eos = generator.eos_ids()[0];
     let truncation = models::train::Truncation {
         max_prompt_length: p,
@@ -123,13 +87,6 @@ fn pairs(generator: &Generator, options: &Options) -> Vec<TokenizedPair> {
         .collect()
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn config(batch: usize) -> PreferenceConfig {
     PreferenceConfig {
         beta: 0.01,
@@ -145,15 +102,8 @@ fn config(batch: usize) -> PreferenceConfig {
 
 fn main() {
     let options = options();
-    tch::set_num_threads(options.threads);
-    let device = options.device.resolve().expect("device");
-    let path = Assets::discover()
-        .smollm2_gguf()
-        .expect("the SmolLM2 GGUF (scripts/setup.sh)");
-
-    let started = Instant::now();
-    let mut generator = Generator::from_gguf(&path, device).expect("loads");
-    let load_seconds = started.elapsed().as_secs_f64();
+    let device = options.runtime.start();
+    let (path, mut generator, load_seconds) = support::load_smollm2(device);
     let pairs = pairs(&generator, &options);
     if let Some(file) = &options.save_pairs {
         std::fs::write(file, serde_json::to_string(&pairs).unwrap()).expect("writes pairs");
@@ -199,7 +149,7 @@ fn main() {
         "loss": step.loss,
         "grad_norm": step.grad_norm,
         "logps_chosen": step.logps_chosen,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": support::peak_rss_mib(),
     });
     println!("{report}");
 }

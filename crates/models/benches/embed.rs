@@ -16,15 +16,17 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use models::{Assets, DeviceChoice, SentenceEmbedder};
+use models::{Assets, SentenceEmbedder};
 use serde_json::{json, Value};
+use support::{Flags, Runtime};
+
+mod support;
 
 struct Options {
     data: PathBuf,
     docs: usize,
     batch_size: usize,
-    threads: i32,
-    device: DeviceChoice,
+    runtime: Runtime,
     /// Compute dtype override (`f32`, `bf16`); default: the device's (fp32 on the CPU).
     kind: Option<tch::Kind>,
     save: Option<PathBuf>,
@@ -36,34 +38,25 @@ fn options() -> Options {
             .join("../../../shared/data/shakespeare_roles/train.jsonl"),
         docs: 2000,
         batch_size: 64,
-        threads: 2,
-        device: DeviceChoice::Cpu,
+        runtime: Runtime::default(),
         kind: None,
         save: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--data" => options.data = PathBuf::from(value()),
-            "--docs" => options.docs = value().parse().expect("--docs N"),
-            "--batch-size" => options.batch_size = value().parse().expect("--batch-size N"),
-            "--threads" => options.threads = value().parse().expect("--threads N"),
-            "--device" => options.device = value().parse().expect("--device auto|cpu|cuda[:N]"),
+            "--data" => options.data = flags.path(),
+            "--docs" => options.docs = flags.parse("N"),
+            "--batch-size" => options.batch_size = flags.parse("N"),
             "--kind" => {
-                options.kind = Some(match value().as_str() {
+                options.kind = Some(match flags.value().as_str() {
                     "f32" => tch::Kind::Float,
                     "bf16" => tch::Kind::BFloat16,
                     other => panic!("--kind f32|bf16, not {other}"),
                 })
             }
-            "--save" => options.save = Some(PathBuf::from(value())),
-            // cargo bench passes --bench to harness-less benchmarks.
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
+            "--save" => options.save = Some(flags.path()),
+            other => options.runtime.read_shared_flag(other, &mut flags),
         }
     }
     options
@@ -84,28 +77,18 @@ fn read_texts(options: &Options) -> Vec<String> {
     texts
 }
 
-/// A memory figure of this process from /proc/self/status in MiB (`VmHWM`: peak resident
-/// set; `RssAnon`/`RssFile`: current anonymous / file-backed resident memory), 0 where /proc is
+/// A memory figure of this process in MiB (see [`support::status_mib`]), 0 where /proc is
 /// unavailable.
 fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    support::status_mib(field).unwrap_or(0.0)
 }
 
 fn main() {
     let options = options();
     // libtorch is loaded before main runs: this is its share of the resident memory.
     let rss_at_start = status_mib("VmRSS");
-    tch::set_num_threads(options.threads);
+    let device = options.runtime.start();
     let texts = read_texts(&options);
-    let device = options.device.resolve().expect("the device is available");
     let model_dir = Assets::discover()
         .minilm_dir()
         .expect("all-MiniLM-L6-v2 is installed");

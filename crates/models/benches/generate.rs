@@ -17,16 +17,17 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use models::llama::{Generator, SamplingParams};
-use models::{Assets, DeviceChoice};
+use models::llama::SamplingParams;
 use serde_json::{json, Value};
+use support::{Flags, Runtime};
+
+mod support;
 
 struct Options {
     batch: usize,
     new_tokens: usize,
     prompt_tokens: usize,
-    threads: i32,
-    device: DeviceChoice,
+    runtime: Runtime,
     seed: u64,
     save_prompts: Option<PathBuf>,
 }
@@ -36,57 +37,22 @@ fn options() -> Options {
         batch: 16,
         new_tokens: 64,
         prompt_tokens: 222,
-        threads: 2,
-        device: DeviceChoice::Cpu,
+        runtime: Runtime::default(),
         seed: 0,
         save_prompts: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--batch" => options.batch = value().parse().expect("--batch N"),
-            "--new-tokens" => options.new_tokens = value().parse().expect("--new-tokens N"),
-            "--prompt-tokens" => {
-                options.prompt_tokens = value().parse().expect("--prompt-tokens N")
-            }
-            "--threads" => options.threads = value().parse().expect("--threads N"),
-            "--device" => options.device = value().parse().expect("--device auto|cpu|cuda[:N]"),
-            "--seed" => options.seed = value().parse().expect("--seed N"),
-            "--save-prompts" => options.save_prompts = Some(PathBuf::from(value())),
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
+            "--batch" => options.batch = flags.parse("N"),
+            "--new-tokens" => options.new_tokens = flags.parse("N"),
+            "--prompt-tokens" => options.prompt_tokens = flags.parse("N"),
+            "--seed" => options.seed = flags.parse("N"),
+            "--save-prompts" => options.save_prompts = Some(flags.path()),
+            other => options.runtime.read_shared_flag(other, &mut flags),
         }
     }
     options
-}
-
-/// Row i: the first `length` token ids of the i-th address (file-name order, cycling).
-fn prompts(generator: &Generator, rows: usize, length: usize) -> Vec<Vec<u32>> {
-    let dir = Assets::discover()
-        .sotu_dir()
-        .expect("the State of the Union texts (scripts/setup.sh)");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("readable SOTU folder")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "txt"))
-        .collect();
-    files.sort();
-    (0..rows)
-        .map(|row| {
-            let text =
-                std::fs::read_to_string(&files[row % files.len()]).expect("readable address");
-            // Enough characters for `length` tokens (English BPE: ≥ 2 characters per token).
-            let head: String = text.chars().take(length * 8).collect();
-            let ids = generator.encode_prompt(&head, false).expect("tokenises");
-            assert!(ids.len() >= length, "{} is too short", files[row].display());
-            ids[..length].to_vec()
-        })
-        .collect()
 }
 
 /// CPU time (user + system, all threads) of this process so far, from /proc/self/stat; with
@@ -100,25 +66,12 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn main() {
     let options = options();
-    tch::set_num_threads(options.threads);
-    let device = options.device.resolve().expect("device");
-    let path = Assets::discover()
-        .smollm2_gguf()
-        .expect("the SmolLM2 GGUF (scripts/setup.sh)");
-
-    let started = Instant::now();
-    let generator = Generator::from_gguf(&path, device).expect("loads");
-    let load_seconds = started.elapsed().as_secs_f64();
-    let prompts = prompts(&generator, options.batch, options.prompt_tokens);
+    let device = options.runtime.start();
+    let (path, generator, load_seconds) = support::load_smollm2(device);
+    // Row i: the first `prompt_tokens` ids of the i-th address.
+    let prompts = support::address_ids(&generator, options.batch, options.prompt_tokens);
     if let Some(file) = &options.save_prompts {
         std::fs::write(file, serde_json::to_string(&prompts).unwrap()).expect("writes prompts");
     }
@@ -170,7 +123,7 @@ fn main() {
         "cpu_seconds": cpu,
         "matmul": format!("{:?}", generator.model().lm_head.backend()),
         "tokens_per_second": generated as f64 / seconds,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": support::peak_rss_mib(),
         "first_text": completions[0].text.chars().take(120).collect::<String>(),
     });
     println!("{report}");

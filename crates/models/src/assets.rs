@@ -122,8 +122,7 @@ mod tests {
 
     #[test]
     fn env_file_values_are_read_and_checked() {
-        let dir = std::env::temp_dir().join(format!("fedsyn-assets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_support::scratch_dir("assets");
         let env_file = dir.join("models.env");
         let text = format!(
             "# written by scripts/setup.sh\n\n{MINILM_DIR_VAR}={}\n{SOTU_DIR_VAR}=/nonexistent/sotu\n",

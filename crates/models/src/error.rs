@@ -238,6 +238,14 @@ impl From<training_config::InvalidHyperparameter> for ModelError {
 }
 
 impl ModelError {
+    /// [`ModelError::InvalidArgument`]: argument `name` is wrong, as `message` says.
+    pub(crate) fn invalid_argument(name: &'static str, message: impl Into<String>) -> ModelError {
+        ModelError::InvalidArgument {
+            name,
+            message: message.into(),
+        }
+    }
+
     /// Whether the user can fix this in what they gave (a model file, a device, an argument):
     /// a libtorch failure or an adapter state the code should never reach is not bad input.
     pub fn is_bad_input(&self) -> bool {

@@ -17,6 +17,9 @@ pub mod safetensors_io;
 pub mod tokenizer;
 pub mod train;
 
+#[cfg(test)]
+mod test_support;
+
 pub use assets::Assets;
 pub use bert::SentenceEmbedder;
 pub use device::{compute_kind, DeviceChoice};

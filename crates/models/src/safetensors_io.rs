@@ -150,8 +150,7 @@ mod tests {
 
     #[test]
     fn written_tensors_read_back_with_shape_checks() {
-        let dir = std::env::temp_dir().join(format!("fedsyn-safetensors-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_support::scratch_dir("safetensors");
         let path = dir.join("weights.safetensors");
         let weight = Tensor::from_slice(&[1.0f32, -2.0, 3.5, 0.25, 5.0, 6.0]).reshape([2, 3]);
         Tensor::write_safetensors(&[("layer.weight", &weight)], &path).unwrap();

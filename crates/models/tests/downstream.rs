@@ -5,27 +5,20 @@
 #[path = "support/tiny_llama.rs"]
 mod tiny_llama;
 
-use std::path::PathBuf;
-
 use models::llama::{CausalLm, LoraConfig, LoraTarget};
 use models::train::{
     mean_token_loss, next_token_accuracy, CausalLmConfig, CausalLmTrainer, LrSchedule,
 };
 use serde::Deserialize;
-use tch::{Device, Tensor};
+use tch::Device;
 
 #[derive(Deserialize)]
 struct Reference {
     sequences: Vec<Vec<u32>>,
-    adapter_tensors: Vec<TensorSpec>,
+    /// The `{name, shape}` list of the adapter's tensors.
+    adapter_tensors: serde_json::Value,
     with_adapter: Scores,
     base: Scores,
-}
-
-#[derive(Deserialize)]
-struct TensorSpec {
-    name: String,
-    shape: Vec<i64>,
 }
 
 #[derive(Deserialize)]
@@ -41,30 +34,6 @@ fn reference() -> Reference {
         "/tests/fixtures/downstream_reference.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture exists")).expect("parses")
-}
-
-/// `adapter_value` of scripts/reference/dpo.py: 0.25 · (uniform in [-1, 1) on a 2^-23 grid
-/// from the name's FNV-1a hash and the flat index).
-fn adapter_tensor(name: &str, shape: &[i64]) -> Tensor {
-    let hash = tiny_llama::fnv1a64(name);
-    let count: i64 = shape.iter().product();
-    let values: Vec<f32> = (0..count as u64)
-        .map(|index| (0.25 * tiny_llama::hash_unit(hash, index)) as f32)
-        .collect();
-    Tensor::from_slice(&values).view(shape)
-}
-
-fn adapter_dir(reference: &Reference) -> PathBuf {
-    let tensors: Vec<(String, Tensor)> = reference
-        .adapter_tensors
-        .iter()
-        .map(|spec| (spec.name.clone(), adapter_tensor(&spec.name, &spec.shape)))
-        .collect();
-    tiny_llama::write_adapter_dir(
-        "downstream-adapter",
-        &tiny_llama::fixture_dir("tiny-llama-lora"),
-        &tensors,
-    )
 }
 
 fn tiny_model() -> CausalLm {
@@ -97,7 +66,8 @@ fn accuracy_and_loss_match_transformers_with_and_without_the_adapter() {
         "the fixture's sequences follow the adapted model"
     );
     let mut adapted = tiny_model();
-    adapted.load_adapter(&adapter_dir(&reference)).unwrap();
+    let adapter = tiny_llama::dpo_adapter_dir("downstream-adapter", &reference.adapter_tensors);
+    adapted.load_adapter(&adapter).unwrap();
     assert_scores(
         &adapted,
         &reference.sequences,

@@ -23,7 +23,8 @@ struct Reference {
     label_smoothing: f64,
     eos_id: u32,
     pairs: Vec<RawPair>,
-    adapter_tensors: Vec<TensorSpec>,
+    /// The `{name, shape}` list of the adapter's tensors.
+    adapter_tensors: serde_json::Value,
     policy_chosen: Vec<f64>,
     policy_rejected: Vec<f64>,
     reference_chosen: Vec<f64>,
@@ -37,12 +38,6 @@ struct RawPair {
     prompt: Vec<u32>,
     chosen: Vec<u32>,
     rejected: Vec<u32>,
-}
-
-#[derive(Deserialize)]
-struct TensorSpec {
-    name: String,
-    shape: Vec<i64>,
 }
 
 #[derive(Deserialize)]
@@ -65,29 +60,9 @@ fn reference() -> Reference {
 fn reference_adapter_dir(reference: &Reference) -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let tensors: Vec<(String, Tensor)> = reference
-            .adapter_tensors
-            .iter()
-            .map(|spec| (spec.name.clone(), adapter_tensor(&spec.name, &spec.shape)))
-            .collect();
-        tiny_llama::write_adapter_dir(
-            "dpo-reference-adapter",
-            &tiny_llama::fixture_dir("tiny-llama-lora"),
-            &tensors,
-        )
+        tiny_llama::dpo_adapter_dir("dpo-reference-adapter", &reference.adapter_tensors)
     })
     .clone()
-}
-
-/// `adapter_value` of scripts/reference/dpo.py: 0.25 · (uniform in [-1, 1) on a 2^-23 grid
-/// from the name's FNV-1a hash and the flat index).
-fn adapter_tensor(name: &str, shape: &[i64]) -> Tensor {
-    let hash = tiny_llama::fnv1a64(name);
-    let count: i64 = shape.iter().product();
-    let values: Vec<f32> = (0..count as u64)
-        .map(|index| (0.25 * tiny_llama::hash_unit(hash, index)) as f32)
-        .collect();
-    Tensor::from_slice(&values).view(shape)
 }
 
 fn temp_dir(label: &str) -> PathBuf {

@@ -2,9 +2,9 @@
 //! `tests/fixtures/embedder_reference.json` written by `scripts/reference/embedder.py`
 //! (fp32 on the CPU on both sides).
 
-use std::path::PathBuf;
+mod common;
 
-use models::{Assets, SentenceEmbedder};
+use models::SentenceEmbedder;
 use serde::Deserialize;
 use tch::Device;
 
@@ -26,19 +26,6 @@ struct Reference {
 fn reference() -> Reference {
     let text = include_str!("fixtures/embedder_reference.json");
     serde_json::from_str(text).expect("the fixture parses")
-}
-
-/// The all-MiniLM-L6-v2 folder, or `None` (with a note) when it is not installed; under CI a
-/// missing model fails the test instead of skipping it.
-fn minilm_dir() -> Option<PathBuf> {
-    match Assets::discover().minilm_dir() {
-        Ok(dir) => Some(dir),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must have MiniLM: {e}"),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -64,7 +51,7 @@ fn norm(v: &[f32]) -> f64 {
 
 #[test]
 fn embeddings_match_sentence_transformers() {
-    let Some(dir) = minilm_dir() else {
+    let Some(dir) = common::minilm_dir() else {
         return;
     };
     let embedder = SentenceEmbedder::load(&dir, Device::Cpu).unwrap();
@@ -106,7 +93,7 @@ fn embeddings_match_sentence_transformers() {
 
 #[test]
 fn batching_and_padding_do_not_change_embeddings() {
-    let Some(dir) = minilm_dir() else {
+    let Some(dir) = common::minilm_dir() else {
         return;
     };
     let embedder = SentenceEmbedder::load(&dir, Device::Cpu).unwrap();
@@ -130,7 +117,7 @@ fn batching_and_padding_do_not_change_embeddings() {
 
 #[test]
 fn a_zero_batch_size_is_refused_and_no_texts_give_no_rows() {
-    let Some(dir) = minilm_dir() else {
+    let Some(dir) = common::minilm_dir() else {
         return;
     };
     let embedder = SentenceEmbedder::load(&dir, Device::Cpu).unwrap();

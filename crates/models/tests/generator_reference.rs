@@ -113,30 +113,12 @@ fn smollm2_matches_transformers() {
         .iter()
         .map(|c| c.prompt_ids.clone())
         .collect();
-    let width = prompts.iter().map(Vec::len).max().unwrap();
-    let mut padded = Vec::new();
-    let mut mask = Vec::new();
-    for prompt in &prompts {
-        let pad = width - prompt.len();
-        padded.extend(
-            (0..pad)
-                .map(|_| 2i64)
-                .chain(prompt.iter().map(|&t| i64::from(t))),
-        );
-        mask.extend((0..width).map(|i| i64::from(i >= pad)));
-    }
-    let shape = [prompts.len() as i64, width as i64];
-    let mask = Tensor::from_slice(&mask).view(shape);
-    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let (padded, mask, positions) = common::left_padded(&prompts, 2);
     let hidden = model
-        .forward_hidden(
-            &Tensor::from_slice(&padded).view(shape),
-            &positions,
-            &mask,
-            None,
-        )
+        .forward_hidden(&padded, &positions, &mask, None)
         .unwrap();
-    let last = model.logits(&hidden.select(1, width as i64 - 1));
+    let width = padded.size()[1];
+    let last = model.logits(&hidden.select(1, width - 1));
     for (row, case) in reference.cases.iter().enumerate() {
         check_logits(case, &last.get(row as i64));
     }

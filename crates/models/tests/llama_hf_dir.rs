@@ -6,11 +6,13 @@
 //! flat index (integer hashing, see `synthetic_value`), so the test writes `model.safetensors`
 //! itself (tests/support/tiny_llama.rs), with exactly the values transformers ran with.
 
+mod common;
 #[path = "support/tiny_llama.rs"]
 mod tiny_llama;
 
 use std::path::PathBuf;
 
+use common::left_padded;
 use models::llama::{generate_ids, CausalLm, Generator, SamplingParams};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -39,26 +41,6 @@ fn fixture(name: &str) -> (PathBuf, Reference) {
     (tiny_model_dir(name), reference)
 }
 
-/// The prompts left-padded with id 0: ids, 0/1 mask and positions counted from each row's
-/// first real token, as `[rows, width]` tensors.
-fn left_padded(prompts: &[Vec<u32>]) -> (Tensor, Tensor, Tensor) {
-    let width = prompts.iter().map(Vec::len).max().unwrap();
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for prompt in prompts {
-        let pad = width - prompt.len();
-        ids.extend(
-            (0..pad)
-                .map(|_| 0i64)
-                .chain(prompt.iter().map(|&t| i64::from(t))),
-        );
-        mask.extend((0..width).map(|i| i64::from(i >= pad)));
-    }
-    let shape = [prompts.len() as i64, width as i64];
-    let mask = Tensor::from_slice(&mask).view(shape);
-    let positions = (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-    (Tensor::from_slice(&ids).view(shape), mask, positions)
-}
-
 fn max_difference(got: &Tensor, want: &[f32]) -> f32 {
     let got = Vec::<f32>::try_from(got.reshape([-1])).unwrap();
     assert_eq!(got.len(), want.len());
@@ -71,7 +53,7 @@ fn max_difference(got: &Tensor, want: &[f32]) -> f32 {
 fn check_logits(name: &str) {
     let (dir, reference) = fixture(name);
     let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
-    let (ids, mask, positions) = left_padded(&reference.prompts);
+    let (ids, mask, positions) = left_padded(&reference.prompts, 0);
     let logits = model.forward(&ids, &positions, &mask, None).unwrap();
     let width = ids.size()[1];
     for (row, (prompt, expected)) in reference.prompts.iter().zip(&reference.logits).enumerate() {
@@ -137,7 +119,7 @@ fn greedy_tokens_come_with_the_models_log_probabilities() {
             generated.logprobs[0]
         );
         let sequence: Vec<u32> = prompt.iter().chain(&generated.ids).copied().collect();
-        let (ids, mask, positions) = left_padded(&[sequence]);
+        let (ids, mask, positions) = left_padded(&[sequence], 0);
         let full = model
             .forward(&ids, &positions, &mask, None)
             .unwrap()
@@ -182,7 +164,7 @@ fn tiny_qwen2_greedy_continuation_matches_transformers() {
 fn cached_decoding_matches_the_full_pass() {
     let (dir, reference) = fixture("tiny-qwen2");
     let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
-    let (ids, mask, positions) = left_padded(&reference.prompts);
+    let (ids, mask, positions) = left_padded(&reference.prompts, 0);
     let full = model.forward(&ids, &positions, &mask, None).unwrap();
     let (rows, width) = (ids.size()[0], ids.size()[1]);
     let mut cache = model.new_cache(rows as usize, width as usize).unwrap();
@@ -248,18 +230,17 @@ fn mismatched_inputs_are_refused_with_a_reason() {
     let model = CausalLm::from_hf_dir(&dir, Device::Cpu).unwrap();
     let ids = Tensor::from_slice(&[1i64, 2, 3]).view([1, 3]);
     let positions = Tensor::from_slice(&[0i64, 1, 2]).view([1, 3]);
+    let refusal = |ids: &Tensor, mask: &Tensor| {
+        model
+            .forward(ids, &positions, mask, None)
+            .unwrap_err()
+            .to_string()
+    };
     let short_mask = Tensor::ones([1, 2], (Kind::Int64, Device::Cpu));
-    let err = model
-        .forward(&ids, &positions, &short_mask, None)
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&ids, &short_mask);
     assert!(err.contains("attention_mask"), "{err}");
     let big = Tensor::from_slice(&[1i64, 2, 64]).view([1, 3]);
-    let mask = Tensor::ones([1, 3], (Kind::Int64, Device::Cpu));
-    let err = model
-        .forward(&big, &positions, &mask, None)
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&big, &Tensor::ones([1, 3], (Kind::Int64, Device::Cpu)));
     assert!(err.contains("0..64"), "{err}");
     let missing = CausalLm::from_hf_dir(&dir.join("nonexistent"), Device::Cpu).unwrap_err();
     assert!(missing.to_string().contains("config.json"), "{missing}");

@@ -247,7 +247,7 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fedsyn-bert-{name}-{}", std::process::id()));
+        let dir = crate::test_support::scratch_dir(&format!("bert-{name}"));
         std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
         dir
     }

@@ -139,42 +139,57 @@ fn k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
-fn q4_k_block(block: &[u8], out: &mut Vec<f32>) {
+/// One of the 8 sub-blocks of 32 values of a Q4_K/Q5_K super-block: value l is
+/// `scale · quant − min`, and the low 4 bits of its quant are bits `shift..shift + 4` of
+/// `bytes[l]`.
+struct KSubBlock<'a> {
+    index: usize,
+    shift: u8,
+    scale: f32,
+    min: f32,
+    bytes: &'a [u8],
+}
+
+/// The sub-blocks of a Q4_K/Q5_K super-block whose low quant bits are `qs`, in value order.
+/// Each 32-byte chunk of `qs` holds 64 values: low nibbles are sub-block 2c, high 2c + 1.
+fn k_sub_blocks<'a>(block: &'a [u8], qs: &'a [u8]) -> impl Iterator<Item = KSubBlock<'a>> {
     let d = f16_at(block, 0);
     let dmin = f16_at(block, 2);
     let scales = &block[4..16];
-    let qs = &block[16..144];
-    // Each 32-byte chunk of qs holds 64 values: low nibbles are sub-block 2c, high 2c + 1.
-    for (chunk, q) in qs.chunks_exact(32).enumerate() {
-        for (sub, shift) in [(2 * chunk, 0), (2 * chunk + 1, 4)] {
-            let (sc, mn) = k_scale_min(scales, sub);
-            let scale = d * f32::from(sc);
-            let min = dmin * f32::from(mn);
-            out.extend(
-                q.iter()
-                    .map(|&b| scale * f32::from((b >> shift) & 0x0F) - min),
-            );
-        }
+    qs.chunks_exact(32)
+        .enumerate()
+        .flat_map(move |(chunk, bytes)| {
+            [(2 * chunk, 0), (2 * chunk + 1, 4)].map(|(index, shift)| {
+                let (sc, mn) = k_scale_min(scales, index);
+                KSubBlock {
+                    index,
+                    shift,
+                    scale: d * f32::from(sc),
+                    min: dmin * f32::from(mn),
+                    bytes,
+                }
+            })
+        })
+}
+
+fn q4_k_block(block: &[u8], out: &mut Vec<f32>) {
+    for sub in k_sub_blocks(block, &block[16..144]) {
+        out.extend(
+            sub.bytes
+                .iter()
+                .map(|&b| sub.scale * f32::from((b >> sub.shift) & 0x0F) - sub.min),
+        );
     }
 }
 
 fn q5_k_block(block: &[u8], out: &mut Vec<f32>) {
-    let d = f16_at(block, 0);
-    let dmin = f16_at(block, 2);
-    let scales = &block[4..16];
     let qh = &block[16..48];
-    let qs = &block[48..176];
     // As Q4_K; sub-block s takes its fifth bit from bit s of the qh byte at the same position.
-    for (chunk, q) in qs.chunks_exact(32).enumerate() {
-        for (sub, shift) in [(2 * chunk, 0), (2 * chunk + 1, 4)] {
-            let (sc, mn) = k_scale_min(scales, sub);
-            let scale = d * f32::from(sc);
-            let min = dmin * f32::from(mn);
-            out.extend(q.iter().zip(qh).map(|(&low, &high)| {
-                let fifth = ((high >> sub) & 1) << 4;
-                scale * f32::from(((low >> shift) & 0x0F) | fifth) - min
-            }));
-        }
+    for sub in k_sub_blocks(block, &block[48..176]) {
+        out.extend(sub.bytes.iter().zip(qh).map(|(&low, &high)| {
+            let fifth = ((high >> sub.index) & 1) << 4;
+            sub.scale * f32::from(((low >> sub.shift) & 0x0F) | fifth) - sub.min
+        }));
     }
 }
 
@@ -330,21 +345,41 @@ mod tests {
         qs
     }
 
-    #[test]
-    fn q4_k_matches_the_formula() {
-        let (d, dmin) = (0.01f32, 0.002f32);
+    /// The start of a Q4_K/Q5_K super-block: `d`, `dmin` and the packed [`K_SCALES`] and
+    /// [`K_MINS`].
+    fn k_block_header(d: f32, dmin: f32) -> Vec<u8> {
         let mut block = f16_bytes(d).to_vec();
         block.extend(f16_bytes(dmin));
         block.extend(pack_k_scales(K_SCALES, K_MINS));
-        block.extend(pack_k_nibbles(nibble));
+        block
+    }
+
+    /// Checks every value of a super-block of `kind` whose header is `k_block_header(d,
+    /// dmin)`: value i is `d · scale · quant(i) − dmin · min` with its sub-block's scale and
+    /// min, `d` and `dmin` rounded to f16 as the block stores them.
+    fn assert_k_values(
+        kind: GgmlType,
+        block: &[u8],
+        d: f32,
+        dmin: f32,
+        quant: impl Fn(usize) -> u8,
+    ) {
         let (d, dmin) = (f16::from_f32(d).to_f32(), f16::from_f32(dmin).to_f32());
-        let values = decode(GgmlType::Q4_K, &block);
+        let values = decode(kind, block);
         for (i, v) in values.iter().enumerate() {
             let sub = i / 32;
             let expected =
-                d * f32::from(K_SCALES[sub]) * f32::from(nibble(i)) - dmin * f32::from(K_MINS[sub]);
+                d * f32::from(K_SCALES[sub]) * f32::from(quant(i)) - dmin * f32::from(K_MINS[sub]);
             assert_eq!(*v, expected, "value {i}");
         }
+    }
+
+    #[test]
+    fn q4_k_matches_the_formula() {
+        let (d, dmin) = (0.01f32, 0.002f32);
+        let mut block = k_block_header(d, dmin);
+        block.extend(pack_k_nibbles(nibble));
+        assert_k_values(GgmlType::Q4_K, &block, d, dmin, nibble);
     }
 
     #[test]
@@ -352,9 +387,7 @@ mod tests {
         let (d, dmin) = (0.03f32, 0.5f32);
         let fifth = |i: usize| (i * 5 + i / 64).is_multiple_of(3) as u8;
         let quant = |i: usize| nibble(i) | (fifth(i) << 4);
-        let mut block = f16_bytes(d).to_vec();
-        block.extend(f16_bytes(dmin));
-        block.extend(pack_k_scales(K_SCALES, K_MINS));
+        let mut block = k_block_header(d, dmin);
         // qh[l] bit s is the fifth bit of value 32·s + l.
         let mut qh = [0u8; 32];
         for i in 0..256 {
@@ -362,15 +395,8 @@ mod tests {
         }
         block.extend(qh);
         block.extend(pack_k_nibbles(nibble));
-        let (d, dmin) = (f16::from_f32(d).to_f32(), f16::from_f32(dmin).to_f32());
-        let values = decode(GgmlType::Q5_K, &block);
-        for (i, v) in values.iter().enumerate() {
-            let sub = i / 32;
-            let expected =
-                d * f32::from(K_SCALES[sub]) * f32::from(quant(i)) - dmin * f32::from(K_MINS[sub]);
-            assert_eq!(*v, expected, "value {i}");
-        }
-        assert!(values.iter().enumerate().any(|(i, _)| quant(i) >= 16));
+        assert_k_values(GgmlType::Q5_K, &block, d, dmin, quant);
+        assert!((0..256).any(|i| quant(i) >= 16));
     }
 
     #[test]

@@ -203,22 +203,29 @@ impl GgufFile {
         }
     }
 
+    /// The value at `key` as `convert` reads it; a value it rejects is an error saying that
+    /// `key` should be `expected`.
+    fn metadata_as<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &'static str,
+        convert: impl FnOnce(&'a GgufValue) -> Option<T>,
+    ) -> Result<T> {
+        let value = self.require(key)?;
+        convert(value).ok_or_else(|| self.wrong_type(key, expected, value))
+    }
+
     /// The string at `key`.
     pub fn metadata_str(&self, key: &str) -> Result<&str> {
-        let value = self.require(key)?;
-        value
-            .as_str()
-            .ok_or_else(|| self.wrong_type(key, "a string", value))
+        self.metadata_as(key, "a string", GgufValue::as_str)
     }
 
     /// The integer at `key` when it fits `T`; any stored integer width is accepted, since
     /// converters differ in the widths they write.
     fn metadata_integer<T: TryFrom<i128>>(&self, key: &str, expected: &'static str) -> Result<T> {
-        let value = self.require(key)?;
-        value
-            .as_integer()
-            .and_then(|v| T::try_from(v).ok())
-            .ok_or_else(|| self.wrong_type(key, expected, value))
+        self.metadata_as(key, expected, |value| {
+            value.as_integer().and_then(|v| T::try_from(v).ok())
+        })
     }
 
     /// The integer at `key` as `u32`.
@@ -238,10 +245,7 @@ impl GgufFile {
 
     /// The float at `key` (f32 or f64) as `f64`.
     pub fn metadata_f64(&self, key: &str) -> Result<f64> {
-        let value = self.require(key)?;
-        value
-            .as_float()
-            .ok_or_else(|| self.wrong_type(key, "a float", value))
+        self.metadata_as(key, "a float", GgufValue::as_float)
     }
 
     /// The float at `key` as `f32`.
@@ -251,51 +255,51 @@ impl GgufFile {
 
     /// The bool at `key`.
     pub fn metadata_bool(&self, key: &str) -> Result<bool> {
-        match self.require(key)? {
-            GgufValue::Bool(b) => Ok(*b),
-            other => Err(self.wrong_type(key, "a bool", other)),
-        }
+        self.metadata_as(key, "a bool", |value| match value {
+            GgufValue::Bool(b) => Some(*b),
+            _ => None,
+        })
     }
 
     /// The elements of the array at `key`.
     pub fn metadata_array(&self, key: &str) -> Result<&[GgufValue]> {
-        match self.require(key)? {
-            GgufValue::Array { items, .. } => Ok(items),
-            other => Err(self.wrong_type(key, "an array", other)),
+        self.metadata_as(key, "an array", |value| match value {
+            GgufValue::Array { items, .. } => Some(items.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// The items of the array at `key`, each as `convert` reads it; an item it rejects is an
+    /// error saying that `key` should be `expected`.
+    fn metadata_array_of<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &'static str,
+        convert: impl FnMut(&'a GgufValue) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        match self.metadata_array(key)?.iter().map(convert).collect() {
+            Some(converted) => Ok(converted),
+            None => Err(self.wrong_type(key, expected, self.require(key)?)),
         }
     }
 
     /// The array of strings at `key` (e.g. `tokenizer.ggml.tokens`).
     pub fn metadata_array_str(&self, key: &str) -> Result<Vec<&str>> {
-        let value = self.require(key)?;
-        let items = self.metadata_array(key)?;
-        items
-            .iter()
-            .map(|item| item.as_str())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| self.wrong_type(key, "an array of strings", value))
+        self.metadata_array_of(key, "an array of strings", GgufValue::as_str)
     }
 
     /// The array of integers at `key` as `i64` (e.g. `tokenizer.ggml.token_type`).
     pub fn metadata_array_i64(&self, key: &str) -> Result<Vec<i64>> {
-        let value = self.require(key)?;
-        let items = self.metadata_array(key)?;
-        items
-            .iter()
-            .map(|item| item.as_integer().and_then(|v| i64::try_from(v).ok()))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| self.wrong_type(key, "an array of integers", value))
+        self.metadata_array_of(key, "an array of integers", |item| {
+            item.as_integer().and_then(|v| i64::try_from(v).ok())
+        })
     }
 
     /// The array of floats at `key` as `f32` (e.g. `tokenizer.ggml.scores`).
     pub fn metadata_array_f32(&self, key: &str) -> Result<Vec<f32>> {
-        let value = self.require(key)?;
-        let items = self.metadata_array(key)?;
-        items
-            .iter()
-            .map(|item| item.as_float().map(|v| v as f32))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| self.wrong_type(key, "an array of floats", value))
+        self.metadata_array_of(key, "an array of floats", |item| {
+            item.as_float().map(|v| v as f32)
+        })
     }
 
     /// All tensor infos, in file order.

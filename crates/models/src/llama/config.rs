@@ -262,23 +262,38 @@ impl HfKeys<'_> {
         }
     }
 
+    /// The value at `key` as `convert` reads it, `None` when the key is absent or null; a value
+    /// `convert` rejects is an error saying that `key` should be `expected`.
+    fn optional<'v, T>(
+        &'v self,
+        key: &str,
+        expected: &'static str,
+        convert: impl FnOnce(&'v Value) -> Option<T>,
+    ) -> Result<Option<T>> {
+        self.get(key)
+            .map(|value| convert(value).ok_or_else(|| self.wrong(key, expected, value)))
+            .transpose()
+    }
+
+    /// As [`HfKeys::optional`], with an absent `key` an error.
+    fn required<'v, T>(
+        &'v self,
+        key: &str,
+        expected: &'static str,
+        convert: impl FnOnce(&'v Value) -> Option<T>,
+    ) -> Result<T> {
+        self.optional(key, expected, convert)?
+            .ok_or_else(|| self.missing(key))
+    }
+
     fn string(&self, key: &str) -> Result<String> {
-        let value = self.get(key).ok_or_else(|| self.missing(key))?;
-        value
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.wrong(key, "a string", value))
+        self.required(key, "a string", |value| value.as_str().map(str::to_string))
     }
 
     fn optional_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key)
-            .map(|value| {
-                value
-                    .as_u64()
-                    .map(|v| v as usize)
-                    .ok_or_else(|| self.wrong(key, "a non-negative integer", value))
-            })
-            .transpose()
+        self.optional(key, "a non-negative integer", |value| {
+            value.as_u64().map(|v| v as usize)
+        })
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
@@ -286,20 +301,11 @@ impl HfKeys<'_> {
     }
 
     fn f64(&self, key: &str) -> Result<f64> {
-        let value = self.get(key).ok_or_else(|| self.missing(key))?;
-        value
-            .as_f64()
-            .ok_or_else(|| self.wrong(key, "a number", value))
+        self.required(key, "a number", Value::as_f64)
     }
 
     fn optional_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key)
-            .map(|value| {
-                value
-                    .as_bool()
-                    .ok_or_else(|| self.wrong(key, "a bool", value))
-            })
-            .transpose()
+        self.optional(key, "a bool", Value::as_bool)
     }
 
     /// `rope_theta`, or `rope_parameters.rope_theta` as transformers 5 writes it.
@@ -351,9 +357,7 @@ mod tests {
     use super::*;
 
     fn write_config(name: &str, json: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("fedsyn-llama-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+        let path = crate::test_support::scratch_dir("llama-config").join(name);
         std::fs::write(&path, json).unwrap();
         path
     }

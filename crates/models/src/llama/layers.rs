@@ -231,6 +231,18 @@ pub enum AttentionMask {
     Allowed(Tensor),
 }
 
+/// What every block of one forward pass sees alike: the rotary angles of the new positions
+/// (from [`RotaryEmbedding::angles_at`]), which keys each query may see, and whether the
+/// adapters take part. Built once per pass and handed to every block by value (it holds only
+/// references).
+#[derive(Clone, Copy)]
+pub(crate) struct PassInputs<'a> {
+    pub(crate) cos: &'a Tensor,
+    pub(crate) sin: &'a Tensor,
+    pub(crate) mask: &'a AttentionMask,
+    pub(crate) adapters: AdapterMode,
+}
+
 /// Multi-head attention whose keys and values have fewer heads than its queries (grouped-query
 /// attention); each key/value head serves `heads / kv_heads` consecutive query heads.
 #[derive(Debug)]
@@ -263,18 +275,15 @@ impl Attention {
     }
 
     /// Attends from the `seq` new positions of `x` (`[batch, seq, d]`) to every earlier
-    /// position `kv` supplies (a cache, or a shared prompt) and to themselves. `mask` says
-    /// which key each query may see; `adapters` says whether the projections' LoRA adapters
-    /// take part.
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &AttentionMask,
-        kv: LayerKv<'_>,
-        adapters: AdapterMode,
-    ) -> Tensor {
+    /// position `kv` supplies (a cache, or a shared prompt) and to themselves, with the
+    /// angles, mask and adapter mode of `pass`.
+    pub(crate) fn forward(&self, x: &Tensor, pass: PassInputs<'_>, kv: LayerKv<'_>) -> Tensor {
+        let PassInputs {
+            cos,
+            sin,
+            mask,
+            adapters,
+        } = pass;
         let (batch, seq) = (x.size()[0], x.size()[1]);
         let (heads, kv_heads) = (self.num_heads, self.num_kv_heads);
         // One product for q, k and v; heads laid out [batch, q heads | k heads | v heads,
@@ -407,22 +416,14 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// Runs the block on `x` (`[batch, seq, d]`); see [`Attention::forward`] for the rest.
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &AttentionMask,
-        kv: LayerKv<'_>,
-        adapters: AdapterMode,
-    ) -> Tensor {
-        let attended =
-            self.attention
-                .forward(&self.input_norm.forward(x), cos, sin, mask, kv, adapters);
+    pub(crate) fn forward(&self, x: &Tensor, pass: PassInputs<'_>, kv: LayerKv<'_>) -> Tensor {
+        let attended = self
+            .attention
+            .forward(&self.input_norm.forward(x), pass, kv);
         let h = x + attended;
         let fed_forward = self
             .mlp
-            .forward(&self.post_attention_norm.forward(&h), adapters);
+            .forward(&self.post_attention_norm.forward(&h), pass.adapters);
         h + fed_forward
     }
 

@@ -501,15 +501,10 @@ impl CausalLm {
         self.check_no_adapters()?;
         let config = &config.in_block_order();
         let mut pairs = Vec::new();
-        for (layer, block) in self.layers.iter().enumerate() {
-            for target in config.targets.iter().copied() {
-                let projection = block.projection(target);
-                let rows = projection.rows_of(target).unwrap_or(0);
-                let inputs = projection.base().in_features();
-                let stream = seed ^ name_hash(&peft_tensor_name(layer, target, Matrix::A));
-                let pair = LoraPair::fresh(rows, inputs, config, stream, self.device)?;
-                pairs.push((layer, target, pair));
-            }
+        for (layer, target, rows, inputs) in self.adapter_shapes(&config.targets) {
+            let stream = seed ^ name_hash(&peft_tensor_name(layer, target, Matrix::A));
+            let pair = LoraPair::fresh(rows, inputs, config, stream, self.device)?;
+            pairs.push((layer, target, pair));
         }
         self.install(config.clone(), pairs);
         Ok(())
@@ -630,15 +625,7 @@ impl CausalLm {
             });
         }
         let file = SafetensorsFile::open(&weights_path)?;
-        let mut expected = Vec::new();
-        for (layer, block) in self.layers.iter().enumerate() {
-            for target in config.targets.iter().copied() {
-                let projection = block.projection(target);
-                let rows = projection.rows_of(target).unwrap_or(0);
-                let inputs = projection.base().in_features();
-                expected.push((layer, target, rows, inputs));
-            }
-        }
+        let expected = self.adapter_shapes(&config.targets);
         let mut known: Vec<String> = Vec::with_capacity(2 * expected.len());
         for &(layer, target, ..) in &expected {
             known.push(peft_tensor_name(layer, target, Matrix::A));
@@ -676,6 +663,21 @@ impl CausalLm {
         }
         self.install(config, pairs);
         Ok(())
+    }
+
+    /// `(layer, target, rows, inputs)` of the adapter on each of `targets` in every layer,
+    /// layer by layer: the rows of the projection's output that `target` computes, and the
+    /// projection's input width.
+    fn adapter_shapes(&self, targets: &[LoraTarget]) -> Vec<(usize, LoraTarget, i64, i64)> {
+        let mut shapes = Vec::with_capacity(self.layers.len() * targets.len());
+        for (layer, block) in self.layers.iter().enumerate() {
+            for &target in targets {
+                let projection = block.projection(target);
+                let rows = projection.rows_of(target).unwrap_or(0);
+                shapes.push((layer, target, rows, projection.base().in_features()));
+            }
+        }
+        shapes
     }
 
     fn check_no_adapters(&self) -> Result<()> {

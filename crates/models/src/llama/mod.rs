@@ -47,6 +47,7 @@ pub use cache::{KvCache, LayerCache};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Family, LlamaConfig};
 pub use generate::{generate_ids, Completion, FinishReason, GeneratedIds, Generator};
+use layers::PassInputs;
 pub use layers::{
     Attention, AttentionMask, DecoderLayer, Linear, MatmulBackend, Mlp, RmsNorm, RotaryEmbedding,
 };
@@ -506,6 +507,12 @@ impl CausalLm {
     ) -> Tensor {
         let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
         let (cos, sin) = self.rope.angles_at(positions);
+        let pass = PassInputs {
+            cos: &cos,
+            sin: &sin,
+            mask,
+            adapters,
+        };
         let mut hidden = self
             .embed_tokens
             .index_select(0, &input_ids.reshape([-1]))
@@ -517,7 +524,7 @@ impl CausalLm {
                 PassKv::Record(kept) => LayerKv::Record(kept),
                 PassKv::Prefix(prefix) => LayerKv::Prefix(&prefix[i]),
             };
-            hidden = layer.forward(&hidden, &cos, &sin, mask, layer_kv, adapters);
+            hidden = layer.forward(&hidden, pass, layer_kv);
         }
         self.norm.forward(&hidden)
     }

@@ -67,26 +67,21 @@ impl SamplingParams {
 
     /// Fails with a message naming the field when a value is out of range.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |name: &'static str, message: String| {
-            Err(ModelError::InvalidArgument { name, message })
-        };
         if self.max_new_tokens == 0 {
-            return invalid("max_new_tokens", "must be at least 1".to_string());
+            let message = "must be at least 1";
+            return Err(ModelError::invalid_argument("max_new_tokens", message));
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return invalid(
-                "temperature",
-                format!("{} is not a finite number ≥ 0", self.temperature),
-            );
+            let message = format!("{} is not a finite number ≥ 0", self.temperature);
+            return Err(ModelError::invalid_argument("temperature", message));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return invalid("top_p", format!("{} is not in (0, 1]", self.top_p));
+            let message = format!("{} is not in (0, 1]", self.top_p);
+            return Err(ModelError::invalid_argument("top_p", message));
         }
         if self.stop_strings.iter().any(String::is_empty) {
-            return invalid(
-                "stop_strings",
-                "an empty stop string would stop at once".to_string(),
-            );
+            let message = "an empty stop string would stop at once";
+            return Err(ModelError::invalid_argument("stop_strings", message));
         }
         Ok(())
     }
@@ -384,36 +379,31 @@ mod tests {
             .view([1, 4])
     }
 
-    fn draw(params: &SamplingParams, u: f32) -> i64 {
-        let token = sample_filtered(params, &logits(), &Tensor::from_slice(&[u]).view([1, 1]));
-        i64::try_from(token.squeeze()).unwrap()
+    /// Draws from [`logits`] with `params` once per `(u, token)` of `draws`, each with uniform
+    /// `u`, and checks that it gives `token`.
+    fn assert_draws(params: &SamplingParams, draws: &[(f32, i64)]) {
+        for &(u, want) in draws {
+            let uniform = Tensor::from_slice(&[u]).view([1, 1]);
+            let token = sample_filtered(params, &logits(), &uniform);
+            assert_eq!(i64::try_from(token.squeeze()).unwrap(), want, "u = {u}");
+        }
     }
 
     #[test]
     fn inverse_cdf_follows_the_probabilities() {
-        let all = params(0, 1.0);
         // Id order: 0.15 (id 0), 0.5 (id 1), 0.05 (id 2), 0.3 (id 3).
-        assert_eq!(draw(&all, 0.10), 0);
-        assert_eq!(draw(&all, 0.60), 1);
-        assert_eq!(draw(&all, 0.68), 2);
-        assert_eq!(draw(&all, 0.71), 3);
-        assert_eq!(draw(&all, 1.0), 3);
+        let draws = [(0.10, 0), (0.60, 1), (0.68, 2), (0.71, 3), (1.0, 3)];
+        assert_draws(&params(0, 1.0), &draws);
     }
 
     #[test]
     fn top_k_and_top_p_drop_the_tail() {
         // Top-2 keeps ids 1 (0.5) and 3 (0.3), renormalised to 0.625 / 0.375.
-        let top2 = params(2, 1.0);
-        assert_eq!(draw(&top2, 0.62), 1);
-        assert_eq!(draw(&top2, 0.63), 3);
-        assert_eq!(draw(&top2, 1.0), 3);
+        assert_draws(&params(2, 1.0), &[(0.62, 1), (0.63, 3), (1.0, 3)]);
         // top_p 0.75: 0.5 + 0.3 reaches it, so id 0 (0.15) and id 2 go.
-        let nucleus = params(0, 0.75);
-        assert_eq!(draw(&nucleus, 0.99), 3);
+        assert_draws(&params(0, 0.75), &[(0.99, 3)]);
         // top_p 0.4: the most likely token alone reaches it.
-        let narrow = params(0, 0.4);
-        assert_eq!(draw(&narrow, 0.01), 1);
-        assert_eq!(draw(&narrow, 1.0), 1);
+        assert_draws(&params(0, 0.4), &[(0.01, 1), (1.0, 1)]);
     }
 
     #[test]

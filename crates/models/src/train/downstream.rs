@@ -198,20 +198,17 @@ impl Default for CausalLmConfig {
 impl CausalLmConfig {
     /// Checks the ranges; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |name: &'static str, message: String| {
-            Err(ModelError::InvalidArgument { name, message })
-        };
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return invalid("lr", format!("{} is not a finite rate > 0", self.lr));
+            let message = format!("{} is not a finite rate > 0", self.lr);
+            return Err(ModelError::invalid_argument("lr", message));
         }
         if self.batch_size == 0 {
-            return invalid("batch_size", "0: use at least 1 sequence".to_string());
+            let message = "0: use at least 1 sequence";
+            return Err(ModelError::invalid_argument("batch_size", message));
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
-            return invalid(
-                "max_grad_norm",
-                format!("{} is not a finite bound ≥ 0", self.max_grad_norm),
-            );
+            let message = format!("{} is not a finite bound ≥ 0", self.max_grad_norm);
+            return Err(ModelError::invalid_argument("max_grad_norm", message));
         }
         Ok(self.adamw().validate()?)
     }

@@ -76,7 +76,10 @@ impl AdamW {
     /// ```
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
         if !lr.is_finite() || lr < 0.0 {
-            return Err(invalid("learning rate", format!("{lr} is not ≥ 0")));
+            return Err(ModelError::invalid_argument(
+                "learning rate",
+                format!("{lr} is not ≥ 0"),
+            ));
         }
         let _no_grad = tch::no_grad_guard();
         let AdamWConfig {
@@ -127,7 +130,7 @@ impl AdamW {
                 exp_avg_sq: param.zeros_like(),
             });
         if moments.exp_avg.size() != param.size() {
-            return Err(invalid(
+            return Err(ModelError::invalid_argument(
                 "parameters",
                 format!(
                     "`{name}` has shape {:?}, but the optimiser state holds {:?} for it \
@@ -237,10 +240,6 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<f64>
             .f_mul_(&coefficient.to_device(grad.device()))?;
     }
     Ok(f64::try_from(total.to_device(Device::Cpu))?)
-}
-
-fn invalid(name: &'static str, message: String) -> ModelError {
-    ModelError::InvalidArgument { name, message }
 }
 
 /// Writes `value` as pretty JSON to `path`.

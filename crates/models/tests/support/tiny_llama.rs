@@ -58,13 +58,7 @@ fn materialise(name: &str) -> PathBuf {
         &std::fs::read_to_string(source.join("reference.json")).expect("reference.json"),
     )
     .expect("reference.json parses");
-    let weights: Vec<(String, Tensor)> = tensor_specs(&reference["tensors"])
-        .into_iter()
-        .map(|(name, shape)| {
-            let tensor = synthetic_tensor(&name, &shape);
-            (name, tensor)
-        })
-        .collect();
+    let weights = hashed_tensors(&reference["tensors"], synthetic_value);
     Tensor::write_safetensors(&weights, dir.join("model.safetensors")).expect("weights written");
     dir
 }
@@ -82,16 +76,21 @@ pub fn peft_adapter_dir() -> PathBuf {
         )
         .expect("reference.json parses");
         let scale = reference["adapter_scale"].as_f64().expect("adapter_scale");
-        let tensors: Vec<(String, Tensor)> = tensor_specs(&reference["adapter_tensors"])
-            .into_iter()
-            .map(|(name, shape)| {
-                let tensor = scaled_synthetic_tensor(&name, &shape, scale);
-                (name, tensor)
-            })
-            .collect();
+        let tensors = hashed_tensors(&reference["adapter_tensors"], |name, hash, index| {
+            scale * synthetic_value(name, hash, index)
+        });
         write_adapter_dir("peft-tiny-llama", &source, &tensors)
     })
     .clone()
+}
+
+/// The adapter that scripts/reference/dpo.py defines (`adapter_value`) and the DPO and
+/// downstream fixtures were computed with, as folder `label`: fixture `tiny-llama-lora`'s
+/// `adapter_config.json` and, for each `{"name", "shape"}` of `specs`, the tensor whose
+/// values are 0.25 · [`hash_unit`] of the name's FNV-1a hash and the flat index.
+pub fn dpo_adapter_dir(label: &str, specs: &serde_json::Value) -> PathBuf {
+    let tensors = hashed_tensors(specs, |_, hash, index| 0.25 * hash_unit(hash, index));
+    write_adapter_dir(label, &fixture_dir("tiny-llama-lora"), &tensors)
 }
 
 /// A temporary folder `label` with the `adapter_config.json` of fixture folder `config_source`
@@ -112,40 +111,34 @@ pub fn write_adapter_dir(
     dir
 }
 
-/// `(name, shape)` of every entry of a JSON list of `{"name", "shape"}`.
-fn tensor_specs(specs: &serde_json::Value) -> Vec<(String, Vec<i64>)> {
+/// For each `{"name", "shape"}` of the JSON list `specs`, the named tensor whose element at
+/// flat index i is `value(name, FNV-1a hash of name, i)`, computed in f64 and rounded once to
+/// f32, as the reference scripts do.
+fn hashed_tensors(
+    specs: &serde_json::Value,
+    value: impl Fn(&str, u64, u64) -> f64,
+) -> Vec<(String, Tensor)> {
     specs
         .as_array()
         .expect("tensors listed")
         .iter()
         .map(|spec| {
             let name = spec["name"].as_str().expect("name").to_string();
-            let shape = spec["shape"]
+            let shape: Vec<i64> = spec["shape"]
                 .as_array()
                 .expect("shape")
                 .iter()
                 .map(|d| d.as_i64().expect("dimension"))
                 .collect();
-            (name, shape)
+            let hash = fnv1a64(&name);
+            let count: i64 = shape.iter().product();
+            let values: Vec<f32> = (0..count as u64)
+                .map(|index| value(&name, hash, index) as f32)
+                .collect();
+            let tensor = Tensor::from_slice(&values).view(shape.as_slice());
+            (name, tensor)
         })
         .collect()
-}
-
-/// Tensor `name` of shape `shape` as `synthetic_value` in scripts/reference/generator.py
-/// defines it.
-fn synthetic_tensor(name: &str, shape: &[i64]) -> Tensor {
-    scaled_synthetic_tensor(name, shape, 1.0)
-}
-
-/// `scale · synthetic_value` for every index, computed in f64 and rounded once to f32, as the
-/// reference scripts do.
-fn scaled_synthetic_tensor(name: &str, shape: &[i64], scale: f64) -> Tensor {
-    let hash = fnv1a64(name);
-    let count: i64 = shape.iter().product();
-    let values: Vec<f32> = (0..count as u64)
-        .map(|index| (scale * synthetic_value(name, index, hash)) as f32)
-        .collect();
-    Tensor::from_slice(&values).view(shape)
 }
 
 pub fn fnv1a64(text: &str) -> u64 {
@@ -167,8 +160,9 @@ pub fn hash_unit(name_hash: u64, index: u64) -> f64 {
     ((splitmix64(name_hash ^ index) >> 40) as f64 - (1u64 << 23) as f64) / (1u64 << 23) as f64
 }
 
-/// Uniform in [-1, 1) on a 2^-23 grid, scaled by the kind of tensor (in f64).
-fn synthetic_value(name: &str, index: u64, name_hash: u64) -> f64 {
+/// `synthetic_value` of scripts/reference/generator.py: uniform in [-1, 1) on a 2^-23 grid,
+/// scaled by the kind of tensor (in f64).
+fn synthetic_value(name: &str, name_hash: u64, index: u64) -> f64 {
     let unit = hash_unit(name_hash, index);
     if name.ends_with("norm.weight") {
         1.0 + 0.125 * unit
