@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::FederatedData;
 use crate::error::{ClientsError, Result};
-use crate::population::{check_sampled, grid_units, unit_train_embeddings};
-use crate::scores::{ensure_finite, unit_candidates, unit_rows};
+use crate::population::{check_grid, grid_units, sampled_unit_candidates, unit_train_embeddings};
+use crate::scores::{ensure_finite, ensure_rows_within, unit_candidates, unit_rows};
 
 /// Cosines this close to a text's best one count as the best too (f64 rounding of equal
 /// samples differs in the last bits between rows of a matrix product).
@@ -113,30 +113,8 @@ fn vote_histograms(
         .f_where_scalarother(&voted, 0.0)?;
     let values = counts.f_mul(&factor)?.f_to_kind(Kind::Float)?;
     ensure_finite(&values, "a client vote histogram")?;
-    ensure_unit_bounded(&values)?;
+    ensure_rows_within(&values, 1.0, "client vote histogram")?;
     Ok(values)
-}
-
-/// Errors unless every row of `values` has L2 norm ≤ 1, measured (the sensitivity the
-/// accountant assumes must not rest on the arithmetic above being right).
-fn ensure_unit_bounded(values: &Tensor) -> Result<()> {
-    let norms =
-        values
-            .f_to_kind(Kind::Double)?
-            .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
-    let largest = if norms.numel() == 0 {
-        0.0
-    } else {
-        norms.f_max()?.f_double_value(&[])?
-    };
-    if largest <= 1.0 {
-        Ok(())
-    } else {
-        Err(ClientsError::InvalidArgument {
-            name: "client vote histogram",
-            message: format!("its norm {largest} exceeds 1; not sent"),
-        })
-    }
 }
 
 /// The clients of a PE simulation: every client's unit text embeddings, so that the sampled
@@ -219,24 +197,15 @@ impl VotingPopulation {
         budget: usize,
         mut progress: impl FnMut(usize),
     ) -> Result<VoteSum> {
-        if !(grid.is_finite() && grid > 0.0 && grid <= 1.0) {
-            return Err(ClientsError::InvalidArgument {
-                name: "grid",
-                message: format!("is {grid}; it must be in (0, 1]"),
-            });
-        }
-        let synthetic = unit_candidates(synthetic)?;
-        let (bins, dim) = (synthetic.size()[0], synthetic.size()[1]);
-        if dim != self.dim() as i64 {
-            return Err(ClientsError::InvalidArgument {
-                name: "synthetic embeddings",
-                message: format!(
-                    "have {dim} columns, but the clients' embeddings have {}",
-                    self.dim()
-                ),
-            });
-        }
-        check_sampled(&self.ids, sampled)?;
+        check_grid(grid, 1.0, "1")?;
+        let synthetic = sampled_unit_candidates(
+            synthetic,
+            "synthetic embeddings",
+            self.dim(),
+            &self.ids,
+            sampled,
+        )?;
+        let bins = synthetic.size()[0];
         let device = synthetic.device();
         let mut sum = Tensor::f_zeros([bins], (Kind::Double, device))?;
         let (mut clients, mut votes) = (0, 0);

@@ -150,24 +150,15 @@ impl SimulatedPopulation {
         mut progress: impl FnMut(usize),
     ) -> Result<ScoreSum> {
         check_clip(clip)?;
-        if !(grid.is_finite() && grid > 0.0 && grid <= clip) {
-            return Err(ClientsError::InvalidArgument {
-                name: "grid",
-                message: format!("is {grid}; it must be in (0, clip]"),
-            });
-        }
-        let candidates = unit_candidates(candidates)?;
-        let (n, dim) = (candidates.size()[0], candidates.size()[1]);
-        if dim != self.dim() as i64 {
-            return Err(ClientsError::InvalidArgument {
-                name: "candidate embeddings",
-                message: format!(
-                    "have {dim} columns, but the clients' embeddings have {}",
-                    self.dim()
-                ),
-            });
-        }
-        check_sampled(&self.ids, sampled)?;
+        check_grid(grid, clip, "clip")?;
+        let candidates = sampled_unit_candidates(
+            candidates,
+            "candidate embeddings",
+            self.dim(),
+            &self.ids,
+            sampled,
+        )?;
+        let n = candidates.size()[0];
         let device = candidates.device();
         let mut sum = Tensor::f_zeros([n], (Kind::Double, device))?;
         let mut tally = ScoreSum {
@@ -224,6 +215,39 @@ pub(crate) fn grid_units(sum: Vec<f64>, what: &'static str) -> Result<Vec<i64>> 
 /// How many clients' scores for `candidates` candidates fit into `budget` bytes (at least 1).
 fn clients_per_chunk(candidates: usize, budget: usize) -> usize {
     (budget / (candidates.max(1) * BYTES_PER_SCORE)).max(1)
+}
+
+/// Errors unless the release grid `grid` is in (0, `upper`] (`upper_name` names the bound).
+pub(crate) fn check_grid(grid: f64, upper: f64, upper_name: &str) -> Result<()> {
+    if grid.is_finite() && grid > 0.0 && grid <= upper {
+        Ok(())
+    } else {
+        Err(ClientsError::InvalidArgument {
+            name: "grid",
+            message: format!("is {grid}; it must be in (0, {upper_name}]"),
+        })
+    }
+}
+
+/// `candidates` (`what`, in errors) as unit rows, once they have the clients' embedding width
+/// `dim` and `sampled` names distinct clients of `ids`.
+pub(crate) fn sampled_unit_candidates(
+    candidates: &Tensor,
+    what: &'static str,
+    dim: usize,
+    ids: &[String],
+    sampled: &[usize],
+) -> Result<Tensor> {
+    let candidates = unit_candidates(candidates)?;
+    let columns = candidates.size()[1];
+    if columns != dim as i64 {
+        return Err(ClientsError::InvalidArgument {
+            name: what,
+            message: format!("have {columns} columns, but the clients' embeddings have {dim}"),
+        });
+    }
+    check_sampled(ids, sampled)?;
+    Ok(candidates)
 }
 
 /// Errors unless every sampled index names one of the clients `ids` and none repeats (a

@@ -141,7 +141,7 @@ pub(crate) fn score_rows(
     let _ = values.f_mul_(&row_factor)?;
     let values = values.f_to_kind(Kind::Float)?;
     ensure_finite(&values, "a client score vector")?;
-    ensure_within_clip(&values, clip)?;
+    ensure_rows_within(&values, clip, "client score vector")?;
     let usable = Vec::<bool>::try_from(usable.f_flatten(0, -1)?)?;
     Ok(ClippedRows {
         values,
@@ -153,9 +153,10 @@ pub(crate) fn score_rows(
     })
 }
 
-/// Errors unless every row of `values` has L2 norm ≤ `clip`, measured (the factor above relies
-/// on the standardised norm being √N; the sensitivity the accountant assumes must not).
-fn ensure_within_clip(values: &Tensor, clip: f64) -> Result<()> {
+/// Errors unless every row of `values` (`what`, in the error) has L2 norm ≤ `bound`, measured:
+/// the sensitivity the accountant assumes must not rest on the arithmetic that bounded the rows
+/// (standardising to norm √N, then scaling) being right.
+pub(crate) fn ensure_rows_within(values: &Tensor, bound: f64, what: &'static str) -> Result<()> {
     let norms =
         values
             .f_to_kind(Kind::Double)?
@@ -165,12 +166,12 @@ fn ensure_within_clip(values: &Tensor, clip: f64) -> Result<()> {
     } else {
         norms.f_max()?.f_double_value(&[])?
     };
-    if largest <= clip {
+    if largest <= bound {
         Ok(())
     } else {
         Err(ClientsError::InvalidArgument {
-            name: "client score vector",
-            message: format!("its norm {largest} exceeds the clip bound {clip}; not sent"),
+            name: what,
+            message: format!("its norm {largest} exceeds the bound {bound}; not sent"),
         })
     }
 }
