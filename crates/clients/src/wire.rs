@@ -1,18 +1,18 @@
 //! The binary form in which a server sends a round's candidate embeddings to its clients. The
-//! format and its checks live in [`remote_client::wire`] (a crate without libtorch, for
+//! format and its checks live in [`protocol::wire`] (a crate without libtorch, for
 //! `fedsyn client`); this module is the server's door to it, with this crate's error type.
 
-pub use remote_client::wire::{
+pub use protocol::wire::{
     encode_candidates, CandidateMatrix, EmbeddingDtype, HEADER_LEN, MAGIC, MAX_VALUES,
 };
 
 use crate::error::{ClientsError, Result};
 
 /// The candidate matrix in `bytes` (a message from [`encode_candidates`]), every field checked
-/// (see [`remote_client::wire::decode_candidates`]); errors name the field.
+/// (see [`protocol::wire::decode_candidates`]); errors name the field.
 pub fn decode_candidates(bytes: &[u8]) -> Result<CandidateMatrix> {
-    remote_client::wire::decode_candidates(bytes).map_err(|error| match error {
-        remote_client::RemoteError::BadCandidates { field, problem } => {
+    protocol::wire::decode_candidates(bytes).map_err(|error| match error {
+        protocol::ProtocolError::BadCandidates { field, problem } => {
             ClientsError::BadCandidates { field, problem }
         }
         other => ClientsError::BadCandidates {

@@ -1,10 +1,10 @@
-//! The plain-Rust POPri score of `fedsyn client` (`remote_client::score_candidates`) against
+//! The plain-Rust POPri score of `fedsyn client` (`protocol::score_candidates`) against
 //! the libtorch one of the simulation (`clients::client_score_vector`): the same vectors.
 
 use clients::client_score_vector;
+use protocol::{score_candidates, CandidateMatrix};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use remote_client::{score_candidates, CandidateMatrix};
 use tch::Tensor;
 
 #[test]

@@ -1,5 +1,5 @@
 //! A client of a `fedsyn serve` server: it enrols once with a one-time enrolment token, then
-//! polls for round tasks, downloads each round's candidate embeddings ([`crate::wire`]),
+//! polls for round tasks, downloads each round's candidate embeddings ([`protocol::wire`]),
 //! scores them against its own texts ([`score_candidates`], the arithmetic of
 //! `clients::client_score_vector` without libtorch) and submits the clipped score vector,
 //! until the server says the run is finished. Nothing here calls libtorch (a profile is
@@ -25,11 +25,11 @@ use serde::Serialize;
 use crate::credentials::{read_credentials, write_credentials, Credentials};
 use crate::error::{RemoteError, Result};
 use crate::http::{jittered, normalise_server_url, Http, Reply, Retry};
-use crate::protocol::{
+use protocol::messages::{
     Aggregation, EnrolRequest, Enrolment, NextTask, Receipt, ScoresRequest, SecAggReceipt, Task,
 };
-use crate::score::score_candidates;
-use crate::wire::{decode_candidates, CandidateMatrix, HEADER_LEN, MAX_VALUES};
+use protocol::score_candidates;
+use protocol::wire::{decode_candidates, CandidateMatrix, HEADER_LEN, MAX_VALUES};
 use secure_aggregation::{ClientSession, ProtocolError, SessionView, Step};
 
 /// The shortest and longest wait the client accepts from a "wait" answer.

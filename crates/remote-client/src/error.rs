@@ -77,20 +77,9 @@ pub enum RemoteError {
         /// What is wrong with the answer.
         problem: String,
     },
-    /// The candidate message of a round is malformed (see [`crate::wire`]).
-    #[error("bad candidate message: {field}: {problem}")]
-    BadCandidates {
-        /// The field of the wire format at fault.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// A value that must be finite is not.
-    #[error("{what} holds a non-finite value (NaN or ±inf); nothing non-finite is scored or sent")]
-    NonFinite {
-        /// The vector at fault.
-        what: &'static str,
-    },
+    /// The round's candidate message is malformed, or its scores cannot be computed.
+    #[error(transparent)]
+    Candidates(#[from] protocol::ProtocolError),
 }
 
 impl RemoteError {
@@ -102,7 +91,7 @@ impl RemoteError {
             RemoteError::InvalidArgument { .. }
                 | RemoteError::BadLine { .. }
                 | RemoteError::EnrolmentRefused { .. }
-        )
+        ) || matches!(self, RemoteError::Candidates(error) if error.is_bad_input())
     }
 }
 

@@ -1,8 +1,8 @@
-//! The remote side of a fedsyn client, without libtorch: the binary form of a round's
-//! candidate embeddings ([`wire`]), the client's credentials and data ([`credentials`],
-//! [`data`]), its embedding profile as stored in its state folder ([`profile`]), POPri scoring
-//! in plain Rust ([`score`]) and the HTTP client that enrols, polls, scores and submits
-//! ([`client`]), and the JSON messages both ends of the HTTP API share ([`protocol`]).
+//! The remote side of a fedsyn client, without libtorch: the client's credentials and data
+//! ([`credentials`], [`data`]), its embedding profile as stored in its state folder
+//! ([`profile`]), and the HTTP client that enrols, polls, scores and submits ([`client`]). What
+//! it exchanges with the server (messages, candidate format, the score) is the `protocol`
+//! crate, shared with `fedsyn serve`.
 //!
 //! Only two request bodies ever leave a client: the enrolment token and the clipped score
 //! vector. Computing a profile needs the sentence embedder and lives in the `clients` crate
@@ -14,14 +14,9 @@ pub mod data;
 pub mod error;
 mod http;
 pub mod profile;
-pub mod protocol;
-pub mod score;
-pub mod wire;
 
 pub use client::{ClientEvent, RemoteClient, RemoteConfig, RunSummary};
 pub use data::read_client_texts;
 pub use error::{RemoteError, Result};
 pub use http::{normalise_server_url, Retry};
 pub use profile::{cached_profile, Profile};
-pub use score::score_candidates;
-pub use wire::{decode_candidates, encode_candidates, CandidateMatrix, EmbeddingDtype};

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use privacy_accounting::AccountantKind;
-pub use remote_client::protocol::Aggregation;
+pub use protocol::messages::Aggregation;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunError};

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use remote_client::{encode_candidates, CandidateMatrix, EmbeddingDtype};
+use protocol::{encode_candidates, CandidateMatrix, EmbeddingDtype};
 use runs::config::RunConfig;
 use secure_aggregation::{ClientSession, SessionView, Step};
 use server::serve::coordinator::{

@@ -30,7 +30,7 @@ pub fn now_unix_ms() -> u64 {
 }
 
 /// What the run is doing, as `/v1/health` reports it (one definition with the protocol).
-pub use remote_client::protocol::RunState;
+pub use protocol::messages::RunState;
 
 /// The fixed rules of collection.
 #[derive(Debug, Clone)]

@@ -26,12 +26,12 @@ use crate::serve::coordinator::{now_unix_ms, Accepted, Coordinator, NextTask, Ro
 use crate::serve::limits::RateLimiter;
 use crate::serve::metrics::{Metrics, Rejection};
 use crate::serve::problem::{Problem, PROBLEM_JSON};
-use remote_client::protocol::{
+use protocol::messages::{
     self, ChargedRound, EnrolRequest, Enrolment, EpsilonSpent, Health, Liveness, PrivacyReport,
     Receipt, RunStatus, ScoresRequest, SecAggReceipt, SecureAggregationStatus, ServedConfig,
     Tokens, TokensRequest, MAX_ENROLMENT_TOKENS,
 };
-use remote_client::EmbeddingDtype;
+use protocol::EmbeddingDtype;
 use secure_aggregation::{ClientMessage, ProtocolError, Received, SessionView};
 
 /// `meta` key of the SHA-256 (hex) of the admin token.
@@ -562,14 +562,14 @@ fn enrol_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<
 async fn next_task(
     State(state): Shared,
     headers: HeaderMap,
-) -> Result<Json<protocol::NextTask>, Problem> {
+) -> Result<Json<messages::NextTask>, Problem> {
     blocking(|| next_task_inner(&state, &headers))
 }
 
 fn next_task_inner(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<Json<protocol::NextTask>, Problem> {
+) -> Result<Json<messages::NextTask>, Problem> {
     let id = client_id(state, headers)?;
     let dtype = match state.config.serve.embedding_dtype {
         crate::config::WireDtype::F16 => EmbeddingDtype::F16,
@@ -582,7 +582,7 @@ fn next_task_inner(
             rows,
             dim,
             deadline_unix_ms,
-        } => protocol::NextTask::Task(protocol::Task {
+        } => messages::NextTask::Task(messages::Task {
             round,
             attempt: u64::from(attempt),
             clip: state.config.privacy.clip,
@@ -593,8 +593,8 @@ fn next_task_inner(
             candidates_url: format!("/v1/rounds/{round}/candidates"),
             aggregation: state.config.serve.aggregation,
         }),
-        NextTask::Wait { retry_after_ms } => protocol::NextTask::Wait { retry_after_ms },
-        NextTask::Finished => protocol::NextTask::Finished,
+        NextTask::Wait { retry_after_ms } => messages::NextTask::Wait { retry_after_ms },
+        NextTask::Finished => messages::NextTask::Finished,
     }))
 }
 

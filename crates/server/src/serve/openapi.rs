@@ -1,10 +1,10 @@
 //! The OpenAPI 3.1 document of the API, generated from the route table ([`ROUTES`]) that also
 //! builds the router, so every documented operation exists and every route is documented, and
-//! from the types the handlers and `fedsyn client` serialise (`remote_client::protocol`,
+//! from the types the handlers and `fedsyn client` serialise (`protocol::messages`,
 //! `secure_aggregation`'s messages): each body's schema is derived from its type (schemars),
 //! so the document and the wire cannot disagree.
 
-use remote_client::protocol::{
+use protocol::messages::{
     EnrolRequest, Enrolment, Health, NextTask, PrivacyReport, Problem, Receipt, RunStatus,
     ScoresRequest, SecAggReceipt, Tokens, TokensRequest,
 };
@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(tokens["properties"]["count"]["minimum"], 1);
         assert_eq!(
             tokens["properties"]["count"]["maximum"],
-            remote_client::protocol::MAX_ENROLMENT_TOKENS
+            protocol::messages::MAX_ENROLMENT_TOKENS
         );
         assert_eq!(
             schemas["ScoresRequest"]["properties"]["scores"]["minItems"],

@@ -74,7 +74,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let title = self.status.canonical_reason().unwrap_or("Error");
-        let body = remote_client::protocol::Problem {
+        let body = protocol::messages::Problem {
             kind: format!("urn:fedsyn:problem:{}", self.slug),
             title: title.to_string(),
             status: self.status.as_u16(),

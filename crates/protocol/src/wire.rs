@@ -29,7 +29,7 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{RemoteError, Result};
+use crate::error::{ProtocolError, Result};
 
 /// The first eight bytes of every candidate message; the digits are the format version.
 pub const MAGIC: &[u8; 8] = b"FSCAND01";
@@ -358,8 +358,8 @@ fn parse_values(bytes: &[u8], dtype: EmbeddingDtype) -> Result<Vec<f32>> {
     }
 }
 
-fn bad(field: &'static str, problem: String) -> RemoteError {
-    RemoteError::BadCandidates { field, problem }
+fn bad(field: &'static str, problem: String) -> ProtocolError {
+    ProtocolError::BadCandidates { field, problem }
 }
 
 #[cfg(test)]
@@ -380,9 +380,9 @@ mod tests {
         }
     }
 
-    fn field_of(error: RemoteError) -> &'static str {
+    fn field_of(error: ProtocolError) -> &'static str {
         match error {
-            RemoteError::BadCandidates { field, .. } => field,
+            ProtocolError::BadCandidates { field, .. } => field,
             other => panic!("expected BadCandidates, got {other:?}"),
         }
     }

@@ -8,7 +8,7 @@
 //! zeros for a degenerate spread, the norm measured on the f32 values sent); a test checks
 //! both against each other (`crates/clients/tests/remote_score.rs`).
 
-use crate::error::{RemoteError, Result};
+use crate::error::{ProtocolError, Result};
 use crate::wire::CandidateMatrix;
 
 /// As in `scores.rs`: a spread this small relative to ‖sum‖ is rounding noise of equal scores.
@@ -63,7 +63,7 @@ fn unit_dot(row: &[f32], sum: &[f64]) -> f64 {
 
 fn check_inputs(candidates: &CandidateMatrix, embedding_sum: &[f32], clip: f64) -> Result<()> {
     let invalid =
-        |name: &'static str, message: String| RemoteError::InvalidArgument { name, message };
+        |name: &'static str, message: String| ProtocolError::InvalidArgument { name, message };
     if !(clip.is_finite() && clip > 0.0) {
         return Err(invalid(
             "clip bound",
@@ -95,12 +95,12 @@ fn check_inputs(candidates: &CandidateMatrix, embedding_sum: &[f32], clip: f64) 
         ));
     }
     if !candidates.values.iter().all(|v| v.is_finite()) {
-        return Err(RemoteError::NonFinite {
+        return Err(ProtocolError::NonFinite {
             what: "the candidate embeddings",
         });
     }
     if !embedding_sum.iter().all(|v| v.is_finite()) {
-        return Err(RemoteError::NonFinite {
+        return Err(ProtocolError::NonFinite {
             what: "the client embedding sum",
         });
     }
@@ -110,7 +110,7 @@ fn check_inputs(candidates: &CandidateMatrix, embedding_sum: &[f32], clip: f64) 
 /// Errors unless every value is finite and their norm, measured, is within `clip`.
 fn check_output(values: &[f32], clip: f64) -> Result<()> {
     if !values.iter().all(|v| v.is_finite()) {
-        return Err(RemoteError::NonFinite {
+        return Err(ProtocolError::NonFinite {
             what: "a client score vector",
         });
     }
@@ -122,7 +122,7 @@ fn check_output(values: &[f32], clip: f64) -> Result<()> {
     if norm <= clip {
         Ok(())
     } else {
-        Err(RemoteError::InvalidArgument {
+        Err(ProtocolError::InvalidArgument {
             name: "client score vector",
             message: format!("its norm {norm} exceeds the clip bound {clip}; not sent"),
         })
