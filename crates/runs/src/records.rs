@@ -12,9 +12,6 @@ use crate::digest::{decode_hex, hex, sha256};
 use crate::error::{Result, RunError};
 use crate::run_dir::Histogram;
 
-/// `summary.json` of a finished run.
-pub const SUMMARY_FILE: &str = "summary.json";
-
 /// Why a simulation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

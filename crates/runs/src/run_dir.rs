@@ -260,6 +260,9 @@ impl RoundMetrics {
     }
 }
 
+/// `summary.json` of a finished run (`records::SimulationSummary`).
+pub const SUMMARY_FILE: &str = "summary.json";
+
 /// A run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -410,7 +413,7 @@ impl RunDir {
 
     /// `summary.json` of a finished run.
     pub fn summary_path(&self) -> PathBuf {
-        self.root.join(crate::records::SUMMARY_FILE)
+        self.root.join(SUMMARY_FILE)
     }
 
     /// `synthetic.jsonl`.

@@ -42,16 +42,17 @@ use tch::{Kind, Tensor};
 use crate::config::RunConfig;
 use crate::engine::derive_seed;
 use crate::error::{Result, ServerError};
+use crate::finish::{finish_simulation, Released};
 use crate::noise::{GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{
     read_checkpoint_state, write_atomic, NonPrivate, NonPrivateMetrics, PhaseSeconds, RoundMetrics,
     RunDir,
 };
+use crate::setup::public_cohort;
 use crate::setup::{
     base_model_name, load_data, load_generator, lora_config, run_device, sampling_rate,
     simulation_sampling,
 };
-use crate::simulate::{finish_simulation, public_cohort, Released};
 use round_driver::{simulate_rounds, Progress, Round, RoundMethod};
 use runs::records::SimulationSummary;
 use runs::records::MODEL_DIR;

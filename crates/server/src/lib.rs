@@ -12,6 +12,7 @@ pub mod error;
 pub mod evaluate;
 mod fedavg;
 pub mod fid;
+mod finish;
 mod memorisation;
 mod pairs;
 mod pe;

@@ -48,6 +48,7 @@ use crate::config::{
 };
 use crate::engine::{derive_seed, truncate_to_tokens, with_adapter_merged};
 use crate::error::{Result, ServerError};
+use crate::finish::{finish_simulation, synthetic_fid_nonprivate, Released};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
 use crate::run_dir::{
@@ -55,12 +56,12 @@ use crate::run_dir::{
     RoundMetrics, RunDir,
 };
 use crate::sampling::{derived_rng, ClientSampler};
+use crate::setup::public_cohort;
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
     public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
     simulation_sampling, write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
-use crate::simulate::{finish_simulation, public_cohort, synthetic_fid_nonprivate, Released};
 use round_driver::{simulate_rounds, NoisePlan, Progress, Round, RoundMethod};
 use runs::records::{SimulationSummary, StopReason};
 

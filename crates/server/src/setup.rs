@@ -448,6 +448,16 @@ pub fn write_statement(
     )?)
 }
 
+/// How many clients a round sampled, when that number is public: everyone under full
+/// participation, m for a fixed cohort; under Poisson sampling the cohort's size is private.
+pub(crate) fn public_cohort(accounting: &Sampling, sampled: usize) -> Option<u64> {
+    match accounting {
+        Sampling::Full => Some(sampled as u64),
+        Sampling::FixedCohort { m, .. } => Some(*m),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,32 +12,33 @@
 //! process, so the one charge covers the one release). A kill between 2 and 3 is repaired from
 //! the checkpoint's copy of the row.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use models::train::PreferenceTrainer;
-use models::{Assets, Generator, SentenceEmbedder};
-use privacy_accounting::{Ledger, Sampling};
+use models::{Assets, Generator};
+use privacy_accounting::Sampling;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::config::{Method, RunConfig};
-use runs::records::{SimulationSummary, StopReason};
+use runs::records::SimulationSummary;
 
 use crate::engine::{
     CollectedScores, ContributionStats, PopriEngine, RoundOutput, RoundReport, RoundSettings,
     RoundTask, ScoreTransport,
 };
 use crate::error::{Result, ServerError};
+use crate::finish::{finish_simulation, synthetic_fid_nonprivate, Released};
 use crate::noise::{GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{read_checkpoint_state, write_atomic, NonPrivate, RoundMetrics, RunDir};
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
-    simulation_sampling, write_popri_synthetic, write_statement, SimulatedClients, EMBED_BATCH,
+    public_cohort, public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
+    simulation_sampling, write_popri_synthetic, SimulatedClients, EMBED_BATCH,
 };
 use clients::{FederatedData, SimulatedPopulation};
-use round_driver::{simulate_rounds, BudgetGuard, Progress, Round, RoundMethod};
+use round_driver::{simulate_rounds, Progress, Round, RoundMethod};
 
 /// The engine state saved in every checkpoint beside the adapter and the trainer.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -263,70 +264,6 @@ impl Simulation {
     }
 }
 
-/// What a finished simulation released besides its rounds.
-pub(crate) struct Released {
-    /// Synthetic texts written (0 for DP-FedAvg, which releases a model).
-    pub samples: usize,
-    /// Where: `synthetic.jsonl`, or DP-FedAvg's adapter folder.
-    pub path: PathBuf,
-    /// Non-private diagnostic: FID of the synthetic texts to the private eval set.
-    pub fid_nonprivate: Option<f64>,
-}
-
-/// FID of `texts` to the private eval set's embeddings `eval` (non-private), when both have
-/// at least two members.
-pub(crate) fn synthetic_fid_nonprivate(
-    eval: Option<&[Vec<f32>]>,
-    embedder: &SentenceEmbedder,
-    texts: &[String],
-) -> Result<Option<f64>> {
-    match eval {
-        Some(eval) if texts.len() >= 2 => {
-            let embeddings = embedder.embed_tensor(texts, EMBED_BATCH)?;
-            Ok(fid_to(eval, &rows(&embeddings)?)?.0)
-        }
-        _ => Ok(None),
-    }
-}
-
-/// The end of every simulation, after its last round (post-processing of released values: no
-/// further privacy cost): the privacy statement, `rounds.svg` and `summary.json`, which it
-/// returns.
-pub(crate) fn finish_simulation(
-    dir: &RunDir,
-    config: &RunConfig,
-    ledger: &Ledger,
-    stop_reason: StopReason,
-    sigma: f64,
-    released: Released,
-    clock: Instant,
-) -> Result<SimulationSummary> {
-    write_statement(dir, ledger, config, None)?;
-    let (epsilon_rdp, epsilon_pld) = BudgetGuard::new(&config.privacy).spent(ledger)?;
-    let metrics = dir.read_metrics()?;
-    reports::plot::write_rounds_svg(&metrics, config.privacy.epsilon, &dir.rounds_plot_path())?;
-    let summary = SimulationSummary {
-        run_dir: dir.root().to_path_buf(),
-        rounds: metrics.len() as u64,
-        stop_reason,
-        epsilon_rdp,
-        epsilon_pld,
-        target_epsilon: config.privacy.epsilon,
-        delta: config.privacy.delta,
-        sigma,
-        fid_nonprivate_per_round: metrics.iter().map(RoundMetrics::fid_nonprivate).collect(),
-        synthetic_fid_nonprivate: released.fid_nonprivate,
-        synthetic_samples: released.samples,
-        synthetic_path: released.path,
-        statement_path: dir.statement_md_path(),
-        seconds: clock.elapsed().as_secs_f64(),
-    };
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| ServerError::internal(format!("summary.json cannot be encoded: {e}")))?;
-    write_atomic(&dir.summary_path(), json.as_bytes())?;
-    Ok(summary)
-}
-
 /// A POPri round of the simulation, for the [`Driver`]: the engine with the simulated clients,
 /// and the non-private FID diagnostic.
 struct PopriRounds<'a> {
@@ -431,16 +368,6 @@ pub(crate) fn popri_settings(config: &RunConfig, sigma: f64) -> RoundSettings {
         rejected_rank: config.pairs.rejected_rank,
         seed: config.run.seed,
         few_shot: config.prompts.style == crate::config::PromptStyle::FewShot,
-    }
-}
-
-/// How many clients a round sampled, when that number is public: everyone under full
-/// participation, m for a fixed cohort; under Poisson sampling the cohort's size is private.
-pub(crate) fn public_cohort(accounting: &Sampling, sampled: usize) -> Option<u64> {
-    match accounting {
-        Sampling::Full => Some(sampled as u64),
-        Sampling::FixedCohort { m, .. } => Some(*m),
-        _ => None,
     }
 }
 
