@@ -160,6 +160,35 @@ fn pe_writes_a_complete_run_within_the_budget() {
     assert_eq!(state["next_population"].as_array().unwrap().len(), 9);
 }
 
+/// A synthetic set larger than the final population (9 samples, of which the 3 survivors) is
+/// topped up with more rephrasings of the survivors, so PE writes as many texts as the other
+/// methods; the survivors still come first.
+#[test]
+fn pe_fills_a_synthetic_set_larger_than_its_population() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = setup("fill");
+    let summary = simulate_with(&dir, "pe", "run", &["output.synthetic_samples=15"]);
+    let run_dir = dir.join("run");
+    let texts = synthetic_texts(&run_dir);
+    assert_eq!(summary["synthetic_samples"], texts.len());
+    assert_eq!(texts.len(), 15, "{texts:#?}");
+    let distinct: std::collections::HashSet<&String> = texts.iter().collect();
+    assert_eq!(distinct.len(), texts.len(), "the texts are distinct");
+    let state: Value = serde_json::from_str(&read_text(
+        &run_dir.join("checkpoints/round-0001/state.json"),
+    ))
+    .unwrap();
+    let survivors: Vec<&str> = state["survivors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(&texts[..survivors.len()], survivors.as_slice());
+}
+
 #[test]
 fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
     if !have_default_models() {

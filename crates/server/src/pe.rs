@@ -27,7 +27,10 @@
 //! round votes on (round 0: the public model alone); `eval.fid_all_candidates` does not apply.
 //!
 //! The synthetic set: PE writes the last round's survivors by noisy count, then the final
-//! population (their rephrasings), up to `output.synthetic_samples` distinct texts; PE+SFT
+//! population (their rephrasings), up to `output.synthetic_samples` distinct texts; when those
+//! are fewer, more rephrasings of the survivors fill it (post-processing of released texts), so
+//! that PE's set has the size every method writes and a downstream comparison is not skewed by
+//! PE training on fewer texts; PE+SFT
 //! samples `output.synthetic_samples` texts from its fine-tuned generator, from fresh or
 //! reused public prompts as POPri does (`output.synthetic_prompts`).
 
@@ -434,6 +437,37 @@ impl PeRun<'_> {
         Ok((next, loss))
     }
 
+    /// PE's synthetic set: the survivors and the final population, then, while fewer than
+    /// `output.synthetic_samples` distinct texts, more rephrasings of the survivors (at most
+    /// [`FILL_PASSES`] passes: a small model may repeat itself).
+    fn pe_synthetic_set(&mut self, progress: &dyn Progress) -> Result<Vec<String>> {
+        let count = self.config.output.synthetic_samples;
+        let mut pool = self.population.clone();
+        let mut synthetic = final_population(&self.survivors, &pool, count);
+        for pass in 0..FILL_PASSES {
+            let missing = count.saturating_sub(synthetic.len());
+            if missing == 0 || self.survivors.is_empty() {
+                break;
+            }
+            let pe = PeSection {
+                variations: missing.div_ceil(self.survivors.len()),
+                ..self.config.pe.clone()
+            };
+            // Streams below the synthetic stream, counting down: never a round's (round t
+            // uses stream t) nor PE+SFT's synthetic set.
+            let stream = SYNTHETIC_STREAM - 1 - pass;
+            let extra = Writer::new(&mut self.generator, self.config).rephrasings(
+                &self.survivors,
+                &pe,
+                stream,
+                progress,
+            )?;
+            pool.extend(extra);
+            synthetic = final_population(&self.survivors, &pool, count);
+        }
+        Ok(synthetic)
+    }
+
     /// Writes the released outputs (post-processing of noisy results: no further privacy cost),
     /// the statement, `rounds.svg` and `summary.json`.
     fn finish(
@@ -452,11 +486,7 @@ impl PeRun<'_> {
                 progress,
             )?
         } else {
-            final_population(
-                &self.survivors,
-                &self.population,
-                config.output.synthetic_samples,
-            )
+            self.pe_synthetic_set(progress)?
         };
         write_synthetic_texts(dir, &synthetic)?;
         let released = Released {
@@ -479,6 +509,9 @@ impl PeRun<'_> {
         )
     }
 }
+
+/// How many times PE's synthetic set is topped up with more rephrasings of the survivors.
+const FILL_PASSES: u64 = 3;
 
 /// The `[dpo]` optimiser settings with the SFT loss: what PE+SFT trains with.
 fn sft_config(dpo: &PreferenceConfig) -> PreferenceConfig {
