@@ -124,6 +124,7 @@ pub struct Round<'a, E> {
     pub commit: &'a mut dyn FnMut(&LedgerEvent) -> Result<(), E>,
     /// The noise of the run, drawn only against the charge that `commit` leads to.
     pub noise: &'a mut NoiseSource,
+    /// Where the round reports the progress of its phases.
     pub progress: &'a dyn Progress,
 }
 
@@ -153,6 +154,7 @@ pub struct Driver<'a> {
     pub sampler: &'a ClientSampler,
     pub guard: &'a BudgetGuard,
     pub noise: &'a mut NoiseSource,
+    /// Where the round reports the progress of its phases.
     pub progress: &'a dyn Progress,
     pub on_round: &'a dyn Fn(&RoundMetrics),
 }
@@ -356,7 +358,7 @@ mod tests {
             }
             self.journal.borrow_mut().push(format!("collect {number}"));
             self.cohorts.push(round.cohort.to_vec());
-            let mut charge = round.release.commit(|event| (round.commit)(event))?;
+            let mut charge = round.release.commit(round.commit)?;
             if self.crash_after_commit == Some(number) {
                 self.crash_after_commit = None;
                 return Err(RunError::argument("process", "killed", "resume"));

@@ -40,18 +40,17 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::config::RunConfig;
-use crate::engine::derive_seed;
 use crate::error::{Result, ServerError};
 use crate::finish::{finish_simulation, Released};
+use crate::generation::derive_seed;
 use crate::noise::{GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::run_dir::{
     read_checkpoint_state, write_atomic, NonPrivate, NonPrivateMetrics, PhaseSeconds, RoundMetrics,
     RunDir,
 };
-use crate::setup::public_cohort;
 use crate::setup::{
-    base_model_name, load_data, load_generator, lora_config, run_device, sampling_rate,
-    simulation_sampling,
+    base_model_name, load_data, load_generator, lora_config, public_cohort, run_device,
+    sampling_rate, simulation_sampling,
 };
 use round_driver::{simulate_rounds, Progress, Round, RoundMethod};
 use runs::records::SimulationSummary;
@@ -327,7 +326,7 @@ impl RoundMethod<ServerError> for FedAvgRounds<'_> {
         let aggregate_clock = Instant::now();
         // Released from here on: noise exists only through the charge, made after the cost is
         // on disk.
-        let mut charge = round.release.commit(|event| (round.commit)(event))?;
+        let mut charge = round.release.commit(round.commit)?;
         let noisy = round.noise.release(&mut charge, 0, &round_sum.sum)?;
         let released_average = unflatten(&average(noisy, self.denominator)?, &self.global)?;
         self.global = self

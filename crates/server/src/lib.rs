@@ -13,6 +13,7 @@ pub mod evaluate;
 mod fedavg;
 pub mod fid;
 mod finish;
+mod generation;
 mod memorisation;
 mod pairs;
 mod pe;

@@ -49,9 +49,9 @@ use tch::{Device, Tensor};
 use crate::config::{
     Method, PeSection, PeSelection, RunConfig, SyntheticPrompts, REPHRASE_PLACEHOLDER,
 };
-use crate::engine::{derive_seed, truncate_to_tokens, with_adapter_merged};
 use crate::error::{Result, ServerError};
 use crate::finish::{finish_simulation, synthetic_fid_nonprivate, Released};
+use crate::generation::{derive_seed, truncate_to_tokens, with_adapter_merged};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
 use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
 use crate::run_dir::{
@@ -59,10 +59,9 @@ use crate::run_dir::{
     RoundMetrics, RunDir,
 };
 use crate::sampling::{derived_rng, ClientSampler};
-use crate::setup::public_cohort;
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
+    public_cohort, public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
     simulation_sampling, write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
 };
 use round_driver::{simulate_rounds, NoisePlan, Progress, Round, RoundMethod};
@@ -289,7 +288,7 @@ impl RoundMethod<ServerError> for PeRun<'_> {
 
         let phase = Instant::now();
         // Noisy values exist only through the charge, made after the cost is on disk.
-        let mut charge = round.release.commit(|event| (round.commit)(event))?;
+        let mut charge = round.release.commit(round.commit)?;
         let noise_std = mechanism.noise_std();
         let noisy = round.noise.release(&mut charge, 0, &votes_sum)?;
         let pe = &self.config.pe;

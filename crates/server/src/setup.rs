@@ -16,9 +16,10 @@ use tch::{Device, Tensor};
 
 use crate::config::PromptStyle;
 use crate::config::{RunConfig, SyntheticPrompts, TrainData};
-use crate::engine::{derive_seed, Candidates, PopriEngine};
+use crate::engine::{Candidates, PopriEngine};
 use crate::error::{Result, RunError, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
+use crate::generation::derive_seed;
 use crate::prompts::{
     build_prompts_with, chat_requests, clean_candidate, seed_pool_from_file, PromptTemplate,
 };
