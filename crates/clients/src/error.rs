@@ -59,14 +59,6 @@ pub enum ClientsError {
         /// The tensor or vector at fault.
         what: &'static str,
     },
-    /// A candidate message from the server (see [`crate::wire`]) is malformed.
-    #[error("bad candidate message: {field}: {problem}")]
-    BadCandidates {
-        /// The field of the wire format at fault.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: String,
-    },
     /// The sentence embedder failed.
     #[error(transparent)]
     Model(#[from] models::ModelError),

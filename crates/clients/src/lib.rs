@@ -19,7 +19,6 @@ pub mod population;
 pub mod profile;
 pub mod scores;
 pub mod sotu;
-pub mod wire;
 
 pub use data::{read_documents, sample_per_client, ClientData, Document, FederatedData};
 pub use embeddings::embed_cached;
@@ -29,4 +28,3 @@ pub use pe::{client_votes, NormalisedVotes, VoteSum, VotingPopulation};
 pub use population::{ScoreSum, SimulatedPopulation};
 pub use scores::{client_score_vector, ClippedScores};
 pub use sotu::{sotu_documents, write_documents};
-pub use wire::{decode_candidates, encode_candidates, CandidateMatrix, EmbeddingDtype};

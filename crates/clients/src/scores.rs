@@ -15,17 +15,8 @@ use tch::{Kind, Tensor};
 
 use crate::error::{ClientsError, Result};
 
-/// A standard deviation at most this fraction of ‖client sum‖ (the bound on |score|) is f64
-/// rounding noise of equal scores (e.g. from duplicate candidates), not a ranking: such a
-/// client sends zeros.
-const DEGENERATE_STD_RATIO: f64 = 1e-12;
-/// The clip bound is applied as `clip · CLIP_MARGIN`: rounding the f64 vector to the f32 values
-/// sent moves each by at most 2⁻²⁴ relative, so with this margin their norm is ≤ `clip`
-/// strictly, as the privacy accounting assumes.
-const CLIP_MARGIN: f64 = 1.0 - 1.0 / (1u64 << 22) as f64;
-/// Norms below this are treated as zero when normalising rows (as
-/// `torch.nn.functional.normalize`).
-const NORM_EPSILON: f64 = 1e-12;
+// The constants of the score: one definition with the plain-Rust score `fedsyn client` runs.
+use protocol::score::{CLIP_MARGIN, DEGENERATE_STD_RATIO, NORM_EPSILON};
 
 /// One client's clipped score vector.
 #[derive(Debug, Clone, PartialEq)]

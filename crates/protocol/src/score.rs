@@ -11,13 +11,17 @@
 use crate::error::{ProtocolError, Result};
 use crate::wire::CandidateMatrix;
 
-/// As in `scores.rs`: a spread this small relative to ‖sum‖ is rounding noise of equal scores.
-const DEGENERATE_STD_RATIO: f64 = 1e-12;
-/// As in `scores.rs`: the clip is applied as `clip · CLIP_MARGIN`, so that the f32 values sent
-/// have norm ≤ `clip` strictly.
-const CLIP_MARGIN: f64 = 1.0 - 1.0 / (1u64 << 22) as f64;
-/// As in `scores.rs`: row norms below this count as zero.
-const NORM_EPSILON: f64 = 1e-12;
+/// A standard deviation at most this fraction of ‖client sum‖ (the bound on |score|) is f64
+/// rounding noise of equal scores (e.g. from duplicate candidates), not a ranking: such a
+/// client sends zeros. Shared with the libtorch score (`clients::scores`).
+pub const DEGENERATE_STD_RATIO: f64 = 1e-12;
+/// The clip bound is applied as `clip · CLIP_MARGIN`: rounding the f64 vector to the f32 values
+/// sent moves each by at most 2⁻²⁴ relative, so with this margin their norm is ≤ `clip`
+/// strictly, as the privacy accounting assumes.
+pub const CLIP_MARGIN: f64 = 1.0 - 1.0 / (1u64 << 22) as f64;
+/// Norms below this are treated as zero when normalising rows (as
+/// `torch.nn.functional.normalize`).
+pub const NORM_EPSILON: f64 = 1e-12;
 
 /// The clipped score vector (one f32 per candidate row, L2 norm ≤ `clip`) of a client whose
 /// normalised text embeddings sum to `embedding_sum`.

@@ -41,10 +41,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clients::{encode_candidates, CandidateMatrix, EmbeddingDtype};
 use models::train::PreferenceTrainer;
 use models::Assets;
 use privacy_accounting::{Ledger, LedgerEvent, Sampling};
+use protocol::{encode_candidates, CandidateMatrix, EmbeddingDtype};
 use tch::Tensor;
 
 use crate::config::{Aggregation, RunConfig, WireDtype};
