@@ -23,8 +23,7 @@ pub fn exit_code(result: anyhow::Result<()>, is_bad_input: fn(&anyhow::Error) ->
     }
 }
 
-/// Whether `cause` is an `E` that the user can fix, as `is_bad_input` tells (`|_| true` for
-/// error types that are always bad input).
+/// Whether `cause` is an `E` that the user can fix, as `is_bad_input` tells.
 pub fn bad_input_of<E: std::error::Error + 'static>(
     cause: &(dyn std::error::Error + 'static),
     is_bad_input: impl Fn(&E) -> bool,
@@ -35,7 +34,7 @@ pub fn bad_input_of<E: std::error::Error + 'static>(
 /// Whether `cause` is one of the errors both binaries can meet (privacy accounting, the run
 /// configuration and directory, the remote client) and the user can fix it.
 pub fn shared_bad_input(cause: &(dyn std::error::Error + 'static)) -> bool {
-    bad_input_of::<privacy_accounting::AccountingError>(cause, |_| true)
+    cause.is::<privacy_accounting::AccountingError>()
         || bad_input_of(cause, runs::RunError::is_bad_input)
         || bad_input_of(cause, remote_client::RemoteError::is_bad_input)
 }

@@ -125,8 +125,7 @@ fn exec(mut command: std::process::Command) -> std::io::Error {
 
 /// Bad input is anything the user can fix by changing what they typed or gave us.
 fn is_bad_input(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        exit_status::shared_bad_input(cause)
-            || exit_status::bad_input_of::<budget::UsageError>(cause, |_| true)
-    })
+    error
+        .chain()
+        .any(|cause| exit_status::shared_bad_input(cause) || cause.is::<budget::UsageError>())
 }

@@ -63,10 +63,10 @@ fn main() -> ExitCode {
 fn is_bad_input(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         bad_input_of(cause, models::ModelError::is_bad_input)
-            || bad_input_of::<jsonl_input::InputError>(cause, |_| true)
+            || cause.is::<jsonl_input::InputError>()
             || bad_input_of(cause, clients::ClientsError::is_bad_input)
             || bad_input_of(cause, server::ServerError::is_bad_input)
-            || bad_input_of::<training_config::InvalidHyperparameter>(cause, |_| true)
+            || cause.is::<training_config::InvalidHyperparameter>()
             || exit_status::shared_bad_input(cause)
     })
 }
