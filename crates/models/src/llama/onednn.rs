@@ -24,7 +24,9 @@ pub(crate) fn mkl_runs_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // CPUID leaf 0 (the vendor string) exists on every x86-64 processor.
-        let leaf = std::arch::x86_64::__cpuid(0);
+        // `unsafe` until Rust 1.94 made `__cpuid` safe; rust-version is 1.89.
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
         let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
             .iter()
             .flat_map(|r| r.to_le_bytes())

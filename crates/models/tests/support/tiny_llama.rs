@@ -95,7 +95,7 @@ pub fn dpo_adapter_dir(label: &str, specs: &serde_json::Value) -> PathBuf {
 
 /// A temporary folder `label` with the `adapter_config.json` of fixture folder `config_source`
 /// and `tensors` as `adapter_model.safetensors`.
-pub fn write_adapter_dir(
+fn write_adapter_dir(
     label: &str,
     config_source: &Path,
     tensors: &[(String, Tensor)],
@@ -141,7 +141,7 @@ fn hashed_tensors(
         .collect()
 }
 
-pub fn fnv1a64(text: &str) -> u64 {
+fn fnv1a64(text: &str) -> u64 {
     text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
     })
@@ -156,7 +156,7 @@ fn splitmix64(value: u64) -> u64 {
 
 /// Uniform in [-1, 1) on a 2^-23 grid from a tensor name's hash and a flat index (`unit` in
 /// the reference scripts).
-pub fn hash_unit(name_hash: u64, index: u64) -> f64 {
+fn hash_unit(name_hash: u64, index: u64) -> f64 {
     ((splitmix64(name_hash ^ index) >> 40) as f64 - (1u64 << 23) as f64) / (1u64 << 23) as f64
 }
 
