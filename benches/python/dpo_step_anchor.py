@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python side of the DPO step benchmark: PyTorch + PEFT taking the step TRL takes.
 
-Same setting as benches/dpo_step.rs: SmolLM2-135M-Instruct Q4_1 GGUF (``FEDSYN_SMOLLM2_GGUF``
+Same setting as crates/models/benches/dpo_step.rs: SmolLM2-135M-Instruct Q4_1 GGUF (``FEDSYN_SMOLLM2_GGUF``
 in .cache/models.env) loaded by transformers with ``gguf_file=`` and dequantised to fp32 on the
 CPU; a PEFT LoRA adapter (r 16, alpha 16, dropout 0, the seven projections); the pairs the
 Rust side wrote with ``--save-pairs`` (8 × 128 prompt + 64 completion tokens, EOS included).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python side of the embedding benchmark: sentence-transformers on the same documents.
 
-Same setting as benches/embed.rs: the first ``--docs`` (2,000) speeches of
+Same setting as crates/models/benches/embed.rs: the first ``--docs`` (2,000) speeches of
 ``shared/data/shakespeare_roles/train.jsonl`` (field ``text``), all-MiniLM-L6-v2 from the folder
 that scripts/setup.sh installs (``FEDSYN_MINILM_DIR`` in .cache/models.env, loaded offline),
 ``SentenceTransformer.encode`` at batch 64 on the CPU in fp32 with ``--threads`` (2) torch

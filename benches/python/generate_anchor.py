@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python side of the sampling benchmark: transformers ``generate`` on the same prompts.
 
-Same setting as benches/generate.rs: SmolLM2-135M-Instruct Q4_1 GGUF (``FEDSYN_SMOLLM2_GGUF``
+Same setting as crates/models/benches/generate.rs: SmolLM2-135M-Instruct Q4_1 GGUF (``FEDSYN_SMOLLM2_GGUF``
 in .cache/models.env) loaded by transformers with ``gguf_file=`` and dequantised to fp32 on the
 CPU; the prompt ids that the Rust side wrote with ``--save-prompts`` (B rows of 222 tokens, no
 padding); ``generate(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=64,
