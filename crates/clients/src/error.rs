@@ -51,6 +51,17 @@ pub enum ClientsError {
         /// What is wrong and what is allowed.
         message: String,
     },
+    /// A vector or update about to be sent is longer than the sensitivity the accountant
+    /// assumes: a bug in the clipping arithmetic, never the user's input, so nothing is sent.
+    #[error("{what}: its norm {norm} exceeds the bound {bound} that the privacy accounting assumes; not sent (this is a bug in fedsyn: please report it)")]
+    SensitivityViolated {
+        /// The vector or update at fault.
+        what: &'static str,
+        /// Its L2 norm, measured.
+        norm: f64,
+        /// The bound it had to meet.
+        bound: f64,
+    },
     /// A tensor holds NaN or infinite values where only finite ones may go.
     #[error(
         "{what} holds a non-finite value (NaN or ±inf); nothing non-finite may be scored or sent"

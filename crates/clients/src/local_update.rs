@@ -54,11 +54,10 @@ pub fn clip_update(delta: Vec<Tensor>, clip: f64) -> Result<ClippedUpdate> {
     };
     let norm = global_norm(&delta)?;
     if norm > clip {
-        return Err(ClientsError::InvalidArgument {
-            name: "local model update",
-            message: format!(
-                "its norm {norm} exceeds the clip bound {clip} after clipping; not sent"
-            ),
+        return Err(ClientsError::SensitivityViolated {
+            what: "the clipped local model update",
+            norm,
+            bound: clip,
         });
     }
     Ok(ClippedUpdate {

@@ -160,9 +160,10 @@ pub(crate) fn ensure_rows_within(values: &Tensor, bound: f64, what: &'static str
     if largest <= bound {
         Ok(())
     } else {
-        Err(ClientsError::InvalidArgument {
-            name: what,
-            message: format!("its norm {largest} exceeds the bound {bound}; not sent"),
+        Err(ClientsError::SensitivityViolated {
+            what,
+            norm: largest,
+            bound,
         })
     }
 }
@@ -330,5 +331,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("3 columns"), "{err}");
+    }
+
+    #[test]
+    fn a_row_over_the_bound_is_a_bug_not_bad_input() {
+        let rows = Tensor::from_slice(&[0.6f32, 0.8, 0.0, 3.0, 4.0, 0.0]).view([2, 3]);
+        ensure_rows_within(&rows, 5.0 + 1e-6, "rows").unwrap();
+        let err = ensure_rows_within(&rows, 4.9, "rows").unwrap_err();
+        assert!(
+            matches!(err, ClientsError::SensitivityViolated { norm, bound, .. }
+                if (norm - 5.0).abs() < 1e-6 && bound == 4.9),
+            "{err}"
+        );
+        assert!(!err.is_bad_input(), "a broken bound exits 1, not 2: {err}");
+        assert!(err.to_string().contains("not sent"), "{err}");
+        let nan = Tensor::from_slice(&[f32::NAN, 0.0]).view([1, 2]);
+        assert!(ensure_rows_within(&nan, 1.0, "rows").is_err(), "NaN fails closed");
     }
 }

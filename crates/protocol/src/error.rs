@@ -22,6 +22,17 @@ pub enum ProtocolError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// A vector about to be sent is longer than the sensitivity the accountant assumes: a bug
+    /// in the clipping arithmetic, never the user's input, so nothing is sent.
+    #[error("{what}: its norm {norm} exceeds the bound {bound} that the privacy accounting assumes; not sent (this is a bug in fedsyn: please report it)")]
+    SensitivityViolated {
+        /// The vector at fault.
+        what: &'static str,
+        /// Its L2 norm, measured.
+        norm: f64,
+        /// The bound it had to meet.
+        bound: f64,
+    },
     /// A value that must be finite is not.
     #[error("{what} holds a non-finite value (NaN or ±inf); nothing non-finite is scored or sent")]
     NonFinite {

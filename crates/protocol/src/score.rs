@@ -126,9 +126,10 @@ fn check_output(values: &[f32], clip: f64) -> Result<()> {
     if norm <= clip {
         Ok(())
     } else {
-        Err(ProtocolError::InvalidArgument {
-            name: "client score vector",
-            message: format!("its norm {norm} exceeds the clip bound {clip}; not sent"),
+        Err(ProtocolError::SensitivityViolated {
+            what: "a client score vector",
+            norm,
+            bound: clip,
         })
     }
 }
@@ -183,5 +184,21 @@ mod tests {
         assert!(score_candidates(&bad, &sum, 1.0).is_err());
         bad.values.pop();
         assert!(score_candidates(&bad, &sum, 1.0).is_err());
+    }
+
+    #[test]
+    fn a_vector_over_the_clip_is_a_bug_not_bad_input() {
+        check_output(&[0.6, 0.8], 1.0 + 1e-6).unwrap();
+        let err = check_output(&[3.0, 4.0], 4.9).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::SensitivityViolated { norm, bound, .. }
+                if (norm - 5.0).abs() < 1e-9 && bound == 4.9),
+            "{err}"
+        );
+        assert!(!err.is_bad_input(), "a broken bound exits 1, not 2: {err}");
+        assert!(matches!(
+            check_output(&[f32::NAN], 1.0),
+            Err(ProtocolError::NonFinite { .. })
+        ));
     }
 }
