@@ -8,7 +8,6 @@
 //! are not embedded yet does it run `fedsyn-ml client-embed` once, as a child process.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +18,7 @@ use remote_client::{
 };
 
 use fedsyn::exit_status::EXIT_BAD_INPUT;
-use fedsyn::torch_commands::torch_binary_path;
+use fedsyn::torch_commands::{torch_binary_path, torch_command};
 
 /// Arguments of `fedsyn client`.
 #[derive(Debug, Args)]
@@ -96,7 +95,7 @@ fn profile(args: &ClientArgs, texts: &[String]) -> Result<Profile> {
         return Ok(profile);
     }
     let binary = torch_binary_path();
-    let mut command = Command::new(&binary);
+    let mut command = torch_command();
     command
         .arg("client-embed")
         .arg("--data")

@@ -10,14 +10,13 @@ mod client_cli;
 mod compare_cli;
 mod report_cli;
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Arg, CommandFactory, FromArgMatches, Subcommand};
 
 use fedsyn::exit_status;
 use fedsyn::output_format::CommandLine;
-use fedsyn::torch_commands::{torch_binary_path, TORCH_BINARY, TORCH_COMMANDS};
+use fedsyn::torch_commands::{torch_binary_path, torch_command, TORCH_BINARY, TORCH_COMMANDS};
 
 type Cli = CommandLine<Command>;
 
@@ -80,25 +79,11 @@ fn command_line() -> clap::Command {
         })
 }
 
-/// How long libgomp's idle threads spin before they sleep, unless the user set
-/// `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`. Decoding runs thousands of small parallel ops back to
-/// back: threads that sleep at once (`OMP_WAIT_POLICY=PASSIVE`) wake for each, and that made
-/// the decoder layers 1.55× slower on a 2-core Xeon (`sampling_profile` example: 10.7 s
-/// against 6.9 s with libgomp's default spin); the default spin (300,000 rounds) starves a
-/// process that shares its cores. 3,000 rounds kept most of the gain (8.1 s).
-const GOMP_SPINCOUNT: &str = "3000";
-
 /// Replaces this process with `fedsyn-ml`, same arguments; returns only on failure.
 fn forward_to_torch_binary() -> ExitCode {
     let binary = torch_binary_path();
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    // libgomp reads its settings when libtorch loads, so they go into the child's environment.
-    let mut command = std::process::Command::new(&binary);
-    command.args(&args);
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() && std::env::var_os("GOMP_SPINCOUNT").is_none()
-    {
-        command.env("GOMP_SPINCOUNT", GOMP_SPINCOUNT);
-    }
+    let mut command = torch_command();
+    command.args(std::env::args_os().skip(1));
     let error = exec(command);
     eprintln!(
         "error: cannot run {}: {error}\n  the model commands live in `{TORCH_BINARY}`, built \

@@ -1,6 +1,6 @@
 //! `fedsyn` forwards the model commands to the `fedsyn-ml` beside it: arguments untouched,
 //! exit code kept, and a short OpenMP spin in its environment unless the user chose a wait
-//! policy. A stand-in `fedsyn-ml` (a shell script that reports what it received) takes the
+//! policy; `fedsyn client` runs `fedsyn-ml client-embed` with the same spin. A stand-in `fedsyn-ml` (a shell script that reports what it received) takes the
 //! real one's place, so this needs no libtorch.
 
 #![cfg(unix)]
@@ -100,6 +100,36 @@ fn fedsyn_sets_a_short_openmp_spin_unless_the_user_chose() {
     assert_eq!(
         settings(&[("GOMP_SPINCOUNT", "10")]),
         ["OMP_WAIT_POLICY=unset", "GOMP_SPINCOUNT=10"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_client_embeds_through_fedsyn_ml_with_the_same_spin() {
+    let _serial = one_at_a_time();
+    let dir = fedsyn_with_stand_in("client");
+    let data = dir.join("texts.jsonl");
+    std::fs::write(&data, "{\"text\": \"a private text\"}\n").unwrap();
+    let state = dir.join("state");
+    let (code, lines) = run(
+        &dir,
+        &[
+            "client",
+            "--server",
+            "http://127.0.0.1:9",
+            "--data",
+            data.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    // The stand-in exits 7 and leaves no profile, so the client stops before any request.
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.first().map(String::as_str), Some("arg=client-embed"));
+    assert!(
+        lines.iter().any(|line| line == "GOMP_SPINCOUNT=3000"),
+        "{lines:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -346,6 +346,9 @@ mod tests {
         assert!(!err.is_bad_input(), "a broken bound exits 1, not 2: {err}");
         assert!(err.to_string().contains("not sent"), "{err}");
         let nan = Tensor::from_slice(&[f32::NAN, 0.0]).view([1, 2]);
-        assert!(ensure_rows_within(&nan, 1.0, "rows").is_err(), "NaN fails closed");
+        assert!(
+            ensure_rows_within(&nan, 1.0, "rows").is_err(),
+            "NaN fails closed"
+        );
     }
 }

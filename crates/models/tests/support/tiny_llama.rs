@@ -95,11 +95,7 @@ pub fn dpo_adapter_dir(label: &str, specs: &serde_json::Value) -> PathBuf {
 
 /// A temporary folder `label` with the `adapter_config.json` of fixture folder `config_source`
 /// and `tensors` as `adapter_model.safetensors`.
-fn write_adapter_dir(
-    label: &str,
-    config_source: &Path,
-    tensors: &[(String, Tensor)],
-) -> PathBuf {
+fn write_adapter_dir(label: &str, config_source: &Path, tensors: &[(String, Tensor)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fedsyn-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::copy(
