@@ -22,7 +22,33 @@ pub fn fedsyn_binary() -> PathBuf {
          fedsyn` first with the same profile)",
         binary.display()
     );
+    if let Some(source) = source_newer_than(&binary) {
+        panic!(
+            "{} is older than {}: `cargo test -p fedsyn-ml` does not rebuild it; run the tests \
+             with `cargo test --workspace` (or `cargo build -p fedsyn` first with the same profile)",
+            binary.display(),
+            source.display()
+        );
+    }
     binary
+}
+
+/// A source file of `binary` changed since it was built, if any: cargo's dep-info file beside
+/// it (`fedsyn.d`) lists every file it was compiled from.
+fn source_newer_than(binary: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).ok()?.modified().ok()?;
+    let dep_info = std::fs::read_to_string(binary.with_extension("d")).ok()?;
+    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
+    // Paths are separated by spaces; a space inside a path is escaped as `\ `.
+    let sources = sources.replace("\\ ", "\u{0}");
+    sources
+        .split_whitespace()
+        .map(|source| PathBuf::from(source.replace('\u{0}', " ")))
+        .find(|source| {
+            std::fs::metadata(source)
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified > built)
+        })
 }
 
 /// `fedsyn ARGS` ready to run. Tests run in parallel and every fedsyn process that loads
