@@ -2,12 +2,11 @@
 //! scripts/reference/peft_adapter.py) on the tiny Llama, sampled through the binary.
 
 mod common;
-use common::{assert_refused, fedsyn};
+use common::{assert_refused, fedsyn, path_str};
 
 #[path = "../../models/tests/support/tiny_llama.rs"]
 mod tiny_llama;
 
-use std::path::Path;
 use std::process::Output;
 
 use models::{Generator, SamplingParams};
@@ -15,10 +14,6 @@ use serde_json::Value;
 use tiny_llama::{peft_adapter_dir, tiny_llama_dir};
 
 const PROMPT: &str = "w5 w6 w7 w8";
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
 
 /// `fedsyn generate` of PROMPT on the tiny Llama, greedy, with `extra` arguments.
 fn generate(extra: &[&str]) -> Output {
@@ -28,7 +23,7 @@ fn generate(extra: &[&str]) -> Output {
         "--device",
         "cpu",
         "--model",
-        path_arg(&model),
+        path_str(&model),
         "--prompt",
         PROMPT,
         "--greedy",
@@ -53,7 +48,7 @@ fn sample_text(output: &Output) -> String {
 #[test]
 fn generate_samples_from_the_adapted_model() {
     let adapter = peft_adapter_dir();
-    let with_adapter = sample_text(&generate(&["--adapter", path_arg(&adapter)]));
+    let with_adapter = sample_text(&generate(&["--adapter", path_str(&adapter)]));
     let without = sample_text(&generate(&[]));
     assert!(!with_adapter.is_empty());
     assert_ne!(with_adapter, without, "the adapter changes the greedy text");
@@ -77,7 +72,7 @@ fn bad_adapter_folders_exit_with_status_2_and_the_reason() {
     let not_an_adapter = tiny_llama_dir();
     let cases = [
         ("/nonexistent/adapter", "no such folder"),
-        (path_arg(&not_an_adapter), "adapter_config.json"),
+        (path_str(&not_an_adapter), "adapter_config.json"),
     ];
     for (dir, expected) in cases {
         let output = generate(&["--adapter", dir]);

@@ -3,31 +3,21 @@
 //! `scripts/reference/generator.py` (crates/models/tests/fixtures/generator_reference.json).
 
 mod common;
-use common::fedsyn;
+use common::{fedsyn, installed, json_of};
 
 use models::Assets;
 use serde_json::Value;
 
 /// Whether the SmolLM2 GGUF is installed; a failure under CI when it is not.
 fn have_smollm2() -> bool {
-    match Assets::discover().smollm2_gguf() {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must have SmolLM2: {e}"),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            false
-        }
-    }
+    installed(Assets::discover().smollm2_gguf()).is_some()
 }
 
 /// The JSON report of a successful `fedsyn generate … --json`.
 fn generate_json(args: &[&str]) -> Value {
     let mut all = vec!["generate", "--device", "cpu", "--json"];
     all.extend_from_slice(args);
-    let result = fedsyn(&all);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "fedsyn {all:?} failed: {stderr}");
-    serde_json::from_slice(&result.stdout).expect("--json prints one JSON object")
+    json_of(&all)
 }
 
 fn texts(report: &Value) -> Vec<String> {

@@ -6,17 +6,13 @@
 //!
 //! Needs the Python stack `scripts/setup.sh` installs into `.venv`.
 
+mod common;
+use common::scratch_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fedsyn-gpu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The repository root (this package is crates/fedsyn-ml).
 fn repo() -> &'static Path {
@@ -61,7 +57,7 @@ fn check(bundle: &Path, out: &Path) -> (i32, Value) {
 
 #[test]
 fn the_gpu_bundle_fits_and_its_check_passes_on_the_cpu() {
-    let dir = scratch("dry-run");
+    let dir = scratch_dir("dry-run");
     let bundle = bundle(&dir);
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
@@ -108,7 +104,7 @@ fn the_gpu_bundle_fits_and_its_check_passes_on_the_cpu() {
 /// such, and the check stops (exit 3) before building anything.
 #[test]
 fn the_check_stops_with_the_reason_when_the_machines_torch_differs() {
-    let dir = scratch("mismatch");
+    let dir = scratch_dir("mismatch");
     let bundle = bundle(&dir);
     let path = bundle.join("manifest.json");
     let mut manifest: Value =

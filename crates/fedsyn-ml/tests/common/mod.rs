@@ -218,12 +218,18 @@ pub fn epsilon_between_one_and_two_rounds() -> f64 {
 /// when not, and a failure under CI, which must have them.
 pub fn have_default_models() -> bool {
     let assets = Assets::discover();
-    match assets.smollm2_gguf().and_then(|_| assets.minilm_dir()) {
-        Ok(_) => true,
+    installed(assets.smollm2_gguf().and_then(|_| assets.minilm_dir())).is_some()
+}
+
+/// The installed model `asset` (a path from [`Assets`]): `None` (the test is skipped, saying
+/// why) when it is missing, and a failure under CI, which must have every default model.
+pub fn installed<T>(asset: Result<T, models::ModelError>) -> Option<T> {
+    match asset {
+        Ok(found) => Some(found),
         Err(e) if std::env::var_os("CI").is_some() => panic!("CI must have the models: {e}"),
         Err(e) => {
             eprintln!("skipping: {e}");
-            false
+            None
         }
     }
 }
