@@ -73,7 +73,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    model_dir = os.environ.get("FEDSYN_MINILM_DIR") or models_env()["FEDSYN_MINILM_DIR"]
+    model_dir = models_env()["FEDSYN_MINILM_DIR"]
     model = SentenceTransformer(model_dir, device="cpu")
     model.eval()
     assert model.max_seq_length == 256, model.max_seq_length

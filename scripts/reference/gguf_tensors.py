@@ -24,7 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from reference_common import ROOT, models_env
+
 PYDEPS = ROOT / ".cache" / "reference-pydeps"
 GGUF_REQUIREMENT = "gguf==0.19.0"
 OUTPUT = ROOT / "crates" / "models" / "tests" / "fixtures" / "gguf_reference.json"
@@ -52,17 +53,10 @@ def import_gguf():
 
 def model_path() -> Path:
     """The SmolLM2 GGUF file named in .cache/models.env (or $FEDSYN_SMOLLM2_GGUF)."""
-    override = os.environ.get("FEDSYN_SMOLLM2_GGUF")
-    if override:
-        return Path(override)
-    env_file = ROOT / ".cache" / "models.env"
-    if not env_file.is_file():
-        sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
-    for line in env_file.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "FEDSYN_SMOLLM2_GGUF":
-            return Path(value.strip())
-    sys.exit(f"FEDSYN_SMOLLM2_GGUF is not in {env_file}: re-run scripts/setup.sh")
+    path = models_env().get("FEDSYN_SMOLLM2_GGUF")
+    if not path:
+        sys.exit("FEDSYN_SMOLLM2_GGUF is not in .cache/models.env: re-run scripts/setup.sh")
+    return Path(path)
 
 
 def model_tensors(gguf, path: Path) -> dict:

@@ -5,6 +5,7 @@ Standard library only: tokenizer_ids.py runs with the system python3, before any
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,13 +13,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def models_env() -> dict:
-    """The paths scripts/setup.sh wrote to .cache/models.env."""
+    """The paths scripts/setup.sh wrote to .cache/models.env; FEDSYN_* variables set in the
+    environment take precedence, as they do for fedsyn's own `Assets`. (benches/python/
+    anchor_common.py reads it the same way: it travels alone in the GPU bundle, so it cannot
+    import this file.)"""
     env_file = ROOT / ".cache" / "models.env"
     if not env_file.is_file():
         sys.exit(f"{env_file} is missing: run scripts/setup.sh first")
     pairs = (line.partition("=") for line in env_file.read_text().splitlines())
-    return {key.strip(): value.strip() for key, _, value in pairs
-            if key and not key.startswith("#")}
+    values = {key.strip(): value.strip() for key, _, value in pairs
+              if key and not key.startswith("#")}
+    values.update({k: v for k, v in os.environ.items() if k.startswith("FEDSYN_") and v})
+    return values
 
 
 def write_fixture(path: Path, content: dict, details: str) -> None:
