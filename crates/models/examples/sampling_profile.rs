@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use models::llama::{Generator, Sampler, SamplingParams};
+use models::llama::{nucleus_prefix_widths, Generator, Sampler, SamplingParams};
 use models::Assets;
 use tch::{Device, Kind, Tensor};
 
@@ -165,30 +165,12 @@ fn main() {
     let slots: Vec<usize> = (0..rows).collect();
     let (mut layers_seconds, mut sample_seconds) = (0.0, 0.0);
     let (mut layers_flops, mut attention_share) = (0.0, 0.0);
-    // How many rows' nucleus lies in their 256 / 4,096 most likely tokens (the sampler's
-    // partial sorts), or needs the full sort.
-    let mut nucleus_widths = [0usize; 3];
+    // How many row-steps the sampler draws from each prefix width (its partial sorts, or the
+    // whole vocabulary), as the sampler itself decides.
+    let mut nucleus_widths = std::collections::BTreeMap::<i64, usize>::new();
     for step in 0..new_tokens {
-        let scaled = &logits / params.temperature;
-        let log_norm = scaled.logsumexp([-1], true);
-        let mass = |prefix: i64| {
-            let (values, _) = scaled.topk(prefix, -1, true, true);
-            Vec::<f64>::try_from((values - &log_norm).exp().sum_dim_intlist(
-                -1,
-                false,
-                Kind::Double,
-            ))
-            .unwrap()
-        };
-        for (m256, m4096) in mass(256).into_iter().zip(mass(4096)) {
-            let level = if m256 >= params.top_p {
-                0
-            } else if m4096 >= params.top_p {
-                1
-            } else {
-                2
-            };
-            nucleus_widths[level] += 1;
+        for width in nucleus_prefix_widths(&params, &logits) {
+            *nucleus_widths.entry(width).or_default() += 1;
         }
         let start = Instant::now();
         let tokens = sampler.sample(&logits, &slots);
@@ -276,8 +258,7 @@ fn main() {
         100.0 * attention_share / layers_flops
     );
     println!(
-        "row-steps whose nucleus lies in the top 256: {}, top 4,096: {}, beyond: {}",
-        nucleus_widths[0], nucleus_widths[1], nucleus_widths[2]
+        "row-steps by the number of most likely tokens they were drawn from: {nucleus_widths:?}"
     );
     let scaled = &logits / params.temperature;
     for (name, seconds) in [

@@ -53,7 +53,7 @@ pub use layers::{
 };
 use lora::{AdapterMode, LoraState};
 pub use lora::{LoraConfig, LoraTarget, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{nucleus_prefix_widths, Sampler, SamplingParams};
 use weights::WeightSource;
 
 /// Longest rotary table precomputed; models with longer contexts are run up to this length.

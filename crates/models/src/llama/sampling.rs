@@ -222,11 +222,18 @@ const NUCLEUS_PREFIXES: [i64; 2] = [256, 4096];
 /// whole distribution: every later token then has at least `top_p` before it and is dropped.
 /// The margin keeps float rounding (a sum here, a cumulative sum later) from deciding.
 fn sample_nucleus(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> Tensor {
+    sample_nucleus_by_prefix(scaled, top_p, uniforms).0
+}
+
+/// [`sample_nucleus`]'s draws, and for each row the width of the prefix it was drawn from
+/// (the vocabulary size for the full sort).
+fn sample_nucleus_by_prefix(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> (Tensor, Tensor) {
     const MARGIN: f64 = 1e-4;
     let (rows, vocab) = (scaled.size()[0], scaled.size()[1]);
     let device = scaled.device();
     let log_norm = scaled.logsumexp([-1], true);
     let mut tokens = Tensor::zeros([rows], (Kind::Int64, device));
+    let mut drawn_from = Tensor::zeros([rows], (Kind::Int64, device));
     // The rows not drawn yet (all of them, as `None`, until a prefix covers some).
     let mut pending: Option<Tensor> = None;
     let widths = NUCLEUS_PREFIXES
@@ -252,6 +259,12 @@ fn sample_nucleus(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> Tensor {
         } else {
             Tensor::ones([ids.size()[0]], (Kind::Bool, device))
         };
+        let left = covered.logical_not().nonzero().squeeze_dim(1);
+        if pending.is_none() && left.size()[0] == 0 {
+            // The usual case: the first prefix covers every row, so nothing is gathered.
+            let tokens = draw_from_sorted(&probabilities, &ids, uniforms, top_p);
+            return (tokens, drawn_from.fill_(width));
+        }
         let here = covered.nonzero().squeeze_dim(1);
         if here.size()[0] > 0 {
             let drawn = draw_from_sorted(
@@ -265,8 +278,8 @@ fn sample_nucleus(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> Tensor {
                 None => here,
             };
             tokens = tokens.index_copy(0, &rows_here, &drawn);
+            drawn_from = drawn_from.index_fill(0, &rows_here, width);
         }
-        let left = covered.logical_not().nonzero().squeeze_dim(1);
         if left.size()[0] == 0 {
             break;
         }
@@ -275,7 +288,25 @@ fn sample_nucleus(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> Tensor {
             None => left,
         });
     }
-    tokens
+    (tokens, drawn_from)
+}
+
+/// For each row of `logits`, how many of its most likely tokens sampling with `params` sorts
+/// to draw it: the top-k when there is one, else the prefix of [`NUCLEUS_PREFIXES`] that holds
+/// its top-p nucleus, else the whole vocabulary (a full sort, or none without top-p). For
+/// profiles of the sampler (`examples/sampling_profile.rs`).
+pub fn nucleus_prefix_widths(params: &SamplingParams, logits: &Tensor) -> Vec<i64> {
+    let (rows, vocab) = (logits.size()[0] as usize, logits.size()[1]);
+    if params.top_k > 0 && (params.top_k as i64) < vocab {
+        return vec![params.top_k as i64; rows];
+    }
+    if params.top_p >= 1.0 {
+        return vec![vocab; rows];
+    }
+    let scaled = logits.to_kind(Kind::Float) / params.temperature;
+    let uniforms = Tensor::ones([logits.size()[0], 1], (Kind::Float, logits.device()));
+    let (_, widths) = sample_nucleus_by_prefix(&scaled, params.top_p, &uniforms);
+    Vec::<i64>::try_from(widths).expect("prefix widths are Int64")
 }
 
 #[cfg(test)]
@@ -333,6 +364,16 @@ mod tests {
             })
             .collect();
         assert_eq!(widths, [256, 4096, vocab]);
+        // The sampler draws each row from that prefix, alone or batched with the others.
+        assert_eq!(nucleus_prefix_widths(&p(0.95, 1.0), &logits), widths);
+        let reordered = logits.index_select(0, &Tensor::from_slice(&[2i64, 0, 1, 0]));
+        assert_eq!(
+            nucleus_prefix_widths(&p(0.95, 1.0), &reordered),
+            [vocab, 256, 4096, 256]
+        );
+        let first = logits.narrow(0, 0, 1);
+        assert_eq!(nucleus_prefix_widths(&p(0.95, 1.0), &first), [256]);
+        assert_eq!(nucleus_prefix_widths(&p(1.0, 1.0), &first), [vocab]);
         let batches = [
             vec![0i64],
             vec![1],
