@@ -7,6 +7,8 @@
 #   METHODS="popri pe" experiments/compare.sh sotu 1   (only these methods; default: all four)
 #   OUT=runs/mine experiments/compare.sh sotu 1        (where the runs go; default runs/compare)
 #   FEDSYN=/path/to/fedsyn ...                          (another build; default target/release)
+#   SAMPLES=1000 ...        (synthetic samples per run, and texts the downstream model trains
+#                            on, references included; default 128)
 #
 # With SEEDS, every run is repeated with `run.seed` set to each seed (directories end in
 # -seed<s>) on the same data (`data.seed` = 0 for runs and references alike, so the seeds vary
@@ -16,8 +18,8 @@
 #
 # Runs go to runs/compare/<data>-<method>-eps<ε>/ and are skipped when their eval.json exists,
 # so an interrupted comparison continues where it stopped (a half-finished run is resumed).
-# Every run writes 128 synthetic samples (the demo configs write 48) so the downstream model has
-# something to train on. Needs `scripts/setup.sh` and a release build (`cargo build --release`).
+# Every run writes SAMPLES (128) synthetic samples (the demo configs write 48) and the downstream
+# model trains on all of them, as the ε = ∞ reference trains on as many real texts. Needs `scripts/setup.sh` and a release build (`cargo build --release`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,7 @@ shift
 if [[ $# -gt 0 ]]; then epsilons=("$@"); else epsilons=(1 7); fi
 fedsyn="${FEDSYN:-target/release/fedsyn}"
 out="${OUT:-runs/compare}"
+samples="${SAMPLES:-128}"
 mkdir -p "$out"
 export OMP_WAIT_POLICY=PASSIVE
 
@@ -52,20 +55,20 @@ simulate_and_eval() { # METHOD EPSILON [SEED]
     "$fedsyn" simulate --resume "$run" --quiet
   else
     "$fedsyn" simulate --config "$config" --set privacy.epsilon="$2" \
-      --set output.synthetic_samples=128 "${seed_args[@]}" --out "$run" --quiet
+      --set output.synthetic_samples="$samples" "${seed_args[@]}" --out "$run" --quiet
   fi
-  "$fedsyn" eval "$run" --quiet
+  "$fedsyn" eval "$run" --max-train-texts "$samples" --quiet
 }
 
 reference_eval() { # real|public
   local dir="$out/$data-$1"
   runs+=("$dir")
-  # The real reference trains on as many texts as the runs' synthetic sets (128).
+  # The real reference trains on as many texts as the runs' synthetic sets (SAMPLES).
   local seed_args=()
   [[ ${#seeds[@]} -gt 0 ]] && seed_args=(--set data.seed=0)
   [[ -f $dir/eval.json ]] || "$fedsyn" eval --reference "$1" \
-    --config "experiments/$data-popri.toml" --set output.synthetic_samples=128 "${seed_args[@]}" \
-    --out "$dir" --quiet
+    --config "experiments/$data-popri.toml" --set output.synthetic_samples="$samples" "${seed_args[@]}" \
+    --max-train-texts "$samples" --out "$dir" --quiet
 }
 
 runs=()
