@@ -20,11 +20,13 @@ pub enum MatmulBackend {
 }
 
 impl MatmulBackend {
-    /// For fp32 CPU weights: oneDNN where libtorch's MKL would run its AVX2 kernels (every
-    /// processor but Intel's: MKL picks AVX-512 code on Intel parts only), MKL on Intel, where
-    /// it runs AVX-512 itself and oneDNN's inner product re-lays the weight out on every call
-    /// (about 15 % slower prefill and 10 % slower decoding on a Xeon, `sampling_profile`
-    /// example). libtorch's `linear` on every other device or dtype.
+    /// For fp32 CPU weights: oneDNN where it runs AVX-512 and libtorch's MKL would run AVX2
+    /// (processors with AVX-512 but not Intel's: MKL picks AVX-512 code on Intel parts only).
+    /// MKL wherever both run the same width, since oneDNN's inner product re-lays the weight
+    /// out on every call: on Intel with AVX-512 (about 15 % slower prefill and 10 % slower
+    /// decoding through oneDNN on a Xeon, `sampling_profile` example), and with both capped at
+    /// AVX2, as on processors without AVX-512 (oneDNN's decoding 2–12 % slower, same machine).
+    /// libtorch's `linear` on every other device or dtype.
     /// `FEDSYN_CPU_MATMUL=torch` or `=onednn` forces one (to compare the two).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {
         // Decided once per process: the environment, the processor and the libtorch build
@@ -37,8 +39,8 @@ impl MatmulBackend {
             _ if !onednn::available() => MatmulBackend::Torch,
             Ok("torch") => MatmulBackend::Torch,
             Ok("onednn") => MatmulBackend::OneDnn,
-            _ if onednn::mkl_runs_avx512() => MatmulBackend::Torch,
-            _ => MatmulBackend::OneDnn,
+            _ if onednn::onednn_runs_wider_than_mkl() => MatmulBackend::OneDnn,
+            _ => MatmulBackend::Torch,
         })
     }
 }

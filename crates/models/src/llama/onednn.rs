@@ -4,9 +4,11 @@
 //! (MKL chooses AVX-512 code only on Intel parts); oneDNN, also inside libtorch, dispatches on
 //! the instruction set and runs AVX-512 there: about twice the fp32 throughput per core on the
 //! Zen machines this project runs on, same IEEE fp32 arithmetic (only the summation order
-//! differs). On Intel processors MKL runs AVX-512 itself and is the faster of the two
-//! ([`mkl_runs_avx512`] tells them apart). `mkldnn_linear` wants its input in oneDNN's tensor layout; tch wraps every
-//! piece but the dense-to-oneDNN conversion, which is called here through torch-sys.
+//! differs). Where both run the same width, MKL is the faster of the two: on Intel processors
+//! with AVX-512, and with both capped at AVX2 on a Xeon (BENCHMARKS.md), as on a processor
+//! without AVX-512. [`onednn_runs_wider_than_mkl`] tells the cases apart. `mkldnn_linear` wants
+//! its input in oneDNN's tensor layout; tch wraps every piece but the dense-to-oneDNN
+//! conversion, which is called here through torch-sys.
 
 use std::ffi::{c_char, c_void, CStr};
 
@@ -18,9 +20,10 @@ extern "C" {
     fn free(ptr: *mut c_void);
 }
 
-/// Whether MKL's sgemm runs its AVX-512 kernels here: on Intel processors with AVX-512 (MKL
-/// checks the vendor, and runs AVX2 code on every other x86 processor).
-pub(crate) fn mkl_runs_avx512() -> bool {
+/// Whether oneDNN runs wider vector code here than MKL's sgemm: on an x86 processor with
+/// AVX-512 that is not Intel's (MKL checks the vendor and runs AVX2 code on every other x86
+/// processor; oneDNN runs AVX-512 wherever the processor has it).
+pub(crate) fn onednn_runs_wider_than_mkl() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // CPUID leaf 0 (the vendor string) exists on every x86-64 processor.
@@ -31,7 +34,7 @@ pub(crate) fn mkl_runs_avx512() -> bool {
             .iter()
             .flat_map(|r| r.to_le_bytes())
             .collect();
-        vendor == b"GenuineIntel" && std::arch::is_x86_feature_detected!("avx512f")
+        vendor != b"GenuineIntel" && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -98,7 +101,7 @@ mod tests {
 
     /// The vendor check agrees with what the kernel reports for the first processor.
     #[test]
-    fn mkl_avx512_means_an_intel_processor_with_avx512() {
+    fn onednn_is_wider_on_processors_with_avx512_but_not_intels() {
         let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
             return;
         };
@@ -111,9 +114,9 @@ mod tests {
                 .unwrap_or_default()
                 .to_string()
         };
-        let expected = field("vendor_id") == "GenuineIntel"
+        let expected = field("vendor_id") != "GenuineIntel"
             && field("flags").split_whitespace().any(|f| f == "avx512f");
-        assert_eq!(mkl_runs_avx512(), expected);
+        assert_eq!(onednn_runs_wider_than_mkl(), expected);
     }
 
     #[test]
