@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use models::device::{cuda_device_count, libtorch_has_cuda};
+use models::llama::MatmulBackend;
 use models::Assets;
 use serde::Serialize;
 
@@ -33,6 +34,9 @@ struct Report {
     /// libgomp's idle-thread settings as this process got them (`OMP_WAIT_POLICY`,
     /// `GOMP_SPINCOUNT`; `fedsyn` sets the spin when neither is given).
     openmp_wait: OpenMpWait,
+    /// What runs fp32 matrix products on the CPU: `mkl` (libtorch's `linear`) or `onednn`
+    /// (chosen from the processor; `FEDSYN_CPU_MATMUL=torch|onednn` forces one).
+    cpu_fp32_matmul: &'static str,
     libtorch_cuda_loaded: bool,
     cuda_devices: usize,
     cudnn: bool,
@@ -85,6 +89,10 @@ fn collect() -> Report {
             omp_wait_policy: std::env::var("OMP_WAIT_POLICY").ok(),
             gomp_spincount: std::env::var("GOMP_SPINCOUNT").ok(),
         },
+        cpu_fp32_matmul: match MatmulBackend::cpu_fp32() {
+            MatmulBackend::Torch => "mkl",
+            MatmulBackend::OneDnn => "onednn",
+        },
         libtorch_cuda_loaded: libtorch_has_cuda(),
         cuda_devices: cuda_device_count(),
         cudnn: tch::Cuda::cudnn_is_available(),
@@ -119,6 +127,10 @@ fn print_table(report: &Report) {
         "openmp wait     OMP_WAIT_POLICY={}, GOMP_SPINCOUNT={}",
         wait.omp_wait_policy.as_deref().unwrap_or("unset"),
         wait.gomp_spincount.as_deref().unwrap_or("unset")
+    );
+    println!(
+        "cpu fp32 matmul {} (FEDSYN_CPU_MATMUL=torch|onednn forces one)",
+        report.cpu_fp32_matmul
     );
     let cuda = match (report.libtorch_cuda_loaded, report.cuda_devices) {
         (false, _) => "not available: this libtorch has no CUDA library loaded".to_string(),

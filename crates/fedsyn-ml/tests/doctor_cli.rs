@@ -48,6 +48,33 @@ fn doctor_reports_the_openmp_wait_settings() {
     assert_eq!(spin["gomp_spincount"], "10");
 }
 
+/// `doctor` says what runs fp32 products on the CPU: MKL on this processor unless it has
+/// AVX-512 and is not Intel's, and whatever `FEDSYN_CPU_MATMUL` forces.
+#[test]
+fn doctor_reports_the_cpu_matmul_backend() {
+    let backend = |forced: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fedsyn-ml"));
+        command
+            .args(["doctor", "--json"])
+            .env_remove("FEDSYN_CPU_MATMUL");
+        if let Some(value) = forced {
+            command.env("FEDSYN_CPU_MATMUL", value);
+        }
+        let out = command.output().expect("fedsyn-ml runs");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["cpu_fp32_matmul"].as_str().unwrap().to_string()
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |needle: &str| cpuinfo.lines().take(30).any(|line| line.contains(needle));
+    if cfg!(target_arch = "x86_64") && !cpuinfo.is_empty() {
+        let onednn_wider = !has("GenuineIntel") && has(" avx512f");
+        let expected = if onednn_wider { "onednn" } else { "mkl" };
+        assert_eq!(backend(None), expected);
+    }
+    assert_eq!(backend(Some("torch")), "mkl");
+    assert_eq!(backend(Some("onednn")), "onednn");
+}
+
 #[test]
 fn doctor_names_the_fix_when_models_are_missing() {
     let empty = std::env::temp_dir().join(format!("fedsyn-doctor-{}", std::process::id()));

@@ -29,12 +29,17 @@ impl MatmulBackend {
     /// libtorch's `linear` on every other device or dtype.
     /// `FEDSYN_CPU_MATMUL=torch` or `=onednn` forces one (to compare the two).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {
-        // Decided once per process: the environment, the processor and the libtorch build
-        // are the same for every layer.
-        static CPU_FP32: std::sync::OnceLock<MatmulBackend> = std::sync::OnceLock::new();
         if weight.device() != Device::Cpu || weight.kind() != Kind::Float {
             return MatmulBackend::Torch;
         }
+        MatmulBackend::cpu_fp32()
+    }
+
+    /// The backend of fp32 products on the CPU in this process (see [`Self::for_weight`]).
+    pub fn cpu_fp32() -> MatmulBackend {
+        // Decided once per process: the environment, the processor and the libtorch build
+        // are the same for every layer.
+        static CPU_FP32: std::sync::OnceLock<MatmulBackend> = std::sync::OnceLock::new();
         *CPU_FP32.get_or_init(|| match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
             _ if !onednn::available() => MatmulBackend::Torch,
             Ok("torch") => MatmulBackend::Torch,
