@@ -25,7 +25,7 @@ impl MatmulBackend {
     /// MKL wherever both run the same width, since oneDNN's inner product re-lays the weight
     /// out on every call: on Intel with AVX-512 (about 15 % slower prefill and 10 % slower
     /// decoding through oneDNN on a Xeon, `sampling_profile` example), and with both capped at
-    /// AVX2, as on processors without AVX-512 (oneDNN's decoding 2–12 % slower, same machine).
+    /// AVX2, as on processors without AVX-512 (sampling through oneDNN 2–12 % slower, same machine).
     /// libtorch's `linear` on every other device or dtype.
     /// `FEDSYN_CPU_MATMUL=torch` or `=onednn` forces one (to compare the two).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {

@@ -344,10 +344,11 @@ impl CausalLm {
     /// graph to their parameters is recorded (frozen weights never get gradients); without,
     /// this is the base model (the DPO reference), from the same weights. `train` turns the
     /// adapters' dropout on. On the CPU the frozen fp32 products run through the backend
-    /// sampling uses ([`layers::MatmulBackend`]; libtorch differentiates oneDNN's inner product
-    /// with respect to the input, which adapters in earlier layers need). Causal attention over right padding needs no mask:
-    /// real tokens come first, so no real query ever sees a padding key; the logits at
-    /// padding positions are meaningless and must be masked by the caller.
+    /// sampling uses ([`layers::MatmulBackend`]; libtorch differentiates oneDNN's inner
+    /// product with respect to the input, which adapters in earlier layers need). Causal
+    /// attention over right padding needs no mask: real tokens come first, so no real query
+    /// ever sees a padding key; the logits at padding positions are meaningless and must be
+    /// masked by the caller.
     ///
     /// Errors when the mask is not right-padded, when `adapter` is asked of a model without
     /// adapters, or while the adapters are merged.

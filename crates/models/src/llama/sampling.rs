@@ -222,18 +222,23 @@ const NUCLEUS_PREFIXES: [i64; 2] = [256, 4096];
 /// whole distribution: every later token then has at least `top_p` before it and is dropped.
 /// The margin keeps float rounding (a sum here, a cumulative sum later) from deciding.
 fn sample_nucleus(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> Tensor {
-    sample_nucleus_by_prefix(scaled, top_p, uniforms).0
+    sample_nucleus_by_prefix(scaled, top_p, uniforms, &mut |_, _| {})
 }
 
-/// [`sample_nucleus`]'s draws, and for each row the width of the prefix it was drawn from
-/// (the vocabulary size for the full sort).
-fn sample_nucleus_by_prefix(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> (Tensor, Tensor) {
+/// [`sample_nucleus`]'s draws, telling `drawn_from(rows, width)` which rows (`None`: all of
+/// them) were drawn from the prefix of `width` tokens (the vocabulary size for the full sort).
+/// Sampling passes a no-op, so recording costs the decoding loop nothing.
+fn sample_nucleus_by_prefix(
+    scaled: &Tensor,
+    top_p: f64,
+    uniforms: &Tensor,
+    drawn_from: &mut dyn FnMut(Option<&Tensor>, i64),
+) -> Tensor {
     const MARGIN: f64 = 1e-4;
     let (rows, vocab) = (scaled.size()[0], scaled.size()[1]);
     let device = scaled.device();
     let log_norm = scaled.logsumexp([-1], true);
     let mut tokens = Tensor::zeros([rows], (Kind::Int64, device));
-    let mut drawn_from = Tensor::zeros([rows], (Kind::Int64, device));
     // The rows not drawn yet (all of them, as `None`, until a prefix covers some).
     let mut pending: Option<Tensor> = None;
     let widths = NUCLEUS_PREFIXES
@@ -262,8 +267,8 @@ fn sample_nucleus_by_prefix(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> (
         let left = covered.logical_not().nonzero().squeeze_dim(1);
         if pending.is_none() && left.size()[0] == 0 {
             // The usual case: the first prefix covers every row, so nothing is gathered.
-            let tokens = draw_from_sorted(&probabilities, &ids, uniforms, top_p);
-            return (tokens, drawn_from.fill_(width));
+            drawn_from(None, width);
+            return draw_from_sorted(&probabilities, &ids, uniforms, top_p);
         }
         let here = covered.nonzero().squeeze_dim(1);
         if here.size()[0] > 0 {
@@ -278,7 +283,7 @@ fn sample_nucleus_by_prefix(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> (
                 None => here,
             };
             tokens = tokens.index_copy(0, &rows_here, &drawn);
-            drawn_from = drawn_from.index_fill(0, &rows_here, width);
+            drawn_from(Some(&rows_here), width);
         }
         if left.size()[0] == 0 {
             break;
@@ -288,7 +293,7 @@ fn sample_nucleus_by_prefix(scaled: &Tensor, top_p: f64, uniforms: &Tensor) -> (
             None => left,
         });
     }
-    (tokens, drawn_from)
+    tokens
 }
 
 /// For each row of `logits`, how many of its most likely tokens sampling with `params` sorts
@@ -305,8 +310,17 @@ pub fn nucleus_prefix_widths(params: &SamplingParams, logits: &Tensor) -> Vec<i6
     }
     let scaled = logits.to_kind(Kind::Float) / params.temperature;
     let uniforms = Tensor::ones([logits.size()[0], 1], (Kind::Float, logits.device()));
-    let (_, widths) = sample_nucleus_by_prefix(&scaled, params.top_p, &uniforms);
-    Vec::<i64>::try_from(widths).expect("prefix widths are Int64")
+    let mut widths = vec![0; rows];
+    let mut record = |drawn: Option<&Tensor>, width: i64| match drawn {
+        None => widths.fill(width),
+        Some(drawn) => {
+            for row in Vec::<i64>::try_from(drawn).expect("row indices are Int64") {
+                widths[row as usize] = width;
+            }
+        }
+    };
+    drop(sample_nucleus_by_prefix(&scaled, params.top_p, &uniforms, &mut record));
+    widths
 }
 
 #[cfg(test)]
