@@ -7,8 +7,9 @@
 #   METHODS="popri pe" experiments/compare.sh sotu 1   (only these methods; default: all four)
 #   OUT=runs/mine experiments/compare.sh sotu 1        (where the runs go; default runs/compare)
 #   FEDSYN=/path/to/fedsyn ...                          (another build; default target/release)
-#   SAMPLES=1000 ...        (synthetic samples per run, and texts the downstream model trains
-#                            on, references included; default 128)
+#   SAMPLES=1000 OUT=runs/s1000 ...  (synthetic samples per run, and texts the downstream
+#                            model trains on, references included; default 128; give each
+#                            SAMPLES its own OUT, since finished runs are skipped by name)
 #
 # With SEEDS, every run is repeated with `run.seed` set to each seed (directories end in
 # -seed<s>) on the same data (`data.seed` = 0 for runs and references alike, so the seeds vary
@@ -19,7 +20,8 @@
 # Runs go to runs/compare/<data>-<method>-eps<ε>/ and are skipped when their eval.json exists,
 # so an interrupted comparison continues where it stopped (a half-finished run is resumed).
 # Every run writes SAMPLES (128) synthetic samples (the demo configs write 48) and the downstream
-# model trains on all of them, as the ε = ∞ reference trains on as many real texts. Needs `scripts/setup.sh` and a release build (`cargo build --release`).
+# model trains on all of them, as the ε = ∞ reference trains on as many real texts.
+# Needs `scripts/setup.sh` and a release build (`cargo build --release`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -18,7 +18,7 @@ use remote_client::{
 };
 
 use fedsyn::exit_status::EXIT_BAD_INPUT;
-use fedsyn::torch_commands::{torch_binary_path, torch_command};
+use fedsyn::torch_commands::torch_command;
 
 /// Arguments of `fedsyn client`.
 #[derive(Debug, Args)]
@@ -94,8 +94,8 @@ fn profile(args: &ClientArgs, texts: &[String]) -> Result<Profile> {
     if let Some(profile) = cached_profile(texts, embedder, &args.state_dir)? {
         return Ok(profile);
     }
-    let binary = torch_binary_path();
     let mut command = torch_command();
+    let binary = PathBuf::from(command.get_program());
     command
         .arg("client-embed")
         .arg("--data")

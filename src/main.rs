@@ -10,13 +10,14 @@ mod client_cli;
 mod compare_cli;
 mod report_cli;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Arg, CommandFactory, FromArgMatches, Subcommand};
 
 use fedsyn::exit_status;
 use fedsyn::output_format::CommandLine;
-use fedsyn::torch_commands::{torch_binary_path, torch_command, TORCH_BINARY, TORCH_COMMANDS};
+use fedsyn::torch_commands::{torch_command, TORCH_BINARY, TORCH_COMMANDS};
 
 type Cli = CommandLine<Command>;
 
@@ -81,9 +82,9 @@ fn command_line() -> clap::Command {
 
 /// Replaces this process with `fedsyn-ml`, same arguments; returns only on failure.
 fn forward_to_torch_binary() -> ExitCode {
-    let binary = torch_binary_path();
     let mut command = torch_command();
     command.args(std::env::args_os().skip(1));
+    let binary = PathBuf::from(command.get_program());
     let error = exec(command);
     eprintln!(
         "error: cannot run {}: {error}\n  the model commands live in `{TORCH_BINARY}`, built \

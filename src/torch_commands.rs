@@ -62,7 +62,7 @@ pub fn torch_binary_path() -> PathBuf {
 /// the decoder layers 1.55× slower on a 2-core Xeon (`sampling_profile` example: 10.7 s
 /// against 6.9 s with libgomp's default spin); the default spin (300,000 rounds) starves a
 /// process that shares its cores. 3,000 rounds kept most of the gain (8.1 s).
-pub const GOMP_SPINCOUNT: &str = "3000";
+const GOMP_SPINCOUNT: &str = "3000";
 
 /// A command that runs `fedsyn-ml` (see [`torch_binary_path`]) with libgomp's spin set to
 /// [`GOMP_SPINCOUNT`] unless the user chose a wait policy: libgomp reads its settings when

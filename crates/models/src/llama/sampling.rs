@@ -319,7 +319,12 @@ pub fn nucleus_prefix_widths(params: &SamplingParams, logits: &Tensor) -> Vec<i6
             }
         }
     };
-    drop(sample_nucleus_by_prefix(&scaled, params.top_p, &uniforms, &mut record));
+    drop(sample_nucleus_by_prefix(
+        &scaled,
+        params.top_p,
+        &uniforms,
+        &mut record,
+    ));
     widths
 }
 
