@@ -243,6 +243,39 @@ fn pe_sft_fine_tunes_the_generator_on_the_selected_samples() {
     );
 }
 
+/// PE+SFT takes POPri's chat prompts (`prompts.style = "chat"`), so that a comparison can give
+/// both methods the same prompts and sampling: the round prompts are chat turns on the public
+/// topics, and the run completes as with few-shot prompts.
+#[test]
+fn pe_sft_runs_on_chat_prompts() {
+    if !have_default_models() {
+        return;
+    }
+    let dir = setup("chat");
+    let config = read_text(&dir.join("config.toml")).replace(
+        "seed_file = \"seeds.txt\"",
+        "style = \"chat\"\ntopics = [\"rivers\", \"bread\"]",
+    );
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let summary = simulate(&dir, "pe-sft", "run");
+    let run_dir = dir.join("run");
+    check_complete_run(&run_dir, &summary, &["adapter/adapter_model.safetensors"]);
+    let prompts: Vec<String> =
+        serde_json::from_str(&read_text(&run_dir.join("prompts.json"))).unwrap();
+    assert_eq!(prompts.len(), 3);
+    for prompt in &prompts {
+        assert!(
+            prompt.contains("<|im_start|>user") && prompt.ends_with("<|im_start|>assistant\n"),
+            "a chat turn of the generator's template: {prompt:?}"
+        );
+        assert!(
+            prompt.contains("about rivers") || prompt.contains("about bread"),
+            "{prompt:?}"
+        );
+    }
+    assert!(!dir.join("run/seed-pool.json").exists(), "no seed pool");
+}
+
 #[test]
 fn pe_stops_before_a_round_would_exceed_the_budget() {
     if !have_default_models() {

@@ -1076,14 +1076,6 @@ impl RunConfig {
                      style's; the chat style's request is prompts.instruction)",
                 ));
             }
-            if self.run.method != Method::Popri {
-                return Err(value_error(
-                    "prompts.style",
-                    "\"chat\"",
-                    "\"few-shot\" for this method: the chat style is POPri's (PE keeps the \
-                     reference's few-shot prompts)",
-                ));
-            }
         }
         if let Some(template) = &prompts.template {
             PromptTemplate::parse(template, prompts.examples_per_prompt).map_err(|e| {
@@ -1456,7 +1448,7 @@ mod tests {
     }
 
     #[test]
-    fn the_chat_prompt_style_needs_topics_an_instruction_with_a_topic_and_popri() {
+    fn the_chat_prompt_style_needs_topics_and_an_instruction_with_a_topic() {
         let chat = config(&format!("{MINIMAL}style = \"chat\"\n")).unwrap();
         assert_eq!(chat.prompts.style, PromptStyle::Chat);
         assert!(chat.prompts.instruction.contains("{topic}"));
@@ -1473,11 +1465,15 @@ mod tests {
             let error = config(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert_eq!(key_of(error), key, "{extra}");
         }
-        let pe = config(&format!(
-            "[run]\nmethod = \"pe\"\n{MINIMAL}style = \"chat\"\n"
-        ))
-        .unwrap_err();
-        assert_eq!(key_of(pe), "prompts.style");
+        // Every text-writing method takes either style, so that a comparison differs only in
+        // the method.
+        for method in ["pe", "pe-sft"] {
+            let chat = config(&format!(
+                "[run]\nmethod = \"{method}\"\n{MINIMAL}style = \"chat\"\n"
+            ))
+            .unwrap();
+            assert_eq!(chat.prompts.style, PromptStyle::Chat, "{method}");
+        }
         assert!(config(&format!("{MINIMAL}style = \"chatty\"\n")).is_err());
     }
 

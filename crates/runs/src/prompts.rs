@@ -24,6 +24,7 @@ use std::path::Path;
 
 use rand::Rng;
 
+use crate::config::PromptStyle;
 use crate::error::{Result, RunError};
 
 /// A prompt template: literal text with placeholders `{0}` … `{n-1}` for n examples (Python
@@ -218,6 +219,17 @@ pub fn chat_requests<R: Rng + ?Sized>(
 /// (no header to cut at, unlike [`clean_candidate`]).
 pub fn clean_reply(text: &str) -> String {
     flatten_whitespace(text)
+}
+
+/// A sampled completion as kept, by the style of the prompt that wrote it: a few-shot candidate
+/// ends at the next sample header ([`clean_candidate`]), a chat reply is kept whole
+/// ([`clean_reply`]). POPri's candidates and PE's samples on the public prompts both go through
+/// here.
+pub fn clean_completion(style: PromptStyle, text: &str) -> String {
+    match style {
+        PromptStyle::FewShot => clean_candidate(text),
+        PromptStyle::Chat => clean_reply(text),
+    }
 }
 
 /// Public seed texts from a file with one text per line (blank lines are skipped).

@@ -23,3 +23,27 @@ fn every_experiment_config_is_valid() {
         "expected the sotu, shakespeare and paper-scale configs"
     );
 }
+
+/// A comparison must differ only in the method: PE and PE+SFT on a data set use POPri's public
+/// prompts and sampling settings (until 2026-12-08 the SOTU PE configs still sampled the
+/// paper's few-shot prompts at temperature 1 while POPri used the measured chat recipe).
+#[test]
+fn baselines_share_popri_prompts_and_sampling() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments"));
+    let load = |name: &str| {
+        RunConfig::load(&dir.join(name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let mut compared = 0;
+    for data in ["sotu", "shakespeare"] {
+        let popri = load(&format!("{data}-popri.toml"));
+        for baseline in ["pe", "pe-sft"] {
+            let name = format!("{data}-{baseline}.toml");
+            let config = load(&name);
+            assert_eq!(config.prompts, popri.prompts, "{name}: [prompts]");
+            assert_eq!(config.generation, popri.generation, "{name}: [generation]");
+            assert_eq!(config.privacy, popri.privacy, "{name}: [privacy]");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 4);
+}

@@ -13,11 +13,12 @@ use models::train::{PreferencePair, PreferenceTrainer, StepMetrics};
 use models::{Generator, SamplingParams, SentenceEmbedder};
 use tch::Tensor;
 
+use crate::config::PromptStyle;
 use crate::error::{Result, ServerError};
 use crate::generation::{derive_seed, truncate_to_tokens, with_adapter_merged};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, PlannedRelease};
 use crate::pairs::{preference_agreement, preference_pairs, RankedPair};
-use crate::prompts::{clean_candidate, clean_reply};
+use crate::prompts::clean_completion;
 pub use crate::run_dir::PhaseSeconds;
 use crate::run_dir::{Histogram, NonPrivate, NonPrivateMetrics};
 use privacy_accounting::Sampling;
@@ -125,9 +126,9 @@ pub struct RoundSettings {
     pub rejected_rank: usize,
     /// The run's seed; candidate sampling derives per-round streams from it.
     pub seed: u64,
-    /// Few-shot prompts (candidates are cut at the next sample's header) or chat prompts
-    /// (candidates are the whole reply).
-    pub few_shot: bool,
+    /// The public prompts' style, which says how a candidate is cleaned
+    /// ([`clean_completion`]).
+    pub prompt_style: PromptStyle,
 }
 
 /// The POPri round engine: the generator with its adapter and trainer, the embedder, the fixed
@@ -421,11 +422,7 @@ impl PopriEngine {
             };
             let batch: Vec<Vec<u32>> = batch.iter().map(|r| (*r).clone()).collect();
             for completion in self.generator.generate_from_ids(&batch, &params)? {
-                let text = if self.settings.few_shot {
-                    clean_candidate(&completion.text)
-                } else {
-                    clean_reply(&completion.text)
-                };
+                let text = clean_completion(self.settings.prompt_style, &completion.text);
                 texts.push(truncate_to_tokens(
                     &self.generator,
                     &text,

@@ -53,7 +53,7 @@ use crate::error::{Result, ServerError};
 use crate::finish::{finish_simulation, synthetic_fid_nonprivate, Released};
 use crate::generation::{derive_seed, truncate_to_tokens, with_adapter_merged};
 use crate::noise::{l2_norm, GaussianMechanism, GridSum, NoiseSource, NoiseState, PlannedRelease};
-use crate::prompts::{build_prompts_with, clean_candidate, PromptTemplate};
+use crate::prompts::{clean_completion, PromptTemplate};
 use crate::run_dir::{
     read_checkpoint_state, write_atomic, Histogram, NonPrivate, NonPrivateMetrics, PhaseSeconds,
     RoundMetrics, RunDir,
@@ -61,8 +61,9 @@ use crate::run_dir::{
 use crate::sampling::{derived_rng, ClientSampler};
 use crate::setup::{
     base_model_name, fid_to, load_embedder, load_generator, lora_config, prompt_template,
-    public_cohort, public_prompts, rows, run_device, sampling_params, sampling_rate, seed_pool,
-    simulation_sampling, write_synthetic_texts, SimulatedClients, EMBED_BATCH, SYNTHETIC_STREAM,
+    prompts_of_style, public_cohort, public_prompts, rows, run_device, sampling_params,
+    sampling_rate, seed_pool, simulation_sampling, write_synthetic_texts, SimulatedClients,
+    EMBED_BATCH, SYNTHETIC_STREAM,
 };
 use round_driver::{simulate_rounds, NoisePlan, Progress, Round, RoundMethod};
 use runs::records::{SimulationSummary, StopReason};
@@ -705,20 +706,18 @@ struct Writer<'a> {
     batch_size: usize,
     truncate_tokens: usize,
     seed: u64,
-    synthetic_samples: usize,
-    synthetic_prompts: SyntheticPrompts,
+    config: &'a RunConfig,
 }
 
 impl<'a> Writer<'a> {
-    fn new(generator: &'a mut Generator, config: &RunConfig) -> Writer<'a> {
+    fn new(generator: &'a mut Generator, config: &'a RunConfig) -> Writer<'a> {
         Writer {
             generator,
             params: sampling_params(config),
             batch_size: config.generation.batch_size.max(1),
             truncate_tokens: config.generation.truncate_tokens,
             seed: config.run.seed,
-            synthetic_samples: config.output.synthetic_samples,
-            synthetic_prompts: config.output.synthetic_prompts,
+            config,
         }
     }
 
@@ -776,8 +775,8 @@ impl<'a> Writer<'a> {
             .collect())
     }
 
-    /// PE+SFT's synthetic set: one sample per prompt, fresh prompts from the seed pool or the
-    /// rounds' prompts reused (`output.synthetic_prompts`).
+    /// PE+SFT's synthetic set: one sample per prompt, fresh public prompts of the configured
+    /// style (as POPri's set) or the rounds' prompts reused (`output.synthetic_prompts`).
     fn synthetic_set(
         &mut self,
         seed_pool: &[String],
@@ -785,19 +784,17 @@ impl<'a> Writer<'a> {
         template: &PromptTemplate,
         progress: &dyn Progress,
     ) -> Result<Vec<String>> {
-        let requests = match self.synthetic_prompts {
-            SyntheticPrompts::Fresh => build_prompts_with(
+        let count = self.config.output.synthetic_samples;
+        let requests = match self.config.output.synthetic_prompts {
+            SyntheticPrompts::Fresh => prompts_of_style(
+                self.config,
                 template,
                 seed_pool,
-                self.synthetic_samples,
-                &mut derived_rng(self.seed, "synthetic prompts", 0),
+                self.generator,
+                count,
+                "synthetic prompts",
             )?,
-            SyntheticPrompts::Reuse => prompts
-                .iter()
-                .cycle()
-                .take(self.synthetic_samples)
-                .cloned()
-                .collect(),
+            SyntheticPrompts::Reuse => prompts.iter().cycle().take(count).cloned().collect(),
         };
         // Stream u64::MAX: the population of round t comes from stream t.
         self.sample(&requests, Task::Continue, SYNTHETIC_STREAM, progress)
@@ -839,7 +836,7 @@ impl<'a> Writer<'a> {
             };
             for completion in self.generator.generate(batch, chat, &params)? {
                 let text = match task {
-                    Task::Continue => clean_candidate(&completion.text),
+                    Task::Continue => clean_completion(self.config.prompts.style, &completion.text),
                     Task::Rephrase => without_preamble(&completion.text),
                 };
                 texts.push(truncate_to_tokens(

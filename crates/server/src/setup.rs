@@ -99,7 +99,7 @@ pub fn write_popri_synthetic(
 /// `count` public prompts of the configured style, from the run's seed stream `stream`: few-shot
 /// prompts over `seed_pool`, or chat requests rendered as one user turn of `generator`'s chat
 /// template (the rendered text is the prompt: generation and DPO then see the same tokens).
-fn prompts_of_style(
+pub(crate) fn prompts_of_style(
     config: &RunConfig,
     template: &PromptTemplate,
     seed_pool: &[String],
@@ -481,7 +481,7 @@ mod tests {
         assert!(sampling_params(&config).stop_strings.is_empty());
         let settings = crate::simulate::popri_settings(&config, 1.0);
         assert_eq!(settings.sampling.temperature, 0.7);
-        assert!(!settings.few_shot);
+        assert_eq!(settings.prompt_style, PromptStyle::Chat);
     }
 
     #[test]

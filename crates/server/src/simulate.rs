@@ -367,7 +367,7 @@ pub(crate) fn popri_settings(config: &RunConfig, sigma: f64) -> RoundSettings {
         noise_multiplier: sigma,
         rejected_rank: config.pairs.rejected_rank,
         seed: config.run.seed,
-        few_shot: config.prompts.style == crate::config::PromptStyle::FewShot,
+        prompt_style: config.prompts.style,
     }
 }
 
