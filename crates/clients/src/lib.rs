@@ -19,6 +19,8 @@ pub mod population;
 pub mod profile;
 pub mod scores;
 pub mod sotu;
+#[cfg(test)]
+mod test_support;
 
 pub use data::{read_documents, sample_per_client, ClientData, Document, FederatedData};
 pub use embeddings::embed_cached;

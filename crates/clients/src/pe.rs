@@ -276,9 +276,7 @@ impl VotingPopulation {
 mod tests {
     use super::*;
 
-    /// A release grid as the server uses (2^−30 of the clip bound 1).
-    const GRID: f64 = 1.0 / (1u64 << 30) as f64;
-    use crate::data::ClientData;
+    use crate::test_support::{data_with_text_counts, GRID};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -401,21 +399,6 @@ mod tests {
         assert!(matches!(err, ClientsError::NonFinite { .. }), "{err}");
         let err = client_votes(&nan, &synthetic).unwrap_err();
         assert!(matches!(err, ClientsError::NonFinite { .. }), "{err}");
-    }
-
-    fn data_with_text_counts(counts: &[usize]) -> FederatedData {
-        FederatedData {
-            clients: counts
-                .iter()
-                .enumerate()
-                .map(|(i, &count)| ClientData {
-                    id: format!("client-{i:02}"),
-                    train: (0..count).map(|t| format!("text {t}")).collect(),
-                    eval: Vec::new(),
-                })
-                .collect(),
-            eval_only: Vec::new(),
-        }
     }
 
     #[test]

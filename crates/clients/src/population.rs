@@ -282,33 +282,14 @@ pub(crate) fn check_sampled(ids: &[String], sampled: &[usize]) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A release grid as the server uses (2^−30 of a clip bound of 1).
-    const GRID: f64 = 1.0 / (1u64 << 30) as f64;
-    use crate::data::ClientData;
     use crate::scores::client_score_vector;
+    use crate::test_support::{data_with_text_counts, GRID};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     fn random_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Tensor {
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         Tensor::from_slice(&values).view([rows as i64, cols as i64])
-    }
-
-    /// Clients with 1, 2, … texts each (the texts themselves are never read).
-    fn data_with_text_counts(counts: &[usize]) -> FederatedData {
-        let clients = counts
-            .iter()
-            .enumerate()
-            .map(|(i, &count)| ClientData {
-                id: format!("client-{i:02}"),
-                train: (0..count).map(|t| format!("text {t}")).collect(),
-                eval: Vec::new(),
-            })
-            .collect();
-        FederatedData {
-            clients,
-            eval_only: Vec::new(),
-        }
     }
 
     #[test]
