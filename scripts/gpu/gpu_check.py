@@ -394,16 +394,20 @@ class Check:
         pairs_file = self.scratch / "pairs.jsonl"
         pairs_file.write_text("".join(json.dumps(p) + "\n" for p in pairs_text))
 
-        def fedsyn_run(steps):
+        def fedsyn_run(steps, call):
             return self.fedsyn("dpo", "--pairs", str(pairs_file), "--model", str(folder),
-                               "--out", str(self.scratch / f"dpo-{steps}"), "--device",
+                               "--out", str(self.scratch / f"dpo-{steps}-{call}"), "--device",
                                self.args.device, "--batch-size", "8", "--grad-accum", "1",
                                "--epochs", "100", "--max-steps", str(steps), "--lora-r", "16",
-                               "--lora-alpha", "16", name=f"dpo-{steps}-steps")
+                               "--lora-alpha", "16", name=f"dpo-{steps}-steps-{call}")
 
-        one = fedsyn_run(1)
-        more = fedsyn_run(1 + self.work["dpo_steps"])
-        fedsyn_step = (more["train_seconds"] - one["train_seconds"]) / self.work["dpo_steps"]
+        # The fastest of two calls of each length: one slow call on a busy machine would
+        # otherwise swing the difference (even below zero on a loaded CPU).
+        one = fedsyn_run(1, 0)
+        one_seconds = min(one["train_seconds"], fedsyn_run(1, 1)["train_seconds"])
+        more_seconds = min(fedsyn_run(1 + self.work["dpo_steps"], call)["train_seconds"]
+                           for call in range(2))
+        fedsyn_step = (more_seconds - one_seconds) / self.work["dpo_steps"]
 
         dtype = self.dtype(self.default_dtype())
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.args.device)
@@ -427,15 +431,19 @@ class Check:
 
         # Both sides: the difference of a (1 + n)-step and a 1-step call, so that neither the
         # first, cold step nor the reference pass counts.
-        one_python = python_run(1)
-        python_step = (python_run(1 + self.work["dpo_steps"]) - one_python) / self.work[
-            "dpo_steps"]
+        one_python = min(python_run(1) for _ in range(2))
+        more_python = min(python_run(1 + self.work["dpo_steps"]) for _ in range(2))
+        python_step = (more_python - one_python) / self.work["dpo_steps"]
+        # A difference at or below zero means the machine's noise exceeded the steps' time:
+        # no ratio then (reported as null), rather than a division by zero or a negative one.
+        speedup = python_step / fedsyn_step if fedsyn_step > 0 and python_step > 0 else None
         self.log(f"  {name}: fedsyn {fedsyn_step:.3f} s/step, PyTorch + PEFT "
-                 f"{python_step:.3f} s/step ({python_step / fedsyn_step:.2f}×)")
+                 f"{python_step:.3f} s/step ("
+                 + (f"{speedup:.2f}×" if speedup else "too noisy for a ratio") + ")")
         return {"model": name, "dtype": self.default_dtype(), "pairs": len(pairs_ids),
                 "tokens_per_row": max(len(p["prompt"]) + len(p["chosen"]) for p in pairs_ids),
                 "fedsyn_seconds_per_step": fedsyn_step, "peft_seconds_per_step": python_step,
-                "speedup": python_step / fedsyn_step,
+                "speedup": speedup,
                 "fedsyn_loss_first_step": one["steps"][0]["loss"]}
 
     def embedding(self) -> dict:
