@@ -1,13 +1,17 @@
 //! Every configuration in `experiments/` parses and passes validation (the files users start
 //! from must not rot as the schema changes).
 
+use std::path::Path;
+
 use runs::RunConfig;
+
+/// The repository's `experiments/` folder.
+const EXPERIMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments");
 
 #[test]
 fn every_experiment_config_is_valid() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments");
     let mut checked = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    for entry in std::fs::read_dir(EXPERIMENTS).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let config =
@@ -29,9 +33,9 @@ fn every_experiment_config_is_valid() {
 /// paper's few-shot prompts at temperature 1 while POPri used the measured chat recipe).
 #[test]
 fn baselines_share_popri_prompts_and_sampling() {
-    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments"));
     let load = |name: &str| {
-        RunConfig::load(&dir.join(name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+        RunConfig::load(&Path::new(EXPERIMENTS).join(name), &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let mut compared = 0;
     for data in ["sotu", "shakespeare"] {

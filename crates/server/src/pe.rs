@@ -702,10 +702,8 @@ fn fine_tune(
 /// cleaned and cut to `generation.truncate_tokens` tokens.
 struct Writer<'a> {
     generator: &'a mut Generator,
+    /// The run's sampling settings (the seed is replaced per batch).
     params: SamplingParams,
-    batch_size: usize,
-    truncate_tokens: usize,
-    seed: u64,
     config: &'a RunConfig,
 }
 
@@ -714,9 +712,6 @@ impl<'a> Writer<'a> {
         Writer {
             generator,
             params: sampling_params(config),
-            batch_size: config.generation.batch_size.max(1),
-            truncate_tokens: config.generation.truncate_tokens,
-            seed: config.run.seed,
             config,
         }
     }
@@ -829,9 +824,12 @@ impl<'a> Writer<'a> {
         };
         progress.start(phase, requests.len() as u64);
         let mut texts = Vec::with_capacity(requests.len());
-        for (index, batch) in requests.chunks(self.batch_size).enumerate() {
+        for (index, batch) in requests
+            .chunks(self.config.generation.batch_size.max(1))
+            .enumerate()
+        {
             let params = SamplingParams {
-                seed: derive_seed(self.seed, stream, index as u64),
+                seed: derive_seed(self.config.run.seed, stream, index as u64),
                 ..self.params.clone()
             };
             for completion in self.generator.generate(batch, chat, &params)? {
@@ -842,7 +840,7 @@ impl<'a> Writer<'a> {
                 texts.push(truncate_to_tokens(
                     self.generator,
                     &text,
-                    self.truncate_tokens,
+                    self.config.generation.truncate_tokens,
                 )?);
             }
             progress.advance(batch.len() as u64);
