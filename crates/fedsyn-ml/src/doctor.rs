@@ -34,8 +34,10 @@ struct Report {
     /// libgomp's idle-thread settings as this process got them (`OMP_WAIT_POLICY`,
     /// `GOMP_SPINCOUNT`; `fedsyn` sets the spin when neither is given).
     openmp_wait: OpenMpWait,
-    /// What runs fp32 matrix products on the CPU: `mkl` (libtorch's `linear`) or `onednn`
-    /// (chosen from the processor; `FEDSYN_CPU_MATMUL=torch|onednn` forces one).
+    /// What runs fp32 matrix products on the CPU: `torch` (libtorch's `linear`: MKL, packing
+    /// the weight at every call), `mkl-packed` (the same, with decoding's weights packed once
+    /// per generation) or `onednn` (chosen from the processor and the libtorch build;
+    /// `FEDSYN_CPU_MATMUL=torch|mkl-packed|onednn` forces one).
     cpu_fp32_matmul: &'static str,
     libtorch_cuda_loaded: bool,
     cuda_devices: usize,
@@ -89,10 +91,7 @@ fn collect() -> Report {
             omp_wait_policy: std::env::var("OMP_WAIT_POLICY").ok(),
             gomp_spincount: std::env::var("GOMP_SPINCOUNT").ok(),
         },
-        cpu_fp32_matmul: match MatmulBackend::cpu_fp32() {
-            MatmulBackend::Torch => "mkl",
-            MatmulBackend::OneDnn => "onednn",
-        },
+        cpu_fp32_matmul: MatmulBackend::cpu_fp32().name(),
         libtorch_cuda_loaded: libtorch_has_cuda(),
         cuda_devices: cuda_device_count(),
         cudnn: tch::Cuda::cudnn_is_available(),
@@ -129,7 +128,7 @@ fn print_table(report: &Report) {
         wait.gomp_spincount.as_deref().unwrap_or("unset")
     );
     println!(
-        "cpu fp32 matmul {} (FEDSYN_CPU_MATMUL=torch|onednn forces one)",
+        "cpu fp32 matmul {} (FEDSYN_CPU_MATMUL=torch|mkl-packed|onednn forces one)",
         report.cpu_fp32_matmul
     );
     let cuda = match (report.libtorch_cuda_loaded, report.cuda_devices) {

@@ -48,8 +48,9 @@ fn doctor_reports_the_openmp_wait_settings() {
     assert_eq!(spin["gomp_spincount"], "10");
 }
 
-/// `doctor` says what runs fp32 products on the CPU: MKL on this processor unless it has
-/// AVX-512 and is not Intel's, and whatever `FEDSYN_CPU_MATMUL` forces.
+/// `doctor` says what runs fp32 products on the CPU: MKL with decoding's weights packed on
+/// this processor (x86-64 Linux libtorch has MKL) unless it has AVX-512 and is not Intel's,
+/// and whatever `FEDSYN_CPU_MATMUL` forces.
 #[test]
 fn doctor_reports_the_cpu_matmul_backend() {
     let backend = |forced: Option<&str>| {
@@ -66,12 +67,13 @@ fn doctor_reports_the_cpu_matmul_backend() {
     };
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let has = |needle: &str| cpuinfo.lines().take(30).any(|line| line.contains(needle));
-    if cfg!(target_arch = "x86_64") && !cpuinfo.is_empty() {
+    if cfg!(all(target_arch = "x86_64", target_os = "linux")) && !cpuinfo.is_empty() {
         let onednn_wider = !has("GenuineIntel") && has(" avx512f");
-        let expected = if onednn_wider { "onednn" } else { "mkl" };
+        let expected = if onednn_wider { "onednn" } else { "mkl-packed" };
         assert_eq!(backend(None), expected);
+        assert_eq!(backend(Some("mkl-packed")), "mkl-packed");
     }
-    assert_eq!(backend(Some("torch")), "mkl");
+    assert_eq!(backend(Some("torch")), "torch");
     assert_eq!(backend(Some("onednn")), "onednn");
 }
 

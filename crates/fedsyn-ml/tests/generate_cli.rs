@@ -111,6 +111,71 @@ fn seeded_sampling_repeats_and_rows_and_seeds_differ() {
     assert_ne!(first, run("12"), "another seed gives other samples");
 }
 
+/// Decoding through weights packed once per generation (the default where MKL multiplies)
+/// samples what libtorch's per-call products sample, with the same log-probabilities, also
+/// after finished rows are dropped (a stop string ends the rows at different steps, and the
+/// weights are packed again for the rows left).
+#[test]
+fn packed_decoding_samples_what_per_call_products_sample() {
+    if !have_smollm2() {
+        return;
+    }
+    let run = |backend: &str| -> Value {
+        let output = common::fedsyn_command(&[
+            "generate",
+            "--device",
+            "cpu",
+            "--json",
+            "--prompt",
+            "The river",
+            "-n",
+            "6",
+            "--max-tokens",
+            "24",
+            "--seed",
+            "5",
+            "--temperature",
+            "0.8",
+            "--stop",
+            ".",
+            "--logprobs",
+        ])
+        .env("FEDSYN_CPU_MATMUL", backend)
+        .output()
+        .expect("fedsyn runs");
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let (per_call, packed) = (run("torch"), run("mkl-packed"));
+    let lengths: Vec<u64> = per_call["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tokens"].as_u64().unwrap())
+        .collect();
+    assert!(
+        lengths.iter().any(|&n| n < 24) && lengths.contains(&24),
+        "some rows stop early, some run to the end: {lengths:?}"
+    );
+    for (a, b) in per_call["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(packed["samples"].as_array().unwrap())
+    {
+        assert_eq!(a["token_ids"], b["token_ids"]);
+        for (p, q) in a["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["logprobs"].as_array().unwrap())
+        {
+            let (p, q) = (p.as_f64().unwrap(), q.as_f64().unwrap());
+            assert!((p - q).abs() < 1e-3, "log-probabilities {p} and {q}");
+        }
+    }
+}
+
 #[test]
 fn bad_arguments_exit_with_status_2() {
     let cases: [&[&str]; 7] = [

@@ -5,8 +5,9 @@
 //! with an fp32 matrix product of the same layer's size measured on the same threads first
 //! (`peak`), so the table says how far each phase is from what the hardware does.
 //!
-//! `cargo run --release -p models --example sampling_profile -- [J] [K] [NEW_TOKENS]`
-//! (default: the demo round's 24 × 4 and 48 new tokens).
+//! `cargo run --release -p models --example sampling_profile -- [J] [K] [NEW_TOKENS] [f32|bf16]`
+//! (default: the demo round's 24 × 4, 48 new tokens, fp32; with bf16 the model and the
+//! limit's products run in bf16).
 
 use std::time::Instant;
 
@@ -32,9 +33,16 @@ fn best_of(repeats: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("arguments are whole numbers"))
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let kind = match args.get(3).map(String::as_str) {
+        None | Some("f32") => Kind::Float,
+        Some("bf16") => Kind::BFloat16,
+        Some(other) => panic!("unknown dtype {other}: use f32 or bf16"),
+    };
+    args.truncate(3);
+    let args: Vec<usize> = args
+        .iter()
+        .map(|a| a.parse().expect("J, K and NEW_TOKENS are whole numbers"))
         .collect();
     let arg = |i: usize, default: usize| *args.get(i).unwrap_or(&default);
     let (j, k, new_tokens) = (arg(0, 24), arg(1, 4), arg(2, 48));
@@ -43,7 +51,7 @@ fn main() {
     let path = Assets::discover()
         .smollm2_gguf()
         .expect("scripts/setup.sh installs SmolLM2");
-    let generator = Generator::from_gguf(&path, Device::Cpu).unwrap();
+    let generator = Generator::load_as(&path, Device::Cpu, kind).unwrap();
     let model = generator.model();
     let c = model.config().clone();
     let (d, kv_dim) = (c.hidden_size, c.num_kv_heads * c.head_dim);
@@ -71,11 +79,11 @@ fn main() {
         4.0 * (queries * context * c.num_heads * c.head_dim) as f64
     };
 
-    // The limit: fp32 products of the shapes that dominate (the MLP's up projection for the
+    // The limit: products (in the model's dtype) of the shapes that dominate (the MLP's up projection for the
     // decode rows and for the prefill tokens, and the LM head), best of 5 runs of 30.
     let peak = |m: usize, k_: usize, n: usize| {
-        let a = Tensor::randn([m as i64, k_ as i64], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([k_ as i64, n as i64], (Kind::Float, Device::Cpu));
+        let a = Tensor::randn([m as i64, k_ as i64], (kind, Device::Cpu));
+        let b = Tensor::randn([k_ as i64, n as i64], (kind, Device::Cpu));
         // 30 products back to back, as a decode step runs its layers: the threads stay
         // awake, as they do in the model.
         30.0 * matmul_flops(m, k_, n)
@@ -150,6 +158,9 @@ fn main() {
     cache.keep_rows(&expand);
     logits = logits.index_select(0, &expand);
     let row_mask = mask.index_select(0, &expand);
+    // As `generate_ids` does: the decoder's weights packed once for the decoding steps (a
+    // no-op unless MKL multiplies; `FEDSYN_CPU_MATMUL=torch` for the per-call packing).
+    let _packed = model.pack_for_decoding(rows as i64);
     let first_position = positions
         .select(1, prompt_len as i64 - 1)
         .index_select(0, &expand)
@@ -213,7 +224,7 @@ fn main() {
         c.num_layers, c.vocab_size
     );
     println!(
-        "matmul peak (fp32, GFLOP/s): decode MLP {:.1}, prefill MLP {:.1}, LM head {:.1}",
+        "matmul peak ({kind:?}, GFLOP/s): decode MLP {:.1}, prefill MLP {:.1}, LM head {:.1}",
         peak_decode / 1e9,
         peak_prefill / 1e9,
         peak_head / 1e9

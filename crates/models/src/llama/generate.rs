@@ -95,6 +95,9 @@ pub fn generate_ids(
     } else {
         (batch.mask.shallow_clone(), batch.positions.shallow_clone())
     };
+    // Decoding multiplies the same weights at every step: pack them once (prefill, with its
+    // many rows per prompt, keeps libtorch's products).
+    let packed = model.pack_for_decoding(rows as i64);
     let mut sampler = Sampler::new(params, rows);
     // One mask for every slot the run can fill: prompt padding 0, everything else 1.
     let mut slot_mask = Tensor::ones([rows as i64, cache.capacity()], (Kind::Int64, device));
@@ -155,6 +158,7 @@ pub fn generate_ids(
                 .iter()
                 .map(|&slot| slot_rows[slot as usize])
                 .collect();
+            packed.repack(slot_rows.len() as i64);
         }
         let step_mask = slot_mask.narrow(1, 0, cache.len() + 1);
         let hidden = model.forward_hidden(

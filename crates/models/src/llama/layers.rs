@@ -3,18 +3,25 @@
 //! [`Attention`], the SwiGLU [`Mlp`] and the pre-norm [`DecoderLayer`] that wires them. The
 //! seven projections of a block can carry LoRA adapters (see `lora.rs`).
 
+use std::sync::{Arc, Mutex};
+
 use tch::{Device, Kind, Tensor};
 
 use super::cache::LayerKv;
 use super::config::LlamaConfig;
 use super::lora::{AdaptedLinear, AdapterMode, LoraTarget};
-use super::onednn;
+use super::mkl_packed::PackedWeight;
+use super::{mkl_packed, onednn};
 
 /// Which library multiplies matrices for a [`Linear`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulBackend {
-    /// libtorch's `linear` (MKL on the CPU, cuBLAS on CUDA).
+    /// libtorch's `linear` (MKL on the CPU, cuBLAS on CUDA), which packs the weight anew at
+    /// every call.
     Torch,
+    /// libtorch's `linear` as [`Self::Torch`], except while decoding: then the weights are
+    /// packed once into MKL's layout for the whole generation (see `mkl_packed.rs`).
+    MklPacked,
     /// oneDNN's fp32 inner product (CPU, fp32 only); see `onednn.rs` for why.
     OneDnn,
 }
@@ -26,8 +33,10 @@ impl MatmulBackend {
     /// out on every call: on Intel with AVX-512 (about 15 % slower prefill and 10 % slower
     /// decoding through oneDNN on a Xeon, `sampling_profile` example), and with both capped at
     /// AVX2, as on processors without AVX-512 (sampling through oneDNN 2–12 % slower, same machine).
+    /// Where MKL multiplies, decoding packs its weights once ([`Self::MklPacked`]) when the
+    /// libtorch has MKL's packed routines.
     /// libtorch's `linear` on every other device or dtype.
-    /// `FEDSYN_CPU_MATMUL=torch` or `=onednn` forces one (to compare the two).
+    /// `FEDSYN_CPU_MATMUL=torch`, `=mkl-packed` or `=onednn` forces one (to compare them).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {
         if weight.device() != Device::Cpu || weight.kind() != Kind::Float {
             return MatmulBackend::Torch;
@@ -40,13 +49,30 @@ impl MatmulBackend {
         // Decided once per process: the environment, the processor and the libtorch build
         // are the same for every layer.
         static CPU_FP32: std::sync::OnceLock<MatmulBackend> = std::sync::OnceLock::new();
-        *CPU_FP32.get_or_init(|| match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
-            _ if !onednn::available() => MatmulBackend::Torch,
-            Ok("torch") => MatmulBackend::Torch,
-            Ok("onednn") => MatmulBackend::OneDnn,
-            _ if onednn::onednn_runs_wider_than_mkl() => MatmulBackend::OneDnn,
-            _ => MatmulBackend::Torch,
+        *CPU_FP32.get_or_init(|| {
+            let mkl = if mkl_packed::available() {
+                MatmulBackend::MklPacked
+            } else {
+                MatmulBackend::Torch
+            };
+            match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
+                Ok("torch") => MatmulBackend::Torch,
+                Ok("mkl-packed") => mkl,
+                _ if !onednn::available() => mkl,
+                Ok("onednn") => MatmulBackend::OneDnn,
+                _ if onednn::onednn_runs_wider_than_mkl() => MatmulBackend::OneDnn,
+                _ => mkl,
+            }
         })
+    }
+
+    /// The name `fedsyn doctor` reports and `FEDSYN_CPU_MATMUL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulBackend::Torch => "torch",
+            MatmulBackend::MklPacked => "mkl-packed",
+            MatmulBackend::OneDnn => "onednn",
+        }
     }
 }
 
@@ -58,6 +84,9 @@ pub struct Linear {
     /// The bias, `[out_features]`, when the layer has one.
     bias: Option<Tensor>,
     backend: MatmulBackend,
+    /// The weight in MKL's packed layout while a generation decodes
+    /// ([`Linear::pack_for_rows`]); only [`MatmulBackend::MklPacked`] layers get one.
+    packed: Mutex<Option<Arc<PackedWeight>>>,
 }
 
 impl Linear {
@@ -69,6 +98,7 @@ impl Linear {
             backend: MatmulBackend::for_weight(&weight),
             weight,
             bias: bias.map(|b| b.contiguous()),
+            packed: Mutex::new(None),
         }
     }
 
@@ -76,6 +106,14 @@ impl Linear {
     /// both backends (oneDNN's inner product has a backward pass in libtorch), never with
     /// respect to the frozen weight.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.backend == MatmulBackend::MklPacked && !x.requires_grad() {
+            if let Some(packed) = self.packed_weight() {
+                // Another row count (a prefill beside the decoding) takes libtorch's product.
+                if x.kind() == Kind::Float && x.device() == Device::Cpu && packed.fits(x) {
+                    return packed.linear(x, self.bias.as_ref());
+                }
+            }
+        }
         if self.backend == MatmulBackend::OneDnn && x.kind() == Kind::Float {
             // A failure here would be a libtorch build without a oneDNN piece; the plain
             // product is the same map.
@@ -89,6 +127,37 @@ impl Linear {
     /// The library that multiplies for this layer.
     pub fn backend(&self) -> MatmulBackend {
         self.backend
+    }
+
+    /// Packs the weight into MKL's layout for products of `rows` rows, used by
+    /// [`Linear::forward`] (outside autograd, for inputs of that many rows) until
+    /// [`Linear::unpack`] or the next packing. Nothing happens unless
+    /// the backend is [`MatmulBackend::MklPacked`]. The packed copy costs the weight's memory
+    /// again, which is why it lives only while a generation decodes.
+    pub(crate) fn pack_for_rows(&self, rows: i64) {
+        if self.backend != MatmulBackend::MklPacked {
+            return;
+        }
+        let packed = PackedWeight::new(&self.weight, rows).map(Arc::new);
+        *self
+            .packed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = packed;
+    }
+
+    /// Drops the packed copy, if any: products go back to libtorch's `linear`.
+    pub(crate) fn unpack(&self) {
+        *self
+            .packed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
+    fn packed_weight(&self) -> Option<Arc<PackedWeight>> {
+        self.packed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Stacks the output rows of maps of the same input into one map, so that one matrix
@@ -111,6 +180,7 @@ impl Linear {
                     weight: stacked.weight.narrow(0, start, rows),
                     bias: stacked.bias.as_ref().map(|b| b.narrow(0, start, rows)),
                     backend: stacked.backend,
+                    packed: Mutex::new(None),
                 };
                 start += rows;
                 view
@@ -454,6 +524,16 @@ impl DecoderLayer {
         }
     }
 
+    /// The frozen maps of the block's four (stacked) projections.
+    pub(crate) fn linears(&self) -> [&Linear; 4] {
+        [
+            self.attention.qkv_proj.base(),
+            self.attention.o_proj.base(),
+            self.mlp.gate_up_proj.base(),
+            self.mlp.down_proj.base(),
+        ]
+    }
+
     /// The block's four (stacked) projections.
     pub(crate) fn projections_mut(&mut self) -> [&mut AdaptedLinear; 4] {
         [
@@ -497,6 +577,28 @@ mod tests {
         for (got, want) in turned.iter().zip(expected) {
             assert!((got - want).abs() < 1e-6, "{turned:?} vs {expected:?}");
         }
+    }
+
+    /// A layer packed for decoding multiplies through the packed weight for that row count
+    /// and through libtorch for any other (a prefill), the same map either way; unpacked, it
+    /// is libtorch's again.
+    #[test]
+    fn packed_linear_is_the_same_map_for_every_row_count() {
+        let _no_grad = tch::no_grad_guard();
+        let options = (Kind::Float, Device::Cpu);
+        let weight = Tensor::randn([64, 32], options);
+        let linear = Linear::new(weight.copy(), Some(Tensor::randn([64], options)));
+        linear.pack_for_rows(6);
+        let packed = linear.backend() == MatmulBackend::MklPacked;
+        assert_eq!(linear.packed_weight().is_some(), packed);
+        for rows in [6, 5, 40] {
+            let x = Tensor::randn([rows, 1, 32], options);
+            let want = x.linear(&weight, linear.bias());
+            let diff = f32::try_from((linear.forward(&x) - want).abs().max()).unwrap();
+            assert!(diff < 1e-4, "rows {rows}: {diff}");
+        }
+        linear.unpack();
+        assert!(linear.packed_weight().is_none());
     }
 
     #[test]

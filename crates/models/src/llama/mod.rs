@@ -28,6 +28,7 @@ mod config;
 mod generate;
 mod layers;
 mod lora;
+mod mkl_packed;
 // Shared with other CPU models of the crate (fp32 matrix products through oneDNN).
 pub(crate) mod onednn;
 mod sampling;
@@ -79,6 +80,30 @@ pub struct CausalLm {
     kind: Kind,
     /// The LoRA adapters' configuration and merge state, when the model has adapters.
     lora: Option<LoraState>,
+}
+
+/// The decoder's weights packed for decoding ([`CausalLm::pack_for_decoding`]); dropping it
+/// frees the packed copies, on every way out of a generation.
+#[must_use = "the weights stay packed only while the guard lives"]
+pub struct PackedForDecoding<'a> {
+    model: &'a CausalLm,
+}
+
+impl PackedForDecoding<'_> {
+    /// Packs again for `rows` rows (decoding dropped finished rows).
+    pub fn repack(&self, rows: i64) {
+        for linear in self.model.layers.iter().flat_map(DecoderLayer::linears) {
+            linear.pack_for_rows(rows);
+        }
+    }
+}
+
+impl Drop for PackedForDecoding<'_> {
+    fn drop(&mut self) {
+        for linear in self.model.layers.iter().flat_map(DecoderLayer::linears) {
+            linear.unpack();
+        }
+    }
 }
 
 impl CausalLm {
@@ -534,6 +559,18 @@ impl CausalLm {
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         let _no_grad = tch::no_grad_guard();
         self.lm_head.forward(hidden).to_kind(Kind::Float)
+    }
+
+    /// Packs the weights of every decoder projection for products of `rows` rows, as
+    /// decoding runs them (one new position per row, thousands of steps on the same weights),
+    /// until the returned guard drops; see [`Linear::pack_for_rows`]. The output head is left
+    /// alone: its products are wide enough that MKL's own packing costs little (88 % of the
+    /// matrix-product limit in `sampling_profile`), and a second copy of the embedding would
+    /// cost its memory. Do not change the weights (merge or unmerge adapters) while packed.
+    pub fn pack_for_decoding(&self, rows: i64) -> PackedForDecoding<'_> {
+        let packed = PackedForDecoding { model: self };
+        packed.repack(rows);
+        packed
     }
 
     fn check_inputs(
