@@ -52,8 +52,8 @@ run_embed() {
 
   # Not the like-for-like comparison (sentence-transformers runs fp32): what bf16 on a CPU
   # with AVX512-BF16 gives, and how far its embeddings move.
-  echo "running the Rust benchmark again with --kind bf16 ..." >&2
-  cargo bench --quiet -p models --bench embed -- --threads "${threads}" --kind bf16 \
+  echo "running the Rust benchmark again with --dtype bf16 ..." >&2
+  cargo bench --quiet -p models --bench embed -- --threads "${threads}" --dtype bf16 \
     --save "${out_dir}/embed-rust-bf16.f32" >"${out_dir}/embed-rust-bf16.json"
 
   {

@@ -74,16 +74,14 @@ struct EmbeddingLine<'a> {
     embedding: &'a [f32],
 }
 
-/// The compute dtype a `--dtype` value names on `device`.
+/// The compute dtype a `--dtype` value names on `device` (bf16 on a CPU without native bf16
+/// falls back to fp32, saying so on standard error).
 fn compute_dtype(text: &str, device: tch::Device) -> Result<tch::Kind> {
-    match text.to_ascii_lowercase().as_str() {
-        "auto" => Ok(models::compute_kind(device)),
-        "f32" | "fp32" | "float32" => Ok(tch::Kind::Float),
-        "bf16" | "bfloat16" => Ok(tch::Kind::BFloat16),
-        other => {
-            Err(InputError(format!("unknown --dtype `{other}`: use auto, f32 or bf16")).into())
-        }
+    let (kind, notice) = text.parse::<models::DtypeChoice>()?.resolve(device);
+    if let Some(notice) = notice {
+        eprintln!("note: {notice}");
     }
+    Ok(kind)
 }
 
 /// What `fedsyn embed --json --out FILE` prints.

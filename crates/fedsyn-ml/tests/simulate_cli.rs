@@ -137,6 +137,47 @@ fn simulate_writes_a_complete_run_and_keeps_client_text_out_of_prompts() {
         .all(|p| PUBLIC_SEEDS.lines().any(|seed| p.contains(seed))));
 }
 
+/// `model.generator_dtype = "bf16"` reaches the generator: the run samples and trains in bf16
+/// where the CPU has native bf16 (AVX512-BF16), and in fp32, saying so, where it has not; the
+/// summary records which.
+#[test]
+fn simulate_runs_the_generator_in_bf16_when_asked() {
+    if !have_default_models() {
+        return;
+    }
+    let privacy = "[privacy]\nepsilon = 2.0\ndelta = 1e-5\nrounds = 1\nnoise_seed = 42\n";
+    let dir = setup("bf16", privacy);
+    let config = dir.join("config.toml");
+    let output = fedsyn(&[
+        "simulate",
+        "--json",
+        "--config",
+        common::path_str(&config),
+        "--out",
+        common::path_str(&dir.join("run")),
+        "--set",
+        "model.generator_dtype=bf16",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let on_cpu = models::device::cuda_device_count() == 0;
+    if on_cpu && !models::cpu_has_native_bf16() {
+        assert_eq!(summary["generator_dtype"], "f32");
+        assert!(stderr.contains("AVX512-BF16"), "{stderr}");
+    } else {
+        assert_eq!(summary["generator_dtype"], "bf16");
+    }
+    let rows = metrics_rows(&dir.join("run"));
+    assert!(rows[0]["train_loss"].as_f64().unwrap().is_finite());
+    assert!(read_text(&dir.join("run/config.toml")).contains("generator_dtype = \"bf16\""));
+    // Unasked, the CPU computes in fp32.
+    if on_cpu {
+        let plain = simulate(&dir, "run-auto");
+        assert_eq!(plain["generator_dtype"], "f32");
+    }
+}
+
 #[test]
 fn simulate_stops_before_a_round_would_exceed_the_budget() {
     if !have_default_models() {

@@ -18,7 +18,7 @@
 //! touch of its activation memory). Peak memory is the process's VmHWM at the end (Linux).
 //!
 //! Run: `cargo bench -p models --bench dpo_step [-- --pairs N --prompt-tokens P --completion-tokens C
-//! --rank R --threads T --device D --save-pairs FILE.json]`. `--save-pairs` writes the token
+//! --rank R --threads T --device D --dtype auto|f32|bf16 --save-pairs FILE.json]`. `--save-pairs` writes the token
 //! ids for the Python side.
 
 use std::path::PathBuf;
@@ -103,7 +103,8 @@ fn config(batch: usize) -> PreferenceConfig {
 fn main() {
     let options = options();
     let device = options.runtime.start();
-    let (path, mut generator, load_seconds) = support::load_smollm2(device);
+    let (path, mut generator, load_seconds) =
+        support::load_smollm2(device, options.runtime.kind(device));
     let pairs = pairs(&generator, &options);
     if let Some(file) = &options.save_pairs {
         std::fs::write(file, serde_json::to_string(&pairs).unwrap()).expect("writes pairs");
@@ -134,6 +135,7 @@ fn main() {
         "tool": "fedsyn",
         "model": path.file_name().map(|n| n.to_string_lossy().to_string()),
         "device": format!("{device:?}"),
+        "dtype": format!("{:?}", model.kind()),
         "threads": tch::get_num_threads(),
         "pairs": options.pairs,
         "prompt_tokens": options.prompt_tokens,

@@ -27,8 +27,6 @@ struct Options {
     docs: usize,
     batch_size: usize,
     runtime: Runtime,
-    /// Compute dtype override (`f32`, `bf16`); default: the device's (fp32 on the CPU).
-    kind: Option<tch::Kind>,
     save: Option<PathBuf>,
 }
 
@@ -39,7 +37,6 @@ fn options() -> Options {
         docs: 2000,
         batch_size: 64,
         runtime: Runtime::default(),
-        kind: None,
         save: None,
     };
     let mut flags = Flags::from_env();
@@ -48,13 +45,6 @@ fn options() -> Options {
             "--data" => options.data = flags.path(),
             "--docs" => options.docs = flags.parse("N"),
             "--batch-size" => options.batch_size = flags.parse("N"),
-            "--kind" => {
-                options.kind = Some(match flags.value().as_str() {
-                    "f32" => tch::Kind::Float,
-                    "bf16" => tch::Kind::BFloat16,
-                    other => panic!("--kind f32|bf16, not {other}"),
-                })
-            }
             "--save" => options.save = Some(flags.path()),
             other => options.runtime.read_shared_flag(other, &mut flags),
         }
@@ -94,7 +84,7 @@ fn main() {
         .expect("all-MiniLM-L6-v2 is installed");
 
     let load_start = Instant::now();
-    let kind = options.kind.unwrap_or(models::compute_kind(device));
+    let kind = options.runtime.kind(device);
     let embedder = SentenceEmbedder::load_as(&model_dir, device, kind).expect("the model loads");
     let load_seconds = load_start.elapsed().as_secs_f64();
     let token_counts = embedder.token_counts(&texts).expect("tokenise");

@@ -69,7 +69,8 @@ fn cpu_seconds() -> Option<f64> {
 fn main() {
     let options = options();
     let device = options.runtime.start();
-    let (path, generator, load_seconds) = support::load_smollm2(device);
+    let (path, generator, load_seconds) =
+        support::load_smollm2(device, options.runtime.kind(device));
     // Row i: the first `prompt_tokens` ids of the i-th address.
     let prompts = support::address_ids(&generator, options.batch, options.prompt_tokens);
     if let Some(file) = &options.save_prompts {

@@ -1,5 +1,5 @@
-//! Choosing where models run: `--device auto|cpu|cuda[:N]`, and the dtype that goes with it
-//! (bf16 on CUDA, fp32 on CPU).
+//! Choosing where models run, `--device auto|cpu|cuda[:N]`, and in which floating-point type,
+//! `--dtype auto|f32|bf16` (auto: bf16 on CUDA, fp32 on the CPU).
 
 use std::str::FromStr;
 
@@ -78,6 +78,80 @@ pub fn compute_kind(device: Device) -> Kind {
     }
 }
 
+/// The compute dtype the user asked for (`--dtype`, `model.generator_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtypeChoice {
+    /// The device's default ([`compute_kind`]): bf16 on CUDA, fp32 on the CPU.
+    #[default]
+    Auto,
+    /// fp32 everywhere.
+    F32,
+    /// bf16 where the device computes it natively: CUDA, or a CPU with AVX512-BF16 (AMD Zen 4
+    /// and later, Intel Cooper Lake and Sapphire Rapids and later, whose AMX units libtorch's
+    /// oneDNN uses). On another CPU bf16 would be emulated, slower than fp32, so the choice
+    /// falls back to fp32 and [`DtypeChoice::resolve`] says so.
+    Bf16,
+}
+
+impl FromStr for DtypeChoice {
+    type Err = ModelError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DtypeChoice::Auto),
+            "f32" | "fp32" | "float32" => Ok(DtypeChoice::F32),
+            "bf16" | "bfloat16" => Ok(DtypeChoice::Bf16),
+            _ => Err(ModelError::UnknownDtype(text.to_string())),
+        }
+    }
+}
+
+impl DtypeChoice {
+    /// The dtype this choice means on `device`, and, when bf16 was asked for on a CPU without
+    /// native bf16 instructions, the sentence that says it runs fp32 instead.
+    pub fn resolve(self, device: Device) -> (Kind, Option<String>) {
+        match self {
+            DtypeChoice::Auto => (compute_kind(device), None),
+            DtypeChoice::F32 => (Kind::Float, None),
+            DtypeChoice::Bf16 if device != Device::Cpu || cpu_has_native_bf16() => {
+                (Kind::BFloat16, None)
+            }
+            DtypeChoice::Bf16 => (
+                Kind::Float,
+                Some(
+                    "bf16 was asked for, but this CPU has no AVX512-BF16 instructions (libtorch \
+                     would emulate bf16, slower than fp32): computing in fp32"
+                        .to_string(),
+                ),
+            ),
+        }
+    }
+}
+
+/// Whether this CPU multiplies bf16 natively (AVX512-BF16; the processors with AMX have it
+/// too). Decided by the processor's feature flags, at run time.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The short name of a compute dtype, as `--dtype` and `model.generator_dtype` spell it
+/// (`f32`, `bf16`, `f16`; libtorch's name for any other).
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "f16",
+        _ => "other",
+    }
+}
+
 /// How many CUDA devices libtorch sees (0 without CUDA).
 pub fn cuda_device_count() -> usize {
     if Cuda::is_available() {
@@ -130,5 +204,36 @@ mod tests {
         let beyond = DeviceChoice::Cuda(cuda_device_count());
         let err = beyond.resolve().unwrap_err().to_string();
         assert!(err.contains("CUDA device"), "{err}");
+    }
+
+    #[test]
+    fn dtype_choices_parse_and_resolve() {
+        assert_eq!("BF16".parse::<DtypeChoice>().unwrap(), DtypeChoice::Bf16);
+        assert_eq!("fp32".parse::<DtypeChoice>().unwrap(), DtypeChoice::F32);
+        let err = "f16".parse::<DtypeChoice>().unwrap_err().to_string();
+        assert!(err.contains("f16") && err.contains("bf16"), "{err}");
+        assert_eq!(DtypeChoice::Auto.resolve(Device::Cpu), (Kind::Float, None));
+        assert_eq!(
+            DtypeChoice::Auto.resolve(Device::Cuda(0)),
+            (Kind::BFloat16, None)
+        );
+        assert_eq!(DtypeChoice::F32.resolve(Device::Cuda(0)).0, Kind::Float);
+        // bf16 on this CPU: native where the processor says it has AVX512-BF16, else fp32
+        // with the reason.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if cfg!(target_arch = "x86_64") && !cpuinfo.is_empty() {
+            let native = cpuinfo
+                .lines()
+                .find(|line| line.starts_with("flags"))
+                .is_some_and(|flags| flags.split_whitespace().any(|f| f == "avx512_bf16"));
+            assert_eq!(cpu_has_native_bf16(), native);
+        }
+        let (kind, notice) = DtypeChoice::Bf16.resolve(Device::Cpu);
+        if cpu_has_native_bf16() {
+            assert_eq!((kind, notice), (Kind::BFloat16, None));
+        } else {
+            assert_eq!(kind, Kind::Float);
+            assert!(notice.unwrap().contains("AVX512-BF16"));
+        }
     }
 }

@@ -144,6 +144,9 @@ pub enum ModelError {
     /// A `--device` value that is not `auto`, `cpu`, `cuda` or `cuda:N`.
     #[error("unknown device `{0}`: use auto, cpu, cuda or cuda:N")]
     UnknownDevice(String),
+    /// A `--dtype` (or `model.generator_dtype`) value that is not `auto`, `f32` or `bf16`.
+    #[error("unknown dtype `{0}`: use auto, f32 or bf16")]
+    UnknownDtype(String),
     /// A CUDA device was asked for but libtorch sees none (or fewer).
     #[error("{asked} was asked for, but libtorch sees {available} CUDA device(s){hint}")]
     DeviceUnavailable {

@@ -22,7 +22,7 @@ mod test_support;
 
 pub use assets::Assets;
 pub use bert::SentenceEmbedder;
-pub use device::{compute_kind, DeviceChoice};
+pub use device::{compute_kind, cpu_has_native_bf16, dtype_name, DeviceChoice, DtypeChoice};
 pub use error::{ModelError, Result};
 pub use gguf::{GgmlType, GgufFile, GgufValue, TensorInfo};
 pub use llama::{CausalLm, Generator, LoraConfig, LoraTarget, SamplingParams};

@@ -219,6 +219,31 @@ pub struct ModelSection {
     /// The sentence embedder folder; default: the installed all-MiniLM-L6-v2.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedder: Option<PathBuf>,
+    /// What the generator computes in, for sampling and preference training.
+    #[serde(skip_serializing_if = "GeneratorDtype::is_auto")]
+    pub generator_dtype: GeneratorDtype,
+}
+
+/// The generator's compute dtype (`model.generator_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorDtype {
+    /// The device's default: bf16 on CUDA, fp32 on the CPU.
+    #[default]
+    Auto,
+    /// fp32.
+    F32,
+    /// bf16 where the device computes it natively (CUDA, or a CPU with AVX512-BF16 or
+    /// AMX); elsewhere the run computes in fp32 and says so. The LoRA adapters and the
+    /// optimiser stay fp32.
+    Bf16,
+}
+
+impl GeneratorDtype {
+    /// Whether this is the default (left out of written configurations).
+    pub fn is_auto(&self) -> bool {
+        *self == GeneratorDtype::Auto
+    }
 }
 
 /// How POPri's public prompts are written (`prompts.style`).
@@ -1432,6 +1457,24 @@ mod tests {
             RunError::ConfigValue { key, .. } => key,
             other => panic!("expected a ConfigValue error, got {other}"),
         }
+    }
+
+    #[test]
+    fn the_generator_dtype_parses_and_auto_stays_out_of_written_configs() {
+        let plain = config(MINIMAL).unwrap();
+        assert_eq!(plain.model.generator_dtype, GeneratorDtype::Auto);
+        assert!(!plain.to_toml().unwrap().contains("generator_dtype"));
+        let bf16 = config(&format!("{MINIMAL}[model]\ngenerator_dtype = \"bf16\"\n")).unwrap();
+        assert_eq!(bf16.model.generator_dtype, GeneratorDtype::Bf16);
+        let written = bf16.to_toml().unwrap();
+        assert!(written.contains("generator_dtype = \"bf16\""), "{written}");
+        let err = config(&format!("{MINIMAL}[model]\ngenerator_dtype = \"f16\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("generator_dtype") && err.contains("bf16"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct SimulationSummary {
     pub statement_path: PathBuf,
     /// Wall-clock seconds of this invocation.
     pub seconds: f64,
+    /// What the generator computed in (`f32` or `bf16`; `model.generator_dtype` resolved on
+    /// this machine). Empty in summaries written before it was recorded.
+    #[serde(default)]
+    pub generator_dtype: String,
 }
 
 impl SimulationSummary {

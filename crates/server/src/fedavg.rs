@@ -237,6 +237,7 @@ pub(crate) fn run_dp_fedavg(
         samples: 0,
         path: dir.root().join(MODEL_DIR),
         fid_nonprivate: None,
+        generator_dtype: model.kind(),
     };
     finish_simulation(
         dir,

@@ -22,6 +22,8 @@ pub(crate) struct Released {
     pub path: PathBuf,
     /// Non-private diagnostic: FID of the synthetic texts to the private eval set.
     pub fid_nonprivate: Option<f64>,
+    /// What the generator computed in.
+    pub generator_dtype: tch::Kind,
 }
 
 /// FID of `texts` to the private eval set's embeddings `eval` (non-private), when both have
@@ -71,6 +73,7 @@ pub(crate) fn finish_simulation(
         synthetic_path: released.path,
         statement_path: dir.statement_md_path(),
         seconds: clock.elapsed().as_secs_f64(),
+        generator_dtype: models::dtype_name(released.generator_dtype).to_string(),
     };
     let json = serde_json::to_string_pretty(&summary)
         .map_err(|e| ServerError::internal(format!("summary.json cannot be encoded: {e}")))?;

@@ -497,6 +497,7 @@ impl PeRun<'_> {
                 &self.embedder,
                 &synthetic,
             )?,
+            generator_dtype: self.generator.model().kind(),
         };
         finish_simulation(
             dir,

@@ -9,13 +9,13 @@ use clients::{
     embed_cached, sample_per_client, sotu_documents, FederatedData, SimulatedPopulation,
 };
 use models::llama::{LoraConfig, LoraTarget};
-use models::{Assets, DeviceChoice, Generator, SamplingParams, SentenceEmbedder};
+use models::{Assets, DeviceChoice, DtypeChoice, Generator, SamplingParams, SentenceEmbedder};
 use privacy_accounting::statement::PrivacyStatement;
 use privacy_accounting::{AccountantKind, Ledger, Sampling};
 use tch::{Device, Tensor};
 
 use crate::config::PromptStyle;
-use crate::config::{RunConfig, SyntheticPrompts, TrainData};
+use crate::config::{GeneratorDtype, RunConfig, SyntheticPrompts, TrainData};
 use crate::engine::{Candidates, PopriEngine};
 use crate::error::{Result, RunError, ServerError};
 use crate::fid::{frechet_distance, mean_distance_sq};
@@ -269,10 +269,21 @@ pub fn load_embedder(
     Ok(SentenceEmbedder::load(&dir, device)?)
 }
 
-/// The generator of `config` (the installed SmolLM2 GGUF unless `model.generator` says).
+/// The generator of `config` (the installed SmolLM2 GGUF unless `model.generator` says), in
+/// the dtype `model.generator_dtype` asks for (bf16 on a CPU without native bf16 runs fp32
+/// and says so on standard error).
 pub fn load_generator(config: &RunConfig, assets: &Assets, device: Device) -> Result<Generator> {
     let path = generator_path(config, assets)?;
-    Ok(Generator::load(&path, device)?)
+    let choice = match config.model.generator_dtype {
+        GeneratorDtype::Auto => DtypeChoice::Auto,
+        GeneratorDtype::F32 => DtypeChoice::F32,
+        GeneratorDtype::Bf16 => DtypeChoice::Bf16,
+    };
+    let (kind, notice) = choice.resolve(device);
+    if let Some(notice) = notice {
+        eprintln!("note: model.generator_dtype: {notice}");
+    }
+    Ok(Generator::load_as(&path, device, kind)?)
 }
 
 /// The generator's file or folder.

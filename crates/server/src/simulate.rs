@@ -251,6 +251,7 @@ impl Simulation {
                 engine.embedder(),
                 &synthetic.texts,
             )?,
+            generator_dtype: engine.generator().model().kind(),
         };
         finish_simulation(
             &self.dir,

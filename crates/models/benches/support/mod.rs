@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use models::llama::Generator;
-use models::{Assets, DeviceChoice};
-use tch::Device;
+use models::{Assets, DeviceChoice, DtypeChoice};
+use tch::{Device, Kind};
 
 /// The benchmark's command line, read flag by flag: `--flag value` pairs.
 pub struct Flags {
@@ -66,10 +66,11 @@ impl Flags {
     }
 }
 
-/// The flags every benchmark takes: how many torch threads, on which device.
+/// The flags every benchmark takes: how many torch threads, on which device, in which dtype.
 pub struct Runtime {
     pub threads: i32,
     pub device: DeviceChoice,
+    pub dtype: DtypeChoice,
 }
 
 impl Default for Runtime {
@@ -78,17 +79,19 @@ impl Default for Runtime {
         Runtime {
             threads: 2,
             device: DeviceChoice::Cpu,
+            dtype: DtypeChoice::Auto,
         }
     }
 }
 
 impl Runtime {
-    /// Reads `flag` (`--threads N` or `--device auto|cpu|cuda[:N]`), the benchmark's own
-    /// flags having been tried first; panics on any other flag.
+    /// Reads `flag` (`--threads N`, `--device auto|cpu|cuda[:N]` or `--dtype auto|f32|bf16`),
+    /// the benchmark's own flags having been tried first; panics on any other flag.
     pub fn read_shared_flag(&mut self, flag: &str, flags: &mut Flags) {
         match flag {
             "--threads" => self.threads = flags.parse("N"),
             "--device" => self.device = flags.parse("auto|cpu|cuda[:N]"),
+            "--dtype" => self.dtype = flags.parse("auto|f32|bf16"),
             other => panic!("unknown option {other}"),
         }
     }
@@ -98,16 +101,26 @@ impl Runtime {
         tch::set_num_threads(self.threads);
         self.device.resolve().expect("device")
     }
+
+    /// The compute dtype on `device` (bf16 falls back to fp32, saying so, on a CPU without
+    /// native bf16).
+    pub fn kind(&self, device: Device) -> Kind {
+        let (kind, notice) = self.dtype.resolve(device);
+        if let Some(notice) = notice {
+            eprintln!("note: {notice}");
+        }
+        kind
+    }
 }
 
-/// SmolLM2-135M-Instruct from its GGUF file (scripts/setup.sh) on `device`: the file, the
-/// generator and the seconds loading took.
-pub fn load_smollm2(device: Device) -> (PathBuf, Generator, f64) {
+/// SmolLM2-135M-Instruct from its GGUF file (scripts/setup.sh) on `device`, computing in
+/// `kind`: the file, the generator and the seconds loading took.
+pub fn load_smollm2(device: Device, kind: Kind) -> (PathBuf, Generator, f64) {
     let path = Assets::discover()
         .smollm2_gguf()
         .expect("the SmolLM2 GGUF (scripts/setup.sh)");
     let started = Instant::now();
-    let generator = Generator::from_gguf(&path, device).expect("loads");
+    let generator = Generator::load_as(&path, device, kind).expect("loads");
     (path, generator, started.elapsed().as_secs_f64())
 }
 
