@@ -22,13 +22,15 @@
 #          ids, one process per run, alternating, best of REPEATS (default 3) runs of each.
 # Needs scripts/setup.sh (models) and the benchmark venv (created on first use by
 # scripts/bench-venv.sh). Set THREADS to change the torch thread count of both sides.
+# generate and dpo: DTYPE=bf16 runs fedsyn in bf16 (fp32 if the CPU lacks AVX512-BF16, as the
+# table then says) and PYTHON_DTYPE (default: DTYPE, else f32) the Python side.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${repo_root}"
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -78,11 +80,11 @@ run_generate() {
     for run in $(seq 1 "${repeats}"); do
       echo "batch ${batch}, run ${run}/${repeats}: fedsyn (cargo bench -p models --bench generate) ..." >&2
       cargo bench --quiet -p models --bench generate -- --batch "${batch}" --threads "${threads}" \
-        --save-prompts "${out_dir}/generate-prompts-${batch}.json" \
+        --dtype "${DTYPE:-f32}" --save-prompts "${out_dir}/generate-prompts-${batch}.json" \
         >"${out_dir}/generate-rust-${batch}-${run}.json"
       echo "batch ${batch}, run ${run}/${repeats}: transformers (generate_anchor.py) ..." >&2
       "${python}" benches/python/generate_anchor.py --threads "${threads}" \
-        --prompts "${out_dir}/generate-prompts-${batch}.json" \
+        --dtype "${PYTHON_DTYPE:-${DTYPE:-f32}}" --prompts "${out_dir}/generate-prompts-${batch}.json" \
         >"${out_dir}/generate-python-${batch}-${run}.json" 2>"${out_dir}/generate-python.log"
       results+=("${out_dir}/generate-rust-${batch}-${run}.json"
                 "${out_dir}/generate-python-${batch}-${run}.json")
@@ -105,10 +107,10 @@ run_dpo() {
   for run in $(seq 1 "${repeats}"); do
     echo "run ${run}/${repeats}: fedsyn (cargo bench -p models --bench dpo_step) ..." >&2
     cargo bench --quiet -p models --bench dpo_step -- --threads "${threads}" \
-      --save-pairs "${out_dir}/dpo-pairs.json" >"${out_dir}/dpo-rust-${run}.json"
+      --dtype "${DTYPE:-f32}" --save-pairs "${out_dir}/dpo-pairs.json" >"${out_dir}/dpo-rust-${run}.json"
     echo "run ${run}/${repeats}: PyTorch + PEFT (dpo_step_anchor.py) ..." >&2
     "${python}" benches/python/dpo_step_anchor.py --threads "${threads}" \
-      --pairs "${out_dir}/dpo-pairs.json" \
+      --dtype "${PYTHON_DTYPE:-${DTYPE:-f32}}" --pairs "${out_dir}/dpo-pairs.json" \
       >"${out_dir}/dpo-python-${run}.json" 2>"${out_dir}/dpo-python.log"
     results+=("${out_dir}/dpo-rust-${run}.json" "${out_dir}/dpo-python-${run}.json")
   done

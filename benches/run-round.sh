@@ -23,7 +23,8 @@
 #     1.55x slower, libgomp's default long spin starves anything sharing the cores).
 #   SETS: extra `KEY=VALUE` overrides of the demo configuration, space-separated, applied to
 #     both sides (e.g. SETS="prompts.num_prompts=2 generation.max_new_tokens=8" for a quick
-#     check of the script).
+#     check of the script; SETS=model.generator_dtype=bf16 runs both generators in bf16).
+#   PYTHON_DTYPE (auto): the Python generator's dtype, f32 or bf16 (auto: as fedsyn's).
 #   QUIET_WAIT_MINUTES (0): first wait, polling every minute, until no other fedsyn-ml, cargo
 #     or rustc process runs and the 1-minute load average is below 1.0 at two polls in a row;
 #     give up (exit 1) after this many minutes.
@@ -50,12 +51,15 @@ machine_line() {
 }
 
 # Other processes that would share the cores: fedsyn-ml, cargo and rustc, except this
-# benchmark's own fedsyn (its command line names OUT_DIR). One line each, "PID COMMAND".
+# benchmark's own fedsyn (its command line names OUT_DIR) and stopped ones (kill -STOP: they
+# take no CPU). One line each, "PID COMMAND".
 busy_processes() {
-  local name
+  local name line
   for name in fedsyn-ml cargo rustc; do
     pgrep -a -x "${name}" || true
-  done | grep -vF -- "${out_dir}" | cut -c1-160 || true
+  done | grep -vF -- "${out_dir}" | while read -r line; do
+    [[ "$(ps -o stat= -p "${line%% *}" 2>/dev/null)" == T* ]] || echo "${line}"
+  done | cut -c1-160 || true
 }
 
 # Records every 5 s which other busy processes run, until killed: a run that overlapped
@@ -131,6 +135,7 @@ rm -rf "${out_dir}/fedsyn-run"
 
 echo "Python stack: the same round on ${out_dir}/fedsyn-run/prompts.json ..." >&2
 "${python}" "${anchor}" --run-dir "${out_dir}/fedsyn-run" --threads "${threads}" \
+  --dtype "${PYTHON_DTYPE:-auto}" \
   >"${out_dir}/round-python.json" 2>"${out_dir}/round-python.log"
 
 kill "${watcher}" 2>/dev/null || true

@@ -38,14 +38,16 @@ def offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def load_gguf_model(gguf_path: Path):
+def load_gguf_model(gguf_path: Path, dtype: str = "f32"):
     """The causal language model of a GGUF file, loaded by transformers (``gguf_file=``) and
-    dequantised to fp32."""
+    dequantised to fp32 (``dtype="f32"``) or bf16 (``"bf16"``; PEFT keeps LoRA adapters on it
+    in fp32, as fedsyn does)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
     return AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch_dtype)
 
 
 def peak_rss_mib() -> float:

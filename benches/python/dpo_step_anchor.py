@@ -101,7 +101,7 @@ def run(args) -> None:
     gguf_path = Path(models_env()["FEDSYN_SMOLLM2_GGUF"])
 
     start = time.perf_counter()
-    model = load_gguf_model(gguf_path)
+    model = load_gguf_model(gguf_path, args.dtype)
     load_seconds = time.perf_counter() - start
     lora = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0, target_modules=TARGETS,
                       bias="none", task_type="CAUSAL_LM")
@@ -118,6 +118,7 @@ def run(args) -> None:
         "tool": "pytorch+peft",
         "model": gguf_path.name,
         "device": "Cpu",
+        "dtype": {"f32": "Float", "bf16": "BFloat16"}[args.dtype],
         "threads": torch.get_num_threads(),
         "pairs": len(pairs),
         "prompt_tokens": len(pairs[0]["prompt"]),
@@ -147,6 +148,7 @@ def markdown(paths: list) -> None:
     for run in runs:
         groups.setdefault(run["tool"], []).append(run)
     python = groups["pytorch+peft"][0]
+    rust = groups.get("fedsyn", [{}])[0]
     print("| tool | seconds (best) | seconds (median) | runs | step s | reference s | "
           "fedsyn speed-up | peak RSS (MiB) | loss | grad norm |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -168,7 +170,7 @@ def markdown(paths: list) -> None:
     print(f"One DPO optimiser step: {python['pairs']} pairs of {python['prompt_tokens']} prompt + "
           f"{python['completion_tokens']} completion tokens (one batch of "
           f"{2 * python['pairs']} sequences), LoRA r {python['rank']} on all seven projections "
-          f"({python['trainable_parameters']:,} trainable parameters), fp32 on the CPU, "
+          f"({python['trainable_parameters']:,} trainable parameters), {python.get('dtype', 'Float')} on the CPU (fedsyn: {rust.get('dtype', 'Float')}), "
           f"{python['threads']} torch threads, each run its own process; time = reference "
           f"log-probabilities (adapter off, no grad) + forward, backward, clipping and AdamW, "
           f"on both sides; model load excluded. {stack_text(python)}, "
@@ -180,6 +182,7 @@ def main() -> None:
     pairs = parser.add_argument("--pairs", help="JSON list of {prompt, chosen, rejected} id lists")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     run_or_tabulate(parser, pairs, run, markdown)
 
 

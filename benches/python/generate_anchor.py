@@ -37,7 +37,7 @@ def run(args) -> None:
     gguf_path = Path(models_env()["FEDSYN_SMOLLM2_GGUF"])
 
     start = time.perf_counter()
-    model = load_gguf_model(gguf_path)
+    model = load_gguf_model(gguf_path, args.dtype)
     model.eval()
     load_seconds = time.perf_counter() - start
 
@@ -60,7 +60,7 @@ def run(args) -> None:
         "tool": "transformers",
         "model": gguf_path.name,
         "device": "Cpu",
-        "dtype": "Float",
+        "dtype": {"f32": "Float", "bf16": "BFloat16"}[args.dtype],
         "threads": torch.get_num_threads(),
         "batch": input_ids.shape[0],
         "prompt_tokens": input_ids.shape[1],
@@ -107,8 +107,8 @@ def markdown(paths: list) -> None:
                   f"{run['load_seconds']:.2f} |")
     print()
     print(f"Each run: {python['prompt_tokens']}-token prompts (no padding), "
-          f"{python['new_tokens']} new tokens per row sampled at temperature 1.0, fp32 on the "
-          f"CPU, {python['threads']} torch threads, its own process; time = prefill + all "
+          f"{python['new_tokens']} new tokens per row sampled at temperature 1.0, {python['dtype']} on the "
+          f"CPU (fedsyn: {rust.get('dtype', 'Float')}), {python['threads']} torch threads, its own process; time = prefill + all "
           f"decoding steps, model load excluded. {stack_text(python)}; fedsyn: tch 0.24 on the "
           f"same libtorch, matmuls through {rust.get('matmul', '?')}.")
 
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     run_or_tabulate(parser, prompts, run, markdown)
 
 

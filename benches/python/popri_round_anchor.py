@@ -292,7 +292,8 @@ def run(args) -> None:
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer.padding_side = "left"
-    model = load_gguf_model(gguf_path)
+    dtype = args.dtype if args.dtype != "auto" else run_dtype(config)
+    model = load_gguf_model(gguf_path, dtype)
     model = get_peft_model(model, LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
         target_modules=lora.get("targets", TARGETS), bias="none", task_type="CAUSAL_LM"))
@@ -359,6 +360,7 @@ def run(args) -> None:
         "client_texts": len(flat),
         "sigma": sigma,
         "threads": torch.get_num_threads(),
+        "generator_dtype": dtype,
         "seconds": seconds,
         "total_seconds": total,
         "load_seconds": load_seconds,
@@ -369,6 +371,12 @@ def run(args) -> None:
         "peak_rss_mib": peak_rss,
         "versions": versions("sentence-transformers", "peft", "numpy"),
     }))
+
+
+def run_dtype(config: dict) -> str:
+    """The generator dtype a fedsyn run's config asks for, as this script names it (auto on
+    the CPU is fp32)."""
+    return "bf16" if config.get("model", {}).get("generator_dtype") == "bf16" else "f32"
 
 
 def fedsyn_round(run_dir: Path, peak_rss_kib: int) -> None:
@@ -391,6 +399,8 @@ def fedsyn_round(run_dir: Path, peak_rss_kib: int) -> None:
         "clients": row["cohort"],
         "sigma": row["sigma"],
         "threads": config["run"]["threads"],
+        "generator_dtype": json.loads((run_dir / "summary.json").read_text()).get(
+            "generator_dtype", "f32"),
         "seconds": {phase: row["seconds"][phase] for phase in PHASES},
         "eval_seconds": row["seconds"]["eval"],
         "wall_seconds": row["wall_seconds"],
@@ -417,7 +427,9 @@ def markdown(fedsyn_path: str, python_path: str) -> None:
     print(f"J = {python['prompts']} prompts × K = {python['per_prompt']} candidates, at most "
           f"{python['max_new_tokens']} new tokens; {python['clients']} clients "
           f"({python['client_texts']} texts on the Python side); σ = {python['sigma']:.4f}; "
-          f"{python['threads']} torch threads on both sides. fedsyn's round total is its "
+          f"{python['threads']} torch threads on both sides; generator in "
+          f"{python.get('generator_dtype', 'f32')} (Python) and "
+          f"{fedsyn.get('generator_dtype', 'f32')} (fedsyn). fedsyn's round total is its "
           f"wall_seconds {fedsyn['wall_seconds']:.2f} less the FID diagnostic "
           f"({fedsyn['eval_seconds']:.2f} s). Python model load (generator + LoRA + embedder) "
           f"{python['load_seconds']:.1f} s and client embedding "
@@ -439,6 +451,8 @@ def main() -> None:
                         help="a fedsyn run directory: run the same round in Python")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["auto", "f32", "bf16"], default="auto",
+                        help="the generator's dtype (auto: the run's model.generator_dtype)")
     parser.add_argument("--fedsyn-round", type=Path, metavar="RUN_DIR",
                         help="print the first round of this fedsyn run as JSON")
     parser.add_argument("--peak-rss-kib", type=int, default=0,

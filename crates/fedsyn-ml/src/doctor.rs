@@ -35,9 +35,9 @@ struct Report {
     /// `GOMP_SPINCOUNT`; `fedsyn` sets the spin when neither is given).
     openmp_wait: OpenMpWait,
     /// What runs fp32 matrix products on the CPU: `torch` (libtorch's `linear`: MKL, packing
-    /// the weight at every call), `mkl-packed` (the same, with decoding's weights packed once
-    /// per generation) or `onednn` (chosen from the processor and the libtorch build;
-    /// `FEDSYN_CPU_MATMUL=torch|mkl-packed|onednn` forces one).
+    /// the weight at every call) or `onednn`, chosen from the processor, or `mkl-packed` (the
+    /// same as `torch`, with decoding's weights packed once per generation), opted into with
+    /// `FEDSYN_CPU_MATMUL=torch|mkl-packed|onednn`.
     cpu_fp32_matmul: &'static str,
     libtorch_cuda_loaded: bool,
     cuda_devices: usize,

@@ -48,9 +48,9 @@ fn doctor_reports_the_openmp_wait_settings() {
     assert_eq!(spin["gomp_spincount"], "10");
 }
 
-/// `doctor` says what runs fp32 products on the CPU: MKL with decoding's weights packed on
-/// this processor (x86-64 Linux libtorch has MKL) unless it has AVX-512 and is not Intel's,
-/// and whatever `FEDSYN_CPU_MATMUL` forces.
+/// `doctor` says what runs fp32 products on the CPU: libtorch's own (MKL) on this processor
+/// unless it has AVX-512 and is not Intel's, and whatever `FEDSYN_CPU_MATMUL` forces (MKL with
+/// decoding's weights packed, where the libtorch has MKL: x86-64 Linux's does).
 #[test]
 fn doctor_reports_the_cpu_matmul_backend() {
     let backend = |forced: Option<&str>| {
@@ -69,7 +69,7 @@ fn doctor_reports_the_cpu_matmul_backend() {
     let has = |needle: &str| cpuinfo.lines().take(30).any(|line| line.contains(needle));
     if cfg!(all(target_arch = "x86_64", target_os = "linux")) && !cpuinfo.is_empty() {
         let onednn_wider = !has("GenuineIntel") && has(" avx512f");
-        let expected = if onednn_wider { "onednn" } else { "mkl-packed" };
+        let expected = if onednn_wider { "onednn" } else { "torch" };
         assert_eq!(backend(None), expected);
         assert_eq!(backend(Some("mkl-packed")), "mkl-packed");
     }

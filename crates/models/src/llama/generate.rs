@@ -95,8 +95,9 @@ pub fn generate_ids(
     } else {
         (batch.mask.shallow_clone(), batch.positions.shallow_clone())
     };
-    // Decoding multiplies the same weights at every step: pack them once (prefill, with its
-    // many rows per prompt, keeps libtorch's products).
+    // Decoding multiplies the same weights at every step: where MKL's packing is chosen
+    // (FEDSYN_CPU_MATMUL=mkl-packed) pack them once; a no-op otherwise. Prefill, with its many
+    // rows per prompt, keeps libtorch's products.
     let packed = model.pack_for_decoding(rows as i64);
     let mut sampler = Sampler::new(params, rows);
     // One mask for every slot the run can fill: prompt padding 0, everything else 1.

@@ -20,7 +20,9 @@ pub enum MatmulBackend {
     /// every call.
     Torch,
     /// libtorch's `linear` as [`Self::Torch`], except while decoding: then the weights are
-    /// packed once into MKL's layout for the whole generation (see `mkl_packed.rs`).
+    /// packed once into MKL's layout for the whole generation (see `mkl_packed.rs`). Opt-in
+    /// (`FEDSYN_CPU_MATMUL=mkl-packed`): decoding runs 6–10 % faster, but the packed copy
+    /// raised a demo round's peak memory by 12 % (BENCHMARKS.md).
     MklPacked,
     /// oneDNN's fp32 inner product (CPU, fp32 only); see `onednn.rs` for why.
     OneDnn,
@@ -33,8 +35,6 @@ impl MatmulBackend {
     /// out on every call: on Intel with AVX-512 (about 15 % slower prefill and 10 % slower
     /// decoding through oneDNN on a Xeon, `sampling_profile` example), and with both capped at
     /// AVX2, as on processors without AVX-512 (sampling through oneDNN 2–12 % slower, same machine).
-    /// Where MKL multiplies, decoding packs its weights once ([`Self::MklPacked`]) when the
-    /// libtorch has MKL's packed routines.
     /// libtorch's `linear` on every other device or dtype.
     /// `FEDSYN_CPU_MATMUL=torch`, `=mkl-packed` or `=onednn` forces one (to compare them).
     pub fn for_weight(weight: &Tensor) -> MatmulBackend {
@@ -49,20 +49,14 @@ impl MatmulBackend {
         // Decided once per process: the environment, the processor and the libtorch build
         // are the same for every layer.
         static CPU_FP32: std::sync::OnceLock<MatmulBackend> = std::sync::OnceLock::new();
-        *CPU_FP32.get_or_init(|| {
-            let mkl = if mkl_packed::available() {
-                MatmulBackend::MklPacked
-            } else {
-                MatmulBackend::Torch
-            };
-            match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
-                Ok("torch") => MatmulBackend::Torch,
-                Ok("mkl-packed") => mkl,
-                _ if !onednn::available() => mkl,
-                Ok("onednn") => MatmulBackend::OneDnn,
-                _ if onednn::onednn_runs_wider_than_mkl() => MatmulBackend::OneDnn,
-                _ => mkl,
-            }
+        *CPU_FP32.get_or_init(|| match std::env::var("FEDSYN_CPU_MATMUL").as_deref() {
+            Ok("torch") => MatmulBackend::Torch,
+            Ok("mkl-packed") if mkl_packed::available() => MatmulBackend::MklPacked,
+            Ok("mkl-packed") => MatmulBackend::Torch,
+            _ if !onednn::available() => MatmulBackend::Torch,
+            Ok("onednn") => MatmulBackend::OneDnn,
+            _ if onednn::onednn_runs_wider_than_mkl() => MatmulBackend::OneDnn,
+            _ => MatmulBackend::Torch,
         })
     }
 
@@ -587,10 +581,13 @@ mod tests {
         let _no_grad = tch::no_grad_guard();
         let options = (Kind::Float, Device::Cpu);
         let weight = Tensor::randn([64, 32], options);
-        let linear = Linear::new(weight.copy(), Some(Tensor::randn([64], options)));
+        let mut linear = Linear::new(weight.copy(), Some(Tensor::randn([64], options)));
+        // As FEDSYN_CPU_MATMUL=mkl-packed makes it, where this libtorch has MKL.
+        if mkl_packed::available() {
+            linear.backend = MatmulBackend::MklPacked;
+        }
         linear.pack_for_rows(6);
-        let packed = linear.backend() == MatmulBackend::MklPacked;
-        assert_eq!(linear.packed_weight().is_some(), packed);
+        assert_eq!(linear.packed_weight().is_some(), mkl_packed::available());
         for rows in [6, 5, 40] {
             let x = Tensor::randn([rows, 1, 32], options);
             let want = x.linear(&weight, linear.bias());
