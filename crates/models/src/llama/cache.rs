@@ -47,14 +47,31 @@ impl LayerCache<'_> {
     /// Writes the new keys and values (`[batch, kv_heads, seq, head_dim]`) after the cached
     /// ones and returns views of everything cached so far, new slots included.
     pub fn append(self, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor) {
-        let seq = keys.size()[2];
-        self.keys.narrow(2, self.start, seq).copy_(keys);
-        self.values.narrow(2, self.start, seq).copy_(values);
-        let filled = self.start + seq;
+        let filled = self.write(keys, values);
         (
             self.keys.narrow(2, 0, filled),
             self.values.narrow(2, 0, filled),
         )
+    }
+
+    /// As [`LayerCache::append`], but returns the whole buffers (`[batch, kv_heads, capacity,
+    /// head_dim]`, dense) and the number of filled slots: the slots after them hold zeros or
+    /// stale values, which the caller masks.
+    pub fn append_whole(self, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor, i64) {
+        let filled = self.write(keys, values);
+        (
+            self.keys.shallow_clone(),
+            self.values.shallow_clone(),
+            filled,
+        )
+    }
+
+    /// Writes the new keys and values after the cached ones; the slots filled now.
+    fn write(&self, keys: &Tensor, values: &Tensor) -> i64 {
+        let seq = keys.size()[2];
+        self.keys.narrow(2, self.start, seq).copy_(keys);
+        self.values.narrow(2, self.start, seq).copy_(values);
+        self.start + seq
     }
 }
 
