@@ -10,28 +10,9 @@ use models::llama::Generator;
 use models::Assets;
 use tch::{Device, Kind, Tensor};
 
-/// The first `length` token ids of `count` addresses (file-name order).
-fn excerpts(generator: &Generator, count: usize, length: usize) -> Vec<Vec<u32>> {
-    let dir = Assets::discover()
-        .sotu_dir()
-        .expect("the State of the Union texts (scripts/setup.sh)");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("readable SOTU folder")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "txt"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .take(count)
-        .map(|file| {
-            let text = std::fs::read_to_string(file).expect("readable address");
-            let head: String = text.chars().take(length * 8).collect();
-            let ids = generator.encode_prompt(&head, false).expect("tokenises");
-            ids[..length].to_vec()
-        })
-        .collect()
-}
+// The benchmarks' helpers (SOTU excerpts as token ids).
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 /// fp32 log-probabilities `[batch, seq, vocab]` of the model in `kind` on `ids`.
 fn log_probs(generator: &Generator, ids: &Tensor) -> Tensor {
@@ -61,7 +42,7 @@ fn main() {
         .expect("scripts/setup.sh installs SmolLM2");
     let fp32 = Generator::load_as(&path, Device::Cpu, Kind::Float).unwrap();
     let bf16 = Generator::load_as(&path, Device::Cpu, Kind::BFloat16).unwrap();
-    let rows = excerpts(&fp32, count, length);
+    let rows = support::address_ids(&fp32, count, length);
     let flat: Vec<i64> = rows.iter().flatten().map(|&id| id as i64).collect();
     let ids = Tensor::from_slice(&flat).view([count as i64, length as i64]);
 
