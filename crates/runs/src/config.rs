@@ -1602,6 +1602,7 @@ mod tests {
         c.data.max_clients = Some(5);
         c.model.generator = Some("/g.gguf".into());
         c.model.embedder = Some("/m".into());
+        c.model.generator_dtype = GeneratorDtype::Bf16;
         c.prompts.seed_file = Some("/s.txt".into());
         c.prompts.template = Some("{0}{1}{2}".into());
         c.privacy.noise_multiplier = Some(2.0);
