@@ -220,13 +220,10 @@ mod tests {
         assert_eq!(DtypeChoice::F32.resolve(Device::Cuda(0)).0, Kind::Float);
         // bf16 on this CPU: native where the processor says it has AVX512-BF16, else fp32
         // with the reason.
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        if cfg!(target_arch = "x86_64") && !cpuinfo.is_empty() {
-            let native = cpuinfo
-                .lines()
-                .find(|line| line.starts_with("flags"))
-                .is_some_and(|flags| flags.split_whitespace().any(|f| f == "avx512_bf16"));
-            assert_eq!(cpu_has_native_bf16(), native);
+        if let Some(native) = crate::test_support::cpu_flag("avx512_bf16") {
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(cpu_has_native_bf16(), native);
+            }
         }
         let (kind, notice) = DtypeChoice::Bf16.resolve(Device::Cpu);
         if cpu_has_native_bf16() {
