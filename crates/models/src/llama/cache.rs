@@ -35,6 +35,9 @@ pub(crate) enum LayerKv<'a> {
     Fresh,
     /// The decoding cache: the new keys and values are written after the cached ones.
     Cache(LayerCache<'a>),
+    /// The same, but attention reads the whole buffers, the pass's mask hiding the slots not
+    /// filled yet (see `CausalLm::forward_hidden`).
+    WholeCache(LayerCache<'a>),
     /// The new positions alone, whose (rotated) keys and values are kept: a prompt that later
     /// passes share.
     Record(&'a mut Vec<(Tensor, Tensor)>),
@@ -55,15 +58,11 @@ impl LayerCache<'_> {
     }
 
     /// As [`LayerCache::append`], but returns the whole buffers (`[batch, kv_heads, capacity,
-    /// head_dim]`, dense) and the number of filled slots: the slots after them hold zeros or
-    /// stale values, which the caller masks.
-    pub fn append_whole(self, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor, i64) {
-        let filled = self.write(keys, values);
-        (
-            self.keys.shallow_clone(),
-            self.values.shallow_clone(),
-            filled,
-        )
+    /// head_dim]`, dense): the slots after the filled ones hold zeros or stale values, which
+    /// the caller masks.
+    pub fn append_whole(self, keys: &Tensor, values: &Tensor) -> (Tensor, Tensor) {
+        self.write(keys, values);
+        (self.keys.shallow_clone(), self.values.shallow_clone())
     }
 
     /// Writes the new keys and values after the cached ones; the slots filled now.

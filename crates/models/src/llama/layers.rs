@@ -369,22 +369,10 @@ impl Attention {
         let queries = rotated.narrow(1, 0, heads);
         let keys = rotated.narrow(1, heads, kv_heads);
         let values = all_heads.narrow(1, heads + kv_heads, kv_heads);
-        // For a bf16 decoding step on the CPU: which slots of the whole cache buffer to see.
-        let mut whole_cache_allowed = None;
         let (keys, values) = match kv {
             LayerKv::Fresh => (keys, values),
-            LayerKv::Cache(cache)
-                if seq == 1 && x.device() == Device::Cpu && x.kind() == Kind::BFloat16 =>
-            {
-                // libtorch's bf16 batched product on the CPU first copies an operand whose
-                // matrices are strided, as the filled part of the cache is: that copy took half
-                // of a decoding layer's time. Over the whole dense buffers, the unfilled slots
-                // masked, attention reads more slots but copies none.
-                let (keys, values, filled) = cache.append_whole(&keys, &values);
-                whole_cache_allowed = Some(whole_cache_mask(mask, batch, filled, keys.size()[2]));
-                (keys, values)
-            }
             LayerKv::Cache(cache) => cache.append(&keys, &values),
+            LayerKv::WholeCache(cache) => cache.append_whole(&keys, &values),
             LayerKv::Record(kept) => {
                 kept.push((keys.shallow_clone(), values.shallow_clone()));
                 (keys, values)
@@ -395,11 +383,10 @@ impl Attention {
             ),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let (allowed, causal) = match (&whole_cache_allowed, mask) {
-            (Some(allowed), _) => (Some(allowed), false),
-            (None, AttentionMask::Everything) => (None, false),
-            (None, AttentionMask::Causal) => (None, true),
-            (None, AttentionMask::Allowed(allowed)) => (Some(allowed), false),
+        let (allowed, causal) = match mask {
+            AttentionMask::Everything => (None, false),
+            AttentionMask::Causal => (None, true),
+            AttentionMask::Allowed(allowed) => (Some(allowed), false),
         };
         let attended = if seq == 1 && x.device() == Device::Cpu {
             self.attend_one_query(&queries, &keys, &values, allowed, scale)
@@ -450,22 +437,6 @@ impl Attention {
             self.head_dim,
         ])
     }
-}
-
-/// `[batch, 1, 1, capacity]`: the slots of a whole cache buffer a decoding step may see, those
-/// of `mask` among the `filled` ones and none after them.
-fn whole_cache_mask(mask: &AttentionMask, batch: i64, filled: i64, capacity: i64) -> Tensor {
-    let allowed = Tensor::zeros([batch, 1, 1, capacity], (Kind::Bool, Device::Cpu));
-    let mut seen = allowed.narrow(3, 0, filled);
-    match mask {
-        AttentionMask::Allowed(mask) => {
-            seen.copy_(mask);
-        }
-        AttentionMask::Everything | AttentionMask::Causal => {
-            let _ = seen.fill_(1);
-        }
-    }
-    allowed
 }
 
 /// The SwiGLU feed-forward network: `down(silu(gate(x)) ⊙ up(x))`.

@@ -330,12 +330,22 @@ impl CausalLm {
         }
         let input_ids = input_ids.to_device(self.device);
         let positions = positions.to_device(self.device);
-        let mask = attention_mask_for(&attention_mask.to_device(self.device), seq, cached);
+        let mut mask = attention_mask_for(&attention_mask.to_device(self.device), seq, cached);
         let adapters = match &self.lora {
             Some(state) if !state.merged => AdapterMode::On,
             _ => AdapterMode::Off,
         };
         let kv = match cache.as_deref() {
+            // libtorch's bf16 batched product on the CPU first copies an operand whose
+            // matrices are strided, as the filled part of the cache is: that copy took half of
+            // a decoding layer's time. Over the whole dense buffers, the unfilled slots masked
+            // (one mask for every layer), attention reads more slots but copies none.
+            Some(cache)
+                if seq == 1 && self.device == Device::Cpu && self.kind == Kind::BFloat16 =>
+            {
+                mask = whole_cache_mask(&mask, batch, cached + seq, cache.capacity());
+                PassKv::WholeCache(cache)
+            }
             Some(cache) => PassKv::Cache(cache),
             None => PassKv::Fresh,
         };
@@ -547,6 +557,7 @@ impl CausalLm {
             let layer_kv = match &mut kv {
                 PassKv::Fresh => LayerKv::Fresh,
                 PassKv::Cache(cache) => LayerKv::Cache(cache.layer(i)),
+                PassKv::WholeCache(cache) => LayerKv::WholeCache(cache.layer(i)),
                 PassKv::Record(kept) => LayerKv::Record(kept),
                 PassKv::Prefix(prefix) => LayerKv::Prefix(&prefix[i]),
             };
@@ -653,8 +664,25 @@ pub struct SharedPromptBatch {
 enum PassKv<'a> {
     Fresh,
     Cache(&'a KvCache),
+    WholeCache(&'a KvCache),
     Record(&'a mut Vec<(Tensor, Tensor)>),
     Prefix(&'a [(Tensor, Tensor)]),
+}
+
+/// The mask of a decoding step over a whole cache buffer (`[batch, 1, 1, capacity]`): the
+/// slots `mask` allows among the `filled` ones, and none after them.
+fn whole_cache_mask(mask: &AttentionMask, batch: i64, filled: i64, capacity: i64) -> AttentionMask {
+    let allowed = Tensor::zeros([batch, 1, 1, capacity], (Kind::Bool, Device::Cpu));
+    let mut seen = allowed.narrow(3, 0, filled);
+    match mask {
+        AttentionMask::Allowed(mask) => {
+            seen.copy_(mask);
+        }
+        AttentionMask::Everything | AttentionMask::Causal => {
+            let _ = seen.fill_(1);
+        }
+    }
+    AttentionMask::Allowed(allowed)
 }
 
 /// The two dimensions of a `[rows, width]` input, or an error naming it.
