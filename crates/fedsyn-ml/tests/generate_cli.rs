@@ -111,7 +111,7 @@ fn seeded_sampling_repeats_and_rows_and_seeds_differ() {
     assert_ne!(first, run("12"), "another seed gives other samples");
 }
 
-/// Decoding through weights packed once per generation (the default where MKL multiplies)
+/// Decoding through weights packed once per generation (`FEDSYN_CPU_MATMUL=mkl-packed`)
 /// samples what libtorch's per-call products sample, with the same log-probabilities, also
 /// after finished rows are dropped (a stop string ends the rows at different steps, and the
 /// weights are packed again for the rows left).

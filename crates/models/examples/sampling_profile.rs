@@ -159,7 +159,7 @@ fn main() {
     logits = logits.index_select(0, &expand);
     let row_mask = mask.index_select(0, &expand);
     // As `generate_ids` does: the decoder's weights packed once for the decoding steps (a
-    // no-op unless MKL multiplies; `FEDSYN_CPU_MATMUL=torch` for the per-call packing).
+    // no-op unless `FEDSYN_CPU_MATMUL=mkl-packed`).
     let _packed = model.pack_for_decoding(rows as i64);
     let first_position = positions
         .select(1, prompt_len as i64 - 1)

@@ -142,7 +142,7 @@ pub fn cpu_has_native_bf16() -> bool {
 }
 
 /// The short name of a compute dtype, as `--dtype` and `model.generator_dtype` spell it
-/// (`f32`, `bf16`, `f16`; libtorch's name for any other).
+/// (`f32`, `bf16`, `f16`; `other` for a kind that is not a compute dtype).
 pub fn dtype_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Float => "f32",

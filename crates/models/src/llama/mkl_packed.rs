@@ -101,8 +101,11 @@ pub(crate) struct PackedWeight {
     layout: Layout,
     out_features: i64,
     in_features: i64,
-    /// The row count it was packed for: MKL's packed layout holds for that `m` only (a
-    /// product of one row by a weight packed for 48 came out wrong in a test).
+    /// The row count it was packed for, the only one it multiplies: MKL's documentation
+    /// packs B for given m, n and k and promises nothing for another m, and PyTorch's own
+    /// `mkl_linear` uses a packed weight only for its packing batch size. (In probes on a Xeon
+    /// a weight packed for 96 rows also multiplied 1 and 16 rows correctly; that is not relied
+    /// on.)
     rows: i64,
 }
 
@@ -124,8 +127,8 @@ impl std::fmt::Debug for PackedWeight {
 
 impl PackedWeight {
     /// Packs `weight` (`[out, in]`, fp32, on the CPU) for products with inputs of exactly
-    /// `rows` rows (MKL's packed layout depends on the row count). None where MKL's routines
-    /// are missing or the weight does not qualify.
+    /// `rows` rows (see [`PackedWeight::fits`]). None where MKL's routines are missing or the
+    /// weight does not qualify.
     pub(crate) fn new(weight: &Tensor, rows: i64) -> Option<PackedWeight> {
         let routines = routines()?;
         if weight.device() != Device::Cpu || weight.kind() != Kind::Float || weight.dim() != 2 {
@@ -185,6 +188,10 @@ impl PackedWeight {
         shape.pop();
         let input = x.reshape([-1, self.in_features]).contiguous();
         let rows = input.size()[0];
+        assert_eq!(
+            rows, self.rows,
+            "a packed weight multiplies the row count it was packed for"
+        );
         let n = self.out_features;
         // C := A·op(B) + beta·C: with a bias, C starts as a copy of the bias on every row
         // (beta 1). A copy, always: with one row a contiguous view would be the bias itself,
@@ -193,10 +200,6 @@ impl PackedWeight {
             Some(bias) => (bias.repeat([rows, 1]), 1.0),
             None => (Tensor::empty([rows, n], (Kind::Float, Device::Cpu)), 0.0),
         };
-        assert_eq!(
-            rows, self.rows,
-            "a packed weight multiplies the row count it was packed for"
-        );
         // All three fitted c_int when packing.
         let (m, n, k) = (rows as c_int, n as c_int, self.in_features as c_int);
         // SAFETY: `input` is a contiguous [m, k] fp32 matrix and `output` a contiguous [m, n]
